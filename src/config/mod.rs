@@ -1,0 +1,402 @@
+//! Typed configuration: command-line flags and an optional TOML file, checked while parsed.
+//!
+//! Precedence: built-in defaults < config file < command-line flags. See docs/config.md.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// IQN prefix of every exported target: the target of volume `v` is `<prefix>:v`.
+pub const IQN_PREFIX: &str = "iqn.2026-11.dev.shoal";
+
+/// A configuration error, with enough context to fix it.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown/mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// Which setting.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One volume to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeConfig {
+    /// Name (also the last part of its target IQN).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block size (512 or 4096).
+    pub block_size: u32,
+    /// Initial write-cache state (WCE). With it off every write is made durable before status.
+    pub write_cache: bool,
+}
+
+/// The whole configuration of a `shoal serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listening portals.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shard threads.
+    pub shards: usize,
+    /// Pin shard threads to cores.
+    pub pin: bool,
+    /// Volumes.
+    pub volumes: Vec<VolumeConfig>,
+    /// Idle time before the target pings an initiator.
+    pub nop_interval: Duration,
+    /// Time a ping may go unanswered.
+    pub nop_timeout: Duration,
+    /// Commands an initiator may have outstanding per session.
+    pub queue_depth: u32,
+    /// Open backing files with O_DIRECT (on by default).
+    pub direct_io: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./shoal-data"),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin: false,
+            volumes: vec![VolumeConfig {
+                name: "default".into(),
+                size: 1 << 30,
+                block_size: 512,
+                write_cache: true,
+            }],
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(30),
+            queue_depth: 128,
+            direct_io: true,
+        }
+    }
+}
+
+/// The TOML file's shape. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<Vec<String>>,
+    shards: Option<usize>,
+    pin: Option<bool>,
+    nop_interval: Option<f64>,
+    nop_timeout: Option<f64>,
+    queue_depth: Option<u32>,
+    direct_io: Option<bool>,
+    #[serde(default, rename = "volume")]
+    volumes: Vec<FileVolume>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVolume {
+    name: String,
+    size: SizeValue,
+    block_size: Option<u32>,
+    write_cache: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Config {
+    /// Applies a TOML config file on top of `self`.
+    pub fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.apply_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Applies TOML text on top of `self`.
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        if let Some(data) = file.data {
+            self.data_dir = data;
+        }
+        if let Some(listen) = file.listen {
+            self.listen = listen
+                .iter()
+                .map(|s| parse_listen(s))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(n) = file.shards {
+            self.shards = n;
+        }
+        if let Some(pin) = file.pin {
+            self.pin = pin;
+        }
+        if let Some(s) = file.nop_interval {
+            self.nop_interval = parse_seconds("nop_interval", s)?;
+        }
+        if let Some(s) = file.nop_timeout {
+            self.nop_timeout = parse_seconds("nop_timeout", s)?;
+        }
+        if let Some(q) = file.queue_depth {
+            self.queue_depth = q;
+        }
+        if let Some(d) = file.direct_io {
+            self.direct_io = d;
+        }
+        if !file.volumes.is_empty() {
+            self.volumes = file
+                .volumes
+                .into_iter()
+                .map(volume_from_file)
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+
+    /// Checks cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(invalid(
+                "shard count",
+                self.shards,
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err(invalid(
+                "listen address list",
+                "",
+                "at least one portal is needed",
+            ));
+        }
+        if !(1..=4096).contains(&self.queue_depth) {
+            return Err(invalid(
+                "queue depth",
+                self.queue_depth,
+                "must be between 1 and 4096",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for v in &self.volumes {
+            validate_volume_name(&v.name)?;
+            if !names.insert(v.name.as_str()) {
+                return Err(invalid("volume name", &v.name, "declared twice"));
+            }
+            if v.block_size != 512 && v.block_size != 4096 {
+                return Err(invalid("block size", v.block_size, "must be 512 or 4096"));
+            }
+            if v.size == 0 || v.size % u64::from(v.block_size) != 0 {
+                return Err(invalid(
+                    "volume size",
+                    v.size,
+                    "must be a positive multiple of the block size",
+                ));
+            }
+        }
+        if self.volumes.is_empty() {
+            return Err(invalid("volume list", "", "at least one volume is needed"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(what: &'static str, value: impl ToString, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        what,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn volume_from_file(v: FileVolume) -> Result<VolumeConfig, ConfigError> {
+    let size = match v.size {
+        SizeValue::Bytes(n) => n,
+        SizeValue::Text(s) => parse_size(&s)?,
+    };
+    Ok(VolumeConfig {
+        name: v.name,
+        size,
+        block_size: v.block_size.unwrap_or(512),
+        write_cache: v.write_cache.unwrap_or(true),
+    })
+}
+
+fn parse_seconds(what: &'static str, s: f64) -> Result<Duration, ConfigError> {
+    if !(s.is_finite() && s > 0.0 && s < 86_400.0) {
+        return Err(invalid(
+            what,
+            s,
+            "must be a number of seconds between 0 and 86400",
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Parses a `HOST:PORT` portal address.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| invalid("listen address", s, "expected IP:PORT, e.g. 127.0.0.1:3260"))
+}
+
+/// Parses a size such as `1073741824`, `512M`, `10G`, `1T` or `4KiB` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        invalid(
+            "size",
+            s,
+            "expected a number with an optional unit K, M, G or T",
+        )
+    })?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(invalid("size", s, "unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| invalid("size", s, "too large"))
+}
+
+/// Checks that a volume name can be the last part of an IQN (RFC 3722 stringprep subset:
+/// lower-case letters, digits, '-', '.'), 1 to 64 characters.
+pub fn validate_volume_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "volume name",
+            name,
+            "use 1-64 lower-case letters, digits, '-' or '.'",
+        ))
+    }
+}
+
+/// The target IQN of a volume.
+pub fn target_name(volume: &str) -> String {
+    format!("{IQN_PREFIX}:{volume}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_size_units() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2 T").unwrap(), 2 << 40);
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn toml_volumes_and_listeners() {
+        let mut c = Config::default();
+        c.apply_toml(
+            r#"
+            listen = ["127.0.0.1:3261", "127.0.0.1:3262"]
+            shards = 3
+            [[volume]]
+            name = "vm1"
+            size = "2G"
+            [[volume]]
+            name = "db"
+            size = 1048576
+            block_size = 4096
+            write_cache = false
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.volumes[0].size, 2 << 30);
+        assert_eq!(c.volumes[1].block_size, 4096);
+        assert!(!c.volumes[1].write_cache);
+    }
+
+    #[test]
+    fn toml_unknown_key_is_an_error() {
+        let mut c = Config::default();
+        let err = c.apply_toml("shardz = 2").unwrap_err();
+        assert!(err.to_string().contains("shardz"), "{err}");
+    }
+
+    #[test]
+    fn validate_catches_bad_values() {
+        let mut c = Config::default();
+        c.volumes[0].name = "Bad_Name".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.volumes[0].block_size = 1024;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.volumes.push(c.volumes[0].clone());
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        let mut c = Config::default();
+        c.shards = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn target_names() {
+        assert_eq!(target_name("default"), "iqn.2026-11.dev.shoal:default");
+    }
+}

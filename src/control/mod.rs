@@ -1,0 +1,136 @@
+//! The control plane: the catalog of exported targets and the session registry.
+//!
+//! Today the catalog is fixed at start-up from the configuration; the registry maps each I_T
+//! nexus (initiator name + ISID + target) to the shard serving it, assigns TSIHs, and drives
+//! session reinstatement (RFC 7143 §6.3.5: a login with a known ISID and TSIH 0 replaces the old
+//! session). It is used only on the login path, never by shards on the I/O path.
+
+use crate::scsi::NexusId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One exported target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetEntry {
+    /// Target IQN.
+    pub name: String,
+    /// Volume name (TargetAlias).
+    pub alias: String,
+    /// Shard that owns its LUN.
+    pub shard: usize,
+}
+
+/// Key of an I_T nexus.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NexusKey {
+    /// InitiatorName.
+    pub initiator: String,
+    /// ISID.
+    pub isid: [u8; 6],
+    /// Target IQN.
+    pub target: String,
+}
+
+/// What the registry knows of a live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// Its nexus id.
+    pub nexus: NexusId,
+    /// Its TSIH.
+    pub tsih: u16,
+    /// Shard serving it.
+    pub shard: usize,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    sessions: HashMap<NexusKey, SessionEntry>,
+    next_nexus: u64,
+    next_tsih: u16,
+}
+
+/// The session registry (login path only).
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+}
+
+/// Result of registering a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// The session's entry.
+    pub entry: SessionEntry,
+    /// The session it replaces (reinstatement), if any.
+    pub replaced: Option<SessionEntry>,
+}
+
+impl Registry {
+    /// Registers a new session for `key` on `shard`, replacing any session with the same key.
+    pub fn register(&self, key: NexusKey, shard: usize) -> Registration {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let replaced = inner.sessions.get(&key).copied();
+        let nexus = match replaced {
+            Some(old) => old.nexus,
+            None => {
+                inner.next_nexus += 1;
+                NexusId(inner.next_nexus)
+            }
+        };
+        inner.next_tsih = inner.next_tsih.wrapping_add(1).max(1);
+        let entry = SessionEntry {
+            nexus,
+            tsih: inner.next_tsih,
+            shard,
+        };
+        inner.sessions.insert(key, entry);
+        Registration { entry, replaced }
+    }
+
+    /// Whether a session with this TSIH exists.
+    pub fn tsih_exists(&self, tsih: u16) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.sessions.values().any(|s| s.tsih == tsih)
+    }
+
+    /// Number of registered sessions.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions
+            .len()
+    }
+
+    /// Whether no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(isid: u8) -> NexusKey {
+        NexusKey {
+            initiator: "iqn.x".into(),
+            isid: [isid; 6],
+            target: "iqn.t".into(),
+        }
+    }
+
+    #[test]
+    fn register_reinstates_same_isid() {
+        let r = Registry::default();
+        let a = r.register(key(1), 0);
+        assert!(a.replaced.is_none());
+        let b = r.register(key(2), 0);
+        assert_ne!(a.entry.nexus, b.entry.nexus);
+        let c = r.register(key(1), 0);
+        assert_eq!(c.replaced, Some(a.entry));
+        assert_eq!(c.entry.nexus, a.entry.nexus);
+        assert_ne!(c.entry.tsih, a.entry.tsih);
+        assert!(r.tsih_exists(c.entry.tsih));
+        assert_eq!(r.len(), 2);
+    }
+}

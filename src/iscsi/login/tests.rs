@@ -1,0 +1,1 @@
+//! Whole login conversations.

@@ -1,0 +1,141 @@
+//! The `shoal` command: `shoal serve` starts the target.
+
+use clap::{Parser, Subcommand};
+use shoal::config::{self, Config};
+use shoal::runtime::Server;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Shoal: a thin-provisioned iSCSI block-storage target.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about)]
+struct Cli {
+    /// Data directory (volumes and metadata).
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the target (default: ./shoal-data, 127.0.0.1:3260, a 1 GiB volume "default").
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see docs/config.md); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Portal to listen on, IP:PORT (repeatable).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
+    /// Number of shard threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Pin shard threads to cores.
+    #[arg(long)]
+    pin: bool,
+    /// Size of the default volume when no config file declares volumes (e.g. 1G, 512M).
+    #[arg(long, value_name = "SIZE")]
+    size: Option<String>,
+    /// Seconds of idle time before the target pings an initiator with a NOP-In.
+    #[arg(long, value_name = "SECS")]
+    nop_interval: Option<f64>,
+    /// Seconds a NOP-In ping may go unanswered before the connection is dropped.
+    #[arg(long, value_name = "SECS")]
+    nop_timeout: Option<f64>,
+    /// Use buffered I/O instead of O_DIRECT (for filesystems without O_DIRECT).
+    #[arg(long)]
+    no_direct: bool,
+}
+
+fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::ConfigError> {
+    let mut cfg = Config::default();
+    if let Some(path) = &args.config {
+        cfg.apply_file(path)?;
+    }
+    if let Some(data) = data {
+        cfg.data_dir = data;
+    }
+    if !args.listen.is_empty() {
+        cfg.listen = args
+            .listen
+            .iter()
+            .map(|s| config::parse_listen(s))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(n) = args.shards {
+        cfg.shards = n;
+    }
+    cfg.pin |= args.pin;
+    if let Some(size) = &args.size {
+        let size = config::parse_size(size)?;
+        for v in &mut cfg.volumes {
+            v.size = size;
+        }
+    }
+    if let Some(s) = args.nop_interval {
+        cfg.nop_interval = seconds("nop interval", s)?;
+    }
+    if let Some(s) = args.nop_timeout {
+        cfg.nop_timeout = seconds("nop timeout", s)?;
+    }
+    if args.no_direct {
+        cfg.direct_io = false;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn seconds(what: &'static str, s: f64) -> Result<Duration, config::ConfigError> {
+    if s.is_finite() && s > 0.0 && s < 86_400.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(config::ConfigError::Invalid {
+            what,
+            value: s.to_string(),
+            reason: "must be between 0 and 86400 seconds".into(),
+        })
+    }
+}
+
+fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
+    let cfg = match build_config(data, &args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::start(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for p in server.portals() {
+        // Tests and scripts read this line to learn the bound port.
+        println!("shoal: listening on {p}");
+    }
+    for v in &cfg.volumes {
+        println!(
+            "shoal: volume {} ({} bytes) as {} LUN 0",
+            v.name,
+            v.size,
+            config::target_name(&v.name)
+        );
+    }
+    server.wait();
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(cli.data, args),
+    }
+}

@@ -1,0 +1,11 @@
+//! The shard runtime: the io_uring loop of each shard, aligned buffer pools, gathered sends,
+//! the listener and the login threads.
+
+pub mod buf;
+pub mod login;
+pub mod server;
+pub mod shard;
+pub mod text;
+pub mod tx;
+
+pub use server::Server;

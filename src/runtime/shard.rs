@@ -1,0 +1,922 @@
+//! A shard: one thread, one io_uring, the LUNs it owns and every connection to them.
+//!
+//! The loop gathers every submission produced while handling completions and enters the kernel
+//! once per round (`submit_and_wait` with a timeout that drives the keepalive timers).
+//! `user_data` names the operation: a kind in the top byte and a slot index below.
+//!
+//! Invariants:
+//! - Only this thread touches its connections, LUNs and buffers (they are `!Send`).
+//! - A connection is dropped only when none of its operations is in flight: every buffer an SQE
+//!   points at (receive buffer, send batch, write data, read buffer) outlives the SQE.
+
+use super::buf::{AlignedBuf, BufPool};
+use super::tx::Tx;
+use crate::iscsi::connection::{
+    Action, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
+};
+use crate::iscsi::pdu::frame::{self, FrameError, Next};
+use crate::iscsi::pdu::initiator::TmfFunction;
+use crate::iscsi::pdu::target::TmfResponse;
+use crate::scsi::{self, Completion, IoResult, LogicalUnit, NexusId, OpClass, Outcome};
+use crate::stats::LunStats;
+use crate::storage::{Piece, Volume};
+use crossbeam::channel::{Receiver, Sender};
+use io_uring::{IoUring, opcode, types};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KIND_RECV: u64 = 1;
+const KIND_SEND: u64 = 2;
+const KIND_IO: u64 = 3;
+const KIND_WAKE: u64 = 4;
+const TICK: Duration = Duration::from_millis(100);
+const RX_CAPACITY: usize = 512 * 1024;
+
+fn user_data(kind: u64, index: usize) -> u64 {
+    (kind << 56) | index as u64
+}
+
+/// A LUN served by a shard: its SCSI state, its storage and its statistics.
+pub struct LunSlot {
+    /// The target (IQN) it is exported as.
+    pub target: String,
+    /// SCSI state.
+    pub lu: LogicalUnit,
+    /// Storage.
+    pub volume: Box<dyn Volume + Send>,
+    /// Latency and throughput.
+    pub stats: LunStats,
+}
+
+/// A logged-in connection handed to the shard that owns its target.
+pub struct NewConnection {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The target it logged in to.
+    pub target: String,
+    /// Negotiated parameters.
+    pub params: ConnParams,
+    /// Connection ID.
+    pub cid: u16,
+    /// ExpCmdSN after login.
+    pub exp_cmd_sn: u32,
+    /// Next StatSN.
+    pub stat_sn: u32,
+    /// The I_T nexus.
+    pub nexus: NexusId,
+}
+
+/// Messages to a shard.
+pub enum ShardMsg {
+    /// Serve a new connection.
+    Connection(Box<NewConnection>),
+    /// Drop the session of this nexus (session reinstatement).
+    DropNexus(NexusId),
+    /// Send a copy of the statistics of every LUN.
+    Stats(Sender<Vec<(String, LunStats)>>),
+    /// Stop the shard.
+    Stop,
+}
+
+/// How other threads reach a shard: a channel plus an eventfd that wakes its ring.
+#[derive(Clone)]
+pub struct ShardHandle {
+    tx: Sender<ShardMsg>,
+    wake: Arc<OwnedFd>,
+}
+
+impl ShardHandle {
+    /// Sends a message and wakes the shard.
+    pub fn send(&self, msg: ShardMsg) -> bool {
+        if self.tx.send(msg).is_err() {
+            return false;
+        }
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let n = unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        n == 8
+    }
+}
+
+/// Creates the channel and eventfd of a shard.
+pub fn channel() -> std::io::Result<(ShardHandle, Receiver<ShardMsg>, Arc<OwnedFd>)> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let (tx, rx) = crossbeam::channel::unbounded();
+    Ok((
+        ShardHandle {
+            tx,
+            wake: Arc::clone(&wake),
+        },
+        rx,
+        wake,
+    ))
+}
+
+struct ShardConn {
+    stream: TcpStream,
+    conn: Connection,
+    lun: usize,
+    nexus: NexusId,
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    recv_in_flight: bool,
+    tx: Tx,
+    io_in_flight: u32,
+    closing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Main,
+    VerifyRead,
+}
+
+struct IoOp {
+    conn: usize,
+    task: TaskId,
+    outcome: Outcome,
+    phase: Phase,
+    buf: Option<AlignedBuf>,
+    pending: u32,
+    error: bool,
+}
+
+/// One shard thread's state.
+pub struct Shard {
+    id: usize,
+    ring: IoUring,
+    luns: Vec<LunSlot>,
+    conns: Vec<Option<Box<ShardConn>>>,
+    ops: Vec<Option<IoOp>>,
+    free_ops: Vec<usize>,
+    inbox: Receiver<ShardMsg>,
+    wake: Arc<OwnedFd>,
+    wake_buf: Box<u64>,
+    pool: BufPool,
+    config: ConnConfig,
+    pieces: Vec<Piece>,
+    portals: Vec<std::net::SocketAddr>,
+    stopping: bool,
+}
+
+impl Shard {
+    /// A shard serving `luns`, reading messages from `inbox`.
+    pub fn new(
+        id: usize,
+        luns: Vec<LunSlot>,
+        inbox: Receiver<ShardMsg>,
+        wake: Arc<OwnedFd>,
+        config: ConnConfig,
+        portals: Vec<std::net::SocketAddr>,
+    ) -> std::io::Result<Self> {
+        let ring = IoUring::new(1024)?;
+        Ok(Shard {
+            id,
+            ring,
+            luns,
+            conns: Vec::new(),
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            inbox,
+            wake,
+            wake_buf: Box::new(0),
+            pool: BufPool::new(),
+            config,
+            pieces: Vec::new(),
+            portals,
+            stopping: false,
+        })
+    }
+
+    /// Runs the loop until a `Stop` message.
+    pub fn run(mut self) -> std::io::Result<()> {
+        self.arm_wake();
+        let mut last_tick = Instant::now();
+        while !self.stopping {
+            let ts = types::Timespec::from(TICK);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            let cqes: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            for (ud, res) in cqes {
+                self.on_completion(ud, res);
+            }
+            let now = Instant::now();
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                self.tick(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, sqe: io_uring::squeue::Entry) {
+        loop {
+            // SAFETY: every SQE built by this shard points at memory that outlives the
+            // operation (see the module invariants).
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            // Queue full: hand what we have to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                log_error(self.id, "io_uring submit", &e);
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let sqe = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), ptr.cast(), 8)
+            .build()
+            .user_data(user_data(KIND_WAKE, 0));
+        self.push(sqe);
+    }
+
+    fn on_completion(&mut self, ud: u64, res: i32) {
+        let index = (ud & 0x00ff_ffff_ffff_ffff) as usize;
+        match ud >> 56 {
+            KIND_RECV => self.on_recv(index, res),
+            KIND_SEND => self.on_send(index, res),
+            KIND_IO => self.on_io(index, res),
+            KIND_WAKE => {
+                self.drain_inbox();
+                if !self.stopping {
+                    self.arm_wake();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ShardMsg::Connection(nc) => self.add_connection(*nc),
+                ShardMsg::DropNexus(nexus) => {
+                    let victims: Vec<usize> = self
+                        .live_conns()
+                        .filter(|(_, c)| c.nexus == nexus)
+                        .map(|(i, _)| i)
+                        .collect();
+                    for i in victims {
+                        self.close(i);
+                    }
+                }
+                ShardMsg::Stats(reply) => {
+                    let snapshot = self
+                        .luns
+                        .iter()
+                        .map(|l| (l.target.clone(), l.stats.clone()))
+                        .collect();
+                    let _ = reply.send(snapshot);
+                }
+                ShardMsg::Stop => {
+                    self.stopping = true;
+                    let all: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
+                    for i in all {
+                        self.close(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn live_conns(&self) -> impl Iterator<Item = (usize, &ShardConn)> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_deref().map(|c| (i, c)))
+    }
+
+    fn add_connection(&mut self, nc: NewConnection) {
+        let Some(lun) = self.luns.iter().position(|l| l.target == nc.target) else {
+            return;
+        };
+        let _ = nc.stream.set_nodelay(true);
+        self.luns[lun].lu.add_nexus(nc.nexus);
+        let conn = Connection::new(
+            nc.params,
+            self.config,
+            nc.cid,
+            nc.exp_cmd_sn,
+            nc.stat_sn,
+            self.pool.clone(),
+            Instant::now(),
+        );
+        let sc = Box::new(ShardConn {
+            stream: nc.stream,
+            conn,
+            lun,
+            nexus: nc.nexus,
+            rx: vec![0; RX_CAPACITY],
+            rx_start: 0,
+            rx_end: 0,
+            recv_in_flight: false,
+            tx: Tx::new(),
+            io_in_flight: 0,
+            closing: false,
+        });
+        let index = match self.conns.iter().position(Option::is_none) {
+            Some(i) => {
+                self.conns[i] = Some(sc);
+                i
+            }
+            None => {
+                self.conns.push(Some(sc));
+                self.conns.len() - 1
+            }
+        };
+        self.arm_recv(index);
+    }
+
+    fn conn_mut(&mut self, index: usize) -> Option<&mut ShardConn> {
+        self.conns.get_mut(index).and_then(|c| c.as_deref_mut())
+    }
+
+    // ---- receive ----
+
+    fn arm_recv(&mut self, index: usize) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        if sc.recv_in_flight || sc.closing {
+            return;
+        }
+        if sc.rx_start == sc.rx_end {
+            sc.rx_start = 0;
+            sc.rx_end = 0;
+        } else if sc.rx.len() - sc.rx_end < 64 * 1024 {
+            sc.rx.copy_within(sc.rx_start..sc.rx_end, 0);
+            sc.rx_end -= sc.rx_start;
+            sc.rx_start = 0;
+        }
+        let free = &mut sc.rx[sc.rx_end..];
+        let sqe = opcode::Recv::new(
+            types::Fd(sc.stream.as_raw_fd()),
+            free.as_mut_ptr(),
+            free.len() as u32,
+        )
+        .build()
+        .user_data(user_data(KIND_RECV, index));
+        sc.recv_in_flight = true;
+        self.push(sqe);
+    }
+
+    fn on_recv(&mut self, index: usize, res: i32) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        sc.recv_in_flight = false;
+        if res <= 0 || sc.closing {
+            self.close(index);
+            self.reap(index);
+            return;
+        }
+        sc.rx_end += res as usize;
+        let now = Instant::now();
+        self.parse_frames(index, now);
+        self.pump(index);
+        self.arm_recv(index);
+    }
+
+    fn parse_frames(&mut self, index: usize, now: Instant) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        loop {
+            if sc.conn.close_reason().is_some() {
+                return;
+            }
+            let framing = sc.conn.params().framing;
+            let max = sc.conn.params().max_recv_data_segment_length;
+            let window = &sc.rx[sc.rx_start..sc.rx_end];
+            match frame::next_frame(window, framing, max) {
+                Ok(Next::Frame(f)) => {
+                    let consumed = f.consumed;
+                    sc.conn.on_pdu(&f.bhs, f.data, now);
+                    sc.rx_start += consumed;
+                }
+                Ok(Next::NeedBytes(n)) => {
+                    if n > sc.rx.len() {
+                        sc.rx.resize(n + 64 * 1024, 0);
+                    }
+                    return;
+                }
+                Err(FrameError::HeaderDigest) => {
+                    sc.closing = true;
+                    return;
+                }
+                Err(FrameError::DataDigest { bhs, consumed }) => {
+                    sc.conn.on_data_digest_error(&bhs);
+                    sc.rx_start += consumed;
+                }
+                Err(FrameError::DataSegmentTooLong { bhs, .. }) => {
+                    sc.conn.on_oversized_pdu(&bhs);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- actions and sending ----
+
+    /// Runs the connection's pending actions and starts a send if one is due.
+    fn pump(&mut self, index: usize) {
+        loop {
+            let Some(sc) = self.conn_mut(index) else {
+                return;
+            };
+            let Some(action) = sc.conn.poll_action() else {
+                break;
+            };
+            match action {
+                Action::Execute(task) => self.execute(index, task),
+                Action::Reset { itt, function, lun } => self.reset(index, itt, function, lun),
+                Action::Text {
+                    itt,
+                    ttt,
+                    data,
+                    cont,
+                } => self.text(index, itt, ttt, &data, cont),
+            }
+        }
+        self.flush(index);
+    }
+
+    fn flush(&mut self, index: usize) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        if sc.tx.in_flight() {
+            return;
+        }
+        if sc.closing && sc.conn.close_reason().is_none() {
+            return;
+        }
+        let framing = sc.conn.params().framing;
+        let conn = &mut sc.conn;
+        match sc.tx.start(framing, || conn.poll_transmit()) {
+            Some(msg) => {
+                let sqe = opcode::SendMsg::new(types::Fd(sc.stream.as_raw_fd()), msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(user_data(KIND_SEND, index));
+                self.push(sqe);
+            }
+            None => {
+                if sc.conn.close_reason().is_some() {
+                    self.close(index);
+                }
+            }
+        }
+    }
+
+    fn on_send(&mut self, index: usize, res: i32) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        if res < 0 {
+            sc.tx.finish();
+            self.close(index);
+            self.reap(index);
+            return;
+        }
+        match sc.tx.advance(res as usize) {
+            Some(msg) => {
+                let sqe = opcode::SendMsg::new(types::Fd(sc.stream.as_raw_fd()), msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(user_data(KIND_SEND, index));
+                self.push(sqe);
+            }
+            None => {
+                if sc.closing {
+                    self.reap(index);
+                } else {
+                    self.flush(index);
+                }
+            }
+        }
+    }
+
+    /// Starts closing a connection: no more receives; dropped by `reap` once idle.
+    fn close(&mut self, index: usize) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        if !sc.closing {
+            sc.closing = true;
+            // Wakes a pending recv (it completes with 0); the socket closes when dropped.
+            let _ = sc.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.reap(index);
+    }
+
+    /// Drops a closing connection once no operation of it is in flight.
+    fn reap(&mut self, index: usize) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        if !sc.closing || sc.recv_in_flight || sc.tx.in_flight() || sc.io_in_flight > 0 {
+            return;
+        }
+        let (lun, nexus) = (sc.lun, sc.nexus);
+        self.conns[index] = None;
+        let still_there = self.live_conns().any(|(_, c)| c.nexus == nexus);
+        if !still_there {
+            self.luns[lun].lu.remove_nexus(nexus);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let live: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
+        for i in live {
+            if let Some(sc) = self.conn_mut(i) {
+                sc.conn.tick(now);
+            }
+            self.flush(i);
+        }
+    }
+
+    // ---- SCSI execution ----
+
+    fn execute(&mut self, index: usize, id: TaskId) {
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        let Some(task) = sc.conn.task(id) else { return };
+        let slot = &mut self.luns[sc.lun];
+        let cdb = task.cmd.cdb;
+        let block_size = slot.lu.info().block_size;
+        let wanted_out = if task.cmd.write {
+            scsi::cdb::data_out_length(&cdb, block_size)
+        } else {
+            0
+        };
+        let outcome = if task.refused() {
+            Outcome::Done(Completion::check(scsi::Sense::invalid_field_in_cdb(
+                0, None,
+            )))
+        } else if decode_lun(task.cmd.lun) != Some(slot.lu.info().lun) {
+            Outcome::Done(scsi::lun::lun_not_supported(&cdb))
+        } else {
+            slot.lu.execute(sc.nexus, &cdb, task.data_out())
+        };
+        match outcome {
+            Outcome::Done(c) => {
+                let wanted = if task.cmd.write {
+                    wanted_out
+                } else {
+                    c.data.len() as u64
+                };
+                let class = scsi::cdb::op_class(&cdb);
+                self.finish(index, id, c, DataInSource::None, wanted, class, 0);
+            }
+            io => self.start_io(index, id, io),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        index: usize,
+        id: TaskId,
+        c: Completion,
+        buffer: DataInSource,
+        wanted: u64,
+        class: OpClass,
+        bytes: u64,
+    ) {
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        if let Some(ready) = sc.conn.task(id).and_then(|t| t.ready_at) {
+            let ns = ready.elapsed().as_nanos() as u64;
+            self.luns[sc.lun].stats.class_mut(class).record(ns, bytes);
+        }
+        let data = match buffer {
+            DataInSource::None if !c.data.is_empty() => DataInSource::Bytes(c.data),
+            other => other,
+        };
+        let resp = TaskResponse {
+            status: c.status as u8,
+            sense: c.sense.map(|s| s.to_bytes()),
+            data,
+            wanted,
+        };
+        sc.conn.complete(id, resp);
+    }
+
+    fn start_io(&mut self, index: usize, id: TaskId, outcome: Outcome) {
+        let slot = match self.free_ops.pop() {
+            Some(s) => s,
+            None => {
+                self.ops.push(None);
+                self.ops.len() - 1
+            }
+        };
+        self.ops[slot] = Some(IoOp {
+            conn: index,
+            task: id,
+            outcome,
+            phase: Phase::Main,
+            buf: None,
+            pending: 0,
+            error: false,
+        });
+        if let Some(sc) = self.conn_mut(index) {
+            sc.io_in_flight += 1;
+        }
+        self.submit_phase(slot);
+    }
+
+    /// Submits the SQEs of the op's current phase; completes it at once when there are none.
+    fn submit_phase(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let index = op.conn;
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        let lun = &mut self.luns[sc.lun];
+        let sync_writes = !lun.lu.write_cache_enabled();
+        let mut sqes = Vec::new();
+        self.pieces.clear();
+        match (op.outcome.clone(), op.phase) {
+            (Outcome::Read { offset, len, .. }, _)
+            | (Outcome::Verify { offset, len, .. }, _)
+            | (Outcome::WriteVerify { offset, len, .. }, Phase::VerifyRead) => {
+                let mut buf = self.pool.take(len as usize);
+                lun.volume.map_read(offset, len, &mut self.pieces);
+                let mut at = 0usize;
+                for piece in &self.pieces {
+                    match *piece {
+                        Piece::File { fd, offset, len } => {
+                            // SAFETY: `at + len <= buf.len()`; the buffer is owned by the op
+                            // until every SQE of this phase completes.
+                            let ptr = unsafe { buf.as_mut_ptr().add(at) };
+                            sqes.push(
+                                opcode::Read::new(types::Fd(fd), ptr, len as u32)
+                                    .offset(offset)
+                                    .build(),
+                            );
+                            at += len as usize;
+                        }
+                        Piece::Zero { len } => {
+                            buf[at..at + len as usize].fill(0);
+                            at += len as usize;
+                        }
+                    }
+                }
+                op.buf = Some(buf);
+            }
+            (Outcome::Write { offset, len, fua }, _)
+            | (
+                Outcome::WriteVerify {
+                    offset,
+                    len,
+                    verify: fua,
+                },
+                Phase::Main,
+            ) => {
+                let fua = fua || sync_writes || matches!(op.outcome, Outcome::WriteVerify { .. });
+                let Some(task) = sc.conn.task(op.task) else {
+                    return;
+                };
+                let data = task.data_out().as_ptr();
+                if let Err(e) = lun.volume.map_write(offset, len, &mut self.pieces) {
+                    log_error(self.id, "map write", &e);
+                    op.error = true;
+                }
+                let mut at = 0usize;
+                for piece in &self.pieces {
+                    if let Piece::File { fd, offset, len } = *piece {
+                        // SAFETY: `at + len` is within the task's Data-Out buffer, which the
+                        // connection keeps until the task completes (after this op).
+                        let ptr = unsafe { data.add(at) };
+                        let mut w =
+                            opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset);
+                        if fua {
+                            w = w.rw_flags(libc::RWF_DSYNC);
+                        }
+                        sqes.push(w.build());
+                        at += len as usize;
+                    }
+                }
+            }
+            (Outcome::Flush, _) => {
+                for fd in lun.volume.sync_fds() {
+                    sqes.push(
+                        opcode::Fsync::new(types::Fd(fd))
+                            .flags(types::FsyncFlags::DATASYNC)
+                            .build(),
+                    );
+                }
+            }
+            (Outcome::Done(_), _) => {}
+        }
+        op.pending = sqes.len() as u32;
+        let empty = sqes.is_empty();
+        for sqe in sqes {
+            self.push(sqe.user_data(user_data(KIND_IO, slot)));
+        }
+        if empty {
+            self.end_phase(slot);
+        }
+    }
+
+    fn on_io(&mut self, slot: usize, res: i32) {
+        let Some(op) = self.ops.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if res < 0 {
+            op.error = true;
+        }
+        op.pending = op.pending.saturating_sub(1);
+        if op.pending == 0 {
+            self.end_phase(slot);
+        }
+    }
+
+    fn end_phase(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        if !op.error
+            && op.phase == Phase::Main
+            && matches!(op.outcome, Outcome::WriteVerify { verify: true, .. })
+        {
+            op.phase = Phase::VerifyRead;
+            self.submit_phase(slot);
+            return;
+        }
+        let Some(op) = self.ops[slot].take() else {
+            return;
+        };
+        self.free_ops.push(slot);
+        let index = op.conn;
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        sc.io_in_flight -= 1;
+        let result = io_result(
+            &op,
+            sc.conn.task(op.task).map(|t| t.data_out()).unwrap_or(&[]),
+        );
+        let lun = &mut self.luns[sc.lun];
+        let completion = lun.lu.complete(sc.nexus, &op.outcome, result.clone());
+        let (class, bytes, wanted) = match op.outcome {
+            Outcome::Read { len, .. } => (OpClass::Read, len, len),
+            Outcome::Write { len, .. } | Outcome::WriteVerify { len, .. } => {
+                let wanted = sc.conn.task(op.task).map_or(len, |t| {
+                    scsi::cdb::data_out_length(&t.cmd.cdb, lun.lu.info().block_size)
+                });
+                (OpClass::Write, len, wanted)
+            }
+            Outcome::Verify {
+                len, compare: true, ..
+            } => (OpClass::Other, len, len),
+            _ => (OpClass::Other, 0, 0),
+        };
+        let buffer = match (op.outcome, op.buf, result) {
+            (Outcome::Read { .. }, Some(buf), IoResult::Ok) => DataInSource::Buffer(Rc::new(buf)),
+            _ => DataInSource::None,
+        };
+        self.finish(index, op.task, completion, buffer, wanted, class, bytes);
+        self.pump(index);
+        self.reap(index);
+    }
+
+    // ---- task management and text ----
+
+    fn reset(&mut self, index: usize, itt: u32, function: TmfFunction, lun_field: u64) {
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        let (lun, nexus) = (sc.lun, sc.nexus);
+        let target_wide = matches!(
+            function,
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset
+        );
+        let our_lun = self.luns[lun].lu.info().lun;
+        if !target_wide && decode_lun(lun_field) != Some(our_lun) {
+            if let Some(sc) = self.conn_mut(index) {
+                sc.conn.tmf_done(itt, TmfResponse::LunDoesNotExist);
+            }
+            return;
+        }
+        let others: Vec<usize> = self
+            .live_conns()
+            .filter(|(i, c)| c.lun == lun && *i != index)
+            .map(|(i, _)| i)
+            .collect();
+        for i in others {
+            if let Some(sc) = self.conn_mut(i) {
+                sc.conn.abort_all();
+            }
+            self.flush(i);
+        }
+        let Some(sc) = self.conn_mut(index) else {
+            return;
+        };
+        let in_flight = sc.conn.abort_all();
+        sc.conn.reset_done(itt, function, in_flight);
+        let lu = &mut self.luns[lun].lu;
+        match function {
+            TmfFunction::LogicalUnitReset => lu.lun_reset(nexus),
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => lu.target_reset(nexus),
+            _ => {}
+        }
+    }
+
+    fn text(&mut self, index: usize, itt: u32, ttt: u32, data: &[u8], _cont: bool) {
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        let target = &self.luns[sc.lun].target;
+        let answer = super::text::full_feature_text(data, target, &self.portals);
+        sc.conn.text_response(itt, ttt, true, answer);
+    }
+}
+
+/// Decodes a single-level LUN (SAM-5 §4.7: peripheral or flat addressing).
+pub fn decode_lun(field: u64) -> Option<u64> {
+    let b = field.to_be_bytes();
+    if b[2..].iter().any(|&x| x != 0) {
+        return None;
+    }
+    match b[0] >> 6 {
+        0b00 if b[0] == 0 => Some(u64::from(b[1])),
+        0b01 => Some((u64::from(b[0] & 0x3f) << 8) | u64::from(b[1])),
+        _ => None,
+    }
+}
+
+fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
+    if op.error {
+        let read = matches!(op.outcome, Outcome::Read { .. } | Outcome::Verify { .. })
+            || op.phase == Phase::VerifyRead;
+        return IoResult::MediumError { read };
+    }
+    let compare = match op.outcome {
+        Outcome::Verify { compare, .. } => compare,
+        Outcome::WriteVerify { verify, .. } => verify,
+        _ => false,
+    };
+    if compare {
+        if let Some(buf) = &op.buf {
+            let n = buf.len().min(data_out.len());
+            if let Some(at) = buf[..n]
+                .iter()
+                .zip(&data_out[..n])
+                .position(|(a, b)| a != b)
+            {
+                return IoResult::Miscompare { at: at as u64 };
+            }
+        }
+    }
+    IoResult::Ok
+}
+
+fn log_error(shard: usize, what: &str, e: &dyn std::fmt::Display) {
+    eprintln!("shoal: shard {shard}: {what}: {e}");
+}
+
+/// Raw descriptor helper for logging.
+pub fn fd_of(stream: &TcpStream) -> RawFd {
+    stream.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_lun_addressing_methods() {
+        assert_eq!(decode_lun(0), Some(0));
+        assert_eq!(decode_lun(0x0003_0000_0000_0000), Some(3));
+        assert_eq!(decode_lun(0x4105_0000_0000_0000), Some(0x105));
+        assert_eq!(decode_lun(0x0000_0000_0000_0001), None);
+        assert_eq!(decode_lun(0x8000_0000_0000_0000), None);
+    }
+}

@@ -1,0 +1,1311 @@
+//! CDB parsing: bytes in, a typed [`Command`] out ("parse, then execute", as LIO's
+//! `sbc_parse_cdb`).
+//!
+//! Owns:
+//! - the CDB length of each operation code group (SPC-4 4.2.5.1, table 9), so that the 16-byte
+//!   padded CDBs iSCSI carries are read only as far as their real length;
+//! - the CDB layouts of every command this target implements (SPC-4 6.x and SBC-3 5.x, section
+//!   numbers on each [`Command`] variant) and the checks on their fields: protection fields
+//!   (RDPROTECT / WRPROTECT / VRPROTECT, SBC-3 4.22.2) must be zero since we have no protection
+//!   information, the CONTROL byte's NACA bit must be zero (SAM-5 5.2; NormACA=0), BYTCHK values
+//!   we do not implement, MODE SELECT PF/SP, INQUIRY EVPD/page-code rules and so on;
+//! - [`check_block_range`]: the MAXIMUM TRANSFER LENGTH (SBC-3 6.5.3) and LBA range checks
+//!   (SBC-3 4.5) of a block command against the medium;
+//! - [`SUPPORTED_COMMANDS`]: the single table of supported operation codes with their CDB usage
+//!   data, which REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) reports verbatim; unit tests check
+//!   that it matches [`parse`] exactly.
+//! - [`data_out_length`] and [`op_class`], which the iSCSI layer uses before executing.
+//!
+//! Anything not listed (UNMAP, WRITE SAME, COMPARE AND WRITE, EXTENDED COPY, PERSISTENT RESERVE,
+//! RESERVE/RELEASE, GET LBA STATUS...) is answered with INVALID COMMAND OPERATION CODE.
+
+use super::OpClass;
+use super::sense::Sense;
+
+/// Operation codes of the commands this module knows about (SPC-4 annex E, SBC-3 table 14).
+pub mod opcode {
+    /// TEST UNIT READY (SPC-4 6.47).
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    /// REQUEST SENSE (SPC-4 6.39).
+    pub const REQUEST_SENSE: u8 = 0x03;
+    /// READ (6) (SBC-3 5.10).
+    pub const READ_6: u8 = 0x08;
+    /// WRITE (6) (SBC-3 5.32).
+    pub const WRITE_6: u8 = 0x0A;
+    /// INQUIRY (SPC-4 6.6).
+    pub const INQUIRY: u8 = 0x12;
+    /// MODE SELECT (6) (SPC-4 6.9).
+    pub const MODE_SELECT_6: u8 = 0x15;
+    /// MODE SENSE (6) (SPC-4 6.11).
+    pub const MODE_SENSE_6: u8 = 0x1A;
+    /// START STOP UNIT (SBC-3 5.25).
+    pub const START_STOP_UNIT: u8 = 0x1B;
+    /// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.5).
+    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
+    /// READ CAPACITY (10) (SBC-3 5.15).
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    /// READ (10) (SBC-3 5.11).
+    pub const READ_10: u8 = 0x28;
+    /// WRITE (10) (SBC-3 5.33).
+    pub const WRITE_10: u8 = 0x2A;
+    /// WRITE AND VERIFY (10) (SBC-3 5.36).
+    pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
+    /// VERIFY (10) (SBC-3 5.29).
+    pub const VERIFY_10: u8 = 0x2F;
+    /// PRE-FETCH (10) (SBC-3 5.3).
+    pub const PRE_FETCH_10: u8 = 0x34;
+    /// SYNCHRONIZE CACHE (10) (SBC-3 5.26).
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// MODE SELECT (10) (SPC-4 6.10).
+    pub const MODE_SELECT_10: u8 = 0x55;
+    /// MODE SENSE (10) (SPC-4 6.12).
+    pub const MODE_SENSE_10: u8 = 0x5A;
+    /// READ (16) (SBC-3 5.13).
+    pub const READ_16: u8 = 0x88;
+    /// WRITE (16) (SBC-3 5.35).
+    pub const WRITE_16: u8 = 0x8A;
+    /// WRITE AND VERIFY (16) (SBC-3 5.38).
+    pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
+    /// VERIFY (16) (SBC-3 5.31).
+    pub const VERIFY_16: u8 = 0x8F;
+    /// PRE-FETCH (16) (SBC-3 5.4).
+    pub const PRE_FETCH_16: u8 = 0x90;
+    /// SYNCHRONIZE CACHE (16) (SBC-3 5.27).
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    /// SERVICE ACTION IN (16) (SPC-4 annex E).
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
+    /// REPORT LUNS (SPC-4 6.33).
+    pub const REPORT_LUNS: u8 = 0xA0;
+    /// MAINTENANCE IN (SPC-4 annex E).
+    pub const MAINTENANCE_IN: u8 = 0xA3;
+    /// READ (12) (SBC-3 5.12).
+    pub const READ_12: u8 = 0xA8;
+    /// WRITE (12) (SBC-3 5.34).
+    pub const WRITE_12: u8 = 0xAA;
+    /// WRITE AND VERIFY (12) (SBC-3 5.37).
+    pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+    /// VERIFY (12) (SBC-3 5.30).
+    pub const VERIFY_12: u8 = 0xAF;
+}
+
+/// SERVICE ACTION IN (16) service action READ CAPACITY (16) (SBC-3 5.16).
+pub const SA_READ_CAPACITY_16: u16 = 0x10;
+/// MAINTENANCE IN service action REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
+pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
+
+/// The CDB length implied by an operation code's group (SPC-4 table 9), or `None` for the
+/// reserved and vendor-specific groups (and variable-length 7Fh), none of which we implement.
+pub fn cdb_length(opcode: u8) -> Option<usize> {
+    match opcode >> 5 {
+        0 => Some(6),
+        1 | 2 => Some(10),
+        4 => Some(16),
+        5 => Some(12),
+        _ => None,
+    }
+}
+
+/// The block-addressing fields shared by READ, WRITE, VERIFY, WRITE AND VERIFY, PRE-FETCH and
+/// SYNCHRONIZE CACHE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockIo {
+    /// LOGICAL BLOCK ADDRESS.
+    pub lba: u64,
+    /// TRANSFER LENGTH (or VERIFICATION / PREFETCH LENGTH, NUMBER OF LOGICAL BLOCKS), in blocks.
+    /// READ (6) / WRITE (6) length 0 is already turned into 256.
+    pub blocks: u32,
+    /// Disable Page Out (a cache hint; accepted and ignored).
+    pub dpo: bool,
+    /// Force Unit Access.
+    pub fua: bool,
+    /// CDB byte offset of the length field, for the field pointer of a length error.
+    pub length_field: u16,
+}
+
+/// PC (page control) field of MODE SENSE (SPC-4 6.11.2, table 99).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageControl {
+    /// Current values.
+    Current,
+    /// Changeable values (a mask of the bits MODE SELECT may change).
+    Changeable,
+    /// Default values.
+    Default,
+    /// Saved values (not supported: no persistent mode pages).
+    Saved,
+}
+
+/// A parsed MODE SENSE (6) or (10) CDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModeSense {
+    /// MODE SENSE (10) rather than (6).
+    pub ten: bool,
+    /// Disable Block Descriptors.
+    pub dbd: bool,
+    /// Long LBA Accepted (MODE SENSE (10) only).
+    pub llbaa: bool,
+    /// Page control.
+    pub pc: PageControl,
+    /// PAGE CODE (3Fh = all pages).
+    pub page_code: u8,
+    /// SUBPAGE CODE.
+    pub subpage_code: u8,
+    /// ALLOCATION LENGTH.
+    pub alloc_len: u32,
+}
+
+/// A parsed MODE SELECT (6) or (10) CDB (PF=1 and SP=0 already checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModeSelect {
+    /// MODE SELECT (10) rather than (6).
+    pub ten: bool,
+    /// PARAMETER LIST LENGTH.
+    pub param_len: u32,
+}
+
+/// A parsed REPORT SUPPORTED OPERATION CODES CDB (SPC-4 6.35.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RsocRequest {
+    /// Return Command Timeouts Descriptor.
+    pub rctd: bool,
+    /// REPORTING OPTIONS (0..=3; others rejected at parse).
+    pub options: u8,
+    /// REQUESTED OPERATION CODE.
+    pub opcode: u8,
+    /// REQUESTED SERVICE ACTION.
+    pub service_action: u16,
+    /// ALLOCATION LENGTH.
+    pub alloc_len: u32,
+}
+
+/// A parsed, field-checked CDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// TEST UNIT READY (SPC-4 6.47).
+    TestUnitReady,
+    /// REQUEST SENSE (SPC-4 6.39).
+    RequestSense {
+        /// DESC: return descriptor format sense data.
+        desc: bool,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
+    /// INQUIRY (SPC-4 6.6).
+    Inquiry {
+        /// EVPD: return the vital product data page `page_code`.
+        evpd: bool,
+        /// PAGE CODE (0 when EVPD=0).
+        page_code: u8,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
+    /// MODE SENSE (6) / (10) (SPC-4 6.11, 6.12).
+    ModeSense(ModeSense),
+    /// MODE SELECT (6) / (10) (SPC-4 6.9, 6.10).
+    ModeSelect(ModeSelect),
+    /// START STOP UNIT (SBC-3 5.25): accepted, nothing to do.
+    StartStopUnit {
+        /// IMMED.
+        immed: bool,
+        /// POWER CONDITION.
+        power_condition: u8,
+        /// LOEJ (load/eject).
+        loej: bool,
+        /// START.
+        start: bool,
+    },
+    /// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.5): accepted, nothing to do.
+    PreventAllowMediumRemoval {
+        /// PREVENT = 01b.
+        prevent: bool,
+    },
+    /// READ CAPACITY (10) (SBC-3 5.15).
+    ReadCapacity10,
+    /// READ CAPACITY (16) (SBC-3 5.16).
+    ReadCapacity16 {
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
+    /// READ (6/10/12/16) (SBC-3 5.10 - 5.13).
+    Read(BlockIo),
+    /// WRITE (6/10/12/16) (SBC-3 5.32 - 5.35).
+    Write(BlockIo),
+    /// VERIFY (10/12/16) (SBC-3 5.29 - 5.31).
+    Verify {
+        /// Addressed blocks.
+        io: BlockIo,
+        /// BYTCHK=01b: compare with the Data-Out (else medium verification only).
+        compare: bool,
+    },
+    /// WRITE AND VERIFY (10/12/16) (SBC-3 5.36 - 5.38).
+    WriteAndVerify {
+        /// Addressed blocks.
+        io: BlockIo,
+        /// BYTCHK=01b: byte-by-byte compare after writing.
+        compare: bool,
+    },
+    /// PRE-FETCH (10/16) (SBC-3 5.3, 5.4).
+    PreFetch {
+        /// Addressed blocks.
+        io: BlockIo,
+        /// IMMED.
+        immed: bool,
+    },
+    /// SYNCHRONIZE CACHE (10/16) (SBC-3 5.26, 5.27). `io.blocks == 0` means "to the end of the
+    /// medium".
+    SynchronizeCache {
+        /// Addressed blocks.
+        io: BlockIo,
+        /// IMMED.
+        immed: bool,
+    },
+    /// REPORT LUNS (SPC-4 6.33).
+    ReportLuns {
+        /// SELECT REPORT (0, 1 or 2).
+        select_report: u8,
+        /// ALLOCATION LENGTH (>= 16).
+        alloc_len: u32,
+    },
+    /// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
+    ReportSupportedOpcodes(RsocRequest),
+}
+
+/// One supported command, as REPORT SUPPORTED OPERATION CODES describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandInfo {
+    /// Operation code.
+    pub opcode: u8,
+    /// Service action, for operation codes that have them.
+    pub service_action: Option<u16>,
+    /// CDB USAGE DATA (SPC-4 6.35.3): byte 0 the opcode, the service action in its field, then a
+    /// mask of the bits the device server evaluates. Its length is the CDB length.
+    pub usage: &'static [u8],
+}
+
+/// The commands this target implements, in opcode order: exactly what [`parse`] accepts.
+pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
+    cmd(
+        opcode::TEST_UNIT_READY,
+        &[0x00, 0x00, 0x00, 0x00, 0x00, 0x04],
+    ),
+    cmd(opcode::REQUEST_SENSE, &[0x03, 0x01, 0x00, 0x00, 0xFF, 0x04]),
+    cmd(opcode::READ_6, &[0x08, 0x1F, 0xFF, 0xFF, 0xFF, 0x04]),
+    cmd(opcode::WRITE_6, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x04]),
+    cmd(opcode::INQUIRY, &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04]),
+    cmd(opcode::MODE_SELECT_6, &[0x15, 0x11, 0x00, 0x00, 0xFF, 0x04]),
+    cmd(opcode::MODE_SENSE_6, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x04]),
+    cmd(
+        opcode::START_STOP_UNIT,
+        &[0x1B, 0x01, 0x00, 0x0F, 0xF7, 0x04],
+    ),
+    cmd(
+        opcode::PREVENT_ALLOW_MEDIUM_REMOVAL,
+        &[0x1E, 0x00, 0x00, 0x00, 0x03, 0x04],
+    ),
+    cmd(
+        opcode::READ_CAPACITY_10,
+        &[0x25, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x01, 0x04],
+    ),
+    cmd(
+        opcode::READ_10,
+        &[0x28, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::WRITE_10,
+        &[0x2A, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::WRITE_AND_VERIFY_10,
+        &[0x2E, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::VERIFY_10,
+        &[0x2F, 0xF6, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::PRE_FETCH_10,
+        &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::SYNCHRONIZE_CACHE_10,
+        &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::MODE_SELECT_10,
+        &[0x55, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::MODE_SENSE_10,
+        &[0x5A, 0x18, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(opcode::READ_16, &READ_16_USAGE),
+    cmd(opcode::WRITE_16, &WRITE_16_USAGE),
+    cmd(opcode::WRITE_AND_VERIFY_16, &WRITE_AND_VERIFY_16_USAGE),
+    cmd(opcode::VERIFY_16, &VERIFY_16_USAGE),
+    cmd(opcode::PRE_FETCH_16, &PRE_FETCH_16_USAGE),
+    cmd(opcode::SYNCHRONIZE_CACHE_16, &SYNCHRONIZE_CACHE_16_USAGE),
+    CommandInfo {
+        opcode: opcode::SERVICE_ACTION_IN_16,
+        service_action: Some(SA_READ_CAPACITY_16),
+        usage: &[
+            0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x01, 0x04,
+        ],
+    },
+    cmd(
+        opcode::REPORT_LUNS,
+        &[
+            0xA0, 0x00, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x04,
+        ],
+    ),
+    CommandInfo {
+        opcode: opcode::MAINTENANCE_IN,
+        service_action: Some(SA_REPORT_SUPPORTED_OPCODES),
+        usage: &[
+            0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x04,
+        ],
+    },
+    cmd(opcode::READ_12, &READ_12_USAGE),
+    cmd(opcode::WRITE_12, &WRITE_12_USAGE),
+    cmd(opcode::WRITE_AND_VERIFY_12, &WRITE_AND_VERIFY_12_USAGE),
+    cmd(opcode::VERIFY_12, &VERIFY_12_USAGE),
+];
+
+/// A table entry for an operation code without service actions.
+const fn cmd(opcode: u8, usage: &'static [u8]) -> CommandInfo {
+    CommandInfo {
+        opcode,
+        service_action: None,
+        usage,
+    }
+}
+
+/// CDB usage data of a 16-byte block command: byte 1 mask, LBA, length, GROUP NUMBER ignored,
+/// CONTROL (NACA only).
+const fn block16_usage(op: u8, byte1: u8) -> [u8; 16] {
+    let mut u = [0xFF; 16];
+    u[0] = op;
+    u[1] = byte1;
+    u[14] = 0x00;
+    u[15] = 0x04;
+    u
+}
+
+/// CDB usage data of a 12-byte block command: byte 1 mask, LBA, length, GROUP NUMBER ignored,
+/// CONTROL (NACA only).
+const fn block12_usage(op: u8, byte1: u8) -> [u8; 12] {
+    let mut u = [0xFF; 12];
+    u[0] = op;
+    u[1] = byte1;
+    u[10] = 0x00;
+    u[11] = 0x04;
+    u
+}
+
+/// Byte 1 usage of READ / WRITE: RDPROTECT/WRPROTECT, DPO, FUA.
+const RW_BYTE1: u8 = 0xF8;
+/// Byte 1 usage of VERIFY / WRITE AND VERIFY: VRPROTECT/WRPROTECT, DPO, BYTCHK.
+const VERIFY_BYTE1: u8 = 0xF6;
+/// Byte 1 usage of PRE-FETCH / SYNCHRONIZE CACHE: IMMED.
+const IMMED_BYTE1: u8 = 0x02;
+
+const READ_16_USAGE: [u8; 16] = block16_usage(opcode::READ_16, RW_BYTE1);
+const WRITE_16_USAGE: [u8; 16] = block16_usage(opcode::WRITE_16, RW_BYTE1);
+const WRITE_AND_VERIFY_16_USAGE: [u8; 16] =
+    block16_usage(opcode::WRITE_AND_VERIFY_16, VERIFY_BYTE1);
+const VERIFY_16_USAGE: [u8; 16] = block16_usage(opcode::VERIFY_16, VERIFY_BYTE1);
+const PRE_FETCH_16_USAGE: [u8; 16] = block16_usage(opcode::PRE_FETCH_16, IMMED_BYTE1);
+const SYNCHRONIZE_CACHE_16_USAGE: [u8; 16] =
+    block16_usage(opcode::SYNCHRONIZE_CACHE_16, IMMED_BYTE1);
+const READ_12_USAGE: [u8; 12] = block12_usage(opcode::READ_12, RW_BYTE1);
+const WRITE_12_USAGE: [u8; 12] = block12_usage(opcode::WRITE_12, RW_BYTE1);
+const WRITE_AND_VERIFY_12_USAGE: [u8; 12] =
+    block12_usage(opcode::WRITE_AND_VERIFY_12, VERIFY_BYTE1);
+const VERIFY_12_USAGE: [u8; 12] = block12_usage(opcode::VERIFY_12, VERIFY_BYTE1);
+
+/// Looks up a supported command by operation code and, for opcodes with service actions, the
+/// service action.
+pub fn supported_command(opcode: u8, service_action: Option<u16>) -> Option<&'static CommandInfo> {
+    SUPPORTED_COMMANDS.iter().find(|c| {
+        c.opcode == opcode && (c.service_action.is_none() || c.service_action == service_action)
+    })
+}
+
+/// Whether an operation code has service actions (its commands are told apart by a SERVICE
+/// ACTION field).
+pub fn has_service_actions(opcode: u8) -> bool {
+    SUPPORTED_COMMANDS
+        .iter()
+        .any(|c| c.opcode == opcode && c.service_action.is_some())
+}
+
+/// Reads a big-endian field of `len` bytes at `start`; 0 when out of the slice (never reached
+/// after the length check in [`parse`]).
+fn be(cdb: &[u8], start: usize, len: usize) -> u64 {
+    cdb.get(start..start + len)
+        .map(|b| b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        .unwrap_or(0)
+}
+
+/// Reads one CDB byte; 0 when out of the slice.
+fn byte(cdb: &[u8], i: usize) -> u8 {
+    cdb.get(i).copied().unwrap_or(0)
+}
+
+/// Narrows a field read with [`be`] of at most 4 bytes.
+fn be32(cdb: &[u8], start: usize, len: usize) -> u32 {
+    u32::try_from(be(cdb, start, len)).unwrap_or(u32::MAX)
+}
+
+/// Parses and field-checks a CDB. `cdb` may be longer than the command (iSCSI pads to 16 bytes);
+/// only the length implied by the operation code is read.
+///
+/// Errors are the sense data to return with CHECK CONDITION: INVALID COMMAND OPERATION CODE for
+/// anything unsupported, INVALID FIELD IN CDB (with a field pointer) for bad fields.
+pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
+    let Some(&op) = cdb.first() else {
+        return Err(Sense::invalid_field_in_cdb_unspecified());
+    };
+    let Some(len) = cdb_length(op) else {
+        return Err(Sense::invalid_opcode());
+    };
+    if !is_supported_opcode(op, cdb) {
+        return Err(Sense::invalid_opcode());
+    }
+    let Some(cdb) = cdb.get(..len) else {
+        return Err(Sense::invalid_field_in_cdb_unspecified());
+    };
+    check_control(cdb)?;
+    parse_fields(op, cdb)
+}
+
+/// Whether the operation code (and service action, read leniently) is in the table.
+fn is_supported_opcode(op: u8, cdb: &[u8]) -> bool {
+    let sa = has_service_actions(op).then(|| u16::from(byte(cdb, 1) & 0x1F));
+    supported_command(op, sa).is_some()
+}
+
+/// CONTROL byte (SAM-5 5.2): NACA must be zero since INQUIRY reports NormACA=0.
+fn check_control(cdb: &[u8]) -> Result<(), Sense> {
+    let last = cdb.len() - 1;
+    if byte(cdb, last) & 0x04 != 0 {
+        return Err(Sense::invalid_field_in_cdb(last as u16, Some(2)));
+    }
+    Ok(())
+}
+
+/// Per-opcode field decoding, after the opcode and length are known good.
+fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
+    use opcode::*;
+    match op {
+        TEST_UNIT_READY => Ok(Command::TestUnitReady),
+        REQUEST_SENSE => Ok(Command::RequestSense {
+            desc: byte(cdb, 1) & 0x01 != 0,
+            alloc_len: u32::from(byte(cdb, 4)),
+        }),
+        INQUIRY => parse_inquiry(cdb),
+        MODE_SENSE_6 | MODE_SENSE_10 => parse_mode_sense(cdb, op == MODE_SENSE_10),
+        MODE_SELECT_6 | MODE_SELECT_10 => parse_mode_select(cdb, op == MODE_SELECT_10),
+        START_STOP_UNIT => Ok(Command::StartStopUnit {
+            immed: byte(cdb, 1) & 0x01 != 0,
+            power_condition: byte(cdb, 4) >> 4,
+            loej: byte(cdb, 4) & 0x02 != 0,
+            start: byte(cdb, 4) & 0x01 != 0,
+        }),
+        PREVENT_ALLOW_MEDIUM_REMOVAL => parse_prevent_allow(cdb),
+        READ_CAPACITY_10 => parse_read_capacity10(cdb),
+        SERVICE_ACTION_IN_16 => parse_read_capacity16(cdb),
+        READ_6 => Ok(Command::Read(rw6(cdb))),
+        WRITE_6 => Ok(Command::Write(rw6(cdb))),
+        READ_10 | READ_12 | READ_16 => Ok(Command::Read(rw_protected(cdb)?)),
+        WRITE_10 | WRITE_12 | WRITE_16 => Ok(Command::Write(rw_protected(cdb)?)),
+        VERIFY_10 | VERIFY_12 | VERIFY_16 => {
+            let (io, compare) = verify_fields(cdb)?;
+            Ok(Command::Verify { io, compare })
+        }
+        WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 => {
+            let (io, compare) = verify_fields(cdb)?;
+            Ok(Command::WriteAndVerify { io, compare })
+        }
+        PRE_FETCH_10 | PRE_FETCH_16 => Ok(Command::PreFetch {
+            io: block_fields(cdb),
+            immed: byte(cdb, 1) & 0x02 != 0,
+        }),
+        SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => Ok(Command::SynchronizeCache {
+            io: block_fields(cdb),
+            immed: byte(cdb, 1) & 0x02 != 0,
+        }),
+        REPORT_LUNS => parse_report_luns(cdb),
+        MAINTENANCE_IN => parse_rsoc(cdb),
+        _ => Err(Sense::invalid_opcode()),
+    }
+}
+
+/// INQUIRY (SPC-4 6.6.1): CMDDT is obsolete and must be zero; EVPD=0 requires PAGE CODE 0.
+fn parse_inquiry(cdb: &[u8]) -> Result<Command, Sense> {
+    let b1 = byte(cdb, 1);
+    if b1 & 0x02 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(1)));
+    }
+    let evpd = b1 & 0x01 != 0;
+    let page_code = byte(cdb, 2);
+    if !evpd && page_code != 0 {
+        return Err(Sense::invalid_field_in_cdb(2, None));
+    }
+    Ok(Command::Inquiry {
+        evpd,
+        page_code,
+        alloc_len: be32(cdb, 3, 2),
+    })
+}
+
+/// MODE SENSE (6) / (10) (SPC-4 6.11.1, 6.12).
+fn parse_mode_sense(cdb: &[u8], ten: bool) -> Result<Command, Sense> {
+    let b1 = byte(cdb, 1);
+    let b2 = byte(cdb, 2);
+    let pc = match b2 >> 6 {
+        0 => PageControl::Current,
+        1 => PageControl::Changeable,
+        2 => PageControl::Default,
+        _ => PageControl::Saved,
+    };
+    let alloc_len = if ten {
+        be32(cdb, 7, 2)
+    } else {
+        u32::from(byte(cdb, 4))
+    };
+    Ok(Command::ModeSense(ModeSense {
+        ten,
+        dbd: b1 & 0x08 != 0,
+        llbaa: ten && b1 & 0x10 != 0,
+        pc,
+        page_code: b2 & 0x3F,
+        subpage_code: byte(cdb, 3),
+        alloc_len,
+    }))
+}
+
+/// MODE SELECT (6) / (10) (SPC-4 6.9.1): PF=0 (vendor-specific pages) and SP=1 (save pages)
+/// are not supported.
+fn parse_mode_select(cdb: &[u8], ten: bool) -> Result<Command, Sense> {
+    let b1 = byte(cdb, 1);
+    if b1 & 0x10 == 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(4)));
+    }
+    if b1 & 0x01 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(0)));
+    }
+    let param_len = if ten {
+        be32(cdb, 7, 2)
+    } else {
+        u32::from(byte(cdb, 4))
+    };
+    Ok(Command::ModeSelect(ModeSelect { ten, param_len }))
+}
+
+/// PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.5): PREVENT 10b/11b are obsolete.
+fn parse_prevent_allow(cdb: &[u8]) -> Result<Command, Sense> {
+    match byte(cdb, 4) & 0x03 {
+        0 => Ok(Command::PreventAllowMediumRemoval { prevent: false }),
+        1 => Ok(Command::PreventAllowMediumRemoval { prevent: true }),
+        _ => Err(Sense::invalid_field_in_cdb(4, Some(1))),
+    }
+}
+
+/// READ CAPACITY (10) (SBC-3 5.15.1): with PMI=0 the LBA field must be zero.
+fn parse_read_capacity10(cdb: &[u8]) -> Result<Command, Sense> {
+    let pmi = byte(cdb, 8) & 0x01 != 0;
+    if !pmi && be(cdb, 2, 4) != 0 {
+        return Err(Sense::invalid_field_in_cdb(2, None));
+    }
+    Ok(Command::ReadCapacity10)
+}
+
+/// READ CAPACITY (16) (SBC-3 5.16.1): with PMI=0 the LBA field must be zero.
+fn parse_read_capacity16(cdb: &[u8]) -> Result<Command, Sense> {
+    let pmi = byte(cdb, 14) & 0x01 != 0;
+    if !pmi && be(cdb, 2, 8) != 0 {
+        return Err(Sense::invalid_field_in_cdb(2, None));
+    }
+    Ok(Command::ReadCapacity16 {
+        alloc_len: be32(cdb, 10, 4),
+    })
+}
+
+/// READ (6) / WRITE (6) (SBC-3 5.10, 5.32): 21-bit LBA, TRANSFER LENGTH 0 means 256 blocks.
+fn rw6(cdb: &[u8]) -> BlockIo {
+    let lba = (u64::from(byte(cdb, 1) & 0x1F) << 16) | be(cdb, 2, 2);
+    let blocks = match byte(cdb, 4) {
+        0 => 256,
+        n => u32::from(n),
+    };
+    BlockIo {
+        lba,
+        blocks,
+        dpo: false,
+        fua: false,
+        length_field: 4,
+    }
+}
+
+/// LBA and length fields of a 10/12/16-byte block command, with DPO and FUA from byte 1.
+fn block_fields(cdb: &[u8]) -> BlockIo {
+    let b1 = byte(cdb, 1);
+    let (lba, blocks, length_field) = match cdb.len() {
+        10 => (be(cdb, 2, 4), be32(cdb, 7, 2), 7),
+        12 => (be(cdb, 2, 4), be32(cdb, 6, 4), 6),
+        _ => (be(cdb, 2, 8), be32(cdb, 10, 4), 10),
+    };
+    BlockIo {
+        lba,
+        blocks,
+        dpo: b1 & 0x10 != 0,
+        fua: b1 & 0x08 != 0,
+        length_field,
+    }
+}
+
+/// RDPROTECT / WRPROTECT / VRPROTECT (byte 1 bits 7:5) must be zero: no protection information
+/// (SBC-3 4.22.2 tables).
+fn check_protect(cdb: &[u8]) -> Result<(), Sense> {
+    if byte(cdb, 1) & 0xE0 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(7)));
+    }
+    Ok(())
+}
+
+/// READ / WRITE (10/12/16): protection check, then the block fields. RARC and FUA_NV are
+/// accepted and ignored.
+fn rw_protected(cdb: &[u8]) -> Result<BlockIo, Sense> {
+    check_protect(cdb)?;
+    Ok(block_fields(cdb))
+}
+
+/// VERIFY / WRITE AND VERIFY (10/12/16): protection check and BYTCHK (byte 1 bits 2:1).
+/// BYTCHK=00b medium verification, 01b compare; 10b is reserved and 11b (compare against one
+/// block) is not implemented.
+fn verify_fields(cdb: &[u8]) -> Result<(BlockIo, bool), Sense> {
+    check_protect(cdb)?;
+    let compare = match (byte(cdb, 1) >> 1) & 0x03 {
+        0 => false,
+        1 => true,
+        _ => return Err(Sense::invalid_field_in_cdb(1, Some(2))),
+    };
+    let mut io = block_fields(cdb);
+    io.fua = false; // bit 3 is reserved in VERIFY / WRITE AND VERIFY
+    Ok((io, compare))
+}
+
+/// REPORT LUNS (SPC-4 6.33): SELECT REPORT 0, 1 or 2 and an ALLOCATION LENGTH of at least 16.
+fn parse_report_luns(cdb: &[u8]) -> Result<Command, Sense> {
+    let select_report = byte(cdb, 2);
+    if select_report > 2 {
+        return Err(Sense::invalid_field_in_cdb(2, None));
+    }
+    let alloc_len = be32(cdb, 6, 4);
+    if alloc_len < 16 {
+        return Err(Sense::invalid_field_in_cdb(6, None));
+    }
+    Ok(Command::ReportLuns {
+        select_report,
+        alloc_len,
+    })
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35.1): REPORTING OPTIONS 000b - 011b.
+fn parse_rsoc(cdb: &[u8]) -> Result<Command, Sense> {
+    let b2 = byte(cdb, 2);
+    let options = b2 & 0x07;
+    if options > 3 {
+        return Err(Sense::invalid_field_in_cdb(2, Some(2)));
+    }
+    Ok(Command::ReportSupportedOpcodes(RsocRequest {
+        rctd: b2 & 0x80 != 0,
+        options,
+        opcode: byte(cdb, 3),
+        service_action: be(cdb, 4, 2) as u16,
+        alloc_len: be32(cdb, 6, 4),
+    }))
+}
+
+/// The MAXIMUM TRANSFER LENGTH (SBC-3 6.5.3, 0 = no limit) and LBA range (SBC-3 4.5) checks of
+/// a block command: the LBA must be on the medium, and LBA + length must not pass its end or
+/// wrap. A zero length is valid but its LBA is still checked.
+pub fn check_block_range(io: &BlockIo, num_blocks: u64, max_transfer: u32) -> Result<(), Sense> {
+    if max_transfer != 0 && io.blocks > max_transfer {
+        return Err(Sense::invalid_field_in_cdb(io.length_field, None));
+    }
+    let end = io.lba.checked_add(u64::from(io.blocks));
+    match end {
+        Some(end) if io.lba < num_blocks && end <= num_blocks => Ok(()),
+        _ => Err(Sense::lba_out_of_range()),
+    }
+}
+
+/// The number of Data-Out bytes the CDB asks the initiator to send: TRANSFER LENGTH × block
+/// size for WRITE and WRITE AND VERIFY, VERIFY with BYTCHK=01b (one block for BYTCHK=11b), the
+/// PARAMETER LIST LENGTH for MODE SELECT, 0 for everything else (including unsupported opcodes).
+///
+/// Read from the raw fields without validating them, so a command that [`parse`] later rejects
+/// still tells how much data the initiator is about to send.
+pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
+    use opcode::*;
+    let Some(&op) = cdb.first() else { return 0 };
+    let Some(len) = cdb_length(op) else { return 0 };
+    let Some(cdb) = cdb.get(..len) else { return 0 };
+    let bs = u64::from(block_size);
+    match op {
+        WRITE_6 => u64::from(rw6(cdb).blocks) * bs,
+        WRITE_10 | WRITE_12 | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12
+        | WRITE_AND_VERIFY_16 => u64::from(block_fields(cdb).blocks) * bs,
+        VERIFY_10 | VERIFY_12 | VERIFY_16 => {
+            let blocks = u64::from(block_fields(cdb).blocks);
+            match (byte(cdb, 1) >> 1) & 0x03 {
+                1 => blocks * bs,
+                3 if blocks > 0 => bs,
+                _ => 0,
+            }
+        }
+        MODE_SELECT_6 => u64::from(byte(cdb, 4)),
+        MODE_SELECT_10 => be(cdb, 7, 2),
+        _ => 0,
+    }
+}
+
+/// The statistics class of a CDB: READ (6/10/12/16), WRITE (6/10/12/16) and WRITE AND VERIFY,
+/// or other.
+pub fn op_class(cdb: &[u8]) -> OpClass {
+    use opcode::*;
+    match cdb.first().copied() {
+        Some(READ_6 | READ_10 | READ_12 | READ_16) => OpClass::Read,
+        Some(
+            WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12
+            | WRITE_AND_VERIFY_16,
+        ) => OpClass::Write,
+        _ => OpClass::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::sense::SenseKey;
+
+    /// A 16-byte padded CDB with the given leading bytes.
+    fn cdb(bytes: &[u8]) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..bytes.len()].copy_from_slice(bytes);
+        c
+    }
+
+    fn read10(lba: u32, blocks: u16, byte1: u8) -> [u8; 16] {
+        let l = lba.to_be_bytes();
+        let n = blocks.to_be_bytes();
+        cdb(&[0x28, byte1, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0])
+    }
+
+    #[test]
+    fn cdb_length_by_group() {
+        assert_eq!(cdb_length(0x00), Some(6));
+        assert_eq!(cdb_length(0x28), Some(10));
+        assert_eq!(cdb_length(0x5A), Some(10));
+        assert_eq!(cdb_length(0x7F), None);
+        assert_eq!(cdb_length(0x88), Some(16));
+        assert_eq!(cdb_length(0xA0), Some(12));
+        assert_eq!(cdb_length(0xC0), None);
+    }
+
+    #[test]
+    fn parse_read10_fields() {
+        let c = parse(&read10(0x0102_0304, 8, 0x18)).unwrap();
+        assert_eq!(
+            c,
+            Command::Read(BlockIo {
+                lba: 0x0102_0304,
+                blocks: 8,
+                dpo: true,
+                fua: true,
+                length_field: 7
+            })
+        );
+    }
+
+    #[test]
+    fn parse_read6_zero_length_means_256() {
+        let c = parse(&cdb(&[0x08, 0x1F, 0xFF, 0xFE, 0, 0])).unwrap();
+        assert_eq!(
+            c,
+            Command::Read(BlockIo {
+                lba: 0x1F_FFFE,
+                blocks: 256,
+                dpo: false,
+                fua: false,
+                length_field: 4
+            })
+        );
+        let Command::Write(io) = parse(&cdb(&[0x0A, 0, 0, 1, 5, 0])).unwrap() else {
+            panic!()
+        };
+        assert_eq!((io.lba, io.blocks), (1, 5));
+    }
+
+    #[test]
+    fn parse_read12_read16_write16_fields() {
+        let Command::Read(io) = parse(&cdb(&[0xA8, 0, 0, 0, 0, 9, 0, 0, 1, 0, 0, 0])).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((io.lba, io.blocks, io.length_field), (9, 256, 6));
+        let c = cdb(&[0x88, 0x08, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 2, 0, 0]);
+        let Command::Read(io) = parse(&c).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (io.lba, io.blocks, io.fua, io.length_field),
+            (0x0102_0304_0506_0708, 2, true, 10)
+        );
+        let c = cdb(&[0x8A, 0x02, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]);
+        let Command::Write(io) = parse(&c).unwrap() else {
+            panic!()
+        };
+        assert_eq!((io.lba, io.blocks, io.fua), (1, 1, false)); // FUA_NV accepted
+    }
+
+    #[test]
+    fn protect_fields_rejected() {
+        for op in [
+            0x28u8, 0xA8, 0x88, 0x2A, 0xAA, 0x8A, 0x2F, 0xAF, 0x8F, 0x2E, 0xAE, 0x8E,
+        ] {
+            for p in 1..8u8 {
+                let err = parse(&cdb(&[op, p << 5])).unwrap_err();
+                assert_eq!(
+                    err,
+                    Sense::invalid_field_in_cdb(1, Some(7)),
+                    "opcode {op:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn naca_rejected_at_real_cdb_end() {
+        assert_eq!(
+            parse(&cdb(&[0x00, 0, 0, 0, 0, 0x04])).unwrap_err(),
+            Sense::invalid_field_in_cdb(5, Some(2))
+        );
+        let mut c = read10(0, 1, 0);
+        c[9] = 0x04;
+        assert_eq!(
+            parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb(9, Some(2))
+        );
+        // Padding bytes past the real length are never read.
+        let mut c = read10(0, 1, 0);
+        c[15] = 0xFF;
+        assert!(parse(&c).is_ok());
+    }
+
+    #[test]
+    fn unsupported_opcodes_rejected() {
+        for op in [
+            0x42u8, 0x41, 0x93, 0x89, 0x83, 0x5E, 0x5F, 0x16, 0x17, 0x37, 0x9C, 0x48, 0xFF,
+        ] {
+            assert_eq!(
+                parse(&cdb(&[op])).unwrap_err(),
+                Sense::invalid_opcode(),
+                "opcode {op:#x}"
+            );
+        }
+        // GET LBA STATUS (9Eh/12h) and REPORT TARGET PORT GROUPS (A3h/0Ah).
+        assert_eq!(
+            parse(&cdb(&[0x9E, 0x12])).unwrap_err(),
+            Sense::invalid_opcode()
+        );
+        assert_eq!(
+            parse(&cdb(&[0xA3, 0x0A])).unwrap_err(),
+            Sense::invalid_opcode()
+        );
+    }
+
+    #[test]
+    fn short_or_empty_cdb_gives_sense_not_panic() {
+        assert_eq!(
+            parse(&[]).unwrap_err(),
+            Sense::invalid_field_in_cdb_unspecified()
+        );
+        assert_eq!(
+            parse(&[0x28, 0, 0]).unwrap_err(),
+            Sense::invalid_field_in_cdb_unspecified()
+        );
+        assert_eq!(parse(&[0x9E]).unwrap_err(), Sense::invalid_opcode()); // SA unreadable
+        for len in 0..16 {
+            for op in 0..=255u8 {
+                let mut c = vec![0xFFu8; len];
+                if let Some(b) = c.first_mut() {
+                    *b = op;
+                }
+                let _ = parse(&c);
+                let _ = data_out_length(&c, 512);
+                let _ = op_class(&c);
+            }
+        }
+    }
+
+    #[test]
+    fn inquiry_field_checks() {
+        assert_eq!(
+            parse(&cdb(&[0x12, 0, 0, 0x01, 0x00, 0])).unwrap(),
+            Command::Inquiry {
+                evpd: false,
+                page_code: 0,
+                alloc_len: 256
+            }
+        );
+        assert_eq!(
+            parse(&cdb(&[0x12, 0, 1, 0, 255, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(2, None)
+        );
+        assert_eq!(
+            parse(&cdb(&[0x12, 0x02, 0, 0, 255, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(1))
+        );
+        assert_eq!(
+            parse(&cdb(&[0x12, 1, 0x83, 0, 255, 0])).unwrap(),
+            Command::Inquiry {
+                evpd: true,
+                page_code: 0x83,
+                alloc_len: 255
+            }
+        );
+    }
+
+    #[test]
+    fn mode_select_pf_sp_checks() {
+        assert_eq!(
+            parse(&cdb(&[0x15, 0x00, 0, 0, 24, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(4))
+        );
+        assert_eq!(
+            parse(&cdb(&[0x15, 0x11, 0, 0, 24, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(0))
+        );
+        assert_eq!(
+            parse(&cdb(&[0x55, 0x10, 0, 0, 0, 0, 0, 0x01, 0x02, 0])).unwrap(),
+            Command::ModeSelect(ModeSelect {
+                ten: true,
+                param_len: 0x102
+            })
+        );
+    }
+
+    #[test]
+    fn mode_sense_fields() {
+        let Command::ModeSense(m) = parse(&cdb(&[0x1A, 0x08, 0xFF, 0x00, 0xC0, 0])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (m.ten, m.dbd, m.llbaa, m.pc, m.page_code, m.alloc_len),
+            (false, true, false, PageControl::Saved, 0x3F, 0xC0)
+        );
+        let Command::ModeSense(m) = parse(&cdb(&[0x5A, 0x10, 0x48, 0, 0, 0, 0, 1, 0, 0])).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (m.ten, m.llbaa, m.pc, m.page_code, m.alloc_len),
+            (true, true, PageControl::Changeable, 0x08, 256)
+        );
+    }
+
+    #[test]
+    fn verify_bytchk_values() {
+        let Command::Verify { compare, .. } = parse(&cdb(&[0x2F, 0x00])).unwrap() else {
+            panic!()
+        };
+        assert!(!compare);
+        let Command::Verify { compare, .. } = parse(&cdb(&[0x2F, 0x02])).unwrap() else {
+            panic!()
+        };
+        assert!(compare);
+        for b in [0x04u8, 0x06] {
+            assert_eq!(
+                parse(&cdb(&[0x2F, b])).unwrap_err(),
+                Sense::invalid_field_in_cdb(1, Some(2))
+            );
+            assert_eq!(
+                parse(&cdb(&[0x8E, b])).unwrap_err(),
+                Sense::invalid_field_in_cdb(1, Some(2))
+            );
+        }
+        let Command::WriteAndVerify { io, compare } =
+            parse(&cdb(&[0xAE, 0x12, 0, 0, 0, 3, 0, 0, 0, 4])).unwrap()
+        else {
+            panic!()
+        };
+        assert!(compare && io.dpo && !io.fua);
+        assert_eq!((io.lba, io.blocks), (3, 4));
+    }
+
+    #[test]
+    fn prefetch_and_sync_cache_fields() {
+        let c = parse(&cdb(&[0x34, 0x02, 0, 0, 0, 5, 0x03, 0, 7, 0])).unwrap();
+        assert_eq!(
+            c,
+            Command::PreFetch {
+                io: BlockIo {
+                    lba: 5,
+                    blocks: 7,
+                    dpo: false,
+                    fua: false,
+                    length_field: 7
+                },
+                immed: true
+            }
+        );
+        let c = parse(&cdb(&[
+            0x91, 0x00, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0,
+        ]))
+        .unwrap();
+        let Command::SynchronizeCache { io, immed } = c else {
+            panic!()
+        };
+        assert_eq!((io.lba, io.blocks, immed), (1, 0, false));
+    }
+
+    #[test]
+    fn read_capacity_checks() {
+        assert_eq!(parse(&cdb(&[0x25])).unwrap(), Command::ReadCapacity10);
+        assert_eq!(
+            parse(&cdb(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(2, None)
+        );
+        assert_eq!(
+            parse(&cdb(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0])).unwrap(),
+            Command::ReadCapacity10
+        );
+        let c = cdb(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]);
+        assert_eq!(
+            parse(&c).unwrap(),
+            Command::ReadCapacity16 { alloc_len: 32 }
+        );
+        let c = cdb(&[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 32, 0, 0]);
+        assert_eq!(parse(&c).unwrap_err(), Sense::invalid_field_in_cdb(2, None));
+    }
+
+    #[test]
+    fn report_luns_checks() {
+        let ok = cdb(&[0xA0, 0, 2, 0, 0, 0, 0, 0, 0, 16, 0, 0]);
+        assert_eq!(
+            parse(&ok).unwrap(),
+            Command::ReportLuns {
+                select_report: 2,
+                alloc_len: 16
+            }
+        );
+        let bad_select = cdb(&[0xA0, 0, 3, 0, 0, 0, 0, 0, 0, 16, 0, 0]);
+        assert_eq!(
+            parse(&bad_select).unwrap_err(),
+            Sense::invalid_field_in_cdb(2, None)
+        );
+        let short = cdb(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 0]);
+        assert_eq!(
+            parse(&short).unwrap_err(),
+            Sense::invalid_field_in_cdb(6, None)
+        );
+    }
+
+    #[test]
+    fn prevent_allow_and_start_stop() {
+        assert_eq!(
+            parse(&cdb(&[0x1E, 0, 0, 0, 1, 0])).unwrap(),
+            Command::PreventAllowMediumRemoval { prevent: true }
+        );
+        assert_eq!(
+            parse(&cdb(&[0x1E, 0, 0, 0, 2, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(4, Some(1))
+        );
+        assert_eq!(
+            parse(&cdb(&[0x1B, 1, 0, 0, 0x13, 0])).unwrap(),
+            Command::StartStopUnit {
+                immed: true,
+                power_condition: 1,
+                loej: true,
+                start: true
+            }
+        );
+    }
+
+    #[test]
+    fn rsoc_options_checked() {
+        let c = cdb(&[0xA3, 0x0C, 0x81, 0x28, 0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            parse(&c).unwrap(),
+            Command::ReportSupportedOpcodes(RsocRequest {
+                rctd: true,
+                options: 1,
+                opcode: 0x28,
+                service_action: 0,
+                alloc_len: 256
+            })
+        );
+        let c = cdb(&[0xA3, 0x0C, 0x04, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb(2, Some(2))
+        );
+    }
+
+    #[test]
+    fn block_range_checks() {
+        let io = |lba, blocks| BlockIo {
+            lba,
+            blocks,
+            dpo: false,
+            fua: false,
+            length_field: 7,
+        };
+        assert!(check_block_range(&io(0, 0), 100, 0).is_ok());
+        assert!(check_block_range(&io(99, 1), 100, 0).is_ok());
+        assert!(check_block_range(&io(0, 100), 100, 0).is_ok());
+        assert_eq!(
+            check_block_range(&io(99, 2), 100, 0),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            check_block_range(&io(100, 0), 100, 0),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            check_block_range(&io(101, 0), 100, 0),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            check_block_range(&io(u64::MAX, 1), 100, 0),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            check_block_range(&io(u64::MAX, 0), u64::MAX, 0),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            check_block_range(&io(0, 9), 100, 8),
+            Err(Sense::invalid_field_in_cdb(7, None))
+        );
+        assert!(check_block_range(&io(0, 8), 100, 8).is_ok());
+    }
+
+    #[test]
+    fn data_out_length_per_command() {
+        assert_eq!(data_out_length(&read10(0, 4, 0), 512), 0);
+        assert_eq!(
+            data_out_length(&cdb(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 4, 0]), 512),
+            2048
+        );
+        assert_eq!(
+            data_out_length(&cdb(&[0x0A, 0, 0, 0, 0, 0]), 512),
+            256 * 512
+        );
+        assert_eq!(
+            data_out_length(&cdb(&[0xAA, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0]), 4096),
+            3 * 4096
+        );
+        assert_eq!(
+            data_out_length(
+                &cdb(&[0x8A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+                512
+            ),
+            65536 * 512
+        );
+        assert_eq!(
+            data_out_length(&cdb(&[0x2E, 0, 0, 0, 0, 0, 0, 0, 2, 0]), 512),
+            1024
+        );
+        assert_eq!(
+            data_out_length(&cdb(&[0x2F, 0x00, 0, 0, 0, 0, 0, 0, 2, 0]), 512),
+            0
+        );
+        assert_eq!(
+            data_out_length(&cdb(&[0x2F, 0x02, 0, 0, 0, 0, 0, 0, 2, 0]), 512),
+            1024
+        );
+        assert_eq!(
+            data_out_length(&cdb(&[0x2F, 0x06, 0, 0, 0, 0, 0, 0, 2, 0]), 512),
+            512
+        );
+        assert_eq!(data_out_length(&cdb(&[0x15, 0x10, 0, 0, 24, 0]), 512), 24);
+        assert_eq!(
+            data_out_length(&cdb(&[0x55, 0x10, 0, 0, 0, 0, 0, 1, 0, 0]), 512),
+            256
+        );
+        // Raw fields: still reported when the CDB is invalid (WRPROTECT != 0).
+        assert_eq!(
+            data_out_length(&cdb(&[0x2A, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]), 512),
+            512
+        );
+        assert_eq!(data_out_length(&cdb(&[0x42]), 512), 0);
+        assert_eq!(data_out_length(&[], 512), 0);
+    }
+
+    #[test]
+    fn op_class_per_command() {
+        for op in [0x08u8, 0x28, 0xA8, 0x88] {
+            assert_eq!(op_class(&[op]), OpClass::Read);
+        }
+        for op in [0x0Au8, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E] {
+            assert_eq!(op_class(&[op]), OpClass::Write);
+        }
+        for op in [0x00u8, 0x12, 0x2F, 0x35, 0x9E] {
+            assert_eq!(op_class(&[op]), OpClass::Other);
+        }
+        assert_eq!(op_class(&[]), OpClass::Other);
+    }
+
+    #[test]
+    fn supported_table_matches_parser_exactly() {
+        for op in 0..=255u8 {
+            let sas: Vec<u8> = if op == 0x9E || op == 0xA3 {
+                (0..32).collect()
+            } else {
+                vec![0]
+            };
+            for sa in sas {
+                let c = cdb(&[op, sa]);
+                let accepted = parse(&c) != Err(Sense::invalid_opcode());
+                let listed =
+                    supported_command(op, has_service_actions(op).then_some(u16::from(sa)))
+                        .is_some();
+                assert_eq!(accepted, listed, "opcode {op:#04x} sa {sa:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn supported_table_usage_data_is_consistent() {
+        let mut last = None;
+        for info in SUPPORTED_COMMANDS {
+            assert_eq!(info.usage[0], info.opcode);
+            assert_eq!(
+                Some(info.usage.len()),
+                cdb_length(info.opcode),
+                "opcode {:#x}",
+                info.opcode
+            );
+            if let Some(sa) = info.service_action {
+                assert_eq!(u16::from(info.usage[1] & 0x1F), sa);
+            }
+            // The CONTROL byte: only NACA is evaluated.
+            assert_eq!(info.usage[info.usage.len() - 1], 0x04);
+            let key = (info.opcode, info.service_action);
+            assert!(Some(key) > last, "table must be sorted");
+            last = Some(key);
+        }
+        // DPO/FUA advertised for READ/WRITE, DPO for VERIFY / WRITE AND VERIFY.
+        for op in [0x28u8, 0x2A, 0xA8, 0xAA, 0x88, 0x8A] {
+            assert_eq!(supported_command(op, None).unwrap().usage[1] & 0x18, 0x18);
+        }
+        for op in [0x2Eu8, 0x2F, 0xAE, 0xAF, 0x8E, 0x8F] {
+            assert_eq!(supported_command(op, None).unwrap().usage[1] & 0x10, 0x10);
+        }
+        assert_eq!(Sense::invalid_opcode().key, SenseKey::IllegalRequest);
+    }
+}

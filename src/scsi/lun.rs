@@ -1,0 +1,817 @@
+//! A logical unit: its static description ([`LunInfo`]), its mutable SCSI state (mode
+//! parameters, per-I_T-nexus unit attention queues) and the command entry points
+//! [`LogicalUnit::execute`] / [`LogicalUnit::complete`].
+//!
+//! Implements:
+//! - command dispatch after [`cdb::parse`] to the SPC-4 ([`spc`]) and SBC-3 ([`sbc`]) handlers;
+//! - unit attention conditions (SAM-5 5.14, SPC-4 5.12 with UA_INTLCK_CTRL=00b): a pending unit
+//!   attention is reported, and cleared, in place of any command except INQUIRY, REPORT LUNS and
+//!   REQUEST SENSE; REQUEST SENSE returns and clears it; REPORT LUNS clears REPORTED LUNS DATA
+//!   HAS CHANGED (SPC-4 6.33, LUICLR);
+//! - the unit attentions raised by events: a new I_T nexus (POWER ON, RESET...), LOGICAL UNIT
+//!   RESET and TARGET RESET (SAM-5 7.5, 7.10), MODE SELECT from another nexus (MODE PARAMETERS
+//!   CHANGED), a capacity change (CAPACITY DATA HAS CHANGED, SBC-3 4.6), commands aborted by
+//!   another nexus (COMMANDS CLEARED BY ANOTHER INITIATOR, TAS=0);
+//! - the answers for a LUN with no logical unit behind it (SPC-4 6.6.2, PERIPHERAL QUALIFIER
+//!   011b; SPC-4 6.33 for REPORT LUNS), [`lun_not_supported`];
+//! - single-level LUN encoding (SAM-5 4.7.3, peripheral and flat addressing): [`encode_lun`],
+//!   [`decode_lun`].
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::cdb::{self, Command, ModeSelect};
+use super::sense::Sense;
+use super::spc::ModeState;
+use super::{Completion, IoResult, NexusId, Outcome, sbc, spc};
+
+/// The static description of a logical unit, from the volume catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunInfo {
+    /// The LUN number (0..=16383 for single-level addressing).
+    pub lun: u64,
+    /// The volume's name in the catalog.
+    pub volume_name: String,
+    /// The iSCSI name (IQN) of the target the LU belongs to.
+    pub target_name: String,
+    /// RELATIVE TARGET PORT IDENTIFIER of the port the LU is reached through (1 for the first).
+    pub relative_port_id: u16,
+    /// Logical block size in bytes: 512 or 4096.
+    pub block_size: u32,
+    /// Physical block size in bytes (a power-of-two multiple of `block_size`, else treated as
+    /// equal to it).
+    pub physical_block_size: u32,
+    /// Capacity in logical blocks.
+    pub num_blocks: u64,
+    /// NAA IEEE Registered Extended designator (16 bytes, first nibble 6).
+    pub naa: [u8; 16],
+    /// Unit serial number (printable ASCII).
+    pub serial: String,
+    /// Write protected: writes fail with DATA PROTECT, MODE SENSE reports WP.
+    pub read_only: bool,
+    /// Thin provisioned (LBPME / LBPRZ, provisioning type thin).
+    pub thin: bool,
+    /// Initial (and default) value of the caching mode page's WCE.
+    pub write_cache: bool,
+    /// MAXIMUM TRANSFER LENGTH in blocks (Block Limits VPD); 0 = no limit.
+    pub max_transfer_blocks: u32,
+}
+
+impl Default for LunInfo {
+    /// LUN 0, 512-byte blocks, empty, writable, fully provisioned, write cache enabled, at most
+    /// 8 MiB per transfer. The naming fields are placeholders the catalog overwrites.
+    fn default() -> Self {
+        LunInfo {
+            lun: 0,
+            volume_name: String::new(),
+            target_name: String::new(),
+            relative_port_id: 1,
+            block_size: 512,
+            physical_block_size: 512,
+            num_blocks: 0,
+            naa: [0x60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            serial: String::new(),
+            read_only: false,
+            thin: false,
+            write_cache: true,
+            max_transfer_blocks: 16384,
+        }
+    }
+}
+
+impl LunInfo {
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY (16)): log2 of physical / logical
+    /// block size, 0 when that ratio is not a power of two greater than one.
+    pub fn logical_per_physical_exponent(&self) -> u8 {
+        let ratio = self.logical_per_physical();
+        if ratio.is_power_of_two() {
+            ratio.trailing_zeros() as u8
+        } else {
+            0
+        }
+    }
+
+    /// Logical blocks per physical block (at least 1).
+    pub fn logical_per_physical(&self) -> u32 {
+        if self.block_size == 0 || self.physical_block_size % self.block_size != 0 {
+            return 1;
+        }
+        (self.physical_block_size / self.block_size).max(1)
+    }
+}
+
+/// At most this many unit attentions are queued per nexus; further ones are dropped (the oldest
+/// are the ones SAM-5 wants reported first).
+const MAX_PENDING_UA: usize = 16;
+
+/// A logical unit: [`LunInfo`] plus the state SCSI commands change.
+#[derive(Debug, Clone)]
+pub struct LogicalUnit {
+    /// The static description.
+    info: LunInfo,
+    /// Current mode parameters.
+    mode: ModeState,
+    /// Default mode parameters (from `info.write_cache`).
+    default_mode: ModeState,
+    /// Pending unit attentions of each known I_T nexus, oldest first.
+    nexuses: BTreeMap<NexusId, VecDeque<Sense>>,
+}
+
+impl LogicalUnit {
+    /// A logical unit with its mode parameters at their defaults and no I_T nexus.
+    pub fn new(info: LunInfo) -> Self {
+        let default_mode = ModeState {
+            wce: info.write_cache,
+        };
+        LogicalUnit {
+            info,
+            mode: default_mode,
+            default_mode,
+            nexuses: BTreeMap::new(),
+        }
+    }
+
+    /// The static description.
+    pub fn info(&self) -> &LunInfo {
+        &self.info
+    }
+
+    /// Whether write-back caching is enabled (caching mode page WCE). When it is not, every
+    /// write request this LU returns has `fua` set.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.mode.wce
+    }
+
+    // ---- I_T nexuses and unit attentions ----
+
+    /// Registers a new I_T nexus and queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for it.
+    /// Registering a nexus again replaces its queue.
+    pub fn add_nexus(&mut self, n: NexusId) {
+        self.nexuses
+            .insert(n, VecDeque::from([Sense::power_on_reset()]));
+    }
+
+    /// Forgets an I_T nexus (logout, connection loss) and its pending unit attentions.
+    pub fn remove_nexus(&mut self, n: NexusId) {
+        self.nexuses.remove(&n);
+    }
+
+    /// Queues a unit attention for one nexus (ignored for an unknown nexus or a condition that
+    /// is already pending).
+    pub fn queue_unit_attention(&mut self, n: NexusId, ua: Sense) {
+        if let Some(queue) = self.nexuses.get_mut(&n) {
+            push_ua(queue, ua);
+        }
+    }
+
+    /// Queues a unit attention for every nexus except `except`.
+    pub fn queue_unit_attention_all(&mut self, ua: Sense, except: Option<NexusId>) {
+        for (n, queue) in self.nexuses.iter_mut() {
+            if Some(*n) != except {
+                push_ua(queue, ua);
+            }
+        }
+    }
+
+    /// Whether a unit attention is pending for `n`.
+    pub fn has_unit_attention(&self, n: NexusId) -> bool {
+        self.nexuses.get(&n).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Dequeues the oldest pending unit attention of `n`.
+    fn pop_unit_attention(&mut self, n: NexusId) -> Option<Sense> {
+        self.nexuses.get_mut(&n).and_then(VecDeque::pop_front)
+    }
+
+    /// Removes a pending condition from `n`'s queue.
+    fn clear_unit_attention(&mut self, n: NexusId, ua: Sense) {
+        if let Some(queue) = self.nexuses.get_mut(&n) {
+            queue.retain(|s| *s != ua);
+        }
+    }
+
+    /// LOGICAL UNIT RESET: queues BUS DEVICE RESET FUNCTION OCCURRED for every nexus, the one
+    /// that sent the reset (`_from`) included, as SAM-5 requires (libiscsi's MultipathIO.Reset
+    /// checks every path). Mode parameters are kept. Aborting the tasks is the caller's job.
+    pub fn lun_reset(&mut self, _from: NexusId) {
+        self.queue_unit_attention_all(Sense::bus_device_reset(), None);
+    }
+
+    /// TARGET WARM/COLD RESET: queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for every
+    /// nexus, the sender's included.
+    pub fn target_reset(&mut self, _from: NexusId) {
+        self.queue_unit_attention_all(Sense::target_reset(), None);
+    }
+
+    /// Tasks of `n` were aborted by a task management function from another nexus (TAS=0 in the
+    /// Control mode page, so they end without status): queues COMMANDS CLEARED BY ANOTHER
+    /// INITIATOR for `n`.
+    pub fn commands_cleared(&mut self, n: NexusId) {
+        self.queue_unit_attention(n, Sense::commands_cleared_by_another_initiator());
+    }
+
+    /// Resizes the logical unit and queues CAPACITY DATA HAS CHANGED for every nexus.
+    pub fn set_capacity(&mut self, num_blocks: u64) {
+        self.info.num_blocks = num_blocks;
+        self.queue_unit_attention_all(Sense::capacity_data_changed(), None);
+    }
+
+    // ---- commands ----
+
+    /// Executes a CDB from nexus `n` with the Data-Out gathered for it (empty for commands
+    /// without one; see [`cdb::data_out_length`]). An unknown nexus has no unit attention.
+    pub fn execute(&mut self, n: NexusId, cdb: &[u8], data_out: &[u8]) -> Outcome {
+        let ua = if reports_no_unit_attention(cdb) {
+            None
+        } else {
+            self.pop_unit_attention(n)
+        };
+        if let Some(ua) = ua {
+            return Outcome::Done(Completion::check(ua));
+        }
+        match cdb::parse(cdb) {
+            Ok(cmd) => self.dispatch(n, &cmd, data_out),
+            Err(sense) => Outcome::Done(Completion::check(sense)),
+        }
+    }
+
+    /// Runs a parsed command.
+    fn dispatch(&mut self, n: NexusId, cmd: &Command, data_out: &[u8]) -> Outcome {
+        let info = &self.info;
+        let completion = match *cmd {
+            Command::TestUnitReady
+            | Command::StartStopUnit { .. }
+            | Command::PreventAllowMediumRemoval { .. } => Completion::good(Vec::new()),
+            Command::RequestSense { desc, alloc_len } => {
+                let sense = self.pop_unit_attention(n).unwrap_or(Sense::no_sense());
+                spc::request_sense(desc, alloc_len, &sense)
+            }
+            Command::Inquiry {
+                evpd,
+                page_code,
+                alloc_len,
+            } => spc::inquiry(info, evpd, page_code, alloc_len),
+            Command::ModeSense(ref req) => {
+                spc::mode_sense(info, req, &self.mode, &self.default_mode)
+            }
+            Command::ModeSelect(req) => self.mode_select(n, req, data_out),
+            Command::ReadCapacity10 => sbc::read_capacity10(info),
+            Command::ReadCapacity16 { alloc_len } => sbc::read_capacity16(info, alloc_len),
+            Command::Read(io) => return sbc::read(info, &io),
+            Command::Write(io) => return sbc::write(info, self.mode.wce, &io, data_out),
+            Command::Verify { io, compare } => return sbc::verify(info, &io, compare, data_out),
+            Command::WriteAndVerify { io, compare } => {
+                return sbc::write_and_verify(info, &io, compare, data_out);
+            }
+            Command::PreFetch { io, .. } => return sbc::pre_fetch(info, &io),
+            Command::SynchronizeCache { io, .. } => return sbc::synchronize_cache(info, &io),
+            Command::ReportLuns {
+                select_report,
+                alloc_len,
+            } => {
+                let c = spc::report_luns(select_report, alloc_len, &[info.lun]);
+                self.clear_unit_attention(n, Sense::reported_luns_data_changed());
+                c
+            }
+            Command::ReportSupportedOpcodes(ref req) => spc::report_supported_opcodes(req),
+        };
+        Outcome::Done(completion)
+    }
+
+    /// MODE SELECT: validates and applies the parameter list (the first PARAMETER LIST LENGTH
+    /// bytes of the Data-Out); a WCE change raises MODE PARAMETERS CHANGED on the other nexuses.
+    fn mode_select(&mut self, n: NexusId, req: ModeSelect, data_out: &[u8]) -> Completion {
+        let len = usize::try_from(req.param_len)
+            .unwrap_or(usize::MAX)
+            .min(data_out.len());
+        let params = data_out.get(..len).unwrap_or_default();
+        match spc::mode_select(&self.info, &self.mode, &self.default_mode, req.ten, params) {
+            Err(sense) => Completion::check(sense),
+            Ok(next) => {
+                if next != self.mode {
+                    self.mode = next;
+                    self.queue_unit_attention_all(Sense::mode_parameters_changed(), Some(n));
+                }
+                Completion::good(Vec::new())
+            }
+        }
+    }
+
+    /// Maps the result of a storage request that [`execute`](Self::execute) returned to the
+    /// command's completion (GOOD with empty data on success: for a read the shard sends the
+    /// buffer itself).
+    pub fn complete(&mut self, _n: NexusId, outcome: &Outcome, result: IoResult) -> Completion {
+        sbc::complete(outcome, result)
+    }
+}
+
+/// Queues `ua` unless it is already pending or the queue is full.
+fn push_ua(queue: &mut VecDeque<Sense>, ua: Sense) {
+    if queue.len() < MAX_PENDING_UA && !queue.contains(&ua) {
+        queue.push_back(ua);
+    }
+}
+
+/// INQUIRY, REPORT LUNS and REQUEST SENSE are executed despite a pending unit attention
+/// (SAM-5 5.14, SPC-4 5.12).
+fn reports_no_unit_attention(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first().copied(),
+        Some(cdb::opcode::INQUIRY | cdb::opcode::REPORT_LUNS | cdb::opcode::REQUEST_SENSE)
+    )
+}
+
+/// The answer to a command addressed to a LUN with no logical unit: INQUIRY returns data with
+/// PERIPHERAL QUALIFIER 011b / DEVICE TYPE 1Fh (SPC-4 6.6.2; standard data, or an empty VPD page
+/// for EVPD=1), REPORT LUNS lists LUN 0, REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as
+/// parameter data, anything else is CHECK CONDITION LOGICAL UNIT NOT SUPPORTED.
+pub fn lun_not_supported(cdb: &[u8]) -> Completion {
+    let cmd = match cdb::parse(cdb) {
+        Ok(cmd) => cmd,
+        Err(sense) if sense == Sense::invalid_opcode() => {
+            return Completion::check(Sense::lun_not_supported());
+        }
+        Err(sense) => return Completion::check(sense),
+    };
+    match cmd {
+        Command::Inquiry {
+            evpd: false,
+            alloc_len,
+            ..
+        } => Completion::good(spc::truncate(
+            spc::standard_inquiry(spc::PERIPHERAL_NO_LUN),
+            alloc_len,
+        )),
+        Command::Inquiry {
+            page_code,
+            alloc_len,
+            ..
+        } => Completion::good(spc::truncate(
+            vec![spc::PERIPHERAL_NO_LUN, page_code, 0, 0],
+            alloc_len,
+        )),
+        Command::ReportLuns {
+            select_report,
+            alloc_len,
+        } => spc::report_luns(select_report, alloc_len, &[0]),
+        Command::RequestSense { desc, alloc_len } => {
+            spc::request_sense(desc, alloc_len, &Sense::lun_not_supported())
+        }
+        _ => Completion::check(Sense::lun_not_supported()),
+    }
+}
+
+/// Encodes a LUN number as an 8-byte single-level LUN (SAM-5 4.7.3): peripheral device
+/// addressing below 256, flat space addressing below 16384; larger values are taken to be a
+/// complete 8-byte LUN structure already and copied big-endian.
+pub fn encode_lun(lun: u64) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if lun < 256 {
+        b[1] = lun as u8;
+    } else if lun < 16384 {
+        b[0] = 0x40 | (lun >> 8) as u8;
+        b[1] = lun as u8;
+    } else {
+        b = lun.to_be_bytes();
+    }
+    b
+}
+
+/// Decodes an 8-byte LUN field (e.g. from an iSCSI PDU) into a LUN number: the inverse of
+/// [`encode_lun`] for single-level peripheral (bus 0) and flat space addresses; anything else is
+/// returned as the raw big-endian value (which matches no LUN below 16384).
+pub fn decode_lun(lun: [u8; 8]) -> u64 {
+    let level_two_empty = lun[2..].iter().all(|&b| b == 0);
+    match lun[0] >> 6 {
+        0b00 if lun[0] == 0 && level_two_empty => u64::from(lun[1]),
+        0b01 if level_two_empty => (u64::from(lun[0] & 0x3F) << 8) | u64::from(lun[1]),
+        _ => u64::from_be_bytes(lun),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::Status;
+    use crate::scsi::sense::SenseKey;
+
+    const A: NexusId = NexusId(1);
+    const B: NexusId = NexusId(2);
+
+    fn info() -> LunInfo {
+        LunInfo {
+            lun: 0,
+            volume_name: "vol0".into(),
+            target_name: "iqn.2024-01.io.shoal:t1".into(),
+            serial: "SN0001".into(),
+            num_blocks: 2048,
+            max_transfer_blocks: 1024,
+            ..LunInfo::default()
+        }
+    }
+
+    /// A logical unit with nexuses A and B whose power-on unit attentions were consumed.
+    fn lu() -> LogicalUnit {
+        let mut lu = LogicalUnit::new(info());
+        lu.add_nexus(A);
+        lu.add_nexus(B);
+        lu.execute(A, &TUR, &[]);
+        lu.execute(B, &TUR, &[]);
+        lu
+    }
+
+    const TUR: [u8; 16] = [0; 16];
+
+    fn cdb(bytes: &[u8]) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..bytes.len()].copy_from_slice(bytes);
+        c
+    }
+
+    fn done(o: Outcome) -> Completion {
+        match o {
+            Outcome::Done(c) => c,
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    fn ua_of(o: Outcome) -> Option<(u8, u8)> {
+        let c = done(o);
+        c.sense
+            .filter(|s| s.key == SenseKey::UnitAttention)
+            .map(|s| (s.asc, s.ascq))
+    }
+
+    #[test]
+    fn new_nexus_gets_power_on_ua_once() {
+        let mut lu = LogicalUnit::new(info());
+        lu.add_nexus(A);
+        assert!(lu.has_unit_attention(A));
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x29, 0x00)));
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+    }
+
+    #[test]
+    fn unknown_nexus_has_no_ua() {
+        let mut lu = LogicalUnit::new(info());
+        assert_eq!(
+            done(lu.execute(NexusId(99), &TUR, &[])).status,
+            Status::Good
+        );
+    }
+
+    #[test]
+    fn ua_reported_instead_of_any_command_even_invalid_ones() {
+        let mut lu = LogicalUnit::new(info());
+        lu.add_nexus(A);
+        assert_eq!(ua_of(lu.execute(A, &cdb(&[0x42]), &[])), Some((0x29, 0x00)));
+        let c = done(lu.execute(A, &cdb(&[0x42]), &[]));
+        assert_eq!(c.sense, Some(Sense::invalid_opcode()));
+        lu.add_nexus(A);
+        let read = cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(ua_of(lu.execute(A, &read, &[])), Some((0x29, 0x00)));
+        assert!(matches!(lu.execute(A, &read, &[]), Outcome::Read { .. }));
+    }
+
+    #[test]
+    fn inquiry_and_report_luns_do_not_report_or_clear_ua() {
+        let mut lu = LogicalUnit::new(info());
+        lu.add_nexus(A);
+        let inq = cdb(&[0x12, 0, 0, 0, 96, 0]);
+        let c = done(lu.execute(A, &inq, &[]));
+        assert_eq!((c.status, c.data.len()), (Status::Good, 96));
+        let rl = cdb(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0]);
+        let c = done(lu.execute(A, &rl, &[]));
+        assert_eq!(c.data, vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(lu.has_unit_attention(A));
+    }
+
+    #[test]
+    fn request_sense_returns_and_clears_ua() {
+        let mut lu = LogicalUnit::new(info());
+        lu.add_nexus(A);
+        let rs = cdb(&[0x03, 0, 0, 0, 18, 0]);
+        let c = done(lu.execute(A, &rs, &[]));
+        assert_eq!(c.status, Status::Good);
+        assert_eq!(c.data, Sense::power_on_reset().to_bytes());
+        let c = done(lu.execute(A, &rs, &[]));
+        assert_eq!(c.data, Sense::no_sense().to_bytes());
+        // Descriptor format.
+        lu.add_nexus(A);
+        let c = done(lu.execute(A, &cdb(&[0x03, 1, 0, 0, 252, 0]), &[]));
+        assert_eq!(c.data, vec![0x72, 0x06, 0x29, 0x00, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn lun_reset_raises_ua_on_every_nexus() {
+        let mut lu = lu();
+        lu.lun_reset(A);
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x29, 0x03)));
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x29, 0x03)));
+        assert_eq!(done(lu.execute(B, &TUR, &[])).status, Status::Good);
+    }
+
+    #[test]
+    fn target_reset_raises_ua_on_every_nexus() {
+        let mut lu = lu();
+        lu.target_reset(B);
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x29, 0x00)));
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x29, 0x00)));
+    }
+
+    #[test]
+    fn ua_queue_is_fifo_deduplicated_and_bounded() {
+        let mut lu = lu();
+        lu.set_capacity(4096);
+        lu.set_capacity(4096);
+        lu.lun_reset(A);
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x2A, 0x09)));
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x29, 0x03)));
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+        for ascq in 0..40u8 {
+            lu.queue_unit_attention(A, Sense::new(SenseKey::UnitAttention, 0x3F, ascq));
+        }
+        let mut n = 0;
+        while lu.has_unit_attention(A) {
+            lu.execute(A, &TUR, &[]);
+            n += 1;
+        }
+        assert_eq!(n, MAX_PENDING_UA);
+    }
+
+    #[test]
+    fn set_capacity_updates_read_capacity() {
+        let mut lu = lu();
+        lu.set_capacity(4096);
+        assert_eq!(lu.info().num_blocks, 4096);
+        assert_eq!(ua_of(lu.execute(A, &cdb(&[0x25]), &[])), Some((0x2A, 0x09)));
+        let c = done(lu.execute(A, &cdb(&[0x25]), &[]));
+        assert_eq!(&c.data[..4], &4095u32.to_be_bytes());
+    }
+
+    #[test]
+    fn commands_cleared_ua() {
+        let mut lu = lu();
+        lu.commands_cleared(B);
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x2F, 0x00)));
+    }
+
+    #[test]
+    fn report_luns_clears_reported_luns_changed_ua() {
+        let mut lu = lu();
+        lu.queue_unit_attention(A, Sense::reported_luns_data_changed());
+        lu.execute(A, &cdb(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]), &[]);
+        assert!(!lu.has_unit_attention(A));
+    }
+
+    #[test]
+    fn remove_nexus_drops_its_uas() {
+        let mut lu = LogicalUnit::new(info());
+        lu.add_nexus(A);
+        lu.remove_nexus(A);
+        assert!(!lu.has_unit_attention(A));
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+    }
+
+    /// MODE SELECT (6) of the caching page with the given WCE.
+    fn select_caching(wce: bool) -> ([u8; 16], Vec<u8>) {
+        let mut params = vec![0, 0, 0, 0, 0x08, 0x12];
+        params.extend_from_slice(&[0; 18]);
+        params[6] = if wce { 0x04 } else { 0 };
+        (cdb(&[0x15, 0x10, 0, 0, params.len() as u8, 0]), params)
+    }
+
+    #[test]
+    fn mode_select_wce_changes_state_and_raises_ua_on_others() {
+        let mut lu = lu();
+        assert!(lu.write_cache_enabled());
+        let (c, p) = select_caching(false);
+        assert_eq!(done(lu.execute(A, &c, &p)).status, Status::Good);
+        assert!(!lu.write_cache_enabled());
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x2A, 0x01)));
+        // Writes are now forced to FUA.
+        let w = cdb(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            lu.execute(A, &w, &[0; 512]),
+            Outcome::Write {
+                offset: 0,
+                len: 512,
+                fua: true
+            }
+        );
+        // MODE SENSE reflects it.
+        let c = done(lu.execute(A, &cdb(&[0x1A, 0x08, 0x08, 0, 255, 0]), &[]));
+        assert_eq!(c.data[6], 0x00);
+        // Setting the same value again raises nothing.
+        let (c, p) = select_caching(false);
+        assert_eq!(done(lu.execute(A, &c, &p)).status, Status::Good);
+        assert!(!lu.has_unit_attention(B));
+        // A LUN reset keeps the mode parameters.
+        lu.lun_reset(A);
+        assert!(!lu.write_cache_enabled());
+    }
+
+    #[test]
+    fn mode_select_invalid_list_changes_nothing() {
+        let mut lu = lu();
+        let (c, mut p) = select_caching(false);
+        p[7] = 0x01; // demand read retention priority: not changeable
+        let r = done(lu.execute(A, &c, &p));
+        assert_eq!(
+            r.sense,
+            Some(Sense::invalid_field_in_parameter_list_bit(7, Some(0)))
+        );
+        assert!(lu.write_cache_enabled());
+        // Data-Out shorter than the parameter list length: the list is cut.
+        let (c, p) = select_caching(false);
+        let r = done(lu.execute(A, &c, &p[..10]));
+        assert_eq!(r.sense, Some(Sense::parameter_list_length_error()));
+        assert!(!lu.has_unit_attention(B));
+    }
+
+    #[test]
+    fn execute_dispatches_every_supported_command() {
+        let mut lu = lu();
+        for c in cdb::SUPPORTED_COMMANDS {
+            let mut bytes = [0u8; 16];
+            bytes[..c.usage.len()].copy_from_slice(c.usage);
+            // Zero every evaluated field except opcode / service action, then make the few
+            // mandatory fields valid.
+            for b in bytes.iter_mut().take(c.usage.len()).skip(1) {
+                *b = 0;
+            }
+            if let Some(sa) = c.service_action {
+                bytes[1] = sa as u8;
+            }
+            match c.opcode {
+                0x15 | 0x55 => bytes[1] = 0x10,
+                0x1A | 0x5A => bytes[2] = 0x3F,
+                0xA0 => bytes[9] = 16,
+                _ => {}
+            }
+            let data = vec![0u8; 512];
+            let out = lu.execute(A, &bytes, &data);
+            if let Outcome::Done(done) = &out {
+                assert_eq!(
+                    done.status,
+                    Status::Good,
+                    "opcode {:#x}: {:?}",
+                    c.opcode,
+                    done.sense
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn execute_block_commands() {
+        let mut lu = lu();
+        let read16 = cdb(&[0x88, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0]);
+        assert_eq!(
+            lu.execute(A, &read16, &[]),
+            Outcome::Read {
+                offset: 1024,
+                len: 2048,
+                fua: false
+            }
+        );
+        let verify = cdb(&[0x2F, 0x02, 0, 0, 0, 1, 0, 0, 1, 0]);
+        assert_eq!(
+            lu.execute(A, &verify, &[0; 512]),
+            Outcome::Verify {
+                offset: 512,
+                len: 512,
+                compare: true
+            }
+        );
+        let wv = cdb(&[0x8E, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(
+            lu.execute(A, &wv, &[0; 512]),
+            Outcome::WriteVerify {
+                offset: 0,
+                len: 512,
+                verify: true
+            }
+        );
+        let sync = cdb(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(lu.execute(A, &sync, &[]), Outcome::Flush);
+        let oob = cdb(&[0x28, 0, 0, 0, 0x08, 0x00, 0, 0, 1, 0]);
+        assert_eq!(
+            done(lu.execute(A, &oob, &[])).sense,
+            Some(Sense::lba_out_of_range())
+        );
+        let protect = cdb(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            done(lu.execute(A, &protect, &[])).sense,
+            Some(Sense::invalid_field_in_cdb(1, Some(7)))
+        );
+        let too_long = cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0x04, 0x01, 0]);
+        assert_eq!(
+            done(lu.execute(A, &too_long, &[])).sense,
+            Some(Sense::invalid_field_in_cdb(7, None))
+        );
+    }
+
+    #[test]
+    fn complete_through_logical_unit() {
+        let mut lu = lu();
+        let o = Outcome::Verify {
+            offset: 0,
+            len: 512,
+            compare: true,
+        };
+        let c = lu.complete(A, &o, IoResult::Miscompare { at: 17 });
+        assert_eq!(c.sense, Some(Sense::miscompare(17)));
+        assert_eq!(
+            lu.complete(A, &o, IoResult::Ok),
+            Completion::good(Vec::new())
+        );
+    }
+
+    #[test]
+    fn read_only_lun_rejects_writes() {
+        let mut lu = LogicalUnit::new(LunInfo {
+            read_only: true,
+            ..info()
+        });
+        let w = cdb(&[0x0A, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            done(lu.execute(A, &w, &[0; 512])).sense,
+            Some(Sense::write_protected())
+        );
+        let c = done(lu.execute(A, &cdb(&[0x1A, 0x08, 0x3F, 0, 255, 0]), &[]));
+        assert_eq!(c.data[2], 0x90);
+    }
+
+    #[test]
+    fn lun_not_supported_answers() {
+        let c = lun_not_supported(&cdb(&[0x12, 0, 0, 0, 36, 0]));
+        assert_eq!(
+            (c.status, c.data.len(), c.data[0]),
+            (Status::Good, 36, 0x7F)
+        );
+        let c = lun_not_supported(&cdb(&[0x12, 1, 0x80, 0, 255, 0]));
+        assert_eq!(c.data, vec![0x7F, 0x80, 0, 0]);
+        let c = lun_not_supported(&cdb(&[0x12, 0, 0, 0, 0, 0]));
+        assert!(c.data.is_empty());
+        let c = lun_not_supported(&cdb(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0]));
+        assert_eq!(c.data, vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let c = lun_not_supported(&cdb(&[0x03, 0, 0, 0, 18, 0]));
+        assert_eq!(
+            (c.status, c.data.clone()),
+            (Status::Good, Sense::lun_not_supported().to_bytes())
+        );
+        for other in [
+            cdb(&[0x00]),
+            cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+            cdb(&[0x42]),
+        ] {
+            let c = lun_not_supported(&other);
+            assert_eq!(
+                (c.status, c.sense),
+                (Status::CheckCondition, Some(Sense::lun_not_supported()))
+            );
+        }
+        // A malformed INQUIRY is still a CDB error.
+        let c = lun_not_supported(&cdb(&[0x12, 0, 1, 0, 36, 0]));
+        assert_eq!(c.sense, Some(Sense::invalid_field_in_cdb(2, None)));
+    }
+
+    #[test]
+    fn lun_encoding_round_trips() {
+        assert_eq!(encode_lun(0), [0; 8]);
+        assert_eq!(encode_lun(5), [0, 5, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(255), [0, 255, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(256), [0x41, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(16383), [0x7F, 0xFF, 0, 0, 0, 0, 0, 0]);
+        for lun in [0u64, 1, 255, 256, 1000, 16383] {
+            assert_eq!(decode_lun(encode_lun(lun)), lun);
+        }
+        assert_eq!(decode_lun([0x40, 0x05, 0, 0, 0, 0, 0, 0]), 5);
+        assert_ne!(decode_lun([0, 5, 0, 1, 0, 0, 0, 0]), 5);
+    }
+
+    #[test]
+    fn lun_info_block_geometry() {
+        let mut i = info();
+        assert_eq!(
+            (i.logical_per_physical(), i.logical_per_physical_exponent()),
+            (1, 0)
+        );
+        i.physical_block_size = 4096;
+        assert_eq!(
+            (i.logical_per_physical(), i.logical_per_physical_exponent()),
+            (8, 3)
+        );
+        i.physical_block_size = 1536;
+        assert_eq!(
+            (i.logical_per_physical(), i.logical_per_physical_exponent()),
+            (3, 0)
+        );
+        i.physical_block_size = 100;
+        assert_eq!(i.logical_per_physical(), 1);
+        i.block_size = 0;
+        assert_eq!(i.logical_per_physical(), 1);
+    }
+}

@@ -1,0 +1,141 @@
+//! The SCSI command set of a direct-access block device (SPC-4 / SBC-3), with no I/O.
+//!
+//! The iSCSI layer hands a [`LogicalUnit`] a CDB (and, once gathered, the Data-Out bytes) and gets
+//! back an [`Outcome`]: either a finished [`Completion`] (status, sense, Data-In bytes) for commands
+//! that need no storage, or a storage request (`Read`, `Write`, `Verify`, `Flush`...) that the shard
+//! runtime performs against the backend and then reports back with [`LogicalUnit::complete`].
+//!
+//! Invariants:
+//! - Nothing here touches a socket, a file or a clock: every function is pure on its inputs and the
+//!   LU's own state (mode pages, unit attentions), so it is unit-tested without I/O.
+//! - CDB fields are checked once, in `cdb.rs` ("parse, then execute", as LIO's `sbc_parse_cdb`),
+//!   so an I/O request that leaves this module is always inside the medium.
+
+pub mod cdb;
+pub mod lun;
+pub mod sbc;
+pub mod sense;
+pub mod spc;
+
+pub use cdb::{data_out_length, op_class};
+pub use lun::{LogicalUnit, LunInfo, decode_lun, encode_lun, lun_not_supported};
+pub use sense::{Sense, SenseKey, Status};
+
+/// Identifies one I_T nexus (initiator port = initiator name + ISID, target port) for unit
+/// attentions and, later, reservations. Assigned by the session registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NexusId(pub u64);
+
+/// A finished command: status, optional sense data and the Data-In bytes (already truncated to the
+/// CDB's allocation length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// SCSI status byte.
+    pub status: Status,
+    /// Sense data (fixed format), present with CHECK CONDITION.
+    pub sense: Option<Sense>,
+    /// Data-In bytes for the initiator (may be empty).
+    pub data: Vec<u8>,
+}
+
+impl Completion {
+    /// GOOD status with the given Data-In bytes.
+    pub fn good(data: Vec<u8>) -> Self {
+        Completion {
+            status: Status::Good,
+            sense: None,
+            data,
+        }
+    }
+
+    /// CHECK CONDITION with the given sense data and no Data-In.
+    pub fn check(sense: Sense) -> Self {
+        Completion {
+            status: Status::CheckCondition,
+            sense: Some(sense),
+            data: Vec::new(),
+        }
+    }
+}
+
+/// The result of [`LogicalUnit::execute`]: done, or a storage request for the shard to perform.
+///
+/// Byte offsets and lengths are in bytes on the volume, already checked against its capacity and
+/// always multiples of the logical block size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command is complete.
+    Done(Completion),
+    /// Read `len` bytes at `offset` and return them as Data-In with GOOD status.
+    Read {
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte count (> 0).
+        len: u64,
+        /// Force Unit Access: data must come from the medium (we always read O_DIRECT).
+        fua: bool,
+    },
+    /// Write the first `len` bytes of the Data-Out at `offset`, then GOOD status.
+    Write {
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte count (> 0).
+        len: u64,
+        /// Force Unit Access: the write must be durable before status.
+        fua: bool,
+    },
+    /// Read `len` bytes at `offset`; when `compare` is set, compare them with the first `len`
+    /// bytes of the Data-Out (byte-for-byte, BYTCHK=01b) and report MISCOMPARE on a difference.
+    /// Without `compare` the read only checks the medium is readable.
+    Verify {
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte count (> 0).
+        len: u64,
+        /// Compare with the Data-Out.
+        compare: bool,
+    },
+    /// WRITE AND VERIFY: write the Data-Out at `offset` durably, then (when `verify`) read it back
+    /// and compare.
+    WriteVerify {
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte count (> 0).
+        len: u64,
+        /// Read back and compare after writing.
+        verify: bool,
+    },
+    /// Make every acknowledged write durable (fdatasync) before GOOD status.
+    Flush,
+}
+
+/// How a storage request ended, reported back to [`LogicalUnit::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoResult {
+    /// The request succeeded (for a compare: the data matched).
+    Ok,
+    /// A VERIFY / WRITE AND VERIFY compare found a difference at this byte offset within the
+    /// compared range.
+    Miscompare {
+        /// Offset of the first differing byte, relative to the start of the compared range.
+        at: u64,
+    },
+    /// The medium failed (an I/O error from the backend).
+    MediumError {
+        /// A read (true) or a write (false).
+        read: bool,
+    },
+    /// The pool could not allocate space for the write.
+    SpaceExhausted,
+}
+
+/// Operation class for statistics (latency histograms are kept per LUN and class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    /// READ (6/10/12/16).
+    Read,
+    /// WRITE (6/10/12/16), WRITE AND VERIFY.
+    Write,
+    /// Everything else.
+    Other,
+}

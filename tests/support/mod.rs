@@ -1,0 +1,130 @@
+//! Test support: start the real `shoal` binary on an ephemeral loopback port with a temporary
+//! data directory, find the libiscsi tools, and a minimal raw initiator for malformed input.
+
+#![allow(dead_code)]
+
+pub mod initiator;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// A running target process, killed on drop.
+pub struct Target {
+    child: Child,
+    /// Its portal.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Target {
+    /// Starts `shoal serve` with extra args on 127.0.0.1:0.
+    pub fn start(extra: &[&str]) -> Target {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Target::start_in(dir, extra)
+    }
+
+    /// Starts `shoal serve` in an existing data directory.
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Target {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--data")
+            .arg(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--size", "64M"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("shoal exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("shoal: listening on ") {
+                break rest.trim().parse().expect("portal address");
+            }
+        };
+        // Keep draining stdout so the target never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Target { child, addr, dir }
+    }
+
+    /// `iscsi://127.0.0.1:PORT/iqn.2026-11.dev.shoal:VOLUME/0`
+    pub fn url(&self, volume: &str) -> String {
+        format!("iscsi://{}/iqn.2026-11.dev.shoal:{}/0", self.addr, volume)
+    }
+
+    /// The default volume's URL.
+    pub fn default_url(&self) -> String {
+        self.url("default")
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of a tool, or None when it is not installed (the test then fails loudly: the README's
+/// test command installs them).
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run the README's test command (tools/test), which installs it");
+}
+
+/// Runs a command with a timeout, returning its output.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tool");
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "command timed out after {timeout:?}: {cmd:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command and asserts success, returning stdout.
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
+    let desc = format!("{cmd:?}");
+    let out = run(cmd, timeout);
+    assert!(
+        out.status.success(),
+        "{desc} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
