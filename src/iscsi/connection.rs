@@ -644,7 +644,12 @@ impl Connection {
         };
         match self.accept_data_out(id, &d, data) {
             Ok(()) => self.progress(id, now),
-            Err(reason) => self.fail(reason, bhs),
+            Err(reason) => {
+                // The task's data can no longer be trusted: reject the PDU and terminate the
+                // task (the initiator fails it on the Reject), keeping the session for others.
+                self.reject(reason, bhs);
+                self.abort_matching(|t| t.cmd.itt == d.itt);
+            }
         }
     }
 

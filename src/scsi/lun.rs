@@ -792,6 +792,66 @@ mod tests {
         assert_ne!(decode_lun([0, 5, 0, 1, 0, 0, 0, 0]), 5);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn execute_never_panics(
+            cdb in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+        ) {
+            let mut lu = lu();
+            let _ = lu.execute(A, &cdb, &data);
+            let _ = lun_not_supported(&cdb);
+            let _ = cdb::data_out_length(&cdb, 4096);
+        }
+
+        #[test]
+        fn mode_select_never_panics(
+            ten in proptest::prelude::any::<bool>(),
+            params in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        ) {
+            let mut lu = lu();
+            let c = if ten {
+                cdb(&[0x55, 0x10, 0, 0, 0, 0, 0, 0, params.len() as u8, 0])
+            } else {
+                cdb(&[0x15, 0x10, 0, 0, params.len() as u8, 0])
+            };
+            let _ = lu.execute(A, &c, &params);
+        }
+
+        #[test]
+        fn block_requests_stay_inside_the_medium(
+            op in proptest::sample::select(vec![0x08u8, 0x0A, 0x28, 0x2A, 0x2E, 0x2F, 0x88, 0x8A, 0x8E, 0x8F, 0xA8, 0xAA, 0xAE, 0xAF]),
+            lba in proptest::prelude::any::<u64>(),
+            blocks in proptest::prelude::any::<u32>(),
+            small in proptest::prelude::any::<bool>(),
+        ) {
+            let mut lu = lu();
+            let lba = if small { lba % 3000 } else { lba };
+            let blocks = if small { blocks % 1100 } else { blocks };
+            let mut c = [0u8; 16];
+            c[0] = op;
+            match cdb::cdb_length(op) {
+                Some(6) => { c[1] = (lba >> 16) as u8 & 0x1F; c[2] = (lba >> 8) as u8; c[3] = lba as u8; c[4] = blocks as u8; }
+                Some(10) => { c[2..6].copy_from_slice(&(lba as u32).to_be_bytes()); c[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()); }
+                Some(12) => { c[2..6].copy_from_slice(&(lba as u32).to_be_bytes()); c[6..10].copy_from_slice(&blocks.to_be_bytes()); }
+                _ => { c[2..10].copy_from_slice(&lba.to_be_bytes()); c[10..14].copy_from_slice(&blocks.to_be_bytes()); }
+            }
+            let data = vec![0u8; 1024 * 512];
+            let medium = lu.info().num_blocks * 512;
+            let (offset, len) = match lu.execute(A, &c, &data) {
+                Outcome::Read { offset, len, .. }
+                | Outcome::Write { offset, len, .. }
+                | Outcome::Verify { offset, len, .. }
+                | Outcome::WriteVerify { offset, len, .. } => (offset, len),
+                _ => (0, 0),
+            };
+            proptest::prop_assert!(offset + len <= medium);
+            proptest::prop_assert!(len <= 1024 * 512);
+            proptest::prop_assert_eq!(offset % 512, 0);
+            proptest::prop_assert_eq!(len % 512, 0);
+        }
+    }
+
     #[test]
     fn lun_info_block_geometry() {
         let mut i = info();

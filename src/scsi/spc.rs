@@ -192,7 +192,7 @@ fn scsi_name_string(name: &str) -> Vec<u8> {
 /// Device Identification (83h) body: the logical unit's NAA IEEE Registered Extended designator
 /// and T10 vendor ID designator, the target device's SCSI name string (iSCSI, PIV) and the
 /// relative target port identifier (iSCSI, PIV).
-pub fn device_identification(info: &LunInfo) -> Vec<u8> {
+fn device_identification(info: &LunInfo) -> Vec<u8> {
     let mut body = designator(CODE_SET_BINARY, ASSOC_LU | DESIGNATOR_NAA, &info.naa);
     let mut t10 = VENDOR_ID.to_vec();
     t10.extend(unit_serial_number(info));

@@ -35,9 +35,18 @@ impl RawInitiator {
     /// Connects without logging in.
     pub fn connect(addr: SocketAddr) -> RawInitiator {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        RawInitiator { stream, framing: Framing::default(), cmd_sn: 1, exp_stat_sn: 0, itt: 1, buf: Vec::new() }
+        RawInitiator {
+            stream,
+            framing: Framing::default(),
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            itt: 1,
+            buf: Vec::new(),
+        }
     }
 
     /// Connects and logs in to `target` (normal session) with the given extra keys, in one
@@ -45,7 +54,10 @@ impl RawInitiator {
     pub fn login(addr: SocketAddr, target: &str, isid: u8, keys: &[(&str, &str)]) -> RawInitiator {
         let mut ini = RawInitiator::connect(addr);
         let mut text = vec![
-            ("InitiatorName".to_string(), "iqn.2026-11.dev.shoal:test-initiator".to_string()),
+            (
+                "InitiatorName".to_string(),
+                "iqn.2026-11.dev.shoal:test-initiator".to_string(),
+            ),
             ("SessionType".to_string(), "Normal".to_string()),
             ("TargetName".to_string(), target.to_string()),
         ];
@@ -53,7 +65,11 @@ impl RawInitiator {
             text.push((k.to_string(), v.to_string()));
         }
         let resp = ini.login_pdu(isid, 1, 3, true, &text);
-        assert_eq!(resp.bhs.0[36], 0, "login failed: class {} detail {}", resp.bhs.0[36], resp.bhs.0[37]);
+        assert_eq!(
+            resp.bhs.0[36], 0,
+            "login failed: class {} detail {}",
+            resp.bhs.0[36], resp.bhs.0[37]
+        );
         assert_eq!(resp.bhs.0[1] & 0x80, 0x80, "login did not transit");
         let answer = String::from_utf8_lossy(&resp.data).to_string();
         ini.framing.header_digest = answer.contains("HeaderDigest=CRC32C");
@@ -62,7 +78,14 @@ impl RawInitiator {
     }
 
     /// Sends one Login Request and returns the response.
-    pub fn login_pdu(&mut self, isid: u8, csg: u8, nsg: u8, transit: bool, keys: &[(String, String)]) -> Pdu {
+    pub fn login_pdu(
+        &mut self,
+        isid: u8,
+        csg: u8,
+        nsg: u8,
+        transit: bool,
+        keys: &[(String, String)],
+    ) -> Pdu {
         let mut data = Vec::new();
         for (k, v) in keys {
             data.extend_from_slice(format!("{k}={v}").as_bytes());
@@ -99,7 +122,10 @@ impl RawInitiator {
         loop {
             match next_frame(&self.buf, self.framing, 16 << 20) {
                 Ok(Next::Frame(f)) => {
-                    let pdu = Pdu { bhs: f.bhs, data: f.data.to_vec() };
+                    let pdu = Pdu {
+                        bhs: f.bhs,
+                        data: f.data.to_vec(),
+                    };
                     let n = f.consumed;
                     self.buf.drain(..n);
                     return Some(pdu);
@@ -120,7 +146,9 @@ impl RawInitiator {
         loop {
             match self.recv() {
                 None => return true,
-                Some(p) if p.bhs.opcode() == Opcode::REJECT || p.bhs.opcode() == Opcode::NOP_IN => continue,
+                Some(p) if p.bhs.opcode() == Opcode::REJECT || p.bhs.opcode() == Opcode::NOP_IN => {
+                    continue;
+                }
                 Some(_) => return false,
             }
         }
@@ -150,7 +178,9 @@ impl RawInitiator {
         for _ in 0..4 {
             let bhs = self.scsi_command(&[0u8; 6], 0, false, false);
             self.send(&bhs, &[]);
-            let resp = self.recv_opcode(Opcode::SCSI_RESPONSE).expect("TUR response");
+            let resp = self
+                .recv_opcode(Opcode::SCSI_RESPONSE)
+                .expect("TUR response");
             let status = resp.bhs.0[3];
             let sense_key = resp.data.get(4).map(|b| b & 0x0f);
             if status == 2 && sense_key == Some(6) {

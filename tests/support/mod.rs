@@ -41,7 +41,10 @@ impl Target {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
-            let line = lines.next().expect("shoal exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("shoal exited before listening")
+                .expect("read stdout");
             if let Some(rest) = line.strip_prefix("shoal: listening on ") {
                 break rest.trim().parse().expect("portal address");
             }
@@ -91,12 +94,18 @@ pub fn tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} is not installed: run the README's test command (tools/test), which installs it");
+    panic!(
+        "{name} is not installed: run the README's test command (tools/test), which installs it"
+    );
 }
 
 /// Runs a command with a timeout, returning its output.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tool");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tool");
     let start = std::time::Instant::now();
     loop {
         if let Ok(Some(_)) = child.try_wait() {

@@ -17,7 +17,7 @@
 //!
 //! Identity keys (InitiatorName, TargetName, SessionType), AuthMethod and SendTargets are in the
 //! table for phase and repetition checks, but their meaning lives in the login state machine,
-//! the security stage and [`crate::iscsi::discovery`] ([`KeyAction::Special`]).
+//! the security stage and [`crate::iscsi::discovery`] (`KeyAction::Special`).
 
 use std::collections::HashSet;
 
@@ -31,6 +31,9 @@ pub const NOT_UNDERSTOOD: &str = "NotUnderstood";
 pub const REJECT: &str = "Reject";
 /// The reserved answer for a key that does not apply to this session (RFC 7143 §6.2).
 pub const IRRELEVANT: &str = "Irrelevant";
+
+/// The longest single value (one list item) of a key defined by RFC 7143, in bytes (§6.1).
+pub const MAX_STANDARD_VALUE_LEN: usize = 255;
 
 /// A key's result function (RFC 7143 §6.2.1, §6.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +382,12 @@ impl Negotiator<'_> {
         if let Some(answer) = self.irrelevance(def) {
             return Ok(KeyAction::Answer(answer.into()));
         }
+        if value.split(',').any(|v| v.len() > MAX_STANDARD_VALUE_LEN) {
+            if def.is_declarative() {
+                return Err(invalid_declaration(def, value));
+            }
+            return Ok(KeyAction::Answer(REJECT.into()));
+        }
         self.apply(def, value, params)
     }
 
@@ -513,10 +522,7 @@ pub(crate) fn parse_number(value: &str) -> Option<u32> {
 
 /// The first value of a comma-separated offer that `accepts` takes (RFC 7143 §6.2: the responder
 /// honors the originator's order).
-pub(crate) fn select_from_list<'v>(
-    offer: &'v str,
-    accepts: impl Fn(&str) -> bool,
-) -> Option<&'v str> {
+pub(crate) fn select_from_list(offer: &str, accepts: impl Fn(&str) -> bool) -> Option<&str> {
     offer.split(',').find(|v| accepts(v))
 }
 
@@ -858,6 +864,24 @@ mod tests {
             .negotiate("MaxRecvDataSegmentLength", "100", &mut p)
             .unwrap_err();
         assert!(matches!(err, KeyViolation::InvalidDeclaration { .. }));
+    }
+
+    #[test]
+    fn values_longer_than_255_bytes_are_rejected() {
+        let long = "9".repeat(256);
+        assert_eq!(answer("MaxBurstLength", &long).0, ans("Reject"));
+        let list = format!("None,{}", "X".repeat(256));
+        assert_eq!(answer("HeaderDigest", &list).0, ans("Reject"));
+        let limits = TargetLimits::default();
+        let mut p = SessionParams::default();
+        let err = op(&limits, SessionType::Normal)
+            .negotiate("InitiatorAlias", &"a".repeat(256), &mut p)
+            .unwrap_err();
+        assert!(matches!(err, KeyViolation::InvalidDeclaration { .. }));
+        assert_eq!(
+            answer("InitiatorAlias", &"a".repeat(255)).0,
+            KeyAction::Silent
+        );
     }
 
     #[test]

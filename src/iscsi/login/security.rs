@@ -3,7 +3,7 @@
 //! Only `AuthMethod=None` is implemented today. The stage is its own step so that CHAP
 //! (RFC 7143 §12.1.3) can be added without touching the operational negotiation: a CHAP policy
 //! adds an [`AuthMethod`] variant, its `CHAP_*` keys to [`super::keys::KEYS`] (security phase,
-//! handled specially), a multi-round state here, and [`SecurityStage::is_complete`] turns true
+//! handled specially), a multi-round state here, and `SecurityStage::is_complete` turns true
 //! only once the initiator's response has been verified. Until then the state machine answers
 //! with T=0 and stays in the security stage.
 

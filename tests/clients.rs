@@ -1,0 +1,292 @@
+//! Real initiators against the real binary over loopback: libiscsi's tools, qemu-img, fio's
+//! libiscsi engine, and the fast part of libiscsi's conformance suite.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::{Target, run, run_ok, tool};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn iscsi_ls_discovers_the_default_target() {
+    let t = Target::start(&[]);
+    let out = run_ok(
+        Command::new(tool("iscsi-ls")).arg(format!("iscsi://{}/", t.addr)),
+        T,
+    );
+    let want = format!("Target:iqn.2026-11.dev.shoal:default Portal:{},1", t.addr);
+    assert!(out.contains(&want), "iscsi-ls output: {out}");
+}
+
+#[test]
+fn iscsi_inq_reports_a_shoal_disk_and_its_vpd_pages() {
+    let t = Target::start(&[]);
+    let url = t.default_url();
+    let out = run_ok(Command::new(tool("iscsi-inq")).arg(&url), T);
+    assert!(
+        out.contains("Peripheral Device Type:DIRECT_ACCESS"),
+        "{out}"
+    );
+    assert!(out.contains("Vendor:SHOAL"), "{out}");
+    let pages = run_ok(
+        Command::new(tool("iscsi-inq"))
+            .args(["-e", "1", "-c", "0"])
+            .arg(&url),
+        T,
+    );
+    for page in ["0x80", "0x83", "0xb0", "0xb1", "0xb2"] {
+        assert!(
+            pages.to_lowercase().contains(page),
+            "page {page} missing from {pages}"
+        );
+    }
+    let ids = run_ok(
+        Command::new(tool("iscsi-inq"))
+            .args(["-e", "1", "-c", "131"])
+            .arg(&url),
+        T,
+    );
+    assert!(ids.contains("Designator Type:(3) NAA"), "{ids}");
+    assert!(ids.contains("iqn.2026-11.dev.shoal:default"), "{ids}");
+}
+
+#[test]
+fn naa_identifier_is_stable_across_restarts() {
+    let t = Target::start(&[]);
+    let args = ["-e", "1", "-c", "131"];
+    let first = run_ok(
+        Command::new(tool("iscsi-inq"))
+            .args(args)
+            .arg(t.default_url()),
+        T,
+    );
+    let dir = t.kill();
+    let t = Target::start_in(dir, &[]);
+    let second = run_ok(
+        Command::new(tool("iscsi-inq"))
+            .args(args)
+            .arg(t.default_url()),
+        T,
+    );
+    assert_eq!(first, second);
+}
+
+#[test]
+fn iscsi_readcapacity16_reports_the_volume_size() {
+    let t = Target::start(&[]);
+    let out = run_ok(
+        Command::new(tool("iscsi-readcapacity16")).arg(t.default_url()),
+        T,
+    );
+    assert!(out.contains("LOGICAL BLOCK LENGTH IN BYTES:512"), "{out}");
+    assert!(out.contains("Total size:67108864"), "{out}");
+}
+
+#[test]
+fn config_file_declares_volumes_with_4k_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("shoal.toml");
+    std::fs::write(
+        &cfg,
+        "[[volume]]\nname = \"vm1\"\nsize = \"32M\"\nblock_size = 4096\n\n[[volume]]\nname = \"db\"\nsize = \"16M\"\n",
+    )
+    .unwrap();
+    let t = Target::start(&["--config", cfg.to_str().unwrap()]);
+    let ls = run_ok(
+        Command::new(tool("iscsi-ls")).arg(format!("iscsi://{}/", t.addr)),
+        T,
+    );
+    assert!(
+        ls.contains("iqn.2026-11.dev.shoal:vm1") && ls.contains("iqn.2026-11.dev.shoal:db"),
+        "{ls}"
+    );
+    // The config's sizes hold because the test harness's --size applies to every volume only
+    // when given; here it was given (64M), so check the block size, which it does not touch.
+    let out = run_ok(
+        Command::new(tool("iscsi-readcapacity16")).arg(t.url("vm1")),
+        T,
+    );
+    assert!(out.contains("LOGICAL BLOCK LENGTH IN BYTES:4096"), "{out}");
+}
+
+fn random_file(path: &std::path::Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn qemu_img_convert_round_trip_is_byte_exact() {
+    let t = Target::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let back = dir.path().join("back.img");
+    let len = 64 << 20;
+    random_file(&src, len, 7);
+    let url = t.default_url();
+    run_ok(
+        Command::new(tool("qemu-img"))
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(&url),
+        T,
+    );
+    run_ok(
+        Command::new(tool("qemu-img"))
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(&url)
+            .arg(&back),
+        T,
+    );
+    let a = std::fs::read(&src).unwrap();
+    let b = std::fs::read(&back).unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "qemu-img round trip differs");
+    let info = run_ok(Command::new(tool("qemu-img")).arg("info").arg(&url), T);
+    assert!(info.contains("64 MiB"), "{info}");
+}
+
+fn fio_path() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("SHOAL_FIO") {
+        return p.into();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/fio-libiscsi");
+    let out = run_ok(&mut Command::new(script), Duration::from_secs(900));
+    out.trim().into()
+}
+
+fn fio_filename(t: &Target, query: &str) -> String {
+    format!(
+        "iscsi\\://127.0.0.1\\:{}/iqn.2026-11.dev.shoal\\:default/0{query}",
+        t.addr.port()
+    )
+}
+
+#[test]
+fn fio_random_writes_verify_with_crc32c() {
+    let fio = fio_path();
+    let t = Target::start(&[]);
+    // (fio 3.33's libiscsi engine crashes on URL arguments, so header digests are covered by
+    // the conformance run below and data digests by tests/protocol.rs.)
+    for query in [""] {
+        let out = run(
+            Command::new(&fio)
+                .args([
+                    "--name=verify",
+                    "--ioengine=libiscsi",
+                    "--rw=randwrite",
+                    "--bsrange=4k-128k",
+                ])
+                .args([
+                    "--iodepth=16",
+                    "--size=32m",
+                    "--verify=crc32c",
+                    "--verify_fatal=1",
+                    "--do_verify=1",
+                ])
+                .arg(format!("--filename={}", fio_filename(&t, query))),
+            Duration::from_secs(120),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "fio failed: {stdout}\n{stderr}");
+        assert!(
+            !stdout.contains("verify: bad") && !stderr.contains("verify: bad"),
+            "{stdout}{stderr}"
+        );
+        assert!(stdout.contains("err= 0"), "{stdout}");
+    }
+}
+
+/// The suites of libiscsi's conformance suite that cover the target core, run fast in CI. The
+/// full suite runs with `tools/conformance` (see README.md).
+const FAST_SUITES: &[&str] = &[
+    "iSCSIcmdsn",
+    "iSCSIdatasn",
+    "iSCSIResiduals",
+    "iSCSITMF",
+    "Inquiry",
+    "ReadCapacity10",
+    "ReadCapacity16",
+    "Read10",
+    "Read16",
+    "Write10",
+    "Write16",
+    "Verify10",
+    "WriteVerify10",
+    "Prefetch10",
+    "ModeSense6",
+    "ReportSupportedOpcodes",
+    "TestUnitReady",
+    "StartStopUnit",
+    "PreventAllow",
+    "NoMedia",
+    "MultipathIO",
+];
+
+/// CUnit's "tests" summary line: (ran, passed, failed).
+fn cunit_counts(out: &str) -> Option<(u32, u32, u32)> {
+    let line = out.lines().find(|l| l.trim_start().starts_with("tests "))?;
+    let n: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n.len() >= 5).then(|| (n[1], n[2], n[3]))
+}
+
+fn run_suites(url: &str, suites: &[&str]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for suite in suites {
+        let out = run(
+            Command::new(tool("iscsi-test-cu"))
+                .args(["--dataloss", "-t"])
+                .arg(format!("ALL.{suite}"))
+                .arg(&url)
+                .arg(&url),
+            Duration::from_secs(120),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        match cunit_counts(&text) {
+            Some((ran, _, 0)) if ran > 0 => {}
+            other => failures.push(format!("{suite}: {other:?}\n{text}")),
+        }
+    }
+    failures
+}
+
+#[test]
+fn conformance_fast_suites_have_no_failures() {
+    let t = Target::start(&[]);
+    let failures = run_suites(&t.default_url(), FAST_SUITES);
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn conformance_with_header_digests_has_no_failures() {
+    let t = Target::start(&[]);
+    // libiscsi 1.19 can require HeaderDigest=CRC32C through the URL (it never offers DataDigest).
+    let url = format!("{}?header_digest=crc32c", t.default_url());
+    let failures = run_suites(
+        &url,
+        &["Read10", "Write10", "iSCSIResiduals", "iSCSIdatasn"],
+    );
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
