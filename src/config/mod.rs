@@ -390,8 +390,10 @@ mod tests {
         let mut c = Config::default();
         c.volumes.push(c.volumes[0].clone());
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
-        let mut c = Config::default();
-        c.shards = 0;
+        let c = Config {
+            shards: 0,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
     }
 

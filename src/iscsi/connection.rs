@@ -178,17 +178,9 @@ pub enum Action {
         /// The LUN field of the request.
         lun: u64,
     },
-    /// Answer a Text Request in full-feature phase with [`Connection::text_response`].
-    Text {
-        /// Its ITT.
-        itt: u32,
-        /// Its TTT.
-        ttt: u32,
-        /// Its data (key=value pairs).
-        data: Vec<u8>,
-        /// The C bit (more text follows).
-        cont: bool,
-    },
+    /// Answer a Text Request in full-feature phase with [`Connection::text_response`] (or a
+    /// Reject through [`Connection::reject_text`]).
+    Text(crate::iscsi::discovery::TextRequest),
 }
 
 /// Why the connection must close.
@@ -468,12 +460,16 @@ impl Connection {
                 self.progress(id, now);
             }
             Ordered::Nop(nop, data) => self.answer_nop(nop, data),
-            Ordered::Text(req, data) => self.actions.push_back(Action::Text {
-                itt: req.itt,
-                ttt: req.ttt,
-                data,
-                cont: req.cont,
-            }),
+            Ordered::Text(req, data) => {
+                self.actions
+                    .push_back(Action::Text(crate::iscsi::discovery::TextRequest {
+                        final_bit: req.final_bit,
+                        cont: req.cont,
+                        itt: req.itt,
+                        ttt: req.ttt,
+                        data,
+                    }))
+            }
             Ordered::Logout(req) => self.on_logout(req),
             Ordered::Tmf(tmf) => self.on_tmf(tmf),
         }
@@ -867,9 +863,10 @@ impl Connection {
     // ---- Text (§11.10) ----
 
     /// Sends the answer to a full-feature Text Request.
-    pub fn text_response(&mut self, itt: u32, ttt: u32, final_bit: bool, data: Vec<u8>) {
+    pub fn text_response(&mut self, r: crate::iscsi::discovery::TextResponse) {
         let seq = self.status_seq();
-        let bhs = target::text_response(itt, ttt, final_bit, !final_bit, seq, data.len() as u32);
+        let (itt, ttt, data) = (r.itt, r.ttt, r.data);
+        let bhs = target::text_response(itt, ttt, r.final_bit, r.cont, seq, data.len() as u32);
         self.send(
             bhs,
             if data.is_empty() {
@@ -878,6 +875,26 @@ impl Connection {
                 OutData::Bytes(data)
             },
         );
+    }
+
+    /// Rejects a Text Request the exchange refused (`reason` from RFC 7143 §11.17.1). The
+    /// rejected header is rebuilt from the request's fields.
+    pub fn reject_text(&mut self, reason: u8, req: &crate::iscsi::discovery::TextRequest) {
+        let mut bhs = Bhs::new(super::pdu::Opcode::TEXT_REQUEST);
+        bhs.0[1] = if req.final_bit { 0x80 } else { 0 } | if req.cont { 0x40 } else { 0 };
+        bhs.set_itt(req.itt);
+        bhs.set_u32(20, req.ttt);
+        let reason = if reason == RejectReason::InvalidPduField as u8 {
+            RejectReason::InvalidPduField
+        } else {
+            RejectReason::ProtocolError
+        };
+        self.reject(reason, &bhs);
+    }
+
+    /// Applies renegotiated parameters (after the Text Response that agreed them was queued).
+    pub fn set_params(&mut self, params: ConnParams) {
+        self.params = params;
     }
 
     // ---- Logout (§11.14) ----

@@ -6,6 +6,7 @@
 use super::shard::{NewConnection, ShardHandle, ShardMsg};
 use crate::control::{NexusKey, Registry, TargetEntry};
 use crate::iscsi::connection::ConnParams;
+use crate::iscsi::discovery::{TextExchange, TextRequest as DiscoveryText};
 use crate::iscsi::login::{
     AuthPolicy, LoginMachine, LoginOutcome, LoginRequest, LoginResponse, SendTargetsScope,
     SessionJoin, SessionLookup, SessionParams, SessionType, TargetDirectory, TargetLimits,
@@ -272,6 +273,7 @@ fn finish_login(
         exp_cmd_sn: h.cmd_sn,
         stat_sn: wire.stat_sn,
         nexus: reg.entry.nexus,
+        session: params,
     };
     if let Some(handle) = ctx.shards.get(shard) {
         handle.send(ShardMsg::Connection(Box::new(conn)));
@@ -302,7 +304,7 @@ fn serve_discovery(
     params: &SessionParams,
     mut exp_cmd_sn: u32,
 ) {
-    let max_xmit = params.max_xmit_data_segment_length.max(512) as usize;
+    let mut exchange = TextExchange::new();
     loop {
         let Ok((bhs, data)) = wire.read_pdu() else {
             return;
@@ -322,8 +324,31 @@ fn serve_discovery(
         };
         let result = match pdu {
             Ok(InitiatorPdu::TextRequest(t)) => {
-                let answer = super::text::discovery_text(&data, ctx);
-                send_text_chunks(&mut wire, t.itt, &answer, max_xmit, &seq)
+                let req = DiscoveryText {
+                    final_bit: t.final_bit,
+                    cont: t.cont,
+                    itt: t.itt,
+                    ttt: t.ttt,
+                    data,
+                };
+                match exchange.handle(&req, params, &TargetLimits::default(), ctx) {
+                    Ok(step) => {
+                        let r = step.response;
+                        let s = seq(&mut wire);
+                        let len = r.data.len() as u32;
+                        let bhs = target::text_response(r.itt, r.ttt, r.final_bit, r.cont, s, len);
+                        wire.write_pdu(&bhs, &r.data)
+                    }
+                    Err(e) => {
+                        let s = seq(&mut wire);
+                        let reason = if e.reject_reason() == RejectReason::InvalidPduField as u8 {
+                            RejectReason::InvalidPduField
+                        } else {
+                            RejectReason::ProtocolError
+                        };
+                        wire.write_pdu(&target::reject(reason, s), &bhs.0)
+                    }
+                }
             }
             Ok(InitiatorPdu::NopOut(n)) if n.itt != RESERVED_TAG => {
                 let s = seq(&mut wire);
@@ -360,32 +385,6 @@ fn cmd_sn_of(p: &InitiatorPdu) -> Option<(u32, bool)> {
         InitiatorPdu::ScsiCommand(c) => Some((c.cmd_sn, c.immediate)),
         _ => None,
     }
-}
-
-/// Sends a text answer, split into Text Responses of at most `max` bytes with the C bit.
-fn send_text_chunks(
-    wire: &mut Wire,
-    itt: u32,
-    answer: &[u8],
-    max: usize,
-    seq: &dyn Fn(&mut Wire) -> Seq,
-) -> io::Result<()> {
-    let mut chunks = answer.chunks(max).peekable();
-    if answer.is_empty() {
-        let s = seq(wire);
-        return wire.write_pdu(
-            &target::text_response(itt, RESERVED_TAG, true, false, s, 0),
-            &[],
-        );
-    }
-    while let Some(chunk) = chunks.next() {
-        let last = chunks.peek().is_none();
-        let s = seq(wire);
-        let ttt = if last { RESERVED_TAG } else { 1 };
-        let bhs = target::text_response(itt, ttt, last, !last, s, chunk.len() as u32);
-        wire.write_pdu(&bhs, chunk)?;
-    }
-    Ok(())
 }
 
 fn initial_stat_sn() -> u32 {

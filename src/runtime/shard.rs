@@ -10,10 +10,13 @@
 //!   points at (receive buffer, send batch, write data, read buffer) outlives the SQE.
 
 use super::buf::{AlignedBuf, BufPool};
+use super::text::SessionDirectory;
 use super::tx::Tx;
 use crate::iscsi::connection::{
     Action, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
 };
+use crate::iscsi::discovery::{TextExchange, TextRequest};
+use crate::iscsi::login::{SessionParams, TargetLimits};
 use crate::iscsi::pdu::frame::{self, FrameError, Next};
 use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
@@ -67,6 +70,8 @@ pub struct NewConnection {
     pub stat_sn: u32,
     /// The I_T nexus.
     pub nexus: NexusId,
+    /// The negotiated session parameters (for full-feature renegotiation).
+    pub session: SessionParams,
 }
 
 /// Messages to a shard.
@@ -133,6 +138,8 @@ struct ShardConn {
     tx: Tx,
     io_in_flight: u32,
     closing: bool,
+    session: SessionParams,
+    text: TextExchange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +341,8 @@ impl Shard {
             tx: Tx::new(),
             io_in_flight: 0,
             closing: false,
+            session: nc.session,
+            text: TextExchange::new(),
         });
         let index = match self.conns.iter().position(Option::is_none) {
             Some(i) => {
@@ -451,12 +460,7 @@ impl Shard {
             match action {
                 Action::Execute(task) => self.execute(index, task),
                 Action::Reset { itt, function, lun } => self.reset(index, itt, function, lun),
-                Action::Text {
-                    itt,
-                    ttt,
-                    data,
-                    cont,
-                } => self.text(index, itt, ttt, &data, cont),
+                Action::Text(req) => self.text(index, &req),
             }
         }
         self.flush(index);
@@ -849,13 +853,29 @@ impl Shard {
         }
     }
 
-    fn text(&mut self, index: usize, itt: u32, ttt: u32, data: &[u8], _cont: bool) {
+    fn text(&mut self, index: usize, req: &TextRequest) {
         let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
             return;
         };
-        let target = &self.luns[sc.lun].target;
-        let answer = super::text::full_feature_text(data, target, &self.portals);
-        sc.conn.text_response(itt, ttt, true, answer);
+        let slot = &self.luns[sc.lun];
+        let directory = SessionDirectory {
+            target: &slot.target,
+            alias: &slot.lu.info().volume_name,
+            portals: &self.portals,
+        };
+        match sc
+            .text
+            .handle(req, &sc.session, &TargetLimits::default(), &directory)
+        {
+            Ok(step) => {
+                sc.conn.text_response(step.response);
+                if let Some(params) = step.params {
+                    sc.conn.set_params(super::login::conn_params(&params));
+                    sc.session = params;
+                }
+            }
+            Err(e) => sc.conn.reject_text(e.reject_reason(), req),
+        }
     }
 }
 

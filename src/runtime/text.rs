@@ -1,60 +1,45 @@
-//! Text Request answers (RFC 7143 §11.10, Appendix C): SendTargets in discovery and normal
-//! sessions, operational keys renegotiated in full feature phase.
+//! Text Request answers in a normal session's full feature phase (RFC 7143 §11.10): SendTargets
+//! for the session's own target and renegotiation of operational keys, through the protocol
+//! core's [`TextExchange`](crate::iscsi::discovery::TextExchange).
 
-use super::login::LoginContext;
 use crate::iscsi::login::{SendTargetsScope, TargetDirectory, TargetRecord};
-use crate::iscsi::text::{encode_text, parse_text};
+use std::net::SocketAddr;
 
-fn records_text(records: &[TargetRecord]) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    for r in records {
-        pairs.push(("TargetName".to_string(), r.name.clone()));
-        for a in &r.addresses {
-            pairs.push(("TargetAddress".to_string(), a.clone()));
-        }
-    }
-    pairs
+/// The view of the target directory a normal session has: its own target only.
+pub struct SessionDirectory<'a> {
+    /// Target IQN.
+    pub target: &'a str,
+    /// TargetAlias (volume name).
+    pub alias: &'a str,
+    /// Portals.
+    pub portals: &'a [SocketAddr],
 }
 
-/// Answers a Text Request of a discovery session.
-pub fn discovery_text(data: &[u8], ctx: &LoginContext) -> Vec<u8> {
-    let Ok(pairs) = parse_text(data) else {
-        return Vec::new();
-    };
-    let mut answer = Vec::new();
-    for (key, value) in &pairs {
-        if key == "SendTargets" {
-            let scope = if value == "All" {
-                SendTargetsScope::All
-            } else {
-                SendTargetsScope::Named(value)
-            };
-            answer.extend(records_text(&ctx.send_targets(scope)));
-        } else {
-            answer.push((key.clone(), "NotUnderstood".to_string()));
-        }
+impl TargetDirectory for SessionDirectory<'_> {
+    fn target_exists(&self, name: &str) -> bool {
+        name == self.target
     }
-    encode_text(&answer)
-}
 
-/// Answers a Text Request in a normal session's full feature phase.
-pub fn full_feature_text(data: &[u8], target: &str, portals: &[std::net::SocketAddr]) -> Vec<u8> {
-    let Ok(pairs) = parse_text(data) else {
-        return Vec::new();
-    };
-    let mut answer = Vec::new();
-    for (key, value) in &pairs {
-        if key == "SendTargets" {
-            if value.is_empty() || value == target || value == "All" {
-                let addresses = portals.iter().map(|p| format!("{p},1")).collect();
-                answer.extend(records_text(&[TargetRecord {
-                    name: target.to_string(),
-                    addresses,
-                }]));
-            }
-        } else {
-            answer.push((key.clone(), "NotUnderstood".to_string()));
-        }
+    fn target_alias(&self, name: &str) -> Option<String> {
+        (name == self.target).then(|| self.alias.to_string())
     }
-    encode_text(&answer)
+
+    fn portal_group_tag(&self) -> u16 {
+        1
+    }
+
+    fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {
+        let name = match scope {
+            SendTargetsScope::All => self.target,
+            SendTargetsScope::Named(n) | SendTargetsScope::Session(n) => n,
+        };
+        if name != self.target {
+            return Vec::new();
+        }
+        let addresses = self.portals.iter().map(|p| format!("{p},1")).collect();
+        vec![TargetRecord {
+            name: self.target.to_string(),
+            addresses,
+        }]
+    }
 }
