@@ -19,6 +19,8 @@ pub struct RawInitiator {
     pub exp_stat_sn: u32,
     /// Next ITT.
     pub itt: u32,
+    /// The keys the target answered in the last login response.
+    pub answers: Vec<(String, String)>,
     buf: Vec<u8>,
 }
 
@@ -36,7 +38,7 @@ impl RawInitiator {
     pub fn connect(addr: SocketAddr) -> RawInitiator {
         let stream = TcpStream::connect(addr).expect("connect");
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         RawInitiator {
@@ -45,6 +47,7 @@ impl RawInitiator {
             cmd_sn: 1,
             exp_stat_sn: 0,
             itt: 1,
+            answers: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -71,9 +74,7 @@ impl RawInitiator {
             resp.bhs.0[36], resp.bhs.0[37]
         );
         assert_eq!(resp.bhs.0[1] & 0x80, 0x80, "login did not transit");
-        let answer = String::from_utf8_lossy(&resp.data).to_string();
-        ini.framing.header_digest = answer.contains("HeaderDigest=CRC32C");
-        ini.framing.data_digest = answer.contains("DataDigest=CRC32C");
+        ini.enter_full_feature(&resp);
         ini
     }
 
@@ -215,5 +216,425 @@ impl RawInitiator {
         bhs.set_u32(24, self.cmd_sn);
         bhs.set_u32(28, self.exp_stat_sn);
         self.send(&bhs, &[]);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Full-feature helpers: login variants, commands with Data-Out and R2T, TMF, NOP, timed reads.
+// ------------------------------------------------------------------------------------------
+
+/// The default volume's target name.
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.dev.shoal:default";
+/// The InitiatorName `RawInitiator::login` uses.
+pub const INITIATOR_NAME: &str = "iqn.2026-11.dev.shoal:test-initiator";
+/// The reserved tag (RFC 7143 §11.2.1.8).
+pub const RESERVED: u32 = 0xffff_ffff;
+/// The read timeout every raw connection starts with.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An ISID of the random type (0x80) with `n` in its qualifier.
+pub fn isid(n: u16) -> [u8; 6] {
+    let [hi, lo] = n.to_be_bytes();
+    [0x80, 0, 0, 0, hi, lo]
+}
+
+/// Encodes `key=value\0` pairs.
+pub fn text_data(keys: &[(&str, &str)]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (k, v) in keys {
+        data.extend_from_slice(format!("{k}={v}").as_bytes());
+        data.push(0);
+    }
+    data
+}
+
+/// Decodes `key=value\0` pairs (lossy, for assertions).
+pub fn parse_keys(data: &[u8]) -> Vec<(String, String)> {
+    data.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let s = String::from_utf8_lossy(s);
+            match s.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (s.to_string(), String::new()),
+            }
+        })
+        .collect()
+}
+
+/// The value of `key` in decoded pairs.
+pub fn key_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A Login Request header (I bit set, ITT 0, CID 0).
+pub fn login_bhs(isid: [u8; 6], csg: u8, nsg: u8, transit: bool, cmd_sn: u32, exp_stat_sn: u32) -> Bhs {
+    let mut bhs = Bhs::new(Opcode::LOGIN_REQUEST);
+    bhs.set_immediate(true);
+    bhs.0[1] = (if transit { 0x80 } else { 0 }) | (csg << 2) | nsg;
+    bhs.0[8..14].copy_from_slice(&isid);
+    bhs.set_itt(0);
+    bhs.set_u32(24, cmd_sn);
+    bhs.set_u32(28, exp_stat_sn);
+    bhs
+}
+
+/// Status-Class and Status-Detail of a Login Response.
+pub fn login_status(resp: &Pdu) -> (u8, u8) {
+    (resp.bhs.0[36], resp.bhs.0[37])
+}
+
+/// What one timed read from the target brought.
+#[derive(Debug)]
+pub enum Event {
+    /// A whole PDU.
+    Pdu(Pdu),
+    /// Nothing arrived in time.
+    Timeout,
+    /// The target closed (or reset) the connection.
+    Closed,
+}
+
+/// A finished SCSI task as the initiator saw it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The PDU that carried the status (SCSI Response, or the last Data-In with the S bit).
+    pub status_pdu: Pdu,
+    /// Every Data-In of the task, in arrival order.
+    pub data_in: Vec<Pdu>,
+    /// Every R2T of the task, in arrival order.
+    pub r2ts: Vec<Pdu>,
+    /// The Data-In payload placed at its buffer offsets.
+    pub data: Vec<u8>,
+}
+
+impl Reply {
+    /// The SCSI status byte.
+    pub fn status(&self) -> u8 {
+        self.status_pdu.bhs.0[3]
+    }
+
+    /// Sense key, ASC and ASCQ of a CHECK CONDITION (fixed or descriptor sense).
+    pub fn sense(&self) -> Option<(u8, u8, u8)> {
+        let d = &self.status_pdu.data;
+        let len = u16::from_be_bytes([*d.first()?, *d.get(1)?]) as usize;
+        let s = d.get(2..2 + len)?;
+        match s.first()? & 0x7f {
+            0x70 | 0x71 => Some((s.get(2)? & 0x0f, *s.get(12)?, *s.get(13)?)),
+            0x72 | 0x73 => Some((s.get(1)? & 0x0f, *s.get(2)?, *s.get(3)?)),
+            _ => None,
+        }
+    }
+
+    /// The residual count when the U (underflow) bit is set.
+    pub fn underflow(&self) -> Option<u32> {
+        (self.status_pdu.bhs.0[1] & 0x02 != 0).then(|| self.status_pdu.bhs.u32_at(44))
+    }
+
+    /// The residual count when the O (overflow) bit is set.
+    pub fn overflow(&self) -> Option<u32> {
+        (self.status_pdu.bhs.0[1] & 0x04 != 0).then(|| self.status_pdu.bhs.u32_at(44))
+    }
+
+    /// StatSN, ExpCmdSN and MaxCmdSN of the status PDU.
+    pub fn seq(&self) -> (u32, u32, u32) {
+        let b = &self.status_pdu.bhs;
+        (b.u32_at(24), b.u32_at(28), b.u32_at(32))
+    }
+}
+
+impl RawInitiator {
+    /// Connects and logs in with a full ISID and InitiatorName in one operational-stage PDU
+    /// (CSG 1 → 3). Panics unless the login succeeds; the answer keys are kept in `answers`.
+    pub fn login_as(addr: SocketAddr, initiator: &str, isid: [u8; 6], target: &str, keys: &[(&str, &str)]) -> RawInitiator {
+        let mut ini = RawInitiator::connect(addr);
+        let mut all = vec![("InitiatorName", initiator), ("SessionType", "Normal"), ("TargetName", target)];
+        all.extend_from_slice(keys);
+        let resp = ini.login_step(isid, 1, 3, true, &all).expect("login response");
+        assert_eq!(login_status(&resp), (0, 0), "login failed");
+        assert_eq!(resp.bhs.0[1] & 0x83, 0x83, "login did not transit to full feature phase");
+        ini.enter_full_feature(&resp);
+        ini
+    }
+
+    /// Logs in to the default target with ISID `isid(n)` and extra operational keys.
+    pub fn login_default(addr: SocketAddr, n: u16, keys: &[(&str, &str)]) -> RawInitiator {
+        RawInitiator::login_as(addr, INITIATOR_NAME, isid(n), DEFAULT_TARGET, keys)
+    }
+
+    /// Records the final login response: negotiated keys and digests.
+    pub fn enter_full_feature(&mut self, resp: &Pdu) {
+        self.answers = parse_keys(&resp.data);
+        self.framing.header_digest = self.negotiated("HeaderDigest") == Some("CRC32C");
+        self.framing.data_digest = self.negotiated("DataDigest") == Some("CRC32C");
+    }
+
+    /// Sends one Login Request and returns the response, or None when the target closed.
+    pub fn login_step(&mut self, isid: [u8; 6], csg: u8, nsg: u8, transit: bool, keys: &[(&str, &str)]) -> Option<Pdu> {
+        let data = text_data(keys);
+        let mut bhs = login_bhs(isid, csg, nsg, transit, self.cmd_sn, self.exp_stat_sn);
+        bhs.set_data_segment_len(data.len() as u32);
+        self.send(&bhs, &data);
+        let resp = self.recv()?;
+        self.exp_stat_sn = resp.bhs.u32_at(24).wrapping_add(1);
+        Some(resp)
+    }
+
+    /// A key the target answered at login.
+    pub fn negotiated(&self, key: &str) -> Option<&str> {
+        key_value(&self.answers, key)
+    }
+
+    /// A numeric session parameter: the target's answer, else the RFC 7143 default.
+    pub fn param(&self, key: &str, default: u32) -> u32 {
+        self.negotiated(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// A boolean session parameter: the target's answer, else the RFC 7143 default.
+    pub fn flag(&self, key: &str, default: bool) -> bool {
+        self.negotiated(key).map_or(default, |v| v == "Yes")
+    }
+
+    /// Reads one PDU within `within`, telling a timeout from a closed connection.
+    pub fn next_event(&mut self, within: Duration) -> Event {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match next_frame(&self.buf, self.framing, 16 << 20) {
+                Ok(Next::Frame(f)) => {
+                    let pdu = Pdu { bhs: f.bhs, data: f.data.to_vec() };
+                    let n = f.consumed;
+                    self.buf.drain(..n);
+                    return Event::Pdu(pdu);
+                }
+                Ok(Next::NeedBytes(_)) => {}
+                Err(e) => panic!("target sent a bad frame: {e}"),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Event::Timeout;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 65536];
+            let got = self.stream.read(&mut chunk);
+            let _ = self.stream.set_read_timeout(Some(READ_TIMEOUT));
+            match got {
+                Ok(0) => return Event::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Event::Timeout;
+                }
+                Err(_) => return Event::Closed,
+            }
+        }
+    }
+
+    /// The next PDU other than a target ping (pings are answered) within `within`.
+    pub fn next_non_ping(&mut self, within: Duration) -> Event {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_event(left) {
+                Event::Pdu(p) if p.bhs.opcode() == Opcode::NOP_IN && p.bhs.itt() == RESERVED => self.answer_ping(&p),
+                Event::Pdu(p) => {
+                    self.note_stat_sn(&p);
+                    return Event::Pdu(p);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The next non-ping PDU; panics when the target closes or stays silent for 10 s.
+    pub fn expect_pdu(&mut self) -> Pdu {
+        match self.next_non_ping(READ_TIMEOUT) {
+            Event::Pdu(p) => p,
+            other => panic!("expected a PDU from the target, got {other:?}"),
+        }
+    }
+
+    /// Whether the target closes the connection within `within` (Rejects and pings are skipped;
+    /// any other PDU counts as "not closed").
+    pub fn closes_within(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_event(left) {
+                Event::Closed => return true,
+                Event::Timeout => return false,
+                Event::Pdu(p) if matches!(p.bhs.opcode(), Opcode::REJECT | Opcode::NOP_IN) => {}
+                Event::Pdu(p) => panic!("expected the connection to close, got {:?}", p.bhs),
+            }
+        }
+    }
+
+    /// Tracks ExpStatSN from PDUs that carry status.
+    fn note_stat_sn(&mut self, p: &Pdu) {
+        let carries_status = match p.bhs.opcode() {
+            Opcode::SCSI_DATA_IN => p.bhs.0[1] & 0x01 != 0,
+            Opcode::R2T | Opcode::ASYNC_MESSAGE => false,
+            Opcode::NOP_IN => p.bhs.itt() != RESERVED,
+            _ => true,
+        };
+        if carries_status {
+            self.exp_stat_sn = p.bhs.u32_at(24).wrapping_add(1);
+        }
+    }
+
+    /// Sends a SCSI Command (next CmdSN) with `immediate` as its data segment, F bit set unless
+    /// `more` (unsolicited Data-Out follows). Returns its ITT.
+    pub fn send_command(&mut self, cdb: &[u8], edtl: u32, read: bool, write: bool, immediate: &[u8], more: bool) -> u32 {
+        let mut bhs = self.scsi_command(cdb, edtl, read, write);
+        if more {
+            bhs.0[1] &= !0x80;
+        }
+        bhs.set_data_segment_len(immediate.len() as u32);
+        self.send(&bhs, immediate);
+        bhs.itt()
+    }
+
+    /// A SCSI Data-Out header.
+    pub fn data_out_bhs(&self, itt: u32, ttt: u32, data_sn: u32, offset: u32, len: usize, final_bit: bool) -> Bhs {
+        let mut bhs = Bhs::new(Opcode::SCSI_DATA_OUT);
+        bhs.0[1] = if final_bit { 0x80 } else { 0 };
+        bhs.set_itt(itt);
+        bhs.set_u32(20, ttt);
+        bhs.set_u32(28, self.exp_stat_sn);
+        bhs.set_u32(36, data_sn);
+        bhs.set_u32(40, offset);
+        bhs.set_data_segment_len(len as u32);
+        bhs
+    }
+
+    /// Sends `data` as Data-Out PDUs of one sequence starting at `offset`, split by the target's
+    /// MaxRecvDataSegmentLength, DataSN from 0, F on the last.
+    pub fn send_data_sequence(&mut self, itt: u32, ttt: u32, offset: u32, data: &[u8]) {
+        let max = self.param("MaxRecvDataSegmentLength", 8192) as usize;
+        let n = data.len().div_ceil(max);
+        for (i, chunk) in data.chunks(max).enumerate() {
+            let at = offset + (i * max) as u32;
+            let bhs = self.data_out_bhs(itt, ttt, i as u32, at, chunk.len(), i + 1 == n);
+            self.send(&bhs, chunk);
+        }
+    }
+
+    /// Answers an R2T with the bytes it asks for out of `data` (the whole command's data).
+    pub fn answer_r2t(&mut self, r2t: &Pdu, data: &[u8]) {
+        let (ttt, offset, len) = (r2t.bhs.u32_at(20), r2t.bhs.u32_at(40), r2t.bhs.u32_at(44));
+        let slice = &data[offset as usize..(offset + len) as usize];
+        self.send_data_sequence(r2t.bhs.itt(), ttt, offset, slice);
+    }
+
+    /// Receives the rest of task `itt`: answers its R2Ts from `out`, gathers its Data-In, and
+    /// returns at its status. Panics on any other PDU (a Reject, another task's status).
+    pub fn finish_task(&mut self, itt: u32, out: &[u8]) -> Reply {
+        let mut data_in = Vec::new();
+        let mut r2ts = Vec::new();
+        let mut data = Vec::new();
+        loop {
+            let p = self.expect_pdu();
+            assert_eq!(p.bhs.itt(), itt, "PDU for another task while waiting for {itt:#x}: {:?}", p.bhs);
+            match p.bhs.opcode() {
+                Opcode::R2T => {
+                    self.answer_r2t(&p, out);
+                    r2ts.push(p);
+                }
+                Opcode::SCSI_DATA_IN => {
+                    let at = p.bhs.u32_at(40) as usize;
+                    if data.len() < at + p.data.len() {
+                        data.resize(at + p.data.len(), 0);
+                    }
+                    data[at..at + p.data.len()].copy_from_slice(&p.data);
+                    let status = p.bhs.0[1] & 0x01 != 0;
+                    data_in.push(p.clone());
+                    if status {
+                        return Reply { status_pdu: p, data_in, r2ts, data };
+                    }
+                }
+                Opcode::SCSI_RESPONSE => return Reply { status_pdu: p, data_in, r2ts, data },
+                other => panic!("unexpected {other:?} while waiting for task {itt:#x}: {:?}", p.bhs),
+            }
+        }
+    }
+
+    /// Runs one SCSI command to completion the way a conforming initiator does: immediate data
+    /// when ImmediateData=Yes, unsolicited Data-Out when InitialR2T=No (both up to
+    /// FirstBurstLength), and the rest on R2T.
+    pub fn command(&mut self, cdb: &[u8], edtl: u32, read: bool, out: &[u8]) -> Reply {
+        let write = !out.is_empty();
+        let first_burst = self.param("FirstBurstLength", 65536) as usize;
+        let max_seg = self.param("MaxRecvDataSegmentLength", 8192) as usize;
+        let unsolicited = if write && !self.flag("InitialR2T", true) { first_burst.min(out.len()) } else { 0 };
+        let immediate = if write && self.flag("ImmediateData", true) { first_burst.min(max_seg).min(out.len()) } else { 0 };
+        let more = unsolicited > immediate;
+        let itt = self.send_command(cdb, edtl, read, write, &out[..immediate], more);
+        if more {
+            let ttt = RESERVED;
+            let rest = &out[immediate..unsolicited];
+            self.send_data_sequence(itt, ttt, immediate as u32, rest);
+        }
+        self.finish_task(itt, out)
+    }
+
+    /// WRITE(10) of `data` (whole 512-byte blocks) at `lba`.
+    pub fn write10(&mut self, lba: u32, data: &[u8]) -> Reply {
+        let cdb = super::scsi::write10(lba, (data.len() / 512) as u16);
+        self.command(&cdb, data.len() as u32, false, data)
+    }
+
+    /// READ(10) of `blocks` 512-byte blocks at `lba`, EDTL the exact length.
+    pub fn read10(&mut self, lba: u32, blocks: u16) -> Reply {
+        let cdb = super::scsi::read10(lba, blocks);
+        self.command(&cdb, u32::from(blocks) * 512, true, &[])
+    }
+
+    /// Sends an immediate Task Management Function Request; returns its ITT.
+    pub fn send_tmf(&mut self, function: u8, lun: u64, rtt: u32, ref_cmd_sn: u32) -> u32 {
+        let mut bhs = Bhs::new(Opcode::TASK_MGMT_REQUEST);
+        bhs.set_immediate(true);
+        bhs.0[1] = 0x80 | function;
+        bhs.set_lun(lun);
+        let itt = self.next_itt();
+        bhs.set_itt(itt);
+        bhs.set_u32(20, rtt);
+        bhs.set_u32(24, self.cmd_sn);
+        bhs.set_u32(28, self.exp_stat_sn);
+        bhs.set_u32(32, ref_cmd_sn);
+        self.send(&bhs, &[]);
+        itt
+    }
+
+    /// Sends a TMF and returns its response. Panics on any other PDU (e.g. the status of a task
+    /// the TMF aborted).
+    pub fn tmf(&mut self, function: u8, lun: u64, rtt: u32, ref_cmd_sn: u32) -> Pdu {
+        let itt = self.send_tmf(function, lun, rtt, ref_cmd_sn);
+        let p = self.expect_pdu();
+        assert_eq!(p.bhs.opcode(), Opcode::TASK_MGMT_RESPONSE, "expected the TMF response, got {:?}", p.bhs);
+        assert_eq!(p.bhs.itt(), itt, "TMF response for another ITT");
+        p
+    }
+
+    /// Sends an immediate NOP-Out ping carrying `data`; returns its ITT.
+    pub fn send_ping(&mut self, data: &[u8]) -> u32 {
+        let mut bhs = Bhs::new(Opcode::NOP_OUT);
+        bhs.set_immediate(true);
+        bhs.0[1] = 0x80;
+        let itt = self.next_itt();
+        bhs.set_itt(itt);
+        bhs.set_u32(20, RESERVED);
+        bhs.set_u32(24, self.cmd_sn);
+        bhs.set_u32(28, self.exp_stat_sn);
+        bhs.set_data_segment_len(data.len() as u32);
+        self.send(&bhs, data);
+        itt
+    }
+
+    /// Writes bytes, ignoring errors (the target may already have closed).
+    pub fn send_raw_lossy(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// TEST UNIT READY until GOOD (unit attentions consumed); panics otherwise.
+    pub fn ready(&mut self) {
+        assert_eq!(self.test_unit_ready(), 0, "TEST UNIT READY failed");
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod initiator;
+pub mod scsi;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
