@@ -86,6 +86,13 @@ impl Registry {
         Registration { entry, replaced }
     }
 
+    /// Forgets the session with this TSIH (it ended). A newer session that reinstated the same
+    /// nexus has another TSIH and stays.
+    pub fn unregister(&self, tsih: u16) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.sessions.retain(|_, s| s.tsih != tsih);
+    }
+
     /// Whether a session with this TSIH exists.
     pub fn tsih_exists(&self, tsih: u16) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -132,5 +139,14 @@ mod tests {
         assert_ne!(c.entry.tsih, a.entry.tsih);
         assert!(r.tsih_exists(c.entry.tsih));
         assert_eq!(r.len(), 2);
+        r.unregister(a.entry.tsih);
+        assert_eq!(
+            r.len(),
+            2,
+            "the replaced session's TSIH no longer names an entry"
+        );
+        r.unregister(c.entry.tsih);
+        assert_eq!(r.len(), 1);
+        assert!(!r.tsih_exists(c.entry.tsih));
     }
 }

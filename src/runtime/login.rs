@@ -18,6 +18,7 @@ use crate::iscsi::pdu::target::{self, LoginResponseHeader, RESERVED_TAG, RejectR
 use crate::iscsi::pdu::{BHS_LEN, Bhs, Framing, Opcode};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Time a login (or an idle discovery session) may take before the connection is dropped.
@@ -36,7 +37,7 @@ pub struct LoginContext {
     /// Shard handles, by shard index.
     pub shards: Vec<ShardHandle>,
     /// Session registry.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
 }
 
 impl LoginContext {
@@ -273,6 +274,7 @@ fn finish_login(
         exp_cmd_sn: h.cmd_sn,
         stat_sn: wire.stat_sn,
         nexus: reg.entry.nexus,
+        tsih: reg.entry.tsih,
         session: params,
     };
     if let Some(handle) = ctx.shards.get(shard) {

@@ -102,6 +102,7 @@ impl Server {
             portals.push(local);
             listeners.push(l);
         }
+        let registry = Arc::new(Registry::default());
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::new();
         let mut threads = Vec::new();
@@ -109,6 +110,7 @@ impl Server {
             let (handle, inbox, wake) =
                 shard::channel().map_err(|source| StartError::Shard { shard: id, source })?;
             let shard_portals = portals.clone();
+            let shard_registry = Arc::clone(&registry);
             let core = if cfg.pin {
                 cores.get(id % cores.len().max(1)).copied()
             } else {
@@ -120,7 +122,15 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    match Shard::new(id, luns, inbox, wake, conn_config, shard_portals) {
+                    match Shard::new(
+                        id,
+                        luns,
+                        inbox,
+                        wake,
+                        conn_config,
+                        shard_portals,
+                        shard_registry,
+                    ) {
                         Ok(shard) => {
                             if let Err(e) = shard.run() {
                                 eprintln!("shoal: shard {id} stopped: {e}");
@@ -138,7 +148,7 @@ impl Server {
             targets,
             portals: portals.clone(),
             shards: shards.clone(),
-            registry: Registry::default(),
+            registry,
         });
         for l in listeners {
             let ctx = Arc::clone(&ctx);

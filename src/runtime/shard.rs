@@ -12,6 +12,7 @@
 use super::buf::{AlignedBuf, BufPool};
 use super::text::SessionDirectory;
 use super::tx::Tx;
+use crate::control::Registry;
 use crate::iscsi::connection::{
     Action, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
 };
@@ -70,6 +71,8 @@ pub struct NewConnection {
     pub stat_sn: u32,
     /// The I_T nexus.
     pub nexus: NexusId,
+    /// Its TSIH (to unregister the session when it ends).
+    pub tsih: u16,
     /// The negotiated session parameters (for full-feature renegotiation).
     pub session: SessionParams,
 }
@@ -140,6 +143,7 @@ struct ShardConn {
     closing: bool,
     session: SessionParams,
     text: TextExchange,
+    tsih: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +177,7 @@ pub struct Shard {
     config: ConnConfig,
     pieces: Vec<Piece>,
     portals: Vec<std::net::SocketAddr>,
+    registry: Arc<Registry>,
     stopping: bool,
 }
 
@@ -185,6 +190,7 @@ impl Shard {
         wake: Arc<OwnedFd>,
         config: ConnConfig,
         portals: Vec<std::net::SocketAddr>,
+        registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
         let ring = new_ring()?;
         Ok(Shard {
@@ -201,6 +207,7 @@ impl Shard {
             config,
             pieces: Vec::new(),
             portals,
+            registry,
             stopping: false,
         })
     }
@@ -343,6 +350,7 @@ impl Shard {
             closing: false,
             session: nc.session,
             text: TextExchange::new(),
+            tsih: nc.tsih,
         });
         let index = match self.conns.iter().position(Option::is_none) {
             Some(i) => {
@@ -543,8 +551,9 @@ impl Shard {
         if !sc.closing || sc.recv_in_flight || sc.tx.in_flight() || sc.io_in_flight > 0 {
             return;
         }
-        let (lun, nexus) = (sc.lun, sc.nexus);
+        let (lun, nexus, tsih) = (sc.lun, sc.nexus, sc.tsih);
         self.conns[index] = None;
+        self.registry.unregister(tsih);
         let still_there = self.live_conns().any(|(_, c)| c.nexus == nexus);
         if !still_there {
             self.luns[lun].lu.remove_nexus(nexus);
@@ -834,8 +843,13 @@ impl Shard {
             .filter(|(i, c)| c.lun == lun && *i != index)
             .map(|(i, _)| i)
             .collect();
+        let mut cleared = Vec::new();
         for i in others {
             if let Some(sc) = self.conn_mut(i) {
+                // Control mode page TAS=0: the other nexus's aborted tasks end without status.
+                if sc.conn.task_count() > 0 {
+                    cleared.push(sc.nexus);
+                }
                 sc.conn.abort_all();
             }
             self.flush(i);
@@ -849,7 +863,14 @@ impl Shard {
         match function {
             TmfFunction::LogicalUnitReset => lu.lun_reset(nexus),
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => lu.target_reset(nexus),
-            _ => {}
+            // SPC-4 §7.5.2 / SAM-5: tasks of other nexuses cleared by CLEAR TASK SET are
+            // reported to them with COMMANDS CLEARED BY ANOTHER INITIATOR.
+            _ => {
+                cleared.dedup();
+                for victim in cleared {
+                    lu.commands_cleared(victim);
+                }
+            }
         }
     }
 
