@@ -22,6 +22,7 @@ use super::pdu::{Bhs, Framing};
 use super::serial;
 use super::session::{Admission, CmdWindow};
 use crate::runtime::buf::{AlignedBuf, BufPool};
+use smallvec::SmallVec;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -234,7 +235,8 @@ pub struct Task {
     unsolicited_data_sn: u32,
     unsolicited_done: bool,
     next_solicit: u32,
-    r2ts: Vec<R2tState>,
+    /// Outstanding R2Ts (MaxOutstandingR2T is small; inline up to 4 without allocating).
+    r2ts: SmallVec<[R2tState; 4]>,
     r2t_sn: u32,
     state: TaskState,
     aborted: bool,
@@ -567,7 +569,7 @@ impl Connection {
             unsolicited_data_sn: 0,
             unsolicited_done: cmd.final_bit || received >= unsolicited_limit,
             next_solicit: unsolicited_limit.max(received),
-            r2ts: Vec::new(),
+            r2ts: SmallVec::new(),
             r2t_sn: 0,
             state: TaskState::Held,
             aborted: false,
@@ -579,7 +581,7 @@ impl Connection {
     fn progress(&mut self, id: TaskId, now: Instant) {
         let max_r2t = self.params.max_outstanding_r2t.max(1) as usize;
         let max_burst = self.params.max_burst_length.max(512);
-        let mut r2ts = Vec::new();
+        let mut r2ts: SmallVec<[(u32, u32, u32); 4]> = SmallVec::new();
         {
             let Some(task) = self.task_mut(id) else {
                 return;

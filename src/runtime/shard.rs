@@ -176,6 +176,9 @@ pub struct Shard {
     pool: BufPool,
     config: ConnConfig,
     pieces: Vec<Piece>,
+    /// Scratch for completions and submissions (reused: no allocation per round or per I/O).
+    cqes: Vec<(u64, i32)>,
+    sqes: Vec<io_uring::squeue::Entry>,
     portals: Vec<std::net::SocketAddr>,
     registry: Arc<Registry>,
     stopping: bool,
@@ -206,6 +209,8 @@ impl Shard {
             pool: BufPool::new(),
             config,
             pieces: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            sqes: Vec::with_capacity(64),
             portals,
             registry,
             stopping: false,
@@ -226,14 +231,13 @@ impl Shard {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            for (ud, res) in cqes {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(ud, res) in &cqes {
                 self.on_completion(ud, res);
             }
+            cqes.clear();
+            self.cqes = cqes;
             let now = Instant::now();
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
@@ -673,7 +677,8 @@ impl Shard {
         };
         let lun = &mut self.luns[sc.lun];
         let sync_writes = !lun.lu.write_cache_enabled();
-        let mut sqes = Vec::new();
+        let mut sqes = std::mem::take(&mut self.sqes);
+        sqes.clear();
         self.pieces.clear();
         match (op.outcome.clone(), op.phase) {
             (Outcome::Read { offset, len, .. }, _)
@@ -750,9 +755,10 @@ impl Shard {
         }
         op.pending = sqes.len() as u32;
         let empty = sqes.is_empty();
-        for sqe in sqes {
+        for sqe in sqes.drain(..) {
             self.push(sqe.user_data(user_data(KIND_IO, slot)));
         }
+        self.sqes = sqes;
         if empty {
             self.end_phase(slot);
         }
