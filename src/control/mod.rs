@@ -5,6 +5,8 @@
 //! session reinstatement (RFC 7143 §6.3.5: a login with a known ISID and TSIH 0 replaces the old
 //! session). It is used only on the login path, never by shards on the I/O path.
 
+pub mod api;
+
 use crate::scsi::NexusId;
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -2,6 +2,7 @@
 //! the listener and the login threads.
 
 pub mod buf;
+pub mod io;
 pub mod login;
 pub mod server;
 pub mod shard;

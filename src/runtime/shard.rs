@@ -9,7 +9,7 @@
 //! - A connection is dropped only when none of its operations is in flight: every buffer an SQE
 //!   points at (receive buffer, send batch, write data, read buffer) outlives the SQE.
 
-use super::buf::{AlignedBuf, BufPool};
+use super::buf::BufPool;
 use super::text::SessionDirectory;
 use super::tx::Tx;
 use crate::control::Registry;
@@ -21,25 +21,24 @@ use crate::iscsi::login::{SessionParams, TargetLimits};
 use crate::iscsi::pdu::frame::{self, FrameError, Next};
 use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
-use crate::scsi::{self, Completion, IoResult, LogicalUnit, NexusId, OpClass, Outcome};
+use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::LunStats;
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
-const KIND_IO: u64 = 3;
+pub(super) const KIND_IO: u64 = 3;
 const KIND_WAKE: u64 = 4;
 const TICK: Duration = Duration::from_millis(100);
 const RX_CAPACITY: usize = 512 * 1024;
 
-fn user_data(kind: u64, index: usize) -> u64 {
+pub(super) fn user_data(kind: u64, index: usize) -> u64 {
     (kind << 56) | index as u64
 }
 
@@ -129,59 +128,47 @@ pub fn channel() -> std::io::Result<(ShardHandle, Receiver<ShardMsg>, Arc<OwnedF
     ))
 }
 
-struct ShardConn {
-    stream: TcpStream,
-    conn: Connection,
-    lun: usize,
-    nexus: NexusId,
-    rx: Vec<u8>,
-    rx_start: usize,
-    rx_end: usize,
-    recv_in_flight: bool,
-    tx: Tx,
-    io_in_flight: u32,
-    closing: bool,
-    session: SessionParams,
-    text: TextExchange,
-    tsih: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Main,
-    VerifyRead,
-}
-
-struct IoOp {
-    conn: usize,
-    task: TaskId,
-    outcome: Outcome,
-    phase: Phase,
-    buf: Option<AlignedBuf>,
-    pending: u32,
-    error: bool,
+pub(super) struct ShardConn {
+    pub(super) stream: TcpStream,
+    pub(super) conn: Connection,
+    pub(super) lun: usize,
+    pub(super) nexus: NexusId,
+    pub(super) rx: Vec<u8>,
+    pub(super) rx_start: usize,
+    pub(super) rx_end: usize,
+    pub(super) recv_in_flight: bool,
+    pub(super) tx: Tx,
+    pub(super) io_in_flight: u32,
+    pub(super) closing: bool,
+    pub(super) session: SessionParams,
+    pub(super) text: TextExchange,
+    pub(super) tsih: u16,
 }
 
 /// One shard thread's state.
 pub struct Shard {
-    id: usize,
-    ring: IoUring,
-    luns: Vec<LunSlot>,
-    conns: Vec<Option<Box<ShardConn>>>,
-    ops: Vec<Option<IoOp>>,
-    free_ops: Vec<usize>,
-    inbox: Receiver<ShardMsg>,
-    wake: Arc<OwnedFd>,
-    wake_buf: Box<u64>,
-    pool: BufPool,
-    config: ConnConfig,
-    pieces: Vec<Piece>,
+    pub(super) id: usize,
+    pub(super) ring: IoUring,
+    pub(super) luns: Vec<LunSlot>,
+    pub(super) conns: Vec<Option<Box<ShardConn>>>,
+    pub(super) ops: Vec<Option<super::io::IoOp>>,
+    /// Writes waiting for a busy extent (op slots).
+    pub(super) parked: Vec<usize>,
+    /// Scratch for write plans.
+    pub(super) plan: Vec<crate::storage::WritePiece>,
+    pub(super) free_ops: Vec<usize>,
+    pub(super) inbox: Receiver<ShardMsg>,
+    pub(super) wake: Arc<OwnedFd>,
+    pub(super) wake_buf: Box<u64>,
+    pub(super) pool: BufPool,
+    pub(super) config: ConnConfig,
+    pub(super) pieces: Vec<Piece>,
     /// Scratch for completions and submissions (reused: no allocation per round or per I/O).
-    cqes: Vec<(u64, i32)>,
-    sqes: Vec<io_uring::squeue::Entry>,
-    portals: Vec<std::net::SocketAddr>,
-    registry: Arc<Registry>,
-    stopping: bool,
+    pub(super) cqes: Vec<(u64, i32)>,
+    pub(super) sqes: Vec<io_uring::squeue::Entry>,
+    pub(super) portals: Vec<std::net::SocketAddr>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) stopping: bool,
 }
 
 impl Shard {
@@ -202,6 +189,8 @@ impl Shard {
             luns,
             conns: Vec::new(),
             ops: Vec::new(),
+            parked: Vec::new(),
+            plan: Vec::new(),
             free_ops: Vec::new(),
             inbox,
             wake,
@@ -247,7 +236,7 @@ impl Shard {
         Ok(())
     }
 
-    fn push(&mut self, sqe: io_uring::squeue::Entry) {
+    pub(super) fn push(&mut self, sqe: io_uring::squeue::Entry) {
         loop {
             // SAFETY: every SQE built by this shard points at memory that outlives the
             // operation (see the module invariants).
@@ -369,7 +358,7 @@ impl Shard {
         self.arm_recv(index);
     }
 
-    fn conn_mut(&mut self, index: usize) -> Option<&mut ShardConn> {
+    pub(super) fn conn_mut(&mut self, index: usize) -> Option<&mut ShardConn> {
         self.conns.get_mut(index).and_then(|c| c.as_deref_mut())
     }
 
@@ -461,7 +450,7 @@ impl Shard {
     // ---- actions and sending ----
 
     /// Runs the connection's pending actions and starts a send if one is due.
-    fn pump(&mut self, index: usize) {
+    pub(super) fn pump(&mut self, index: usize) {
         loop {
             let Some(sc) = self.conn_mut(index) else {
                 return;
@@ -548,7 +537,7 @@ impl Shard {
     }
 
     /// Drops a closing connection once no operation of it is in flight.
-    fn reap(&mut self, index: usize) {
+    pub(super) fn reap(&mut self, index: usize) {
         let Some(sc) = self.conn_mut(index) else {
             return;
         };
@@ -613,7 +602,7 @@ impl Shard {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         index: usize,
         id: TaskId,
@@ -641,189 +630,6 @@ impl Shard {
             wanted,
         };
         sc.conn.complete(id, resp);
-    }
-
-    fn start_io(&mut self, index: usize, id: TaskId, outcome: Outcome) {
-        let slot = match self.free_ops.pop() {
-            Some(s) => s,
-            None => {
-                self.ops.push(None);
-                self.ops.len() - 1
-            }
-        };
-        self.ops[slot] = Some(IoOp {
-            conn: index,
-            task: id,
-            outcome,
-            phase: Phase::Main,
-            buf: None,
-            pending: 0,
-            error: false,
-        });
-        if let Some(sc) = self.conn_mut(index) {
-            sc.io_in_flight += 1;
-        }
-        self.submit_phase(slot);
-    }
-
-    /// Submits the SQEs of the op's current phase; completes it at once when there are none.
-    fn submit_phase(&mut self, slot: usize) {
-        let Some(op) = self.ops[slot].as_mut() else {
-            return;
-        };
-        let index = op.conn;
-        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
-            return;
-        };
-        let lun = &mut self.luns[sc.lun];
-        let sync_writes = !lun.lu.write_cache_enabled();
-        let mut sqes = std::mem::take(&mut self.sqes);
-        sqes.clear();
-        self.pieces.clear();
-        match (op.outcome.clone(), op.phase) {
-            (Outcome::Read { offset, len, .. }, _)
-            | (Outcome::Verify { offset, len, .. }, _)
-            | (Outcome::WriteVerify { offset, len, .. }, Phase::VerifyRead) => {
-                let mut buf = self.pool.take(len as usize);
-                lun.volume.map_read(offset, len, &mut self.pieces);
-                let mut at = 0usize;
-                for piece in &self.pieces {
-                    match *piece {
-                        Piece::File { fd, offset, len } => {
-                            // SAFETY: `at + len <= buf.len()`; the buffer is owned by the op
-                            // until every SQE of this phase completes.
-                            let ptr = unsafe { buf.as_mut_ptr().add(at) };
-                            sqes.push(
-                                opcode::Read::new(types::Fd(fd), ptr, len as u32)
-                                    .offset(offset)
-                                    .build(),
-                            );
-                            at += len as usize;
-                        }
-                        Piece::Zero { len } => {
-                            buf[at..at + len as usize].fill(0);
-                            at += len as usize;
-                        }
-                    }
-                }
-                op.buf = Some(buf);
-            }
-            (Outcome::Write { offset, len, fua }, _)
-            | (
-                Outcome::WriteVerify {
-                    offset,
-                    len,
-                    verify: fua,
-                },
-                Phase::Main,
-            ) => {
-                let fua = fua || sync_writes || matches!(op.outcome, Outcome::WriteVerify { .. });
-                let Some(task) = sc.conn.task(op.task) else {
-                    return;
-                };
-                let data = task.data_out().as_ptr();
-                if let Err(e) = lun.volume.map_write(offset, len, &mut self.pieces) {
-                    log_error(self.id, "map write", &e);
-                    op.error = true;
-                }
-                let mut at = 0usize;
-                for piece in &self.pieces {
-                    if let Piece::File { fd, offset, len } = *piece {
-                        // SAFETY: `at + len` is within the task's Data-Out buffer, which the
-                        // connection keeps until the task completes (after this op).
-                        let ptr = unsafe { data.add(at) };
-                        let mut w =
-                            opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset);
-                        if fua {
-                            w = w.rw_flags(libc::RWF_DSYNC);
-                        }
-                        sqes.push(w.build());
-                        at += len as usize;
-                    }
-                }
-            }
-            (Outcome::Flush, _) => {
-                for fd in lun.volume.sync_fds() {
-                    sqes.push(
-                        opcode::Fsync::new(types::Fd(fd))
-                            .flags(types::FsyncFlags::DATASYNC)
-                            .build(),
-                    );
-                }
-            }
-            (Outcome::Done(_), _) => {}
-        }
-        op.pending = sqes.len() as u32;
-        let empty = sqes.is_empty();
-        for sqe in sqes.drain(..) {
-            self.push(sqe.user_data(user_data(KIND_IO, slot)));
-        }
-        self.sqes = sqes;
-        if empty {
-            self.end_phase(slot);
-        }
-    }
-
-    fn on_io(&mut self, slot: usize, res: i32) {
-        let Some(op) = self.ops.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        if res < 0 {
-            op.error = true;
-        }
-        op.pending = op.pending.saturating_sub(1);
-        if op.pending == 0 {
-            self.end_phase(slot);
-        }
-    }
-
-    fn end_phase(&mut self, slot: usize) {
-        let Some(op) = self.ops[slot].as_mut() else {
-            return;
-        };
-        if !op.error
-            && op.phase == Phase::Main
-            && matches!(op.outcome, Outcome::WriteVerify { verify: true, .. })
-        {
-            op.phase = Phase::VerifyRead;
-            self.submit_phase(slot);
-            return;
-        }
-        let Some(op) = self.ops[slot].take() else {
-            return;
-        };
-        self.free_ops.push(slot);
-        let index = op.conn;
-        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
-            return;
-        };
-        sc.io_in_flight -= 1;
-        let result = io_result(
-            &op,
-            sc.conn.task(op.task).map(|t| t.data_out()).unwrap_or(&[]),
-        );
-        let lun = &mut self.luns[sc.lun];
-        let completion = lun.lu.complete(sc.nexus, &op.outcome, result.clone());
-        let (class, bytes, wanted) = match op.outcome {
-            Outcome::Read { len, .. } => (OpClass::Read, len, len),
-            Outcome::Write { len, .. } | Outcome::WriteVerify { len, .. } => {
-                let wanted = sc.conn.task(op.task).map_or(len, |t| {
-                    scsi::cdb::data_out_length(&t.cmd.cdb, lun.lu.info().block_size)
-                });
-                (OpClass::Write, len, wanted)
-            }
-            Outcome::Verify {
-                len, compare: true, ..
-            } => (OpClass::Other, len, len),
-            _ => (OpClass::Other, 0, 0),
-        };
-        let buffer = match (op.outcome, op.buf, result) {
-            (Outcome::Read { .. }, Some(buf), IoResult::Ok) => DataInSource::Buffer(Rc::new(buf)),
-            _ => DataInSource::None,
-        };
-        self.finish(index, op.task, completion, buffer, wanted, class, bytes);
-        self.pump(index);
-        self.reap(index);
     }
 
     // ---- task management and text ----
@@ -932,32 +738,6 @@ pub fn decode_lun(field: u64) -> Option<u64> {
         0b01 => Some((u64::from(b[0] & 0x3f) << 8) | u64::from(b[1])),
         _ => None,
     }
-}
-
-fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
-    if op.error {
-        let read = matches!(op.outcome, Outcome::Read { .. } | Outcome::Verify { .. })
-            || op.phase == Phase::VerifyRead;
-        return IoResult::MediumError { read };
-    }
-    let compare = match op.outcome {
-        Outcome::Verify { compare, .. } => compare,
-        Outcome::WriteVerify { verify, .. } => verify,
-        _ => false,
-    };
-    if compare {
-        if let Some(buf) = &op.buf {
-            let n = buf.len().min(data_out.len());
-            if let Some(at) = buf[..n]
-                .iter()
-                .zip(&data_out[..n])
-                .position(|(a, b)| a != b)
-            {
-                return IoResult::Miscompare { at: at as u64 };
-            }
-        }
-    }
-    IoResult::Ok
 }
 
 fn log_error(shard: usize, what: &str, e: &dyn std::fmt::Display) {

@@ -4,7 +4,7 @@
 //! its completion arrives, so it survives `kill -9`; FUA and SYNCHRONIZE CACHE add `fdatasync`
 //! (or RWF_DSYNC) for power loss.
 
-use super::{Piece, StorageError, Volume};
+use super::{NewExtent, Piece, PlanError, StorageError, Volume, WritePiece};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -80,22 +80,30 @@ impl Volume for FileVolume {
         });
     }
 
-    fn map_write(
+    fn plan_write(
         &mut self,
         offset: u64,
         len: u64,
-        out: &mut Vec<Piece>,
-    ) -> Result<(), StorageError> {
-        out.push(Piece::File {
+        out: &mut Vec<WritePiece>,
+    ) -> Result<(), PlanError> {
+        out.push(WritePiece::InPlace {
             fd: self.file.as_raw_fd(),
             offset,
             len,
+            data_at: 0,
         });
         Ok(())
     }
 
-    fn sync_fds(&self) -> Vec<RawFd> {
-        vec![self.file.as_raw_fd()]
+    fn commit_extent(&mut self, _ext: &NewExtent) -> Result<(), StorageError> {
+        // A file volume never plans new extents.
+        Ok(())
+    }
+
+    fn abort_extent(&mut self, _ext: &NewExtent) {}
+
+    fn sync_fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.file.as_raw_fd());
     }
 }
 

@@ -61,6 +61,66 @@ pub enum Piece {
     },
 }
 
+/// One piece of a write plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePiece {
+    /// Write `len` bytes of the command's data, starting `data_at` bytes into it, to `offset` of
+    /// `fd`: the extent is owned exclusively, so it is overwritten in place.
+    InPlace {
+        /// Backing file.
+        fd: RawFd,
+        /// Byte offset in it.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+        /// Offset of these bytes in the command's Data-Out.
+        data_at: u64,
+    },
+    /// A first write to an unmapped extent, or a copy-on-write of a shared one: see
+    /// [`NewExtent`].
+    NewExtent(NewExtent),
+}
+
+/// Building a new physical extent for one logical extent: start from zeros (unmapped) or from
+/// the old extent's bytes (`copy_from`, copy-on-write), lay the command's bytes over it, write
+/// the whole extent at `offset`, then [`Volume::commit_extent`] switches the mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewExtent {
+    /// Logical extent number.
+    pub lext: u64,
+    /// The freshly allocated physical extent.
+    pub pext: u64,
+    /// Backing file of the data store.
+    pub fd: RawFd,
+    /// Byte offset of the new extent in it.
+    pub offset: u64,
+    /// Extent size in bytes.
+    pub extent_len: u64,
+    /// Byte offset of the old extent to copy, when the logical extent was mapped (shared).
+    pub copy_from: Option<u64>,
+    /// Where the command's bytes start inside the extent.
+    pub within: u64,
+    /// How many of the command's bytes land in this extent.
+    pub len: u64,
+    /// Offset of these bytes in the command's Data-Out.
+    pub data_at: u64,
+}
+
+/// Why a write cannot be planned now.
+#[derive(Debug, Error)]
+pub enum PlanError {
+    /// A logical extent it touches is being copied by another write: retry once that one
+    /// commits (writes to one extent are serialised while it is re-mapped).
+    #[error("extent busy with a copy-on-write in flight")]
+    Busy,
+    /// The pool has no free extent.
+    #[error("no space left in the pool")]
+    NoSpace,
+    /// The volume is read-only (an exported snapshot).
+    #[error("read-only volume")]
+    ReadOnly,
+}
+
 /// The storage seam the shard uses for one volume.
 pub trait Volume {
     /// Capacity in bytes.
@@ -70,13 +130,21 @@ pub trait Volume {
     /// Physical pieces to read for `len` bytes at `offset` (inside the capacity), appended to
     /// `out` in logical order.
     fn map_read(&self, offset: u64, len: u64, out: &mut Vec<Piece>);
-    /// Physical pieces to write for `len` bytes at `offset`, allocating as needed.
-    fn map_write(
+    /// Plans a write of `len` bytes at `offset`, appending its pieces in logical order. New
+    /// extents are allocated and their logical extents marked busy until committed or aborted;
+    /// on error nothing stays allocated or marked.
+    fn plan_write(
         &mut self,
         offset: u64,
         len: u64,
-        out: &mut Vec<Piece>,
-    ) -> Result<(), StorageError>;
-    /// File descriptors to `fdatasync` to make acknowledged writes durable.
-    fn sync_fds(&self) -> Vec<RawFd>;
+        out: &mut Vec<WritePiece>,
+    ) -> Result<(), PlanError>;
+    /// Switches a logical extent to its new physical extent once the data is written (and
+    /// records the change durably enough for an acknowledgement: it survives `kill -9`).
+    fn commit_extent(&mut self, ext: &NewExtent) -> Result<(), StorageError>;
+    /// Gives back a planned extent whose write failed.
+    fn abort_extent(&mut self, ext: &NewExtent);
+    /// File descriptors to `fdatasync` so that acknowledged writes and the mappings they depend
+    /// on survive power loss (data store and metadata journal).
+    fn sync_fds(&self, out: &mut Vec<RawFd>);
 }

@@ -1,0 +1,220 @@
+//! The admin API's vocabulary: request and response bodies (JSON via serde), the stable error
+//! codes, and the [`AdminBackend`] trait the daemon implements and the HTTP server calls.
+//!
+//! Shared by the server (`control::admin`) and the CLI client (`cli`), so both sides agree on
+//! every field by construction.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Stable error codes (the `code` field of an error body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No volume, snapshot or route by that name (HTTP 404).
+    NotFound,
+    /// The name is taken (HTTP 409).
+    AlreadyExists,
+    /// A field is malformed or out of range (HTTP 400).
+    InvalidArgument,
+    /// The object is in use (sessions logged in, a rollback depends on it...) (HTTP 409).
+    InUse,
+    /// The pool cannot hold it (HTTP 507).
+    NoSpace,
+    /// The request conflicts with the object's state (HTTP 409).
+    Conflict,
+    /// Anything else; the message says what (HTTP 500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::NotFound => 404,
+            ErrorCode::AlreadyExists | ErrorCode::InUse | ErrorCode::Conflict => 409,
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::NoSpace => 507,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An admin error: a stable code and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[error("{message}")]
+pub struct AdminError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What went wrong, naming the object.
+    pub message: String,
+}
+
+impl AdminError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        AdminError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The JSON body of every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: AdminError,
+}
+
+/// Pool space and settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Data store capacity in bytes.
+    pub size_bytes: u64,
+    /// Bytes in extents referenced by some image.
+    pub used_bytes: u64,
+    /// Bytes free (size - used - reserved).
+    pub free_bytes: u64,
+    /// Bytes reserved for full (thick) volumes but not yet written.
+    pub reserved_bytes: u64,
+    /// Extent size in bytes.
+    pub extent_size: u32,
+    /// Soft threshold, percent used.
+    pub soft_threshold_percent: u8,
+    /// Number of volumes (including clones).
+    pub volumes: u64,
+    /// Number of snapshots.
+    pub snapshots: u64,
+}
+
+/// A volume (or clone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Exported target IQN.
+    pub target: String,
+    /// Provisioned size in bytes.
+    pub size_bytes: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Thin (true) or full.
+    pub thin: bool,
+    /// Bytes of extents mapped.
+    pub mapped_bytes: u64,
+    /// Bytes only this volume references (what deleting it would free).
+    pub exclusive_bytes: u64,
+    /// `VOLUME@SNAP` it was cloned from, if it is a clone.
+    pub origin: Option<String>,
+    /// Number of snapshots of this volume.
+    pub snapshots: u64,
+    /// Sessions logged in to it.
+    pub sessions: u64,
+    /// NAA identifier (hex).
+    pub naa: String,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+/// A snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// `VOLUME@SNAP`.
+    pub name: String,
+    /// The volume it belongs to.
+    pub volume: String,
+    /// Size of the volume when taken.
+    pub size_bytes: u64,
+    /// Bytes mapped.
+    pub mapped_bytes: u64,
+    /// Bytes only this snapshot references.
+    pub exclusive_bytes: u64,
+    /// Exported read-only as its own target (the IQN), if it is.
+    pub export: Option<String>,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+}
+
+/// `POST /v1/volumes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateVolume {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Reserve all space now (full) instead of thin.
+    #[serde(default)]
+    pub full: bool,
+    /// Logical block size (default 512).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+}
+
+/// `POST /v1/volumes/{name}/resize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    /// New size in bytes (growing only).
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSnapshot {
+    /// Volume to snapshot.
+    pub volume: String,
+    /// Snapshot name (unique per volume).
+    pub name: String,
+}
+
+/// `POST /v1/clones`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateClone {
+    /// Source `VOLUME@SNAP` (or a volume name: an implicit snapshot is taken).
+    pub source: String,
+    /// New volume name.
+    pub name: String,
+}
+
+/// `POST /v1/snapshots/{vol}@{snap}/export`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Export {
+    /// Export (true) or withdraw (false).
+    pub enabled: bool,
+}
+
+/// What the daemon does for the admin API. Called from the admin thread; each call is one
+/// complete operation (committed before it returns) or an error that changed nothing.
+pub trait AdminBackend: Send + Sync {
+    /// Pool space and settings.
+    fn pool_status(&self) -> Result<PoolStatus, AdminError>;
+    /// Every volume.
+    fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError>;
+    /// One volume.
+    fn volume(&self, name: &str) -> Result<VolumeInfo, AdminError>;
+    /// Creates a volume.
+    fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError>;
+    /// Grows a volume online.
+    fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError>;
+    /// Deletes a volume (refused while sessions use it unless `force`).
+    fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError>;
+    /// Snapshots, of one volume or all.
+    fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError>;
+    /// Takes a snapshot.
+    fn create_snapshot(&self, req: &CreateSnapshot) -> Result<SnapshotInfo, AdminError>;
+    /// Deletes a snapshot.
+    fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError>;
+    /// Rolls a volume back to one of its snapshots (volume offline to initiators).
+    fn rollback(&self, volume: &str, snapshot: &str) -> Result<VolumeInfo, AdminError>;
+    /// Exports a snapshot read-only as its own target, or withdraws it.
+    fn export_snapshot(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        req: &Export,
+    ) -> Result<SnapshotInfo, AdminError>;
+    /// Creates a writable clone.
+    fn create_clone(&self, req: &CreateClone) -> Result<VolumeInfo, AdminError>;
+    /// Latency and throughput statistics as JSON (the latency issue fills this in).
+    fn stats(&self) -> Result<serde_json::Value, AdminError>;
+}

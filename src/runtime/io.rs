@@ -1,0 +1,454 @@
+//! Storage I/O of SCSI commands on the shard's ring: a small state machine per command.
+//!
+//! ```text
+//! Read / Verify:      Read ─────────────────────────────────────────────▶ done (compare)
+//! Write:              plan ─▶ CopyOld? ─▶ WriteData ─▶ commit ─▶ SyncMeta? ─▶ VerifyRead? ─▶ done
+//! Flush:              Flush (fdatasync data store + journal) ─────────────────────────────▶ done
+//! ```
+//! A write whose plan hits a logical extent being copied by another write is parked and
+//! re-planned when that copy commits (writes to one extent are serialised while it is remapped).
+//!
+//! Invariant: every buffer an SQE points at (read buffer, bounce buffers, the task's Data-Out)
+//! is owned by the op or its task until the op's last completion arrives.
+
+use super::buf::AlignedBuf;
+use super::shard::{KIND_IO, Shard, user_data};
+use crate::iscsi::connection::{DataInSource, TaskId};
+use crate::scsi::{self, IoResult, OpClass, Outcome};
+use crate::storage::{NewExtent, Piece, PlanError, WritePiece};
+use io_uring::{opcode, squeue::Entry, types};
+use smallvec::SmallVec;
+use std::rc::Rc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Read,
+    CopyOld,
+    WriteData,
+    SyncMeta,
+    VerifyRead,
+    Flush,
+}
+
+/// One command's storage work in flight.
+pub(super) struct IoOp {
+    pub(super) conn: usize,
+    task: TaskId,
+    outcome: Outcome,
+    phase: Phase,
+    /// Read or verify buffer.
+    buf: Option<AlignedBuf>,
+    /// The write plan.
+    plan: SmallVec<[WritePiece; 4]>,
+    /// One buffer per `NewExtent` of the plan, in plan order.
+    bounce: SmallVec<[AlignedBuf; 2]>,
+    pending: u32,
+    error: bool,
+    no_space: bool,
+}
+
+impl IoOp {
+    fn new_extents(&self) -> impl Iterator<Item = &NewExtent> {
+        self.plan.iter().filter_map(|p| match p {
+            WritePiece::NewExtent(e) => Some(e),
+            WritePiece::InPlace { .. } => None,
+        })
+    }
+
+    fn durable(&self, write_cache: bool) -> bool {
+        !write_cache
+            || matches!(
+                self.outcome,
+                Outcome::Write { fua: true, .. } | Outcome::WriteVerify { .. }
+            )
+    }
+}
+
+impl Shard {
+    /// Starts the storage work of task `id` on connection `index`.
+    pub(super) fn start_io(&mut self, index: usize, id: TaskId, outcome: Outcome) {
+        let slot = match self.free_ops.pop() {
+            Some(s) => s,
+            None => {
+                self.ops.push(None);
+                self.ops.len() - 1
+            }
+        };
+        let phase = match outcome {
+            Outcome::Read { .. } | Outcome::Verify { .. } => Phase::Read,
+            Outcome::Flush => Phase::Flush,
+            _ => Phase::WriteData,
+        };
+        self.ops[slot] = Some(IoOp {
+            conn: index,
+            task: id,
+            outcome,
+            phase,
+            buf: None,
+            plan: SmallVec::new(),
+            bounce: SmallVec::new(),
+            pending: 0,
+            error: false,
+            no_space: false,
+        });
+        if let Some(sc) = self.conn_mut(index) {
+            sc.io_in_flight += 1;
+        }
+        match phase {
+            Phase::Read => self.submit_read(slot),
+            Phase::Flush => self.submit_sync(slot),
+            _ => self.plan_write(slot),
+        }
+    }
+
+    fn lun_of(&self, slot: usize) -> Option<usize> {
+        let op = self.ops.get(slot)?.as_ref()?;
+        self.conns.get(op.conn)?.as_deref().map(|c| c.lun)
+    }
+
+    /// Pushes the op's SQEs; ends the phase at once when there are none.
+    fn submit_all(&mut self, slot: usize, sqes: &mut Vec<Entry>) {
+        if let Some(op) = self.ops[slot].as_mut() {
+            op.pending = sqes.len() as u32;
+        }
+        let empty = sqes.is_empty();
+        for sqe in sqes.drain(..) {
+            self.push(sqe.user_data(user_data(KIND_IO, slot)));
+        }
+        if empty {
+            self.end_phase(slot);
+        }
+    }
+
+    fn submit_read(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let (offset, len) = match op.outcome {
+            Outcome::Read { offset, len, .. }
+            | Outcome::Verify { offset, len, .. }
+            | Outcome::WriteVerify { offset, len, .. } => (offset, len),
+            _ => return,
+        };
+        let mut buf = self.pool.take(len as usize);
+        self.pieces.clear();
+        self.luns[lun]
+            .volume
+            .map_read(offset, len, &mut self.pieces);
+        let mut sqes = std::mem::take(&mut self.sqes);
+        let mut at = 0usize;
+        for piece in &self.pieces {
+            match *piece {
+                Piece::File { fd, offset, len } => {
+                    // SAFETY: `at + len <= buf.len()` (the pieces cover exactly `len` bytes);
+                    // the buffer stays in the op until every SQE of this phase completes.
+                    let ptr = unsafe { buf.as_mut_ptr().add(at) };
+                    sqes.push(
+                        opcode::Read::new(types::Fd(fd), ptr, len as u32)
+                            .offset(offset)
+                            .build(),
+                    );
+                    at += len as usize;
+                }
+                Piece::Zero { len } => {
+                    buf[at..at + len as usize].fill(0);
+                    at += len as usize;
+                }
+            }
+        }
+        op.buf = Some(buf);
+        self.submit_all(slot, &mut sqes);
+        self.sqes = sqes;
+    }
+
+    fn submit_sync(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let mut fds = Vec::new();
+        self.luns[lun].volume.sync_fds(&mut fds);
+        let mut sqes = std::mem::take(&mut self.sqes);
+        for fd in fds {
+            sqes.push(
+                opcode::Fsync::new(types::Fd(fd))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build(),
+            );
+        }
+        self.submit_all(slot, &mut sqes);
+        self.sqes = sqes;
+    }
+
+    /// Plans a write; parks it when an extent it needs is busy.
+    fn plan_write(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let (offset, len) = match op.outcome {
+            Outcome::Write { offset, len, .. } | Outcome::WriteVerify { offset, len, .. } => {
+                (offset, len)
+            }
+            _ => return,
+        };
+        let mut plan = std::mem::take(&mut self.plan);
+        plan.clear();
+        let planned = self.luns[lun].volume.plan_write(offset, len, &mut plan);
+        if planned.is_ok() {
+            op.plan.extend(plan.drain(..));
+        }
+        plan.clear();
+        self.plan = plan;
+        match planned {
+            Ok(()) => {}
+            Err(PlanError::Busy) => {
+                self.parked.push(slot);
+                return;
+            }
+            Err(PlanError::NoSpace) | Err(PlanError::ReadOnly) => {
+                op.no_space = true;
+                self.finish_op(slot);
+                return;
+            }
+        }
+        let copies = op.new_extents().any(|e| e.copy_from.is_some());
+        if copies {
+            op.phase = Phase::CopyOld;
+            self.submit_copy_old(slot);
+        } else {
+            op.phase = Phase::WriteData;
+            self.submit_write_data(slot);
+        }
+    }
+
+    /// Reads the old contents of every extent being copied into its bounce buffer.
+    fn submit_copy_old(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let mut sqes = std::mem::take(&mut self.sqes);
+        let extents: SmallVec<[NewExtent; 4]> = op.new_extents().copied().collect();
+        for e in &extents {
+            let mut bounce = self.pool.take(e.extent_len as usize);
+            if let Some(old) = e.copy_from {
+                let ptr = bounce.as_mut_ptr();
+                sqes.push(
+                    opcode::Read::new(types::Fd(e.fd), ptr, e.extent_len as u32)
+                        .offset(old)
+                        .build(),
+                );
+            } else {
+                bounce.fill(0);
+            }
+            op.bounce.push(bounce);
+        }
+        self.submit_all(slot, &mut sqes);
+        self.sqes = sqes;
+    }
+
+    /// Writes in-place pieces from the Data-Out and new extents from their bounce buffers.
+    fn submit_write_data(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let write_cache = self.luns[lun].lu.write_cache_enabled();
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let Some(sc) = self.conns.get(op.conn).and_then(|c| c.as_deref()) else {
+            return;
+        };
+        let Some(task) = sc.conn.task(op.task) else {
+            return;
+        };
+        let data = task.data_out();
+        let dsync = op.durable(write_cache);
+        let mut sqes = std::mem::take(&mut self.sqes);
+        let mut bounce_index = 0;
+        if op.bounce.is_empty() {
+            for e in op.plan.iter() {
+                if let WritePiece::NewExtent(e) = e {
+                    let mut b = self.pool.take(e.extent_len as usize);
+                    b.fill(0);
+                    op.bounce.push(b);
+                }
+            }
+        }
+        for piece in op.plan.iter() {
+            let (fd, offset, ptr, len) = match *piece {
+                WritePiece::InPlace {
+                    fd,
+                    offset,
+                    len,
+                    data_at,
+                } => {
+                    let src = &data[data_at as usize..(data_at + len) as usize];
+                    (fd, offset, src.as_ptr(), len)
+                }
+                WritePiece::NewExtent(e) => {
+                    let b = &mut op.bounce[bounce_index];
+                    bounce_index += 1;
+                    let src = &data[e.data_at as usize..(e.data_at + e.len) as usize];
+                    b[e.within as usize..(e.within + e.len) as usize].copy_from_slice(src);
+                    (e.fd, e.offset, b.as_ptr(), e.extent_len)
+                }
+            };
+            let mut w = opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset);
+            if dsync {
+                w = w.rw_flags(libc::RWF_DSYNC);
+            }
+            sqes.push(w.build());
+        }
+        self.submit_all(slot, &mut sqes);
+        self.sqes = sqes;
+    }
+
+    /// A completion for op `slot`.
+    pub(super) fn on_io(&mut self, slot: usize, res: i32) {
+        let Some(op) = self.ops.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if res < 0 {
+            op.error = true;
+        }
+        op.pending = op.pending.saturating_sub(1);
+        if op.pending == 0 {
+            self.end_phase(slot);
+        }
+    }
+
+    fn end_phase(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let (phase, error) = (op.phase, op.error);
+        match phase {
+            Phase::CopyOld if !error => {
+                op.phase = Phase::WriteData;
+                self.submit_write_data(slot);
+            }
+            Phase::CopyOld | Phase::WriteData => self.after_write(slot),
+            Phase::SyncMeta if !error && self.wants_verify(slot) => self.start_verify(slot),
+            _ => self.finish_op(slot),
+        }
+    }
+
+    fn wants_verify(&self, slot: usize) -> bool {
+        self.ops[slot]
+            .as_ref()
+            .is_some_and(|op| matches!(op.outcome, Outcome::WriteVerify { verify: true, .. }))
+    }
+
+    fn start_verify(&mut self, slot: usize) {
+        if let Some(op) = self.ops[slot].as_mut() {
+            op.phase = Phase::VerifyRead;
+        }
+        self.submit_read(slot);
+    }
+
+    /// Data written (or failed): commit or abort the new extents, wake parked writes, then sync
+    /// the metadata when the write must be durable.
+    fn after_write(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let write_cache = self.luns[lun].lu.write_cache_enabled();
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let extents: SmallVec<[NewExtent; 4]> = op.new_extents().copied().collect();
+        let volume = &mut self.luns[lun].volume;
+        for e in &extents {
+            if op.error {
+                volume.abort_extent(e);
+            } else if volume.commit_extent(e).is_err() {
+                op.error = true;
+            }
+        }
+        op.bounce.clear();
+        let durable = !op.error && !extents.is_empty() && op.durable(write_cache);
+        if !extents.is_empty() {
+            self.unpark();
+        }
+        if durable {
+            if let Some(op) = self.ops[slot].as_mut() {
+                op.phase = Phase::SyncMeta;
+            }
+            self.submit_sync(slot);
+        } else if !self.ops[slot].as_ref().is_some_and(|o| o.error) && self.wants_verify(slot) {
+            self.start_verify(slot);
+        } else {
+            self.finish_op(slot);
+        }
+    }
+
+    /// Re-plans every parked write (an extent they waited for was committed or released).
+    fn unpark(&mut self) {
+        let parked = std::mem::take(&mut self.parked);
+        for slot in parked {
+            self.plan_write(slot);
+        }
+    }
+
+    /// Reports the op's result to the SCSI layer and the connection.
+    fn finish_op(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].take() else {
+            return;
+        };
+        self.free_ops.push(slot);
+        let index = op.conn;
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        sc.io_in_flight -= 1;
+        let data_out = sc.conn.task(op.task).map(|t| t.data_out()).unwrap_or(&[]);
+        let result = io_result(&op, data_out);
+        let lun = &mut self.luns[sc.lun];
+        let completion = lun.lu.complete(sc.nexus, &op.outcome, result.clone());
+        let block_size = lun.lu.info().block_size;
+        let (class, bytes, wanted) = match op.outcome {
+            Outcome::Read { len, .. } => (OpClass::Read, len, len),
+            Outcome::Write { len, .. } | Outcome::WriteVerify { len, .. } => {
+                let wanted = sc
+                    .conn
+                    .task(op.task)
+                    .map_or(len, |t| scsi::cdb::data_out_length(&t.cmd.cdb, block_size));
+                (OpClass::Write, len, wanted)
+            }
+            Outcome::Verify {
+                len, compare: true, ..
+            } => (OpClass::Other, len, len),
+            _ => (OpClass::Other, 0, 0),
+        };
+        let buffer = match (op.outcome, op.buf, result) {
+            (Outcome::Read { .. }, Some(buf), IoResult::Ok) => DataInSource::Buffer(Rc::new(buf)),
+            _ => DataInSource::None,
+        };
+        self.finish(index, op.task, completion, buffer, wanted, class, bytes);
+        self.pump(index);
+        self.reap(index);
+    }
+}
+
+fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
+    if op.no_space {
+        return IoResult::SpaceExhausted;
+    }
+    if op.error {
+        let read = matches!(op.phase, Phase::Read | Phase::VerifyRead | Phase::CopyOld);
+        return IoResult::MediumError { read };
+    }
+    let compare = match op.outcome {
+        Outcome::Verify { compare, .. } => compare,
+        Outcome::WriteVerify { verify, .. } => verify,
+        _ => false,
+    };
+    if compare {
+        if let Some(buf) = &op.buf {
+            let n = buf.len().min(data_out.len());
+            if let Some(at) = buf[..n]
+                .iter()
+                .zip(&data_out[..n])
+                .position(|(a, b)| a != b)
+            {
+                return IoResult::Miscompare { at: at as u64 };
+            }
+        }
+    }
+    IoResult::Ok
+}
