@@ -265,6 +265,9 @@ enum Ordered {
     Text(TextRequest, Vec<u8>),
     Logout(LogoutRequest),
     Tmf(TmfRequest),
+    /// A CmdSN considered received without a command (the aborted, never-seen task of
+    /// §11.5.1 rule b): delivering it only moves ExpCmdSN on.
+    Void,
 }
 
 #[derive(Debug)]
@@ -411,6 +414,18 @@ impl Connection {
         self.fail(RejectReason::DataDigestError, bhs);
     }
 
+    /// A header digest failed: nothing after it can be located, so the connection ends
+    /// (§7.8, ERL 0).
+    pub fn on_header_digest_error(&mut self) {
+        self.close = Some(CloseReason::HeaderDigest);
+    }
+
+    /// Ends the connection once its queued PDUs are sent (target cold reset from another
+    /// session).
+    pub fn shut(&mut self, reason: CloseReason) {
+        self.close = Some(reason);
+    }
+
     /// A PDU declared a data segment larger than we accept: protocol error.
     pub fn on_oversized_pdu(&mut self, bhs: &Bhs) {
         self.fail(RejectReason::ProtocolError, bhs);
@@ -426,30 +441,33 @@ impl Connection {
             InitiatorPdu::DataOut(d) => self.on_data_out(d, bhs, data, now),
             InitiatorPdu::NopOut(nop) => self.on_nop_out(nop, bhs, data),
             InitiatorPdu::TmfRequest(tmf) => {
-                self.admit(tmf.cmd_sn, tmf.immediate, Ordered::Tmf(tmf), now)
+                self.admit(tmf.cmd_sn, tmf.immediate, Ordered::Tmf(tmf), now);
             }
             InitiatorPdu::TextRequest(text) => {
                 let item = Ordered::Text(text, data.to_vec());
-                self.admit(text.cmd_sn, text.immediate, item, now)
+                self.admit(text.cmd_sn, text.immediate, item, now);
             }
             InitiatorPdu::LogoutRequest(req) => {
-                self.admit(req.cmd_sn, req.immediate, Ordered::Logout(req), now)
+                self.admit(req.cmd_sn, req.immediate, Ordered::Logout(req), now);
             }
             InitiatorPdu::LoginRequest(_) => self.fail(RejectReason::ProtocolError, bhs),
             InitiatorPdu::Snack { .. } => self.reject(RejectReason::CommandNotSupported, bhs),
         }
     }
 
-    fn admit(&mut self, cmd_sn: u32, immediate: bool, item: Ordered, now: Instant) {
+    /// Admits a numbered request; returns false when the window ignored it (out of window or a
+    /// duplicate CmdSN).
+    fn admit(&mut self, cmd_sn: u32, immediate: bool, item: Ordered, now: Instant) -> bool {
         match self.window.admit(cmd_sn, immediate, item) {
             Admission::Deliver(item) => {
                 self.deliver(item, now);
                 while let Some(next) = self.window.pop_ready() {
                     self.deliver(next, now);
                 }
+                true
             }
-            Admission::Queued => {}
-            Admission::Ignored => {}
+            Admission::Queued => true,
+            Admission::Ignored => false,
         }
     }
 
@@ -474,6 +492,7 @@ impl Connection {
             }
             Ordered::Logout(req) => self.on_logout(req),
             Ordered::Tmf(tmf) => self.on_tmf(tmf),
+            Ordered::Void => {}
         }
     }
 
@@ -527,15 +546,8 @@ impl Connection {
         }
         let task = self.new_task(cmd, data);
         let id = self.insert_task(task);
-        self.admit(cmd.cmd_sn, cmd.immediate, Ordered::Task(id), now);
-        // A command the window ignored never got delivered: forget it.
-        if self.task(id).is_some_and(|t| t.state == TaskState::Held)
-            && !serial::in_window(
-                cmd.cmd_sn,
-                self.window.exp_cmd_sn(),
-                self.window.max_cmd_sn(),
-            )
-        {
+        if !self.admit(cmd.cmd_sn, cmd.immediate, Ordered::Task(id), now) {
+            // Ignored by the window (§4.2.2.1): it will never be delivered, forget it.
             self.remove_task(id);
         }
     }
@@ -823,7 +835,10 @@ impl Connection {
             }
             return;
         }
-        if nop.ttt != RESERVED_TAG {
+        // The echo must fit the initiator's MaxRecvDataSegmentLength (§13.12); a ping that
+        // cannot be echoed is a protocol error, as LIO treats it.
+        if nop.ttt != RESERVED_TAG || data.len() > self.params.max_xmit_data_segment_length as usize
+        {
             self.reject(RejectReason::ProtocolError, bhs);
             return;
         }
@@ -985,12 +1000,15 @@ impl Connection {
                     self.window.exp_cmd_sn(),
                     self.window.max_cmd_sn(),
                 ) && serial::lt(tmf.ref_cmd_sn, tmf.cmd_sn);
-                let response = if in_window {
-                    TmfResponse::FunctionComplete
+                if in_window {
+                    self.tmf_done(tmf.itt, TmfResponse::FunctionComplete);
+                    // "Consider the CmdSN as received": fill the hole so the commands held
+                    // behind it run.
+                    let now = self.last_rx;
+                    self.admit(tmf.ref_cmd_sn, false, Ordered::Void, now);
                 } else {
-                    TmfResponse::TaskDoesNotExist
-                };
-                self.tmf_done(tmf.itt, response);
+                    self.tmf_done(tmf.itt, TmfResponse::TaskDoesNotExist);
+                }
             }
         }
     }

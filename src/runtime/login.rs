@@ -352,7 +352,10 @@ fn serve_discovery(
                     }
                 }
             }
-            Ok(InitiatorPdu::NopOut(n)) if n.itt != RESERVED_TAG => {
+            Ok(InitiatorPdu::NopOut(n))
+                if n.itt != RESERVED_TAG
+                    && data.len() <= params.max_xmit_data_segment_length as usize =>
+            {
                 let s = seq(&mut wire);
                 let reply = target::nop_in(n.itt, RESERVED_TAG, 0, s, data.len() as u32);
                 wire.write_pdu(&reply, &data)

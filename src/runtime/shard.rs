@@ -14,7 +14,7 @@ use super::text::SessionDirectory;
 use super::tx::Tx;
 use crate::control::Registry;
 use crate::iscsi::connection::{
-    Action, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
+    Action, CloseReason, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
 };
 use crate::iscsi::discovery::{TextExchange, TextRequest};
 use crate::iscsi::login::{SessionParams, TargetLimits};
@@ -432,7 +432,7 @@ impl Shard {
                     return;
                 }
                 Err(FrameError::HeaderDigest) => {
-                    sc.closing = true;
+                    sc.conn.on_header_digest_error();
                     return;
                 }
                 Err(FrameError::DataDigest { bhs, consumed }) => {
@@ -663,6 +663,10 @@ impl Shard {
                     cleared.push(sc.nexus);
                 }
                 sc.conn.abort_all();
+                // TARGET COLD RESET is a power-on: every session of the target ends (§11.5.1).
+                if function == TmfFunction::TargetColdReset {
+                    sc.conn.shut(CloseReason::Reset);
+                }
             }
             self.flush(i);
         }

@@ -264,11 +264,21 @@ pub fn parse_keys(data: &[u8]) -> Vec<(String, String)> {
 
 /// The value of `key` in decoded pairs.
 pub fn key_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A Login Request header (I bit set, ITT 0, CID 0).
-pub fn login_bhs(isid: [u8; 6], csg: u8, nsg: u8, transit: bool, cmd_sn: u32, exp_stat_sn: u32) -> Bhs {
+pub fn login_bhs(
+    isid: [u8; 6],
+    csg: u8,
+    nsg: u8,
+    transit: bool,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+) -> Bhs {
     let mut bhs = Bhs::new(Opcode::LOGIN_REQUEST);
     bhs.set_immediate(true);
     bhs.0[1] = (if transit { 0x80 } else { 0 }) | (csg << 2) | nsg;
@@ -346,13 +356,29 @@ impl Reply {
 impl RawInitiator {
     /// Connects and logs in with a full ISID and InitiatorName in one operational-stage PDU
     /// (CSG 1 → 3). Panics unless the login succeeds; the answer keys are kept in `answers`.
-    pub fn login_as(addr: SocketAddr, initiator: &str, isid: [u8; 6], target: &str, keys: &[(&str, &str)]) -> RawInitiator {
+    pub fn login_as(
+        addr: SocketAddr,
+        initiator: &str,
+        isid: [u8; 6],
+        target: &str,
+        keys: &[(&str, &str)],
+    ) -> RawInitiator {
         let mut ini = RawInitiator::connect(addr);
-        let mut all = vec![("InitiatorName", initiator), ("SessionType", "Normal"), ("TargetName", target)];
+        let mut all = vec![
+            ("InitiatorName", initiator),
+            ("SessionType", "Normal"),
+            ("TargetName", target),
+        ];
         all.extend_from_slice(keys);
-        let resp = ini.login_step(isid, 1, 3, true, &all).expect("login response");
+        let resp = ini
+            .login_step(isid, 1, 3, true, &all)
+            .expect("login response");
         assert_eq!(login_status(&resp), (0, 0), "login failed");
-        assert_eq!(resp.bhs.0[1] & 0x83, 0x83, "login did not transit to full feature phase");
+        assert_eq!(
+            resp.bhs.0[1] & 0x83,
+            0x83,
+            "login did not transit to full feature phase"
+        );
         ini.enter_full_feature(&resp);
         ini
     }
@@ -370,7 +396,14 @@ impl RawInitiator {
     }
 
     /// Sends one Login Request and returns the response, or None when the target closed.
-    pub fn login_step(&mut self, isid: [u8; 6], csg: u8, nsg: u8, transit: bool, keys: &[(&str, &str)]) -> Option<Pdu> {
+    pub fn login_step(
+        &mut self,
+        isid: [u8; 6],
+        csg: u8,
+        nsg: u8,
+        transit: bool,
+        keys: &[(&str, &str)],
+    ) -> Option<Pdu> {
         let data = text_data(keys);
         let mut bhs = login_bhs(isid, csg, nsg, transit, self.cmd_sn, self.exp_stat_sn);
         bhs.set_data_segment_len(data.len() as u32);
@@ -387,7 +420,9 @@ impl RawInitiator {
 
     /// A numeric session parameter: the target's answer, else the RFC 7143 default.
     pub fn param(&self, key: &str, default: u32) -> u32 {
-        self.negotiated(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+        self.negotiated(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     }
 
     /// A boolean session parameter: the target's answer, else the RFC 7143 default.
@@ -401,7 +436,10 @@ impl RawInitiator {
         loop {
             match next_frame(&self.buf, self.framing, 16 << 20) {
                 Ok(Next::Frame(f)) => {
-                    let pdu = Pdu { bhs: f.bhs, data: f.data.to_vec() };
+                    let pdu = Pdu {
+                        bhs: f.bhs,
+                        data: f.data.to_vec(),
+                    };
                     let n = f.consumed;
                     self.buf.drain(..n);
                     return Event::Pdu(pdu);
@@ -420,7 +458,12 @@ impl RawInitiator {
             match got {
                 Ok(0) => return Event::Closed,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Event::Timeout;
                 }
                 Err(_) => return Event::Closed,
@@ -434,7 +477,9 @@ impl RawInitiator {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.next_event(left) {
-                Event::Pdu(p) if p.bhs.opcode() == Opcode::NOP_IN && p.bhs.itt() == RESERVED => self.answer_ping(&p),
+                Event::Pdu(p) if p.bhs.opcode() == Opcode::NOP_IN && p.bhs.itt() == RESERVED => {
+                    self.answer_ping(&p)
+                }
                 Event::Pdu(p) => {
                     self.note_stat_sn(&p);
                     return Event::Pdu(p);
@@ -480,9 +525,33 @@ impl RawInitiator {
         }
     }
 
+    /// Builds an immediate SCSI Command: I bit set, carrying the next CmdSN without taking it.
+    pub fn immediate_command(&mut self, cdb: &[u8], edtl: u32, read: bool, write: bool) -> Bhs {
+        let mut bhs = self.scsi_command(cdb, edtl, read, write);
+        self.cmd_sn = self.cmd_sn.wrapping_sub(1);
+        bhs.set_immediate(true);
+        bhs
+    }
+
+    /// Builds a SCSI Command with an explicit CmdSN, leaving the CmdSN counter alone.
+    pub fn command_with_cmd_sn(&mut self, cdb: &[u8], edtl: u32, read: bool, cmd_sn: u32) -> Bhs {
+        let mut bhs = self.scsi_command(cdb, edtl, read, false);
+        self.cmd_sn = self.cmd_sn.wrapping_sub(1);
+        bhs.set_u32(24, cmd_sn);
+        bhs
+    }
+
     /// Sends a SCSI Command (next CmdSN) with `immediate` as its data segment, F bit set unless
     /// `more` (unsolicited Data-Out follows). Returns its ITT.
-    pub fn send_command(&mut self, cdb: &[u8], edtl: u32, read: bool, write: bool, immediate: &[u8], more: bool) -> u32 {
+    pub fn send_command(
+        &mut self,
+        cdb: &[u8],
+        edtl: u32,
+        read: bool,
+        write: bool,
+        immediate: &[u8],
+        more: bool,
+    ) -> u32 {
         let mut bhs = self.scsi_command(cdb, edtl, read, write);
         if more {
             bhs.0[1] &= !0x80;
@@ -493,7 +562,15 @@ impl RawInitiator {
     }
 
     /// A SCSI Data-Out header.
-    pub fn data_out_bhs(&self, itt: u32, ttt: u32, data_sn: u32, offset: u32, len: usize, final_bit: bool) -> Bhs {
+    pub fn data_out_bhs(
+        &self,
+        itt: u32,
+        ttt: u32,
+        data_sn: u32,
+        offset: u32,
+        len: usize,
+        final_bit: bool,
+    ) -> Bhs {
         let mut bhs = Bhs::new(Opcode::SCSI_DATA_OUT);
         bhs.0[1] = if final_bit { 0x80 } else { 0 };
         bhs.set_itt(itt);
@@ -532,7 +609,12 @@ impl RawInitiator {
         let mut data = Vec::new();
         loop {
             let p = self.expect_pdu();
-            assert_eq!(p.bhs.itt(), itt, "PDU for another task while waiting for {itt:#x}: {:?}", p.bhs);
+            assert_eq!(
+                p.bhs.itt(),
+                itt,
+                "PDU for another task while waiting for {itt:#x}: {:?}",
+                p.bhs
+            );
             match p.bhs.opcode() {
                 Opcode::R2T => {
                     self.answer_r2t(&p, out);
@@ -547,11 +629,26 @@ impl RawInitiator {
                     let status = p.bhs.0[1] & 0x01 != 0;
                     data_in.push(p.clone());
                     if status {
-                        return Reply { status_pdu: p, data_in, r2ts, data };
+                        return Reply {
+                            status_pdu: p,
+                            data_in,
+                            r2ts,
+                            data,
+                        };
                     }
                 }
-                Opcode::SCSI_RESPONSE => return Reply { status_pdu: p, data_in, r2ts, data },
-                other => panic!("unexpected {other:?} while waiting for task {itt:#x}: {:?}", p.bhs),
+                Opcode::SCSI_RESPONSE => {
+                    return Reply {
+                        status_pdu: p,
+                        data_in,
+                        r2ts,
+                        data,
+                    };
+                }
+                other => panic!(
+                    "unexpected {other:?} while waiting for task {itt:#x}: {:?}",
+                    p.bhs
+                ),
             }
         }
     }
@@ -563,8 +660,16 @@ impl RawInitiator {
         let write = !out.is_empty();
         let first_burst = self.param("FirstBurstLength", 65536) as usize;
         let max_seg = self.param("MaxRecvDataSegmentLength", 8192) as usize;
-        let unsolicited = if write && !self.flag("InitialR2T", true) { first_burst.min(out.len()) } else { 0 };
-        let immediate = if write && self.flag("ImmediateData", true) { first_burst.min(max_seg).min(out.len()) } else { 0 };
+        let unsolicited = if write && !self.flag("InitialR2T", true) {
+            first_burst.min(out.len())
+        } else {
+            0
+        };
+        let immediate = if write && self.flag("ImmediateData", true) {
+            first_burst.min(max_seg).min(out.len())
+        } else {
+            0
+        };
         let more = unsolicited > immediate;
         let itt = self.send_command(cdb, edtl, read, write, &out[..immediate], more);
         if more {
@@ -608,7 +713,12 @@ impl RawInitiator {
     pub fn tmf(&mut self, function: u8, lun: u64, rtt: u32, ref_cmd_sn: u32) -> Pdu {
         let itt = self.send_tmf(function, lun, rtt, ref_cmd_sn);
         let p = self.expect_pdu();
-        assert_eq!(p.bhs.opcode(), Opcode::TASK_MGMT_RESPONSE, "expected the TMF response, got {:?}", p.bhs);
+        assert_eq!(
+            p.bhs.opcode(),
+            Opcode::TASK_MGMT_RESPONSE,
+            "expected the TMF response, got {:?}",
+            p.bhs
+        );
         assert_eq!(p.bhs.itt(), itt, "TMF response for another ITT");
         p
     }
