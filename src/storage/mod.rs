@@ -9,6 +9,7 @@
 //! as zeros without I/O.
 
 pub mod file;
+pub mod pool;
 
 pub use file::FileVolume;
 

@@ -1,0 +1,691 @@
+//! The pool on the control side: creating and recovering a pool, the catalog of images
+//! (volumes, snapshots, clones), and the journal records of catalog operations.
+//!
+//! Recovery: the newest valid superblock → its checkpoint (if any) → every journal record newer
+//! than the checkpoint, in sequence order, replayed onto plain copy-on-write leaf tables
+//! ([`ReplayMap`]) → those leaves become the live [`ExtentMap`]s (sharing preserved by leaf
+//! identity) over a fresh [`RefTable`] whose counts are recomputed from the maps
+//! ([`adopt_loaded`]), so no extent is both free and mapped and no count is wrong, by
+//! construction.
+//!
+//! Catalog operations append one record to `journal/control.log` and `fdatasync` it before they
+//! return. The record's sequence number orders it against the shards' mapping records: a
+//! snapshot's number is taken by the shard at the instant it shares the volume's map.
+
+use super::extent_map::{ExtentMap, FANOUT, Leaf, MapError, adopt_loaded};
+use super::format::{self, FormatError, ImageKind, ImageMeta, Superblock};
+use super::journal::{self, JournalReader, JournalWriter, Op, Record};
+use super::refs::RefTable;
+use super::thin::PoolShared;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use thiserror::Error;
+
+/// Errors of the pool's control side.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    /// The on-disk format layer failed.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Loading extent maps failed.
+    #[error(transparent)]
+    Map(#[from] MapError),
+    /// A data store operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The journal contradicts itself (a record names an image that does not exist...).
+    #[error("journal record {seq}: {reason}")]
+    Replay {
+        /// The record's sequence number.
+        seq: u64,
+        /// What is inconsistent.
+        reason: String,
+    },
+    /// A pool parameter is invalid.
+    #[error("invalid pool parameter: {0}")]
+    Invalid(String),
+}
+
+/// A logical map under replay: copy-on-write leaves shared by `Arc` (recovery only).
+#[derive(Debug, Clone, Default)]
+struct ReplayMap {
+    len: u64,
+    leaves: BTreeMap<u64, Arc<[u64; FANOUT]>>,
+}
+
+impl ReplayMap {
+    fn new(len: u64) -> Self {
+        ReplayMap {
+            len,
+            leaves: BTreeMap::new(),
+        }
+    }
+
+    fn set(&mut self, lext: u64, pext: u64) -> Result<(), String> {
+        if lext >= self.len {
+            return Err(format!("logical extent {lext} past the end ({})", self.len));
+        }
+        let leaf = self
+            .leaves
+            .entry(lext / FANOUT as u64)
+            .or_insert_with(|| Arc::new([0; FANOUT]));
+        Arc::make_mut(leaf)[(lext % FANOUT as u64) as usize] = pext;
+        Ok(())
+    }
+
+    fn resize(&mut self, len: u64) {
+        if len < self.len {
+            let first_leaf = len / FANOUT as u64;
+            self.leaves.retain(|&i, _| i <= first_leaf);
+            if let Some(leaf) = self.leaves.get_mut(&first_leaf) {
+                let from = (len % FANOUT as u64) as usize;
+                Arc::make_mut(leaf)[from..].fill(0);
+            }
+        }
+        self.len = len;
+    }
+}
+
+/// Number of logical extents of an image of `size` bytes.
+pub fn extents_for(size: u64, extent_size: u64) -> u64 {
+    size.div_ceil(extent_size)
+}
+
+/// The pool, as the control thread holds it.
+pub struct Pool {
+    dir: PathBuf,
+    sb: Superblock,
+    shared: Arc<PoolShared>,
+    control: JournalWriter,
+    images: BTreeMap<u64, ImageMeta>,
+    /// Maps the control plane holds: snapshots, and volumes not handed to a shard.
+    maps: HashMap<u64, ExtentMap>,
+    next_image: u64,
+}
+
+const CONTROL_JOURNAL: &str = "control.log";
+
+impl Pool {
+    /// Whether `dir` holds a pool.
+    pub fn exists(dir: &Path) -> bool {
+        Superblock::path(dir).exists()
+    }
+
+    /// Creates a pool in `dir` with a data store of `size_bytes` (a sparse file `dir/data`) cut
+    /// into `extent_size` extents.
+    pub fn create(
+        dir: &Path,
+        size_bytes: u64,
+        extent_size: u32,
+        direct: bool,
+    ) -> Result<Pool, PoolError> {
+        if !extent_size.is_power_of_two()
+            || !(format::MIN_EXTENT_SIZE..=format::MAX_EXTENT_SIZE).contains(&extent_size)
+        {
+            return Err(PoolError::Invalid(format!(
+                "extent size {extent_size} must be a power of two between {} and {}",
+                format::MIN_EXTENT_SIZE,
+                format::MAX_EXTENT_SIZE
+            )));
+        }
+        let capacity = size_bytes / u64::from(extent_size);
+        if capacity < 16 {
+            return Err(PoolError::Invalid(format!(
+                "pool size {size_bytes} holds fewer than 16 extents"
+            )));
+        }
+        std::fs::create_dir_all(format::journal_dir(dir)).map_err(|source| PoolError::Io {
+            what: "create pool directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut sb = Superblock::new(extent_size, capacity, format::random_uuid()?);
+        let data_path = dir.join(&sb.data_path);
+        let data = open_data(&data_path, capacity * u64::from(extent_size), direct)?;
+        sb.create(dir)?;
+        let refs = RefTable::new(capacity);
+        Pool::assemble(dir, sb, data, refs, BTreeMap::new(), HashMap::new(), 0)
+    }
+
+    /// Opens and recovers the pool in `dir`.
+    pub fn open(dir: &Path, direct: bool) -> Result<Pool, PoolError> {
+        let sb = Superblock::read(dir)?;
+        let data_path = resolve(dir, &sb.data_path);
+        let data = open_data(
+            &data_path,
+            sb.capacity_extents * u64::from(sb.extent_size),
+            direct,
+        )?;
+        let (images, replay, max_seq) = recover(dir, &sb)?;
+        let refs = RefTable::new(sb.capacity_extents);
+        let maps = build_maps(&replay, &refs)?;
+        Pool::assemble(dir, sb, data, refs, images, maps, max_seq)
+    }
+
+    fn assemble(
+        dir: &Path,
+        sb: Superblock,
+        data: File,
+        refs: Arc<RefTable>,
+        images: BTreeMap<u64, ImageMeta>,
+        maps: HashMap<u64, ExtentMap>,
+        seq: u64,
+    ) -> Result<Pool, PoolError> {
+        let shared = Arc::new(PoolShared {
+            data,
+            extent_size: u64::from(sb.extent_size),
+            refs,
+            seq: Arc::new(AtomicU64::new(seq.max(sb.checkpoint_seq))),
+        });
+        let control = JournalWriter::open(&format::journal_dir(dir).join(CONTROL_JOURNAL))?;
+        let next_image = images
+            .keys()
+            .next_back()
+            .map_or(1, |k| k + 1)
+            .max(sb.next_image_id);
+        Ok(Pool {
+            dir: dir.to_path_buf(),
+            sb,
+            shared,
+            control,
+            images,
+            maps,
+            next_image,
+        })
+    }
+
+    /// What every volume of the pool shares.
+    pub fn shared(&self) -> &Arc<PoolShared> {
+        &self.shared
+    }
+
+    /// The pool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    /// Every live image.
+    pub fn images(&self) -> impl Iterator<Item = &ImageMeta> {
+        self.images.values()
+    }
+
+    /// The image named `name`.
+    pub fn find(&self, name: &str) -> Option<&ImageMeta> {
+        self.images.values().find(|m| m.name == name)
+    }
+
+    /// The image with id `image`.
+    pub fn image(&self, image: u64) -> Option<&ImageMeta> {
+        self.images.get(&image)
+    }
+
+    /// Takes the map of `image` (to hand the volume to a shard).
+    pub fn take_map(&mut self, image: u64) -> Option<ExtentMap> {
+        self.maps.remove(&image)
+    }
+
+    /// Gives a map back to the control plane (a volume no longer served).
+    pub fn put_map(&mut self, image: u64, map: ExtentMap) {
+        self.maps.insert(image, map);
+    }
+
+    /// The map of `image`, if the control plane holds it.
+    pub fn map(&self, image: u64) -> Option<&ExtentMap> {
+        self.maps.get(&image)
+    }
+
+    /// Opens the journal a shard writes `image`'s mapping records to.
+    pub fn volume_journal(&self, image: u64) -> Result<JournalWriter, PoolError> {
+        let path = format::journal_dir(&self.dir).join(format!("image-{image:016x}.log"));
+        Ok(JournalWriter::open(&path)?)
+    }
+
+    /// The next sequence number (for records the control thread orders itself).
+    pub fn next_seq(&self) -> u64 {
+        self.shared.next_seq()
+    }
+
+    fn commit(&mut self, seq: u64, op: Op) -> Result<(), PoolError> {
+        self.control.append(&Record { seq, op })?;
+        self.control.sync()?;
+        Ok(())
+    }
+
+    fn new_meta(
+        &mut self,
+        parent: Option<u64>,
+        kind: ImageKind,
+        name: &str,
+        size: u64,
+        block_size: u32,
+        thin: bool,
+    ) -> ImageMeta {
+        let image = self.next_image;
+        self.next_image += 1;
+        let mut identity = [0u8; 16];
+        identity[..8].copy_from_slice(&self.sb.uuid[..8]);
+        identity[8..].copy_from_slice(&image.to_be_bytes());
+        ImageMeta {
+            image,
+            parent,
+            kind,
+            name: name.to_string(),
+            size_bytes: size,
+            block_size,
+            thin,
+            identity,
+            created_unix_secs: now_secs(),
+        }
+    }
+
+    /// Creates an empty volume; its map is held by the control plane until taken.
+    pub fn create_volume(
+        &mut self,
+        name: &str,
+        size: u64,
+        block_size: u32,
+        thin: bool,
+    ) -> Result<ImageMeta, PoolError> {
+        let meta = self.new_meta(None, ImageKind::Volume, name, size, block_size, thin);
+        let seq = self.next_seq();
+        self.commit(seq, Op::CreateImage(Box::new(meta.clone())))?;
+        let extents = extents_for(size, self.shared.extent_size);
+        self.maps.insert(
+            meta.image,
+            ExtentMap::new(extents, Arc::clone(&self.shared.refs)),
+        );
+        self.images.insert(meta.image, meta.clone());
+        Ok(meta)
+    }
+
+    /// Records a snapshot of `volume` named `name`, whose map `map` the shard shared at `seq`.
+    pub fn add_snapshot(
+        &mut self,
+        volume: u64,
+        name: &str,
+        map: ExtentMap,
+        seq: u64,
+    ) -> Result<ImageMeta, PoolError> {
+        let source = self
+            .images
+            .get(&volume)
+            .cloned()
+            .ok_or_else(|| missing(volume))?;
+        let meta = self.new_meta(
+            Some(volume),
+            ImageKind::Snapshot,
+            name,
+            source.size_bytes,
+            source.block_size,
+            source.thin,
+        );
+        self.commit(seq, Op::CreateImage(Box::new(meta.clone())))?;
+        self.maps.insert(meta.image, map);
+        self.images.insert(meta.image, meta.clone());
+        Ok(meta)
+    }
+
+    /// Creates a writable clone of snapshot `snapshot`; its map is held until taken.
+    pub fn add_clone(&mut self, snapshot: u64, name: &str) -> Result<ImageMeta, PoolError> {
+        let source = self
+            .images
+            .get(&snapshot)
+            .cloned()
+            .ok_or_else(|| missing(snapshot))?;
+        let map = self
+            .maps
+            .get(&snapshot)
+            .map(ExtentMap::snapshot)
+            .ok_or_else(|| missing(snapshot))?;
+        let meta = self.new_meta(
+            Some(snapshot),
+            ImageKind::Volume,
+            name,
+            source.size_bytes,
+            source.block_size,
+            true,
+        );
+        let seq = self.next_seq();
+        self.commit(seq, Op::CreateImage(Box::new(meta.clone())))?;
+        self.maps.insert(meta.image, map);
+        self.images.insert(meta.image, meta.clone());
+        Ok(meta)
+    }
+
+    /// Deletes an image (its map, if held here, is dropped: exclusively held extents return to
+    /// the free queue as the last references go).
+    pub fn delete(&mut self, image: u64) -> Result<Option<ExtentMap>, PoolError> {
+        if !self.images.contains_key(&image) {
+            return Err(missing(image));
+        }
+        let seq = self.next_seq();
+        self.commit(seq, Op::DeleteImage { image })?;
+        self.images.remove(&image);
+        Ok(self.maps.remove(&image))
+    }
+
+    /// Rolls `volume` back to `snapshot`: returns the volume's new map (a share of the
+    /// snapshot's). The caller drops the old map.
+    pub fn rollback(&mut self, volume: u64, snapshot: u64) -> Result<ExtentMap, PoolError> {
+        let map = self
+            .maps
+            .get(&snapshot)
+            .map(ExtentMap::snapshot)
+            .ok_or_else(|| missing(snapshot))?;
+        let size = self
+            .images
+            .get(&snapshot)
+            .map(|m| m.size_bytes)
+            .ok_or_else(|| missing(snapshot))?;
+        let seq = self.next_seq();
+        self.commit(
+            seq,
+            Op::Rollback {
+                image: volume,
+                snapshot,
+            },
+        )?;
+        if let Some(m) = self.images.get_mut(&volume) {
+            m.size_bytes = size;
+        }
+        Ok(map)
+    }
+
+    /// Records a new size for `image` (before the shard grows its map).
+    pub fn resize(&mut self, image: u64, size: u64) -> Result<(), PoolError> {
+        let seq = self.next_seq();
+        self.commit(
+            seq,
+            Op::Resize {
+                image,
+                size_bytes: size,
+            },
+        )?;
+        if let Some(m) = self.images.get_mut(&image) {
+            m.size_bytes = size;
+        }
+        let extents = extents_for(size, self.shared.extent_size);
+        if let Some(map) = self.maps.get_mut(&image) {
+            map.resize(extents);
+        }
+        Ok(())
+    }
+}
+
+fn missing(image: u64) -> PoolError {
+    PoolError::Invalid(format!("no image {image}"))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn resolve(dir: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+fn open_data(path: &Path, len: u64, direct: bool) -> Result<File, PoolError> {
+    let io = |what, source| PoolError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let file = opts.open(path).map_err(|e| io("open data store", e))?;
+    let meta = file.metadata().map_err(|e| io("stat data store", e))?;
+    if meta.file_type().is_file() && meta.len() < len {
+        file.set_len(len).map_err(|e| io("size data store", e))?;
+    }
+    Ok(file)
+}
+
+type Recovered = (BTreeMap<u64, ImageMeta>, HashMap<u64, ReplayMap>, u64);
+
+/// Loads the checkpoint and replays the journals onto replay maps.
+fn recover(dir: &Path, sb: &Superblock) -> Result<Recovered, PoolError> {
+    let es = u64::from(sb.extent_size);
+    let mut images = BTreeMap::new();
+    let mut maps: HashMap<u64, ReplayMap> = HashMap::new();
+    if let Some(name) = &sb.checkpoint {
+        let ck = super::checkpoint::read_checkpoint(dir, name)?;
+        let leaves: Vec<Arc<[u64; FANOUT]>> = ck.leaves.iter().map(|l| Arc::new(*l)).collect();
+        for entry in ck.images {
+            let mut m = ReplayMap::new(extents_for(entry.meta.size_bytes, es));
+            if let Some((_, list)) = ck
+                .image_leaves
+                .iter()
+                .find(|(id, _)| *id == entry.meta.image)
+            {
+                for &(index, leaf) in list {
+                    let leaf = leaves.get(leaf as usize).ok_or_else(|| PoolError::Replay {
+                        seq: ck.seq,
+                        reason: format!("checkpoint leaf {leaf} missing"),
+                    })?;
+                    m.leaves.insert(index, Arc::clone(leaf));
+                }
+            }
+            maps.insert(entry.meta.image, m);
+            images.insert(entry.meta.image, entry.meta);
+        }
+    }
+    let mut readers = Vec::new();
+    for path in journal::list_journals(dir)? {
+        readers.push(JournalReader::open(&path)?);
+    }
+    let records = journal::replay_order(&mut readers, sb.checkpoint_seq)?;
+    let mut max_seq = sb.checkpoint_seq;
+    for r in records {
+        max_seq = max_seq.max(r.seq);
+        apply(&mut images, &mut maps, es, r.seq, r.op)?;
+    }
+    Ok((images, maps, max_seq))
+}
+
+fn apply(
+    images: &mut BTreeMap<u64, ImageMeta>,
+    maps: &mut HashMap<u64, ReplayMap>,
+    es: u64,
+    seq: u64,
+    op: Op,
+) -> Result<(), PoolError> {
+    let bad = |reason: String| PoolError::Replay { seq, reason };
+    match op {
+        Op::Map { image, lext, pext } => {
+            // Records of an image deleted later in the same replay were dropped with it.
+            if let Some(m) = maps.get_mut(&image) {
+                m.set(lext, pext).map_err(bad)?;
+            }
+        }
+        Op::UnmapRange {
+            image,
+            first_lext,
+            count,
+        } => {
+            if let Some(m) = maps.get_mut(&image) {
+                for lext in first_lext..first_lext.saturating_add(count).min(m.len) {
+                    m.set(lext, 0).map_err(bad)?;
+                }
+            }
+        }
+        Op::CreateImage(meta) => {
+            let mut m = match meta.parent {
+                Some(p) => maps
+                    .get(&p)
+                    .cloned()
+                    .ok_or_else(|| bad(format!("parent image {p} unknown")))?,
+                None => ReplayMap::new(0),
+            };
+            m.resize(extents_for(meta.size_bytes, es));
+            maps.insert(meta.image, m);
+            images.insert(meta.image, *meta);
+        }
+        Op::DeleteImage { image } => {
+            maps.remove(&image);
+            images.remove(&image);
+        }
+        Op::Rollback { image, snapshot } => {
+            let m = maps
+                .get(&snapshot)
+                .cloned()
+                .ok_or_else(|| bad(format!("snapshot {snapshot} unknown")))?;
+            let size = images.get(&snapshot).map_or(m.len * es, |s| s.size_bytes);
+            if let Some(meta) = images.get_mut(&image) {
+                meta.size_bytes = size;
+            }
+            maps.insert(image, m);
+        }
+        Op::Resize { image, size_bytes } => {
+            if let Some(m) = maps.get_mut(&image) {
+                m.resize(extents_for(size_bytes, es));
+            }
+            if let Some(meta) = images.get_mut(&image) {
+                meta.size_bytes = size_bytes;
+            }
+        }
+        Op::Rename { image, name } => {
+            if let Some(meta) = images.get_mut(&image) {
+                meta.name = name;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns replay maps into live extent maps over `refs`, sharing each replay leaf once, and
+/// recounts the references.
+fn build_maps(
+    replay: &HashMap<u64, ReplayMap>,
+    refs: &Arc<RefTable>,
+) -> Result<HashMap<u64, ExtentMap>, PoolError> {
+    let mut shared: HashMap<*const [u64; FANOUT], Arc<Leaf>> = HashMap::new();
+    let mut maps = HashMap::new();
+    for (&image, m) in replay {
+        let leaves: Vec<(u64, Arc<Leaf>)> = m
+            .leaves
+            .iter()
+            .map(|(&index, leaf)| {
+                let key = Arc::as_ptr(leaf);
+                let live = shared.entry(key).or_insert_with(|| Leaf::new(**leaf));
+                (index, Arc::clone(live))
+            })
+            .collect();
+        maps.insert(
+            image,
+            ExtentMap::from_leaves(m.len, Arc::clone(refs), leaves)?,
+        );
+    }
+    let all: Vec<&ExtentMap> = maps.values().collect();
+    adopt_loaded(refs, &all)?;
+    Ok(maps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::pool::thin::ThinVolume;
+    use crate::storage::{Volume, WritePiece};
+
+    const ES: u32 = 64 * 1024;
+
+    fn thin(pool: &mut Pool, meta: &ImageMeta) -> ThinVolume {
+        let map = pool.take_map(meta.image).expect("map held");
+        let journal = pool.volume_journal(meta.image).expect("journal");
+        ThinVolume::new(
+            meta.image,
+            map,
+            Arc::clone(pool.shared()),
+            journal,
+            meta.size_bytes,
+            512,
+            false,
+        )
+        .expect("volume")
+    }
+
+    /// Plans and commits a write without doing the data I/O (mapping only).
+    fn write_mapping(v: &mut ThinVolume, offset: u64, len: u64) {
+        let mut plan = Vec::new();
+        v.plan_write(offset, len, &mut plan).expect("plan");
+        for piece in plan {
+            if let WritePiece::NewExtent(e) = piece {
+                v.commit_extent(&e).expect("commit");
+            }
+        }
+    }
+
+    #[test]
+    fn pool_recovers_volumes_snapshots_and_clones_from_journals() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = Pool::create(dir.path(), 64 << 20, ES, false).unwrap();
+        let meta = pool.create_volume("vol", 16 << 20, 512, true).unwrap();
+        let mut v = thin(&mut pool, &meta);
+        write_mapping(&mut v, 0, 4096);
+        write_mapping(&mut v, 1 << 20, 128 << 10);
+        let before = v.map().get(0).unwrap();
+        let seq = pool.next_seq();
+        let snap = pool
+            .add_snapshot(meta.image, "vol@s1", v.map().snapshot(), seq)
+            .unwrap();
+        // Copy-on-write after the snapshot: a new extent for logical extent 0.
+        write_mapping(&mut v, 0, 4096);
+        let after = v.map().get(0).unwrap();
+        assert_ne!(before, after);
+        let clone = pool.add_clone(snap.image, "vm1").unwrap();
+        let used = pool.shared().refs.used_extents();
+        drop(v);
+        drop(pool);
+
+        let mut pool = Pool::open(dir.path(), false).unwrap();
+        assert_eq!(pool.images().count(), 3);
+        assert_eq!(pool.map(snap.image).unwrap().get(0), Some(before));
+        assert_eq!(pool.map(meta.image).unwrap().get(0), Some(after));
+        assert_eq!(pool.map(clone.image).unwrap().get(0), Some(before));
+        assert_eq!(
+            pool.map(meta.image).unwrap().get(16),
+            pool.map(snap.image).unwrap().get(16)
+        );
+        assert_eq!(pool.shared().refs.used_extents(), used);
+        // Deleting the origin volume keeps the snapshot and the clone intact.
+        pool.delete(meta.image).unwrap();
+        assert_eq!(pool.map(clone.image).unwrap().get(0), Some(before));
+        assert_eq!(pool.shared().refs.used_extents(), used - 1);
+        // Sequence numbers continue after the recovered ones.
+        let v = thin(&mut pool, &clone);
+        assert_eq!(v.map().get(0), Some(before));
+    }
+
+    #[test]
+    fn pool_refuses_bad_extent_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Pool::create(dir.path(), 64 << 20, 3000, false).is_err());
+        assert!(Pool::create(dir.path(), 64 << 20, 2 << 20, false).is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! A thin volume: the storage seam ([`Volume`]) over the pool's data store and the volume's
+//! extent map, owned by the shard that serves the volume.
+//!
+//! Invariants:
+//! - A logical extent is written in place only when [`ExtentMap::is_exclusive`] says no other
+//!   image can see its physical extent; otherwise a write allocates a new extent, builds it
+//!   (zeros or the old contents, then the new bytes) and commits the remapping afterwards.
+//! - While a logical extent is being remapped it is *busy*: other writes to it wait
+//!   ([`PlanError::Busy`]), so two copy-on-writes of one extent never race.
+//! - A mapping change is appended to the volume's journal (a buffered write that survives
+//!   `kill -9`) before the write is acknowledged; `sync_fds` names the journal so FUA and
+//!   SYNCHRONIZE CACHE make it durable against power loss too.
+
+use super::extent_map::ExtentMap;
+use super::journal::{JournalWriter, Op, Record};
+use super::refs::RefTable;
+use crate::storage::{NewExtent, Piece, PlanError, StorageError, Volume, WritePiece};
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What every volume of a pool shares: the data store and the allocation state.
+#[derive(Debug)]
+pub struct PoolShared {
+    /// The data store, opened O_DIRECT. Physical extent `p` (1-based) lives at byte
+    /// `(p - 1) * extent_size`.
+    pub data: File,
+    /// Extent size in bytes.
+    pub extent_size: u64,
+    /// Reference counts and free extents.
+    pub refs: Arc<RefTable>,
+    /// The global journal sequence number (orders records across journals).
+    pub seq: Arc<AtomicU64>,
+}
+
+impl PoolShared {
+    /// Byte offset of physical extent `pext` in the data store.
+    pub fn offset_of(&self, pext: u64) -> u64 {
+        (pext - 1) * self.extent_size
+    }
+
+    /// The next journal sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// A thin volume (or clone, or read-only exported snapshot) served by a shard.
+pub struct ThinVolume {
+    image: u64,
+    map: ExtentMap,
+    pool: Arc<PoolShared>,
+    journal: JournalWriter,
+    /// A second descriptor of the journal file, for `fdatasync` on the ring (syncing any
+    /// descriptor of a file syncs the file).
+    journal_sync: File,
+    capacity: u64,
+    block_size: u32,
+    busy: HashSet<u64>,
+    read_only: bool,
+}
+
+impl ThinVolume {
+    /// A volume of `capacity` bytes over `map`, journaling to `journal`.
+    pub fn new(
+        image: u64,
+        map: ExtentMap,
+        pool: Arc<PoolShared>,
+        journal: JournalWriter,
+        capacity: u64,
+        block_size: u32,
+        read_only: bool,
+    ) -> Result<Self, StorageError> {
+        let journal_sync = File::open(journal.path()).map_err(|source| StorageError::Io {
+            what: "open journal",
+            path: journal.path().display().to_string(),
+            source,
+        })?;
+        Ok(ThinVolume {
+            image,
+            map,
+            pool,
+            journal,
+            journal_sync,
+            capacity,
+            block_size,
+            busy: HashSet::new(),
+            read_only,
+        })
+    }
+
+    /// The image id.
+    pub fn image(&self) -> u64 {
+        self.image
+    }
+
+    /// The extent map (for snapshots: `map().snapshot()` is O(1)).
+    pub fn map(&self) -> &ExtentMap {
+        &self.map
+    }
+
+    /// Replaces the map (rollback), returning the old one.
+    pub fn replace_map(&mut self, map: ExtentMap) -> ExtentMap {
+        std::mem::replace(&mut self.map, map)
+    }
+
+    /// Grows the volume to `capacity` bytes.
+    pub fn grow(&mut self, capacity: u64) {
+        let extents = capacity.div_ceil(self.pool.extent_size);
+        self.map.resize(extents);
+        self.capacity = capacity;
+    }
+
+    /// Whether a copy-on-write is in flight (a snapshot waits for none on the written extents).
+    pub fn remapping(&self) -> bool {
+        !self.busy.is_empty()
+    }
+
+    /// Unmaps every extent fully inside `[offset, offset + len)` (UNMAP, WRITE SAME with
+    /// UNMAP): their references are dropped and the change journaled. Partial extents keep
+    /// their data (they are not zeroed: LBPRZ is reported for unmapped extents only).
+    pub fn unmap(&mut self, offset: u64, len: u64) -> Result<u64, StorageError> {
+        let es = self.pool.extent_size;
+        let first = offset.div_ceil(es);
+        let end = (offset + len) / es;
+        let mut freed = 0;
+        for lext in first..end {
+            if self.busy.contains(&lext) || self.map.get(lext).is_none() {
+                continue;
+            }
+            self.map.set(lext, None);
+            self.journal_map(lext, 0)?;
+            freed += 1;
+        }
+        Ok(freed)
+    }
+
+    fn journal_map(&mut self, lext: u64, pext: u64) -> Result<(), StorageError> {
+        let record = Record {
+            seq: self.pool.next_seq(),
+            op: Op::Map {
+                image: self.image,
+                lext,
+                pext,
+            },
+        };
+        self.journal.append(&record).map_err(|e| StorageError::Io {
+            what: "journal append",
+            path: format!("image {}", self.image),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// Releases what a failed plan had allocated.
+    fn undo(&mut self, out: &mut Vec<WritePiece>, from: usize) {
+        for piece in out.drain(from..) {
+            if let WritePiece::NewExtent(e) = piece {
+                self.pool.refs.release(e.pext);
+                self.busy.remove(&e.lext);
+            }
+        }
+    }
+}
+
+impl Volume for ThinVolume {
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn map_read(&self, offset: u64, len: u64, out: &mut Vec<Piece>) {
+        let es = self.pool.extent_size;
+        let fd = self.pool.data.as_raw_fd();
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let lext = at / es;
+            let within = at % es;
+            let n = (es - within).min(end - at);
+            let piece = match self.map.get(lext) {
+                Some(p) => Piece::File {
+                    fd,
+                    offset: self.pool.offset_of(p) + within,
+                    len: n,
+                },
+                None => Piece::Zero { len: n },
+            };
+            push_merged(out, piece);
+            at += n;
+        }
+    }
+
+    fn plan_write(
+        &mut self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<WritePiece>,
+    ) -> Result<(), PlanError> {
+        if self.read_only {
+            return Err(PlanError::ReadOnly);
+        }
+        let start = out.len();
+        let es = self.pool.extent_size;
+        let fd = self.pool.data.as_raw_fd();
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let lext = at / es;
+            let within = at % es;
+            let n = (es - within).min(end - at);
+            let data_at = at - offset;
+            if self.busy.contains(&lext) {
+                self.undo(out, start);
+                return Err(PlanError::Busy);
+            }
+            let mapped = self.map.get(lext);
+            match mapped {
+                Some(p) if self.map.is_exclusive(lext) => {
+                    let piece = WritePiece::InPlace {
+                        fd,
+                        offset: self.pool.offset_of(p) + within,
+                        len: n,
+                        data_at,
+                    };
+                    push_write_merged(out, start, piece);
+                }
+                _ => {
+                    let Some(pext) = self.pool.refs.allocate() else {
+                        self.undo(out, start);
+                        return Err(PlanError::NoSpace);
+                    };
+                    self.busy.insert(lext);
+                    let whole = within == 0 && n == es;
+                    out.push(WritePiece::NewExtent(NewExtent {
+                        lext,
+                        pext,
+                        fd,
+                        offset: self.pool.offset_of(pext),
+                        extent_len: es,
+                        copy_from: if whole {
+                            None
+                        } else {
+                            mapped.map(|p| self.pool.offset_of(p))
+                        },
+                        within,
+                        len: n,
+                        data_at,
+                    }));
+                }
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn commit_extent(&mut self, ext: &NewExtent) -> Result<(), StorageError> {
+        self.busy.remove(&ext.lext);
+        // The map takes over the allocation's reference; the old extent's is dropped.
+        self.map.set(ext.lext, Some(ext.pext));
+        self.journal_map(ext.lext, ext.pext)
+    }
+
+    fn abort_extent(&mut self, ext: &NewExtent) {
+        self.busy.remove(&ext.lext);
+        self.pool.refs.release(ext.pext);
+    }
+
+    fn sync_fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.pool.data.as_raw_fd());
+        out.push(self.journal_sync.as_raw_fd());
+    }
+}
+
+/// Appends a read piece, merging it with the previous one when they are contiguous.
+fn push_merged(out: &mut Vec<Piece>, piece: Piece) {
+    match (out.last_mut(), piece) {
+        (
+            Some(Piece::File {
+                fd: f0,
+                offset: o0,
+                len: l0,
+            }),
+            Piece::File { fd, offset, len },
+        ) if *f0 == fd && *o0 + *l0 == offset => *l0 += len,
+        (Some(Piece::Zero { len: l0 }), Piece::Zero { len }) => *l0 += len,
+        _ => out.push(piece),
+    }
+}
+
+/// Appends an in-place write piece, merging it with the previous in-place piece when both the
+/// device range and the source range are contiguous.
+fn push_write_merged(out: &mut Vec<WritePiece>, start: usize, piece: WritePiece) {
+    if out.len() > start {
+        if let (
+            Some(WritePiece::InPlace {
+                fd: f0,
+                offset: o0,
+                len: l0,
+                data_at: d0,
+            }),
+            WritePiece::InPlace {
+                fd,
+                offset,
+                len,
+                data_at,
+            },
+        ) = (out.last_mut(), piece)
+        {
+            if *f0 == fd && *o0 + *l0 == offset && *d0 + *l0 == data_at {
+                *l0 += len;
+                return;
+            }
+        }
+    }
+    out.push(piece);
+}
