@@ -19,6 +19,7 @@
 //! - [`stats`]: per-shard latency histograms and counters.
 //! - [`config`]: typed configuration (CLI and TOML).
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;

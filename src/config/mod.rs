@@ -77,6 +77,12 @@ pub struct Config {
     pub queue_depth: u32,
     /// Open backing files with O_DIRECT (on by default).
     pub direct_io: bool,
+    /// Size of the pool's data store, used when the pool is created.
+    pub pool_size: u64,
+    /// Extent size of a new pool (4 KiB .. 1 MiB, a power of two).
+    pub extent_size: u32,
+    /// Admin API address (loopback; port 0 picks a free port, written to `<data>/admin.addr`).
+    pub admin_listen: SocketAddr,
 }
 
 impl Default for Config {
@@ -96,6 +102,9 @@ impl Default for Config {
             nop_timeout: Duration::from_secs(30),
             queue_depth: 128,
             direct_io: true,
+            pool_size: 32 << 30,
+            extent_size: 64 << 10,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -112,6 +121,9 @@ struct FileConfig {
     nop_timeout: Option<f64>,
     queue_depth: Option<u32>,
     direct_io: Option<bool>,
+    pool_size: Option<SizeValue>,
+    extent_size: Option<SizeValue>,
+    admin_listen: Option<String>,
     #[serde(default, rename = "volume")]
     volumes: Vec<FileVolume>,
 }
@@ -181,6 +193,17 @@ impl Config {
         if let Some(d) = file.direct_io {
             self.direct_io = d;
         }
+        if let Some(v) = file.pool_size {
+            self.pool_size = size_value(v)?;
+        }
+        if let Some(v) = file.extent_size {
+            let bytes = size_value(v)?;
+            self.extent_size =
+                u32::try_from(bytes).map_err(|_| invalid("extent size", bytes, "at most 1 MiB"))?;
+        }
+        if let Some(a) = file.admin_listen {
+            self.admin_listen = parse_listen(&a)?;
+        }
         if !file.volumes.is_empty() {
             self.volumes = file
                 .volumes
@@ -231,8 +254,19 @@ impl Config {
                 ));
             }
         }
-        if self.volumes.is_empty() {
-            return Err(invalid("volume list", "", "at least one volume is needed"));
+        if !self.extent_size.is_power_of_two() || !(4096..=1 << 20).contains(&self.extent_size) {
+            return Err(invalid(
+                "extent size",
+                self.extent_size,
+                "must be a power of two from 4K to 1M",
+            ));
+        }
+        if self.pool_size < 16 * u64::from(self.extent_size) {
+            return Err(invalid(
+                "pool size",
+                self.pool_size,
+                "must hold at least 16 extents",
+            ));
         }
         Ok(())
     }
@@ -246,11 +280,15 @@ fn invalid(what: &'static str, value: impl ToString, reason: &str) -> ConfigErro
     }
 }
 
+fn size_value(v: SizeValue) -> Result<u64, ConfigError> {
+    match v {
+        SizeValue::Bytes(n) => Ok(n),
+        SizeValue::Text(s) => parse_size(&s),
+    }
+}
+
 fn volume_from_file(v: FileVolume) -> Result<VolumeConfig, ConfigError> {
-    let size = match v.size {
-        SizeValue::Bytes(n) => n,
-        SizeValue::Text(s) => parse_size(&s)?,
-    };
+    let size = size_value(v.size)?;
     Ok(VolumeConfig {
         name: v.name,
         size,

@@ -5,7 +5,9 @@
 //! session reinstatement (RFC 7143 §6.3.5: a login with a known ISID and TSIH 0 replaces the old
 //! session). It is used only on the login path, never by shards on the I/O path.
 
+pub mod admin;
 pub mod api;
+pub mod daemon;
 
 use crate::scsi::NexusId;
 use std::collections::HashMap;
@@ -93,6 +95,12 @@ impl Registry {
     pub fn unregister(&self, tsih: u16) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.sessions.retain(|_, s| s.tsih != tsih);
+    }
+
+    /// Number of sessions logged in to `target`.
+    pub fn sessions_on(&self, target: &str) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.sessions.keys().filter(|k| k.target == target).count()
     }
 
     /// Whether a session with this TSIH exists.

@@ -300,6 +300,27 @@ impl Shard {
         self.sqes = sqes;
     }
 
+    /// Slots of the write ops in flight on LUN `lun` (a snapshot waits for them).
+    pub(super) fn write_ops_on(&self, lun: usize) -> Vec<usize> {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, op)| {
+                let op = op.as_ref()?;
+                let writes = matches!(
+                    op.outcome,
+                    Outcome::Write { .. } | Outcome::WriteVerify { .. }
+                );
+                let on_lun = self
+                    .conns
+                    .get(op.conn)?
+                    .as_deref()
+                    .is_some_and(|c| c.lun == lun);
+                (writes && on_lun).then_some(slot)
+            })
+            .collect()
+    }
+
     /// A completion for op `slot`.
     pub(super) fn on_io(&mut self, slot: usize, res: i32) {
         let Some(op) = self.ops.get_mut(slot).and_then(Option::as_mut) else {

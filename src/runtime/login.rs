@@ -18,7 +18,7 @@ use crate::iscsi::pdu::target::{self, LoginResponseHeader, RESERVED_TAG, RejectR
 use crate::iscsi::pdu::{BHS_LEN, Bhs, Framing, Opcode};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Time a login (or an idle discovery session) may take before the connection is dropped.
@@ -30,8 +30,8 @@ const FFP_WINDOW: u32 = 128;
 
 /// What every login thread shares.
 pub struct LoginContext {
-    /// Exported targets.
-    pub targets: Vec<TargetEntry>,
+    /// Exported targets (changed by the control plane as volumes come and go).
+    pub targets: RwLock<Vec<TargetEntry>>,
     /// Bound portals.
     pub portals: Vec<SocketAddr>,
     /// Shard handles, by shard index.
@@ -41,8 +41,23 @@ pub struct LoginContext {
 }
 
 impl LoginContext {
-    fn target(&self, name: &str) -> Option<&TargetEntry> {
-        self.targets.iter().find(|t| t.name == name)
+    /// The target named `name`.
+    pub fn target(&self, name: &str) -> Option<TargetEntry> {
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        targets.iter().find(|t| t.name == name).cloned()
+    }
+
+    /// Starts exporting a target.
+    pub fn add_target(&self, entry: TargetEntry) {
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        targets.retain(|t| t.name != entry.name);
+        targets.push(entry);
+    }
+
+    /// Stops exporting a target (new logins to it fail with "not found").
+    pub fn remove_target(&self, name: &str) {
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        targets.retain(|t| t.name != name);
     }
 
     fn record(&self, t: &TargetEntry) -> TargetRecord {
@@ -60,7 +75,7 @@ impl TargetDirectory for LoginContext {
     }
 
     fn target_alias(&self, name: &str) -> Option<String> {
-        self.target(name).map(|t| t.alias.clone())
+        self.target(name).map(|t| t.alias)
     }
 
     fn portal_group_tag(&self) -> u16 {
@@ -69,10 +84,13 @@ impl TargetDirectory for LoginContext {
 
     fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {
         match scope {
-            SendTargetsScope::All => self.targets.iter().map(|t| self.record(t)).collect(),
+            SendTargetsScope::All => {
+                let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+                targets.iter().map(|t| self.record(t)).collect()
+            }
             SendTargetsScope::Named(name) | SendTargetsScope::Session(name) => self
                 .target(name)
-                .map(|t| self.record(t))
+                .map(|t| self.record(&t))
                 .into_iter()
                 .collect(),
         }

@@ -23,6 +23,8 @@ use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::LunStats;
+use crate::storage::pool::extent_map::ExtentMap;
+use crate::storage::pool::thin::ThinVolume;
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
@@ -84,8 +86,57 @@ pub enum ShardMsg {
     DropNexus(NexusId),
     /// Send a copy of the statistics of every LUN.
     Stats(Sender<Vec<(String, LunStats)>>),
+    /// Serve a new LUN.
+    AddLun(Box<LunSlot>),
+    /// Stop serving a LUN and hand back its extent map (thin volumes): refused while sessions
+    /// use it unless `force`, which closes them first.
+    RemoveLun {
+        /// The target.
+        target: String,
+        /// Close its sessions.
+        force: bool,
+        /// The answer: the map (None for a non-thin volume), or why not.
+        reply: Sender<Result<Option<ExtentMap>, String>>,
+    },
+    /// Share the volume's map as a snapshot: the answer comes once every write in flight at
+    /// that instant has completed (so none of them is acknowledged after the snapshot returns).
+    Snapshot {
+        /// The target.
+        target: String,
+        /// The snapshot's map and the sequence number of the instant it was taken.
+        reply: Sender<Result<(ExtentMap, u64), String>>,
+    },
+    /// Grow a volume online (CAPACITY DATA HAS CHANGED for every nexus).
+    Resize {
+        /// The target.
+        target: String,
+        /// New size in bytes.
+        size: u64,
+        /// Done, or why not.
+        reply: Sender<Result<(), String>>,
+    },
+    /// Count mapped extents of a volume.
+    Usage {
+        /// The target.
+        target: String,
+        /// Mapped extents, or why not.
+        reply: Sender<Result<u64, String>>,
+    },
     /// Stop the shard.
     Stop,
+}
+
+/// A snapshot waiting for the writes that were in flight when its map was shared.
+struct PendingSnapshot {
+    waiting_for: Vec<usize>,
+    result: Option<(ExtentMap, u64)>,
+    reply: Sender<Result<(ExtentMap, u64), String>>,
+}
+
+/// A LUN removal waiting for its connections to close.
+struct PendingRemoval {
+    lun: usize,
+    reply: Sender<Result<Option<ExtentMap>, String>>,
 }
 
 /// How other threads reach a shard: a channel plus an eventfd that wakes its ring.
@@ -168,6 +219,8 @@ pub struct Shard {
     pub(super) sqes: Vec<io_uring::squeue::Entry>,
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
+    pending_snapshots: Vec<PendingSnapshot>,
+    pending_removals: Vec<PendingRemoval>,
     pub(super) stopping: bool,
 }
 
@@ -202,6 +255,8 @@ impl Shard {
             sqes: Vec::with_capacity(64),
             portals,
             registry,
+            pending_snapshots: Vec::new(),
+            pending_removals: Vec::new(),
             stopping: false,
         })
     }
@@ -296,6 +351,24 @@ impl Shard {
                         .collect();
                     let _ = reply.send(snapshot);
                 }
+                ShardMsg::AddLun(slot) => self.add_lun(*slot),
+                ShardMsg::RemoveLun {
+                    target,
+                    force,
+                    reply,
+                } => self.remove_lun(&target, force, reply),
+                ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
+                ShardMsg::Resize {
+                    target,
+                    size,
+                    reply,
+                } => {
+                    let _ = reply.send(self.resize(&target, size));
+                }
+                ShardMsg::Usage { target, reply } => {
+                    let usage = self.thin_of(&target).map(|t| t.map().mapped());
+                    let _ = reply.send(usage);
+                }
                 ShardMsg::Stop => {
                     self.stopping = true;
                     let all: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
@@ -305,6 +378,125 @@ impl Shard {
                 }
             }
         }
+    }
+
+    fn lun_index(&self, target: &str) -> Option<usize> {
+        self.luns
+            .iter()
+            .position(|l| !l.target.is_empty() && l.target == target)
+    }
+
+    fn thin_of(&mut self, target: &str) -> Result<&mut ThinVolume, String> {
+        let i = self
+            .lun_index(target)
+            .ok_or_else(|| format!("target {target} is not served here"))?;
+        self.luns[i]
+            .volume
+            .as_thin()
+            .ok_or_else(|| format!("target {target} is not a thin volume"))
+    }
+
+    fn add_lun(&mut self, slot: LunSlot) {
+        // Reuse the slot of a removed LUN (indexes are stable while connections use them).
+        match self.luns.iter().position(|l| l.target.is_empty()) {
+            Some(i) => self.luns[i] = slot,
+            None => self.luns.push(slot),
+        }
+    }
+
+    fn remove_lun(
+        &mut self,
+        target: &str,
+        force: bool,
+        reply: Sender<Result<Option<ExtentMap>, String>>,
+    ) {
+        let Some(lun) = self.lun_index(target) else {
+            let _ = reply.send(Err(format!("target {target} is not served here")));
+            return;
+        };
+        let users: Vec<usize> = self
+            .live_conns()
+            .filter(|(_, c)| c.lun == lun)
+            .map(|(i, _)| i)
+            .collect();
+        if !users.is_empty() && !force {
+            let _ = reply.send(Err(format!("{} session(s) are logged in", users.len())));
+            return;
+        }
+        for i in users {
+            self.close(i);
+        }
+        self.pending_removals.push(PendingRemoval { lun, reply });
+        self.finish_removals();
+    }
+
+    /// Completes removals whose LUN has no connection left.
+    pub(super) fn finish_removals(&mut self) {
+        let mut i = 0;
+        while i < self.pending_removals.len() {
+            let lun = self.pending_removals[i].lun;
+            if self.live_conns().any(|(_, c)| c.lun == lun) {
+                i += 1;
+                continue;
+            }
+            let p = self.pending_removals.swap_remove(i);
+            let slot = &mut self.luns[lun];
+            let map = slot.volume.as_thin().map(|t| t.take_map());
+            slot.target.clear();
+            let _ = p.reply.send(Ok(map));
+        }
+    }
+
+    fn snapshot(&mut self, target: &str, reply: Sender<Result<(ExtentMap, u64), String>>) {
+        let Some(lun) = self.lun_index(target) else {
+            let _ = reply.send(Err(format!("target {target} is not served here")));
+            return;
+        };
+        let Some(thin) = self.luns[lun].volume.as_thin() else {
+            let _ = reply.send(Err(format!("target {target} is not a thin volume")));
+            return;
+        };
+        let taken = thin.share();
+        let waiting_for = self.write_ops_on(lun);
+        self.pending_snapshots.push(PendingSnapshot {
+            waiting_for,
+            result: Some(taken),
+            reply,
+        });
+        self.finish_snapshots(None);
+    }
+
+    /// Answers snapshots no longer waiting for any write (after op `done` finished).
+    pub(super) fn finish_snapshots(&mut self, done: Option<usize>) {
+        if self.pending_snapshots.is_empty() {
+            return;
+        }
+        for p in &mut self.pending_snapshots {
+            if let Some(slot) = done {
+                p.waiting_for.retain(|&s| s != slot);
+            }
+            if p.waiting_for.is_empty() {
+                if let Some(result) = p.result.take() {
+                    let _ = p.reply.send(Ok(result));
+                }
+            }
+        }
+        self.pending_snapshots.retain(|p| p.result.is_some());
+    }
+
+    fn resize(&mut self, target: &str, size: u64) -> Result<(), String> {
+        let lun = self
+            .lun_index(target)
+            .ok_or_else(|| format!("target {target} is not served here"))?;
+        let slot = &mut self.luns[lun];
+        let thin = slot
+            .volume
+            .as_thin()
+            .ok_or_else(|| format!("target {target} is not a thin volume"))?;
+        thin.grow(size);
+        let blocks = size / u64::from(slot.lu.info().block_size);
+        slot.lu.set_capacity(blocks);
+        Ok(())
     }
 
     fn live_conns(&self) -> impl Iterator<Item = (usize, &ShardConn)> {
@@ -547,6 +739,7 @@ impl Shard {
         let (lun, nexus, tsih) = (sc.lun, sc.nexus, sc.tsih);
         self.conns[index] = None;
         self.registry.unregister(tsih);
+        self.finish_removals();
         let still_there = self.live_conns().any(|(_, c)| c.nexus == nexus);
         if !still_there {
             self.luns[lun].lu.remove_nexus(nexus);

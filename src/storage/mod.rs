@@ -148,4 +148,8 @@ pub trait Volume {
     /// File descriptors to `fdatasync` so that acknowledged writes and the mappings they depend
     /// on survive power loss (data store and metadata journal).
     fn sync_fds(&self, out: &mut Vec<RawFd>);
+    /// The thin volume behind this seam, for control operations (snapshot, resize, removal).
+    fn as_thin(&mut self) -> Option<&mut pool::thin::ThinVolume> {
+        None
+    }
 }

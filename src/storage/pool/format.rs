@@ -9,7 +9,7 @@
 //! checkpoint-<generation>.ckpt  full catalog + extent maps (checkpoint.rs)
 //! ```
 //!
-//! Every byte layout is written once, as a table of [`Field`]s whose offsets are computed from the
+//! Every byte layout is written once, as a table of `Field`s whose offsets are computed from the
 //! field before (redb `header.rs`); docs/format.md repeats the tables and must match them.
 //! All integers are little-endian.
 //!

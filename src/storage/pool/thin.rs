@@ -101,6 +101,18 @@ impl ThinVolume {
         &self.map
     }
 
+    /// Shares the map as a snapshot at this instant: the map and the sequence number that orders
+    /// the instant against the journal's mapping records.
+    pub fn share(&self) -> (ExtentMap, u64) {
+        (self.map.snapshot(), self.pool.next_seq())
+    }
+
+    /// Takes the map out (the volume is being removed), leaving an empty one.
+    pub fn take_map(&mut self) -> ExtentMap {
+        let empty = ExtentMap::new(0, Arc::clone(&self.pool.refs));
+        std::mem::replace(&mut self.map, empty)
+    }
+
     /// Replaces the map (rollback), returning the old one.
     pub fn replace_map(&mut self, map: ExtentMap) -> ExtentMap {
         std::mem::replace(&mut self.map, map)
@@ -273,6 +285,10 @@ impl Volume for ThinVolume {
     fn sync_fds(&self, out: &mut Vec<RawFd>) {
         out.push(self.pool.data.as_raw_fd());
         out.push(self.journal_sync.as_raw_fd());
+    }
+
+    fn as_thin(&mut self) -> Option<&mut ThinVolume> {
+        Some(self)
     }
 }
 

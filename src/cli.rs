@@ -1,0 +1,1098 @@
+//! The admin CLI: `shoal volume|snapshot|clone|pool|stats ...`, a client of the daemon's admin
+//! HTTP/JSON API (see `docs/admin-api.md`).
+//!
+//! `main.rs` embeds [`CliCommand`] next to `serve` and flattens [`AdminArgs`] into its top-level
+//! options; [`run`] executes a parsed command and returns the process exit code:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | success |
+//! | 1 | the daemon refused the operation (`shoal: <message> (<code>)` on stderr) |
+//! | 2 | bad usage or a bad argument (clap's errors exit 2 as well) |
+//! | 3 | the daemon cannot be reached (no `admin.addr`, connection refused, not a shoal API) |
+//!
+//! The daemon is found through `--admin URL`, else through `<data-dir>/admin.addr`.
+
+use crate::config::{self, ConfigError};
+use crate::control::admin;
+use crate::control::api::{
+    AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode, Export,
+    PoolStatus, Resize, SnapshotInfo, VolumeInfo,
+};
+use clap::Subcommand;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Options shared by every admin command; `main.rs` flattens them into its top-level parser
+/// (they are global, so they may be given before or after the subcommand).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API of the daemon, e.g. http://127.0.0.1:7000 (default: the address the daemon
+    /// published in <DIR>/admin.addr).
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Print the admin API's JSON instead of tables (admin commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The admin commands, embedded in `shoal`'s command set next to `serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum CliCommand {
+    /// Create, list, show, resize and delete volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Create, list, delete, roll back to and export snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Create writable clones of snapshots.
+    #[command(subcommand, name = "clone")]
+    Clones(CloneCommand),
+    /// Pool space and settings.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Latency and throughput statistics (JSON).
+    Stats,
+}
+
+/// `shoal volume ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (thin unless --full), exported as iqn.2026-11.dev.shoal:NAME.
+    Create {
+        /// Volume name (lower-case letters, digits, '-', '.').
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Size, e.g. 10G, 512M, 1T (binary units) or bytes.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+        /// Reserve all its space now (never out of space) instead of thin provisioning.
+        #[arg(long)]
+        full: bool,
+        /// Logical block size in bytes: 512 (default) or 4096.
+        #[arg(long, value_name = "BYTES", value_parser = parse_block_size_arg)]
+        block_size: Option<u32>,
+    },
+    /// List volumes (and clones).
+    List,
+    /// Show one volume.
+    Show {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Grow a volume online.
+    Resize {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// New size, e.g. 20G.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: u64,
+    },
+    /// Delete a volume (refused while initiators are logged in, unless --force).
+    Delete {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Delete even while sessions use it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `shoal snapshot ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of a volume.
+    Create {
+        /// VOLUME@SNAP.
+        #[arg(value_name = "VOLUME@SNAP")]
+        snapshot: SnapshotRef,
+    },
+    /// List snapshots, of one volume or all.
+    List {
+        /// Only this volume's snapshots.
+        #[arg(value_name = "VOLUME")]
+        volume: Option<String>,
+    },
+    /// Delete a snapshot.
+    Delete {
+        /// VOLUME@SNAP.
+        #[arg(value_name = "VOLUME@SNAP")]
+        snapshot: SnapshotRef,
+    },
+    /// Roll a volume back to one of its snapshots (no initiator may be logged in to it).
+    Rollback {
+        /// VOLUME@SNAP.
+        #[arg(value_name = "VOLUME@SNAP")]
+        snapshot: SnapshotRef,
+    },
+    /// Export a snapshot read-only as its own target (or withdraw it with --disable).
+    Export {
+        /// VOLUME@SNAP.
+        #[arg(value_name = "VOLUME@SNAP")]
+        snapshot: SnapshotRef,
+        /// Withdraw the export instead.
+        #[arg(long)]
+        disable: bool,
+    },
+}
+
+/// `shoal clone ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum CloneCommand {
+    /// Create a writable clone of a snapshot (or of a volume, through an implicit snapshot).
+    Create {
+        /// VOLUME@SNAP to clone (or a VOLUME).
+        #[arg(value_name = "VOLUME@SNAP", value_parser = parse_clone_source)]
+        source: String,
+        /// Name of the new volume.
+        #[arg(value_name = "NEW-VOLUME")]
+        name: String,
+    },
+}
+
+/// `shoal pool ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum PoolCommand {
+    /// Pool size, used and free space, settings.
+    Status,
+}
+
+/// A `VOLUME@SNAP` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// The volume.
+    pub volume: String,
+    /// The snapshot's name within it.
+    pub snapshot: String,
+}
+
+impl FromStr for SnapshotRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('@') {
+            Some((v, n)) if !v.is_empty() && !n.is_empty() => Ok(SnapshotRef {
+                volume: v.into(),
+                snapshot: n.into(),
+            }),
+            _ => Err("expected VOLUME@SNAP, e.g. vm1@monday".into()),
+        }
+    }
+}
+
+impl fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.volume, self.snapshot)
+    }
+}
+
+fn size_reason(e: ConfigError) -> String {
+    match e {
+        ConfigError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// clap parser for sizes (`10G`...), with `config::parse_size`'s rules.
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    config::parse_size(s).map_err(size_reason)
+}
+
+fn parse_block_size_arg(s: &str) -> Result<u32, String> {
+    let n = config::parse_size(s).map_err(size_reason)?;
+    u32::try_from(n).map_err(|_| "too large".to_string())
+}
+
+fn parse_clone_source(s: &str) -> Result<String, String> {
+    if s.is_empty() || (s.contains('@') && s.parse::<SnapshotRef>().is_err()) {
+        return Err("expected VOLUME@SNAP (or VOLUME), e.g. golden@v1".into());
+    }
+    Ok(s.into())
+}
+
+/// A failed admin command. [`CliError::exit_code`] gives the process exit code.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// Bad usage or argument (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// No `admin.addr` in the data directory (exit 3).
+    #[error(
+        "no running shoal daemon found for data directory {} (missing {}): start `shoal serve` or pass --admin URL",
+        data_dir.display(),
+        file.display()
+    )]
+    NoDaemon {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The address file looked for.
+        file: PathBuf,
+    },
+    /// `admin.addr` exists but cannot be used (exit 3).
+    #[error("cannot use {}: {reason}", file.display())]
+    AddrFile {
+        /// The address file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon did not answer (exit 3).
+    #[error("cannot reach the shoal daemon at {url} ({via}): {reason}")]
+    Unreachable {
+        /// Base URL tried.
+        url: String,
+        /// Where the URL came from.
+        via: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// Something answered, but not as the admin API does (exit 3).
+    #[error("unexpected answer from {url} (is it a shoal admin API?): {reason}")]
+    BadResponse {
+        /// Base URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The daemon refused the operation (exit 1).
+    #[error("{} ({})", .0.message, code_name(.0.code))]
+    Refused(AdminError),
+}
+
+impl CliError {
+    /// The process exit code for this error: 1 refused, 2 usage, 3 daemon unreachable.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Refused(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::NoDaemon { .. }
+            | CliError::AddrFile { .. }
+            | CliError::Unreachable { .. }
+            | CliError::BadResponse { .. } => 3,
+        }
+    }
+}
+
+/// The stable name of an error code, as in the JSON (`already_exists`).
+pub fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{code:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+/// A response of the admin API: the decoded value and the JSON text as received.
+#[derive(Debug, Clone)]
+pub struct Fetched<T> {
+    /// Decoded body.
+    pub value: T,
+    /// The body as the daemon sent it.
+    pub json: String,
+}
+
+/// A typed client of the admin API.
+#[derive(Debug)]
+pub struct AdminClient {
+    base: String,
+    via: String,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// A client of the API at `url` (`http://HOST:PORT`; the scheme may be left out).
+    pub fn new(url: &str) -> Result<AdminClient, CliError> {
+        Ok(AdminClient::with_base(
+            normalize_url(url)?,
+            "--admin".into(),
+        ))
+    }
+
+    /// A client for the daemon serving `data_dir`, or at `admin` when given.
+    pub fn locate(data_dir: &Path, admin: Option<&str>) -> Result<AdminClient, CliError> {
+        match admin {
+            Some(url) => AdminClient::new(url),
+            None => {
+                let addr = admin::read_addr_file(data_dir)?;
+                Ok(AdminClient::with_base(
+                    format!("http://{addr}"),
+                    format!(
+                        "address from {}; is `shoal serve` still running?",
+                        admin::addr_file(data_dir).display()
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn with_base(base: String, via: String) -> AdminClient {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_write(Duration::from_secs(60))
+            .timeout_read(Duration::from_secs(600))
+            .redirects(0)
+            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+            .build();
+        AdminClient { base, via, agent }
+    }
+
+    /// The API's base URL, e.g. `http://127.0.0.1:7000`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; returns the body of a 2xx response.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&dyn erased::Json>,
+    ) -> Result<String, CliError> {
+        let url = format!("{}{}", self.base, path);
+        let req = self.agent.request(method, &url);
+        let res = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_json()),
+            None => req.call(),
+        };
+        match res {
+            Ok(resp) => resp.into_string().map_err(|e| CliError::BadResponse {
+                url: self.base.clone(),
+                reason: format!("cannot read the response: {e}"),
+            }),
+            Err(ureq::Error::Status(status, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                match serde_json::from_str::<ErrorBody>(&text) {
+                    Ok(body) => Err(CliError::Refused(body.error)),
+                    Err(_) => Err(CliError::BadResponse {
+                        url: self.base.clone(),
+                        reason: format!("HTTP {status} without an admin error body"),
+                    }),
+                }
+            }
+            Err(ureq::Error::Transport(t)) => match t.kind() {
+                ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => Err(
+                    CliError::Usage(format!("invalid admin URL {}: {t}", self.base)),
+                ),
+                _ => {
+                    let reason = std::error::Error::source(&t)
+                        .map(|s| s.to_string())
+                        .or_else(|| t.message().map(str::to_owned))
+                        .unwrap_or_else(|| t.to_string());
+                    Err(CliError::Unreachable {
+                        url: self.base.clone(),
+                        via: self.via.clone(),
+                        reason,
+                    })
+                }
+            },
+        }
+    }
+
+    fn fetch<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&dyn erased::Json>,
+    ) -> Result<Fetched<T>, CliError> {
+        let json = self.send(method, path, body)?;
+        let value = serde_json::from_str(&json).map_err(|e| CliError::BadResponse {
+            url: self.base.clone(),
+            reason: format!("cannot decode the response to {method} {path}: {e}"),
+        })?;
+        Ok(Fetched { value, json })
+    }
+
+    /// `GET /v1/pool`.
+    pub fn pool_status(&self) -> Result<Fetched<PoolStatus>, CliError> {
+        self.fetch("GET", "/v1/pool", None)
+    }
+
+    /// `GET /v1/volumes`.
+    pub fn list_volumes(&self) -> Result<Fetched<Vec<VolumeInfo>>, CliError> {
+        self.fetch("GET", "/v1/volumes", None)
+    }
+
+    /// `GET /v1/volumes/{name}`.
+    pub fn volume(&self, name: &str) -> Result<Fetched<VolumeInfo>, CliError> {
+        self.fetch("GET", &format!("/v1/volumes/{}", encode(name)), None)
+    }
+
+    /// `POST /v1/volumes`.
+    pub fn create_volume(&self, req: &CreateVolume) -> Result<Fetched<VolumeInfo>, CliError> {
+        self.fetch("POST", "/v1/volumes", Some(req))
+    }
+
+    /// `POST /v1/volumes/{name}/resize`.
+    pub fn resize_volume(&self, name: &str, req: &Resize) -> Result<Fetched<VolumeInfo>, CliError> {
+        let path = format!("/v1/volumes/{}/resize", encode(name));
+        self.fetch("POST", &path, Some(req))
+    }
+
+    /// `DELETE /v1/volumes/{name}?force=...`.
+    pub fn delete_volume(&self, name: &str, force: bool) -> Result<(), CliError> {
+        let path = format!("/v1/volumes/{}?force={force}", encode(name));
+        self.send("DELETE", &path, None).map(drop)
+    }
+
+    /// `GET /v1/snapshots[?volume=V]`.
+    pub fn list_snapshots(
+        &self,
+        volume: Option<&str>,
+    ) -> Result<Fetched<Vec<SnapshotInfo>>, CliError> {
+        let path = match volume {
+            Some(v) => format!("/v1/snapshots?volume={}", encode(v)),
+            None => "/v1/snapshots".into(),
+        };
+        self.fetch("GET", &path, None)
+    }
+
+    /// `POST /v1/snapshots`.
+    pub fn create_snapshot(&self, req: &CreateSnapshot) -> Result<Fetched<SnapshotInfo>, CliError> {
+        self.fetch("POST", "/v1/snapshots", Some(req))
+    }
+
+    /// `DELETE /v1/snapshots/{vol}@{snap}`.
+    pub fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), CliError> {
+        let path = format!("/v1/snapshots/{}", encode_snapshot(volume, snapshot));
+        self.send("DELETE", &path, None).map(drop)
+    }
+
+    /// `POST /v1/snapshots/{vol}@{snap}/rollback`.
+    pub fn rollback(&self, volume: &str, snapshot: &str) -> Result<Fetched<VolumeInfo>, CliError> {
+        let path = format!(
+            "/v1/snapshots/{}/rollback",
+            encode_snapshot(volume, snapshot)
+        );
+        self.fetch("POST", &path, None)
+    }
+
+    /// `POST /v1/snapshots/{vol}@{snap}/export`.
+    pub fn export_snapshot(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        req: &Export,
+    ) -> Result<Fetched<SnapshotInfo>, CliError> {
+        let path = format!("/v1/snapshots/{}/export", encode_snapshot(volume, snapshot));
+        self.fetch("POST", &path, Some(req))
+    }
+
+    /// `POST /v1/clones`.
+    pub fn create_clone(&self, req: &CreateClone) -> Result<Fetched<VolumeInfo>, CliError> {
+        self.fetch("POST", "/v1/clones", Some(req))
+    }
+
+    /// `GET /v1/stats`.
+    pub fn stats(&self) -> Result<Fetched<serde_json::Value>, CliError> {
+        self.fetch("GET", "/v1/stats", None)
+    }
+}
+
+/// Request bodies behind a trait object, so `send` needs no generic parameter.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            // Serializing these plain structs cannot fail.
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
+/// Checks and completes an `--admin` URL: `http://HOST:PORT[/prefix]`, scheme optional.
+fn normalize_url(url: &str) -> Result<String, CliError> {
+    let bad = |why: &str| CliError::Usage(format!("invalid --admin URL {url:?}: {why}"));
+    let trimmed = url.trim();
+    let rest = match trimmed.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        Some(_) => return Err(bad("only http:// is supported")),
+        None => trimmed,
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("no host"));
+    }
+    if rest.contains(['?', '#', ' ']) {
+        return Err(bad("expected http://HOST:PORT"));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+/// Percent-encodes a path segment or query value (everything but RFC 3986 unreserved).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn encode_snapshot(volume: &str, snapshot: &str) -> String {
+    format!("{}@{}", encode(volume), encode(snapshot))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/// Runs an admin command: prints its output on stdout, or `shoal: <error>` on stderr, and
+/// returns the exit code (0 ok, 1 refused by the daemon, 2 bad argument, 3 daemon unreachable).
+///
+/// `data_dir` is `shoal --data` (default `./shoal-data`); `admin` is `--admin URL`, which takes
+/// precedence over `<data_dir>/admin.addr`; `json` is `--json`.
+pub fn run(data_dir: &Path, admin: Option<&str>, json: bool, cmd: CliCommand) -> ExitCode {
+    match execute(data_dir, admin, json, &cmd) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`shoal volume list | head -1`) is not an error worth reporting.
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "shoal: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Runs an admin command and returns what [`run`] would print on stdout.
+pub fn execute(
+    data_dir: &Path,
+    admin: Option<&str>,
+    json: bool,
+    cmd: &CliCommand,
+) -> Result<String, CliError> {
+    let client = AdminClient::locate(data_dir, admin)?;
+    let out = match cmd {
+        CliCommand::Volume(cmd) => match cmd {
+            VolumeCommand::Create {
+                name,
+                size,
+                full,
+                block_size,
+            } => {
+                let req = CreateVolume {
+                    name: name.clone(),
+                    size_bytes: *size,
+                    full: *full,
+                    block_size: *block_size,
+                };
+                render(json, &client.create_volume(&req)?, show_volume)
+            }
+            VolumeCommand::List => render(json, &client.list_volumes()?, |v| volume_table(v)),
+            VolumeCommand::Show { name } => render(json, &client.volume(name)?, show_volume),
+            VolumeCommand::Resize { name, size } => {
+                let req = Resize { size_bytes: *size };
+                render(json, &client.resize_volume(name, &req)?, show_volume)
+            }
+            VolumeCommand::Delete { name, force } => {
+                client.delete_volume(name, *force)?;
+                done(json, format!("deleted volume {name}"))
+            }
+        },
+        CliCommand::Snapshot(cmd) => match cmd {
+            SnapshotCommand::Create { snapshot } => {
+                let req = CreateSnapshot {
+                    volume: snapshot.volume.clone(),
+                    name: snapshot.snapshot.clone(),
+                };
+                render(json, &client.create_snapshot(&req)?, show_snapshot)
+            }
+            SnapshotCommand::List { volume } => {
+                render(json, &client.list_snapshots(volume.as_deref())?, |s| {
+                    snapshot_table(s)
+                })
+            }
+            SnapshotCommand::Delete { snapshot } => {
+                client.delete_snapshot(&snapshot.volume, &snapshot.snapshot)?;
+                done(json, format!("deleted snapshot {snapshot}"))
+            }
+            SnapshotCommand::Rollback { snapshot } => {
+                let f = client.rollback(&snapshot.volume, &snapshot.snapshot)?;
+                render(json, &f, |v| {
+                    format!("rolled {} back to {snapshot}\n{}", v.name, show_volume(v))
+                })
+            }
+            SnapshotCommand::Export { snapshot, disable } => {
+                let req = Export { enabled: !disable };
+                let f = client.export_snapshot(&snapshot.volume, &snapshot.snapshot, &req)?;
+                render(json, &f, show_snapshot)
+            }
+        },
+        CliCommand::Clones(CloneCommand::Create { source, name }) => {
+            let req = CreateClone {
+                source: source.clone(),
+                name: name.clone(),
+            };
+            render(json, &client.create_clone(&req)?, show_volume)
+        }
+        CliCommand::Pool(PoolCommand::Status) => render(json, &client.pool_status()?, show_pool),
+        CliCommand::Stats => raw_json(&client.stats()?.json),
+    };
+    Ok(out)
+}
+
+fn render<T>(json: bool, f: &Fetched<T>, human: impl Fn(&T) -> String) -> String {
+    if json {
+        raw_json(&f.json)
+    } else {
+        human(&f.value)
+    }
+}
+
+/// Output of a command whose response has no body (204): nothing with `--json`.
+fn done(json: bool, message: String) -> String {
+    if json { String::new() } else { message + "\n" }
+}
+
+fn raw_json(text: &str) -> String {
+    format!("{}\n", text.trim_end())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Human output
+
+/// A size in binary units with one decimal, e.g. `10.0 GiB`; below 1 KiB in bytes (`512 B`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    // 1023.96 KiB would print as "1024.0 KiB".
+    if value >= 1023.95 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn size_with_bytes(bytes: u64) -> String {
+    if bytes < 1024 {
+        human_size(bytes)
+    } else {
+        format!("{} ({bytes} bytes)", human_size(bytes))
+    }
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "0.0%".into()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// `key: value` lines, values aligned.
+fn key_values(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push_str(&format!("{:<width$} {v}\n", format!("{k}:")));
+    }
+    out
+}
+
+/// An aligned table; `right[i]` right-aligns column i (numbers, sizes).
+fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                if i + 1 < widths.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+fn dash(s: Option<&str>) -> String {
+    s.unwrap_or("-").to_string()
+}
+
+fn show_volume(v: &VolumeInfo) -> String {
+    key_values(&[
+        ("name", v.name.clone()),
+        ("target", v.target.clone()),
+        ("naa", v.naa.clone()),
+        ("size", size_with_bytes(v.size_bytes)),
+        ("block size", v.block_size.to_string()),
+        ("provisioning", if v.thin { "thin" } else { "full" }.into()),
+        ("mapped", human_size(v.mapped_bytes)),
+        ("exclusive", human_size(v.exclusive_bytes)),
+        ("origin", dash(v.origin.as_deref())),
+        ("snapshots", v.snapshots.to_string()),
+        ("sessions", v.sessions.to_string()),
+        ("created", format_time(v.created)),
+    ])
+}
+
+fn volume_table(vols: &[VolumeInfo]) -> String {
+    let rows: Vec<Vec<String>> = vols
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                human_size(v.size_bytes),
+                human_size(v.mapped_bytes),
+                human_size(v.exclusive_bytes),
+                if v.thin { "thin" } else { "full" }.into(),
+                v.snapshots.to_string(),
+                v.sessions.to_string(),
+                dash(v.origin.as_deref()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "SIZE",
+            "MAPPED",
+            "EXCLUSIVE",
+            "TYPE",
+            "SNAPSHOTS",
+            "SESSIONS",
+            "ORIGIN",
+        ],
+        &[false, true, true, true, false, true, true, false],
+        &rows,
+    )
+}
+
+fn show_snapshot(s: &SnapshotInfo) -> String {
+    key_values(&[
+        ("name", s.name.clone()),
+        ("volume", s.volume.clone()),
+        ("size", size_with_bytes(s.size_bytes)),
+        ("mapped", human_size(s.mapped_bytes)),
+        ("exclusive", human_size(s.exclusive_bytes)),
+        ("export", dash(s.export.as_deref())),
+        ("created", format_time(s.created)),
+    ])
+}
+
+fn snapshot_table(snaps: &[SnapshotInfo]) -> String {
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                human_size(s.size_bytes),
+                human_size(s.mapped_bytes),
+                human_size(s.exclusive_bytes),
+                format_time(s.created),
+                dash(s.export.as_deref()),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "SIZE", "MAPPED", "EXCLUSIVE", "CREATED", "EXPORT"],
+        &[false, true, true, true, false, false],
+        &rows,
+    )
+}
+
+fn show_pool(p: &PoolStatus) -> String {
+    key_values(&[
+        ("size", size_with_bytes(p.size_bytes)),
+        (
+            "used",
+            format!(
+                "{} ({})",
+                human_size(p.used_bytes),
+                percent(p.used_bytes, p.size_bytes)
+            ),
+        ),
+        ("free", human_size(p.free_bytes)),
+        ("reserved", human_size(p.reserved_bytes)),
+        ("extent size", human_size(u64::from(p.extent_size))),
+        (
+            "soft threshold",
+            format!("{}% used", p.soft_threshold_percent),
+        ),
+        ("volumes", p.volumes.to_string()),
+        ("snapshots", p.snapshots.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// The shape `main.rs` gives its parser (see the module docs).
+    #[derive(Debug, Parser)]
+    #[command(name = "shoal")]
+    struct Cli {
+        #[arg(long, global = true, value_name = "DIR")]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Command {
+        Serve,
+        #[command(flatten)]
+        Admin(CliCommand),
+    }
+
+    fn parse(args: &[&str]) -> Result<(AdminArgs, CliCommand), clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("shoal").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Admin(cmd) => Ok((cli.admin, cmd)),
+            Command::Serve => panic!("serve"),
+        }
+    }
+
+    #[test]
+    fn parser_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands() {
+        let (a, c) = parse(&["volume", "create", "vm1", "--size", "10G", "--full"]).unwrap();
+        assert_eq!(a, AdminArgs::default());
+        assert_eq!(
+            c,
+            CliCommand::Volume(VolumeCommand::Create {
+                name: "vm1".into(),
+                size: 10 << 30,
+                full: true,
+                block_size: None
+            })
+        );
+        let (_, c) = parse(&[
+            "volume",
+            "create",
+            "v",
+            "--size",
+            "1G",
+            "--block-size",
+            "4K",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c,
+            CliCommand::Volume(VolumeCommand::Create {
+                block_size: Some(4096),
+                ..
+            })
+        ));
+        let (a, c) = parse(&["--json", "volume", "list", "--admin", "http://x:1"]).unwrap();
+        assert!(a.json);
+        assert_eq!(a.admin.as_deref(), Some("http://x:1"));
+        assert_eq!(c, CliCommand::Volume(VolumeCommand::List));
+        let (a, _) = parse(&["pool", "status", "--json"]).unwrap();
+        assert!(a.json);
+        let (_, c) = parse(&["snapshot", "export", "a@b", "--disable"]).unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Snapshot(SnapshotCommand::Export {
+                snapshot: SnapshotRef {
+                    volume: "a".into(),
+                    snapshot: "b".into()
+                },
+                disable: true
+            })
+        );
+        let (_, c) = parse(&["clone", "create", "a@b", "c"]).unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Clones(CloneCommand::Create {
+                source: "a@b".into(),
+                name: "c".into()
+            })
+        );
+        assert!(parse(&["clone", "create", "a", "c"]).is_ok());
+        assert!(parse(&["stats"]).is_ok());
+        assert!(parse(&["snapshot", "list"]).is_ok());
+        assert!(parse(&["volume", "delete", "x", "--force"]).is_ok());
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            &["volume", "create", "vm1", "--size", "10X"][..],
+            &["volume", "create", "vm1"],
+            &["volume", "resize", "vm1", "--size", "G"],
+            &["snapshot", "create", "vm1"],
+            &["snapshot", "delete", "@s"],
+            &["snapshot", "rollback", "v@"],
+            &["clone", "create", "a@", "c"],
+            &["volume", "frobnicate"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        let err = parse(&["volume", "create", "v", "--size", "10X"]).unwrap_err();
+        assert!(err.to_string().contains("unknown unit"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(64 << 10), "64.0 KiB");
+        assert_eq!(human_size((1 << 20) - 1), "1.0 MiB");
+        assert_eq!(human_size(10 << 30), "10.0 GiB");
+        assert_eq!(human_size((10 << 30) + (512 << 20)), "10.5 GiB");
+        assert_eq!(human_size(1 << 40), "1.0 TiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+        assert_eq!(size_with_bytes(1 << 30), "1.0 GiB (1073741824 bytes)");
+        assert_eq!(percent(1, 3), "33.3%");
+        assert_eq!(percent(1, 0), "0.0%");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            normalize_url("http://127.0.0.1:7000/").unwrap(),
+            "http://127.0.0.1:7000"
+        );
+        assert_eq!(
+            normalize_url("127.0.0.1:7000").unwrap(),
+            "http://127.0.0.1:7000"
+        );
+        assert_eq!(normalize_url("HTTP://[::1]:7").unwrap(), "http://[::1]:7");
+        for bad in [
+            "https://x:1",
+            "http://",
+            "",
+            "ftp://x",
+            "http:///x",
+            "x:1?y",
+        ] {
+            let err = normalize_url(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+        assert_eq!(encode("vm-1.a_b~"), "vm-1.a_b~");
+        assert_eq!(encode("a b/c@d%"), "a%20b%2Fc%40d%25");
+        assert_eq!(encode_snapshot("v", "s 1"), "v@s%201");
+    }
+
+    #[test]
+    fn tables() {
+        let t = table(
+            &["NAME", "SIZE", "ORIGIN"],
+            &[false, true, false],
+            &[
+                vec!["a".into(), "1.0 GiB".into(), "-".into()],
+                vec!["long-name".into(), "512 B".into(), "x@y".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "NAME          SIZE  ORIGIN\n\
+             a          1.0 GiB  -\n\
+             long-name    512 B  x@y\n"
+        );
+        assert_eq!(
+            key_values(&[("a", "1".into()), ("long key", "2".into())]),
+            "a:        1\nlong key: 2\n"
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let e = CliError::Refused(AdminError::new(
+            ErrorCode::AlreadyExists,
+            "volume vm1 exists",
+        ));
+        assert_eq!(e.to_string(), "volume vm1 exists (already_exists)");
+        assert_eq!(e.exit_code(), 1);
+        let e = CliError::NoDaemon {
+            data_dir: "d".into(),
+            file: "d/admin.addr".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no running shoal daemon found for data directory d (missing d/admin.addr): \
+             start `shoal serve` or pass --admin URL"
+        );
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(code_name(ErrorCode::InUse), "in_use");
+    }
+}

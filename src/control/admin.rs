@@ -1,0 +1,1120 @@
+//! The admin HTTP/JSON server: routes requests to an [`AdminBackend`], one at a time.
+//!
+//! The API is documented in `docs/admin-api.md`; its vocabulary lives in [`super::api`].
+//!
+//! Threads:
+//! - `shoal-admin` executes admin operations strictly one after another: the backend never sees
+//!   two concurrent calls. It never touches a socket.
+//! - `shoal-admin-http` accepts requests from tiny_http and hands each to a short-lived
+//!   `shoal-admin-io` thread, which checks it, reads its body, submits the operation to
+//!   `shoal-admin` and writes the response. A slow, stalled or hostile client therefore holds up
+//!   only its own I/O thread, and no input (a panic in a handler included) stops the server.
+//!
+//! The daemon publishes its address in `<data-dir>/admin.addr` ([`write_addr_file`]); the CLI
+//! reads it back with [`read_addr_file`].
+
+use super::api::{
+    AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
+    Export, Resize,
+};
+use crate::cli::CliError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default admin address: loopback, an ephemeral port (published in `admin.addr`).
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+
+/// Name of the file, in the data directory, that holds the running daemon's admin address.
+pub const ADDR_FILE: &str = "admin.addr";
+
+/// Largest request body accepted (1 MiB); larger ones get 413.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// A declared body up to this size that is refused is still read and discarded, so that the
+/// client (which sends its body before reading the response) sees the 413. Above it the
+/// connection is abandoned instead (see [`refuse_huge`]).
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Why the admin server did not start.
+#[derive(Debug, Error)]
+pub enum AdminStartError {
+    /// The address could not be bound.
+    #[error("cannot listen for the admin API on {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        reason: String,
+    },
+    /// A server thread could not be started.
+    #[error("cannot start the admin API threads: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// The running admin HTTP server. Dropping it shuts it down (like [`AdminServer::shutdown`]).
+pub struct AdminServer {
+    addr: SocketAddr,
+    http: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    jobs: mpsc::Sender<Msg>,
+    acceptor: Option<JoinHandle<()>>,
+    executor: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port; [`DEFAULT_ADDR`] is loopback) and starts serving
+    /// `backend`, one operation at a time, on a thread named `shoal-admin`.
+    pub fn start(
+        addr: SocketAddr,
+        backend: Arc<dyn AdminBackend>,
+    ) -> Result<AdminServer, AdminStartError> {
+        let http = tiny_http::Server::http(addr).map_err(|e| AdminStartError::Bind {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let local = http.server_addr().to_ip().unwrap_or(addr);
+        let http = Arc::new(http);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (jobs, queue) = mpsc::channel();
+        let executor = thread::Builder::new()
+            .name("shoal-admin".into())
+            .spawn(move || execute_loop(&*backend, &queue))
+            .map_err(AdminStartError::Thread)?;
+        let acceptor = {
+            let http = Arc::clone(&http);
+            let stop = Arc::clone(&stop);
+            let jobs = jobs.clone();
+            thread::Builder::new()
+                .name("shoal-admin-http".into())
+                .spawn(move || accept_loop(&http, &jobs, &stop))
+        };
+        let acceptor = match acceptor {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = jobs.send(Msg::Stop);
+                let _ = executor.join();
+                return Err(AdminStartError::Thread(e));
+            }
+        };
+        Ok(AdminServer {
+            addr: local,
+            http,
+            stop,
+            jobs,
+            acceptor: Some(acceptor),
+            executor: Some(executor),
+        })
+    }
+
+    /// The bound address (with the actual port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, lets the operation being executed finish, joins the threads and
+    /// closes the listening socket. Requests still in flight get 503.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(acceptor) = self.acceptor.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            self.http.unblock();
+            let _ = acceptor.join();
+        }
+        if let Some(executor) = self.executor.take() {
+            let _ = self.jobs.send(Msg::Stop);
+            let _ = executor.join();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Path of the address file in `data_dir`.
+pub fn addr_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(ADDR_FILE)
+}
+
+/// Publishes the admin address in `<data_dir>/admin.addr` (one line, `IP:PORT`), atomically:
+/// a reader never sees a partial file.
+pub fn write_addr_file(data_dir: &Path, addr: SocketAddr) -> io::Result<()> {
+    let tmp = data_dir.join(format!(".{ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, addr_file(data_dir))
+}
+
+/// Removes `<data_dir>/admin.addr` (at daemon shutdown); a missing file is not an error.
+pub fn remove_addr_file(data_dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(addr_file(data_dir)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the admin address the daemon serving `data_dir` published. An unspecified address
+/// (`0.0.0.0`, `::`) is replaced by loopback of the same family.
+pub fn read_addr_file(data_dir: &Path) -> Result<SocketAddr, CliError> {
+    let file = addr_file(data_dir);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(CliError::NoDaemon {
+                data_dir: data_dir.to_path_buf(),
+                file,
+            });
+        }
+        Err(e) => {
+            return Err(CliError::AddrFile {
+                file,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let mut addr: SocketAddr = text.trim().parse().map_err(|_| CliError::AddrFile {
+        file: file.clone(),
+        reason: format!("expected IP:PORT, found {:?}", text.trim()),
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving
+
+/// What the I/O threads send the executor.
+enum Msg {
+    /// An operation to run.
+    Job(Job),
+    /// Shut down.
+    Stop,
+}
+
+/// One admin operation: a complete request and where to send its reply.
+struct Job {
+    method: String,
+    target: String,
+    body: Vec<u8>,
+    reply: mpsc::SyncSender<Reply>,
+}
+
+/// `shoal-admin`: runs the operations one at a time.
+fn execute_loop(backend: &dyn AdminBackend, queue: &mpsc::Receiver<Msg>) {
+    while let Ok(Msg::Job(job)) = queue.recv() {
+        let reply = catch_unwind(AssertUnwindSafe(|| {
+            dispatch(backend, &job.method, &job.target, &job.body)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Reply::error(AdminError::new(
+                ErrorCode::Internal,
+                format!(
+                    "internal error while serving {} {}: {what}",
+                    job.method, job.target
+                ),
+            ))
+        });
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// `shoal-admin-http`: hands each request to its own I/O thread.
+fn accept_loop(http: &tiny_http::Server, jobs: &mpsc::Sender<Msg>, stop: &AtomicBool) {
+    loop {
+        let rq = http.recv();
+        if stop.load(Ordering::SeqCst) {
+            // Requests still queued are dropped: tiny_http answers them 500.
+            break;
+        }
+        match rq {
+            Ok(rq) => {
+                let jobs = jobs.clone();
+                spawn_or_drop(rq, move |rq| serve_request(rq, &jobs));
+            }
+            // An accept error (e.g. out of file descriptors): back off a little.
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// `shoal-admin-io`: checks the request, reads its body, has the executor run it, responds.
+fn serve_request(mut rq: tiny_http::Request, jobs: &mpsc::Sender<Msg>) {
+    if let Some(reply) = check_headers(rq.headers()) {
+        respond(rq, reply);
+        return;
+    }
+    if rq.body_length().is_some_and(|n| n > DRAIN_LIMIT) {
+        refuse_huge(rq);
+        return;
+    }
+    let body = if has_body(&rq) {
+        let mut body = Vec::new();
+        let res = rq
+            .as_reader()
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut body);
+        match res {
+            Ok(_) if body.len() > MAX_BODY => {
+                respond(rq, Reply::too_large());
+                return;
+            }
+            Ok(_) => body,
+            Err(e) => {
+                let reply = Reply::error(AdminError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("cannot read the request body: {e}"),
+                ));
+                respond(rq, reply);
+                return;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let (tx, rx) = mpsc::sync_channel(1);
+    let job = Job {
+        method: rq.method().as_str().to_owned(),
+        target: rq.url().to_owned(),
+        body,
+        reply: tx,
+    };
+    let reply = match jobs.send(Msg::Job(job)) {
+        Ok(()) => rx.recv().ok(),
+        Err(_) => None,
+    };
+    let reply = reply.unwrap_or_else(|| {
+        Reply::error_with_status(
+            503,
+            AdminError::new(ErrorCode::Internal, "the admin server is shutting down"),
+        )
+    });
+    respond(rq, reply);
+}
+
+fn respond(rq: tiny_http::Request, reply: Reply) {
+    let _ = rq.respond(reply.into_response());
+}
+
+/// Refuses requests a browser could send on a web page's behalf (cross-site request forgery
+/// and DNS rebinding against a loopback service): any request with an `Origin` header, and any
+/// whose `Host` is a name other than `localhost`.
+fn check_headers(headers: &[tiny_http::Header]) -> Option<Reply> {
+    let refuse = |message: String| {
+        Some(Reply::error_with_status(
+            403,
+            AdminError::new(ErrorCode::InvalidArgument, message),
+        ))
+    };
+    for h in headers {
+        if h.field.equiv("Origin") {
+            return refuse(
+                "requests from web browsers (with an Origin header) are refused by the admin API"
+                    .into(),
+            );
+        }
+        if h.field.equiv("Host") && !host_allowed(h.value.as_str()) {
+            return refuse(format!(
+                "Host {:?} refused: address the admin API by IP address or as localhost",
+                h.value.as_str()
+            ));
+        }
+        if h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("upgrade")
+        {
+            return Some(Reply::error(AdminError::new(
+                ErrorCode::InvalidArgument,
+                "protocol upgrades are not supported",
+            )));
+        }
+    }
+    None
+}
+
+/// Whether a `Host` header names an IP address or localhost (with or without a port).
+fn host_allowed(host: &str) -> bool {
+    let host = host.trim();
+    if host.parse::<SocketAddr>().is_ok() || host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<Ipv6Addr>().is_ok())
+}
+
+/// Whether tiny_http will hand us body bytes for this request.
+fn has_body(rq: &tiny_http::Request) -> bool {
+    match rq.body_length() {
+        Some(n) => n > 0,
+        None => rq
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding")),
+    }
+}
+
+/// Answers a request whose declared body exceeds [`DRAIN_LIMIT`] without ever dropping its body
+/// reader: tiny_http's reader, when dropped, allocates a buffer of the whole unread length to
+/// discard it, which aborts the process for absurd lengths. The connection is abandoned (its
+/// socket and tiny_http thread are leaked), a small price for one deliberately hostile request.
+fn refuse_huge(rq: tiny_http::Request) {
+    let stream = rq.upgrade("close", Reply::too_large().into_response());
+    std::mem::forget(stream);
+}
+
+/// Runs `f(rq)` on a new `shoal-admin-io` thread. If no thread can be started, the request is
+/// dropped (tiny_http then answers it 500).
+fn spawn_or_drop<F>(rq: tiny_http::Request, f: F)
+where
+    F: FnOnce(tiny_http::Request) + Send + 'static,
+{
+    let _ = thread::Builder::new()
+        .name("shoal-admin-io".into())
+        .spawn(move || f(rq));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// A response, before it is turned into bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reply {
+    status: u16,
+    /// JSON body; empty for 204.
+    body: Vec<u8>,
+    /// `Allow` header, for 405.
+    allow: Option<&'static str>,
+}
+
+impl Reply {
+    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+        match serde_json::to_vec_pretty(value) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                Reply {
+                    status,
+                    body,
+                    allow: None,
+                }
+            }
+            Err(e) => Reply::error(AdminError::new(
+                ErrorCode::Internal,
+                format!("cannot encode the response: {e}"),
+            )),
+        }
+    }
+
+    fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            body: Vec::new(),
+            allow: None,
+        }
+    }
+
+    fn error(error: AdminError) -> Reply {
+        Reply::error_with_status(error.code.http_status(), error)
+    }
+
+    fn error_with_status(status: u16, error: AdminError) -> Reply {
+        let body = ErrorBody { error };
+        let mut body = serde_json::to_vec_pretty(&body).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"cannot encode an error"}}"#.to_vec()
+        });
+        body.push(b'\n');
+        Reply {
+            status,
+            body,
+            allow: None,
+        }
+    }
+
+    fn too_large() -> Reply {
+        Reply::error_with_status(
+            413,
+            AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!("request body larger than {MAX_BODY} bytes"),
+            ),
+        )
+    }
+
+    fn into_response(self) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+        let has_body = !self.body.is_empty();
+        let mut resp = tiny_http::Response::from_data(self.body).with_status_code(self.status);
+        if has_body {
+            add_header(&mut resp, "Content-Type", "application/json");
+        }
+        if let Some(allow) = self.allow {
+            add_header(&mut resp, "Allow", allow);
+        }
+        resp
+    }
+}
+
+fn add_header<R: Read>(resp: &mut tiny_http::Response<R>, field: &str, value: &str) {
+    if let Ok(h) = tiny_http::Header::from_bytes(field.as_bytes(), value.as_bytes()) {
+        resp.add_header(h);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+
+/// A matched route, with its decoded path parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Pool,
+    Volumes,
+    Volume(String),
+    VolumeResize(String),
+    Snapshots,
+    Snapshot(String),
+    SnapshotRollback(String),
+    SnapshotExport(String),
+    Clones,
+    Stats,
+}
+
+impl Route {
+    /// The methods this route answers, as for an `Allow` header.
+    fn allow(&self) -> &'static str {
+        match self {
+            Route::Pool | Route::Stats => "GET",
+            Route::Volumes | Route::Snapshots => "GET, POST",
+            Route::Volume(_) | Route::Snapshot(_) => "GET, DELETE",
+            Route::VolumeResize(_)
+            | Route::SnapshotRollback(_)
+            | Route::SnapshotExport(_)
+            | Route::Clones => "POST",
+        }
+    }
+
+    /// Query parameters this route accepts.
+    fn params(&self, method: &str) -> &'static [&'static str] {
+        match (self, method) {
+            (Route::Volume(_), "DELETE") => &["force"],
+            (Route::Snapshots, "GET") => &["volume"],
+            _ => &[],
+        }
+    }
+}
+
+/// Decoded query parameters, in order.
+type Params = Vec<(String, String)>;
+
+/// Splits a request target into its route and query parameters. `Ok(None)`: no such route.
+fn parse_target(target: &str) -> Result<(Option<Route>, Params), AdminError> {
+    let target = target.split_once('#').map_or(target, |(t, _)| t);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let route = parse_path(path)?;
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.push((percent_decode(k, true)?, percent_decode(v, true)?));
+    }
+    Ok((route, params))
+}
+
+fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
+    let Some(path) = path.strip_prefix('/') else {
+        return Ok(None);
+    };
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let segs = path
+        .split('/')
+        .map(|s| percent_decode(s, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    if segs.iter().any(String::is_empty) {
+        return Ok(None);
+    }
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let route = match segs.as_slice() {
+        ["v1", "pool"] => Route::Pool,
+        ["v1", "stats"] => Route::Stats,
+        ["v1", "volumes"] => Route::Volumes,
+        ["v1", "volumes", name] => Route::Volume(name.to_string()),
+        ["v1", "volumes", name, "resize"] => Route::VolumeResize(name.to_string()),
+        ["v1", "snapshots"] => Route::Snapshots,
+        ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
+        ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
+        ["v1", "snapshots", snap, "export"] => Route::SnapshotExport(snap.to_string()),
+        ["v1", "clones"] => Route::Clones,
+        _ => return Ok(None),
+    };
+    Ok(Some(route))
+}
+
+/// Decodes `%XX` escapes (and `+` as a space in query strings); the result must be UTF-8.
+fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, AdminError> {
+    let bad = || {
+        AdminError::new(
+            ErrorCode::InvalidArgument,
+            format!("malformed percent-encoding in {s:?}"),
+        )
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// Splits `VOLUME@SNAP`.
+fn split_snapshot(s: &str) -> Result<(&str, &str), AdminError> {
+    match s.split_once('@') {
+        Some((v, n)) if !v.is_empty() && !n.is_empty() => Ok((v, n)),
+        _ => Err(AdminError::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid snapshot {s:?}: expected VOLUME@SNAPSHOT"),
+        )),
+    }
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    serde_json::from_slice(body).map_err(|e| {
+        AdminError::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, AdminError> {
+    match v {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(AdminError::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid query parameter {name}={v:?}: expected true or false"),
+        )),
+    }
+}
+
+/// Routes one request to the backend. Pure apart from the backend call: unit-testable.
+fn dispatch(backend: &dyn AdminBackend, method: &str, target: &str, body: &[u8]) -> Reply {
+    match route_and_call(backend, method, target, body) {
+        Ok(reply) => reply,
+        Err(reply) => reply,
+    }
+}
+
+fn route_and_call(
+    backend: &dyn AdminBackend,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<Reply, Reply> {
+    let (route, params) = parse_target(target).map_err(Reply::error)?;
+    let Some(route) = route else {
+        return Err(Reply::error(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no such route: {method} {target}"),
+        )));
+    };
+    let allowed = route.allow().split(", ").any(|m| m == method);
+    if !allowed {
+        let mut reply = Reply::error_with_status(
+            405,
+            AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "method {method} not allowed on {target} (allowed: {})",
+                    route.allow()
+                ),
+            ),
+        );
+        reply.allow = Some(route.allow());
+        return Err(reply);
+    }
+    let accepted = route.params(method);
+    if let Some((k, _)) = params.iter().find(|(k, _)| !accepted.contains(&k.as_str())) {
+        return Err(Reply::error(AdminError::new(
+            ErrorCode::InvalidArgument,
+            format!("unknown query parameter {k:?} for {method} {target}"),
+        )));
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let err = Reply::error;
+    let reply = match (method, &route) {
+        ("GET", Route::Pool) => Reply::json(200, &backend.pool_status().map_err(err)?),
+        ("GET", Route::Stats) => Reply::json(200, &backend.stats().map_err(err)?),
+        ("GET", Route::Volumes) => Reply::json(200, &backend.list_volumes().map_err(err)?),
+        ("POST", Route::Volumes) => {
+            let req: CreateVolume = parse_body(body).map_err(err)?;
+            Reply::json(201, &backend.create_volume(&req).map_err(err)?)
+        }
+        ("GET", Route::Volume(name)) => Reply::json(200, &backend.volume(name).map_err(err)?),
+        ("DELETE", Route::Volume(name)) => {
+            let force = match param("force") {
+                Some(v) => parse_bool("force", v).map_err(err)?,
+                None => false,
+            };
+            backend.delete_volume(name, force).map_err(err)?;
+            Reply::no_content()
+        }
+        ("POST", Route::VolumeResize(name)) => {
+            let req: Resize = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.resize_volume(name, &req).map_err(err)?)
+        }
+        ("GET", Route::Snapshots) => {
+            let volume = param("volume");
+            if volume == Some("") {
+                return Err(err(AdminError::new(
+                    ErrorCode::InvalidArgument,
+                    "empty query parameter volume",
+                )));
+            }
+            Reply::json(200, &backend.list_snapshots(volume).map_err(err)?)
+        }
+        ("POST", Route::Snapshots) => {
+            let req: CreateSnapshot = parse_body(body).map_err(err)?;
+            Reply::json(201, &backend.create_snapshot(&req).map_err(err)?)
+        }
+        ("GET", Route::Snapshot(s)) => {
+            let (vol, snap) = split_snapshot(s).map_err(err)?;
+            let all = backend.list_snapshots(Some(vol)).map_err(err)?;
+            let wanted = format!("{vol}@{snap}");
+            match all.into_iter().find(|i| i.name == wanted) {
+                Some(info) => Reply::json(200, &info),
+                None => {
+                    return Err(err(AdminError::new(
+                        ErrorCode::NotFound,
+                        format!("no snapshot {wanted:?}"),
+                    )));
+                }
+            }
+        }
+        ("DELETE", Route::Snapshot(s)) => {
+            let (vol, snap) = split_snapshot(s).map_err(err)?;
+            backend.delete_snapshot(vol, snap).map_err(err)?;
+            Reply::no_content()
+        }
+        ("POST", Route::SnapshotRollback(s)) => {
+            let (vol, snap) = split_snapshot(s).map_err(err)?;
+            Reply::json(200, &backend.rollback(vol, snap).map_err(err)?)
+        }
+        ("POST", Route::SnapshotExport(s)) => {
+            let (vol, snap) = split_snapshot(s).map_err(err)?;
+            let req: Export = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.export_snapshot(vol, snap, &req).map_err(err)?)
+        }
+        ("POST", Route::Clones) => {
+            let req: CreateClone = parse_body(body).map_err(err)?;
+            Reply::json(201, &backend.create_clone(&req).map_err(err)?)
+        }
+        _ => {
+            return Err(err(AdminError::new(
+                ErrorCode::Internal,
+                format!("route {method} {target} has no handler"),
+            )));
+        }
+    };
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::{PoolStatus, SnapshotInfo, VolumeInfo};
+    use std::sync::Mutex;
+
+    /// Records the last call; answers `not_found` for every named object.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn last(&self) -> String {
+            self.calls
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default()
+        }
+        fn missing<T>(&self, call: String) -> Result<T, AdminError> {
+            self.record(call.clone());
+            Err(AdminError::new(ErrorCode::NotFound, call))
+        }
+    }
+
+    fn volume(name: &str) -> VolumeInfo {
+        VolumeInfo {
+            name: name.into(),
+            target: format!("iqn.2026-11.dev.shoal:{name}"),
+            size_bytes: 1 << 30,
+            block_size: 512,
+            thin: true,
+            mapped_bytes: 0,
+            exclusive_bytes: 0,
+            origin: None,
+            snapshots: 0,
+            sessions: 0,
+            naa: "6".into(),
+            created: 0,
+        }
+    }
+
+    impl AdminBackend for Recorder {
+        fn pool_status(&self) -> Result<PoolStatus, AdminError> {
+            self.record("pool_status".into());
+            Ok(PoolStatus {
+                size_bytes: 1,
+                used_bytes: 0,
+                free_bytes: 1,
+                reserved_bytes: 0,
+                extent_size: 65536,
+                soft_threshold_percent: 85,
+                volumes: 0,
+                snapshots: 0,
+            })
+        }
+        fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError> {
+            self.record("list_volumes".into());
+            Ok(vec![])
+        }
+        fn volume(&self, name: &str) -> Result<VolumeInfo, AdminError> {
+            self.missing(format!("volume {name}"))
+        }
+        fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError> {
+            self.record(format!("create_volume {} {}", req.name, req.size_bytes));
+            Ok(volume(&req.name))
+        }
+        fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError> {
+            self.missing(format!("resize_volume {name} {}", req.size_bytes))
+        }
+        fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError> {
+            self.record(format!("delete_volume {name} {force}"));
+            Ok(())
+        }
+        fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError> {
+            self.record(format!("list_snapshots {volume:?}"));
+            Ok(vec![])
+        }
+        fn create_snapshot(&self, req: &CreateSnapshot) -> Result<SnapshotInfo, AdminError> {
+            self.missing(format!("create_snapshot {}@{}", req.volume, req.name))
+        }
+        fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
+            self.record(format!("delete_snapshot {volume} {snapshot}"));
+            Ok(())
+        }
+        fn rollback(&self, volume: &str, snapshot: &str) -> Result<VolumeInfo, AdminError> {
+            self.record(format!("rollback {volume} {snapshot}"));
+            Ok(super::tests::volume(volume))
+        }
+        fn export_snapshot(
+            &self,
+            volume: &str,
+            snapshot: &str,
+            req: &Export,
+        ) -> Result<SnapshotInfo, AdminError> {
+            self.missing(format!("export {volume} {snapshot} {}", req.enabled))
+        }
+        fn create_clone(&self, req: &CreateClone) -> Result<VolumeInfo, AdminError> {
+            self.record(format!("create_clone {} {}", req.source, req.name));
+            if req.name == "boom" {
+                panic!("boom");
+            }
+            Ok(volume(&req.name))
+        }
+        fn stats(&self) -> Result<serde_json::Value, AdminError> {
+            self.record("stats".into());
+            Ok(serde_json::json!({"ok": true}))
+        }
+    }
+
+    fn code(reply: &Reply) -> ErrorCode {
+        let body: ErrorBody = serde_json::from_slice(&reply.body).unwrap();
+        body.error.code
+    }
+
+    #[test]
+    fn routes_parse() {
+        let r = |p: &str| parse_target(p).unwrap().0;
+        assert_eq!(r("/v1/pool"), Some(Route::Pool));
+        assert_eq!(r("/v1/pool/"), Some(Route::Pool));
+        assert_eq!(r("/v1/stats"), Some(Route::Stats));
+        assert_eq!(r("/v1/volumes"), Some(Route::Volumes));
+        assert_eq!(r("/v1/volumes/vm1"), Some(Route::Volume("vm1".into())));
+        assert_eq!(
+            r("/v1/volumes/vm%31/resize"),
+            Some(Route::VolumeResize("vm1".into()))
+        );
+        assert_eq!(r("/v1/snapshots?volume=a"), Some(Route::Snapshots));
+        assert_eq!(
+            r("/v1/snapshots/a%40b"),
+            Some(Route::Snapshot("a@b".into()))
+        );
+        assert_eq!(
+            r("/v1/snapshots/a@b/rollback"),
+            Some(Route::SnapshotRollback("a@b".into()))
+        );
+        assert_eq!(
+            r("/v1/snapshots/a@b/export"),
+            Some(Route::SnapshotExport("a@b".into()))
+        );
+        assert_eq!(r("/v1/clones"), Some(Route::Clones));
+        assert_eq!(
+            r("/v1/volumes/a%2Fb"),
+            Some(Route::Volume("a/b".into())),
+            "an encoded slash stays inside its segment"
+        );
+        for missing in [
+            "",
+            "v1/pool",
+            "/",
+            "/v1",
+            "/v2/pool",
+            "/v1/pools",
+            "/v1//pool",
+            "/v1/volumes//resize",
+            "/v1/volumes/a/b",
+            "/v1/volumes/a/resize/x",
+            "http://localhost/v1/pool",
+        ] {
+            assert_eq!(r(missing), None, "{missing}");
+        }
+        for bad in [
+            "/v1/volumes/%",
+            "/v1/volumes/%4",
+            "/v1/volumes/%zz",
+            "/v1/volumes/%ff",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        let (_, q) = parse_target("/v1/snapshots?volume=a+b%21&x&").unwrap();
+        assert_eq!(
+            q,
+            vec![("volume".into(), "a b!".into()), ("x".into(), "".into())]
+        );
+    }
+
+    #[test]
+    fn dispatch_calls_the_backend() {
+        let b = Recorder::default();
+        let d = |m: &str, t: &str, body: &str| dispatch(&b, m, t, body.as_bytes());
+
+        assert_eq!(d("GET", "/v1/pool", "").status, 200);
+        assert_eq!(b.last(), "pool_status");
+        assert_eq!(d("GET", "/v1/stats", "").status, 200);
+        assert_eq!(d("GET", "/v1/volumes", "").status, 200);
+        assert_eq!(b.last(), "list_volumes");
+        let r = d("POST", "/v1/volumes", r#"{"name":"a","size_bytes":4096}"#);
+        assert_eq!(r.status, 201);
+        assert_eq!(b.last(), "create_volume a 4096");
+        let v: VolumeInfo = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v.name, "a");
+        let r = d("GET", "/v1/volumes/nope", "");
+        assert_eq!((r.status, code(&r)), (404, ErrorCode::NotFound));
+        let r = d("DELETE", "/v1/volumes/a?force=true", "");
+        assert_eq!((r.status, r.body.len()), (204, 0));
+        assert_eq!(b.last(), "delete_volume a true");
+        d("DELETE", "/v1/volumes/a", "");
+        assert_eq!(b.last(), "delete_volume a false");
+        d("DELETE", "/v1/volumes/a?force", "");
+        assert_eq!(b.last(), "delete_volume a true");
+        d("DELETE", "/v1/volumes/a?force=false", "");
+        assert_eq!(b.last(), "delete_volume a false");
+        let r = d("DELETE", "/v1/volumes/a?force=maybe", "");
+        assert_eq!((r.status, code(&r)), (400, ErrorCode::InvalidArgument));
+        d("POST", "/v1/volumes/a/resize", r#"{"size_bytes":8192}"#);
+        assert_eq!(b.last(), "resize_volume a 8192");
+        d("GET", "/v1/snapshots", "");
+        assert_eq!(b.last(), "list_snapshots None");
+        d("GET", "/v1/snapshots?volume=a", "");
+        assert_eq!(b.last(), r#"list_snapshots Some("a")"#);
+        let r = d("GET", "/v1/snapshots?volume=", "");
+        assert_eq!(r.status, 400);
+        d("POST", "/v1/snapshots", r#"{"volume":"a","name":"s"}"#);
+        assert_eq!(b.last(), "create_snapshot a@s");
+        let r = d("GET", "/v1/snapshots/a@s", "");
+        assert_eq!((r.status, code(&r)), (404, ErrorCode::NotFound));
+        assert_eq!(d("DELETE", "/v1/snapshots/a@s", "").status, 204);
+        assert_eq!(b.last(), "delete_snapshot a s");
+        assert_eq!(d("POST", "/v1/snapshots/a@s/rollback", "").status, 200);
+        assert_eq!(b.last(), "rollback a s");
+        d("POST", "/v1/snapshots/a@s/export", r#"{"enabled":false}"#);
+        assert_eq!(b.last(), "export a s false");
+        assert_eq!(
+            d("POST", "/v1/clones", r#"{"source":"a@s","name":"c"}"#).status,
+            201
+        );
+        assert_eq!(b.last(), "create_clone a@s c");
+    }
+
+    #[test]
+    fn dispatch_errors() {
+        let b = Recorder::default();
+        let d = |m: &str, t: &str, body: &str| dispatch(&b, m, t, body.as_bytes());
+
+        let r = d("GET", "/v1/nothing", "");
+        assert_eq!((r.status, code(&r)), (404, ErrorCode::NotFound));
+        let r = d("PUT", "/v1/volumes", "");
+        assert_eq!((r.status, code(&r)), (405, ErrorCode::InvalidArgument));
+        assert_eq!(r.allow, Some("GET, POST"));
+        let r = d("GET", "/v1/volumes/a/resize", "");
+        assert_eq!((r.status, r.allow), (405, Some("POST")));
+        let r = d("POST", "/v1/volumes", "{not json");
+        assert_eq!((r.status, code(&r)), (400, ErrorCode::InvalidArgument));
+        let r = d("POST", "/v1/volumes", r#"{"name":"a"}"#);
+        assert_eq!(r.status, 400);
+        let msg: ErrorBody = serde_json::from_slice(&r.body).unwrap();
+        assert!(
+            msg.error.message.contains("missing field `size_bytes`"),
+            "{}",
+            msg.error.message
+        );
+        let r = d("POST", "/v1/volumes", "");
+        assert_eq!(r.status, 400);
+        let r = d("POST", "/v1/snapshots/nosnap/rollback", "");
+        assert_eq!((r.status, code(&r)), (400, ErrorCode::InvalidArgument));
+        let r = d("DELETE", "/v1/snapshots/@s", "");
+        assert_eq!(r.status, 400);
+        let r = d("GET", "/v1/volumes?x=1", "");
+        assert_eq!(r.status, 400);
+        let r = d("GET", "/v1/volumes/%e9", "");
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:7000",
+            "[::1]:7000",
+            "[::1]",
+            "::1",
+            "localhost",
+            "LOCALHOST:80",
+            "localhost.",
+            "10.1.2.3:1",
+        ] {
+            assert!(host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7000",
+            "localhost.evil",
+            "",
+            "[::1",
+        ] {
+            assert!(!host_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addr_file_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_addr_file(dir.path()).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.to_string().contains("missing"), "{err}");
+        let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        write_addr_file(dir.path(), addr).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(addr_file(dir.path())).unwrap(),
+            "127.0.0.1:7000\n"
+        );
+        assert_eq!(read_addr_file(dir.path()).unwrap(), addr);
+        write_addr_file(dir.path(), "0.0.0.0:9".parse().unwrap()).unwrap();
+        assert_eq!(
+            read_addr_file(dir.path()).unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        std::fs::write(addr_file(dir.path()), "garbage").unwrap();
+        let err = read_addr_file(dir.path()).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        remove_addr_file(dir.path()).unwrap();
+        remove_addr_file(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn handler_panic_is_an_internal_error() {
+        let b: Arc<dyn AdminBackend> = Arc::new(Recorder::default());
+        let server = AdminServer::start("127.0.0.1:0".parse().unwrap(), b).unwrap();
+        let url = format!("http://{}/v1/clones", server.local_addr());
+        let err = ureq::post(&url)
+            .send_string(r#"{"source":"a@s","name":"boom"}"#)
+            .unwrap_err();
+        let ureq::Error::Status(500, resp) = err else {
+            panic!("{err:?}")
+        };
+        let body: ErrorBody = resp.into_json().unwrap();
+        assert_eq!(body.error.code, ErrorCode::Internal);
+        assert!(
+            body.error.message.contains("boom"),
+            "{}",
+            body.error.message
+        );
+        let resp = ureq::get(&format!("http://{}/v1/pool", server.local_addr()))
+            .call()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        server.shutdown();
+    }
+}

@@ -1,0 +1,648 @@
+//! The daemon's control plane: the [`AdminBackend`] over the thin pool and the shards.
+//!
+//! It owns the pool's catalog ([`Pool`]) behind one mutex (admin operations are serialized and
+//! never on an I/O path), decides which shard serves each volume, and performs every operation
+//! by message to the owning shard (snapshot, resize, removal) followed by a catalog record
+//! committed with `fdatasync` before the call returns. Dropping a deleted image's map — which
+//! returns its exclusively held extents to the free queue — happens here, off the shards.
+
+use super::Registry;
+use super::TargetEntry;
+use super::api::*;
+use crate::config::{self, target_name};
+use crate::runtime::login::LoginContext;
+use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg};
+use crate::scsi::{LogicalUnit, LunInfo};
+use crate::storage::pool::catalog::{Pool, PoolError};
+use crate::storage::pool::extent_map::ExtentMap;
+use crate::storage::pool::format::{ImageKind, ImageMeta};
+use crate::storage::pool::thin::ThinVolume;
+use crossbeam::channel::{Receiver, bounded};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long a shard may take to answer a control message.
+const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a served image lives.
+#[derive(Debug, Clone)]
+struct Served {
+    shard: usize,
+    target: String,
+}
+
+struct State {
+    pool: Pool,
+    served: HashMap<u64, Served>,
+    next_shard: usize,
+}
+
+/// The control plane of a running target.
+pub struct Daemon {
+    state: Mutex<State>,
+    shards: Vec<ShardHandle>,
+    login: Arc<LoginContext>,
+    registry: Arc<Registry>,
+    max_transfer_bytes: u64,
+}
+
+fn internal(e: impl std::fmt::Display) -> AdminError {
+    AdminError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn pool_error(e: PoolError) -> AdminError {
+    internal(e)
+}
+
+fn not_found(what: &str, name: &str) -> AdminError {
+    AdminError::new(ErrorCode::NotFound, format!("no {what} named {name:?}"))
+}
+
+/// The target IQN an exported snapshot `volume@snap` is served as (':' cannot appear in a
+/// volume name, so the IQN is unambiguous).
+pub fn snapshot_target(full_name: &str) -> String {
+    target_name(&full_name.replacen('@', ":", 1))
+}
+
+impl Daemon {
+    /// A control plane over `pool`, serving through `shards`.
+    pub fn new(
+        pool: Pool,
+        shards: Vec<ShardHandle>,
+        login: Arc<LoginContext>,
+        registry: Arc<Registry>,
+    ) -> Self {
+        Daemon {
+            state: Mutex::new(State {
+                pool,
+                served: HashMap::new(),
+                next_shard: 0,
+            }),
+            shards,
+            login,
+            registry,
+            max_transfer_bytes: 16 << 20,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the volumes `wanted` that the pool lacks, then serves every volume of the pool.
+    pub fn start(&self, wanted: &[config::VolumeConfig]) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        for v in wanted {
+            if st.pool.find(&v.name).is_none() {
+                st.pool
+                    .create_volume(&v.name, v.size, v.block_size, true)
+                    .map_err(pool_error)?;
+            }
+        }
+        let volumes: Vec<ImageMeta> = st
+            .pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Volume)
+            .cloned()
+            .collect();
+        for meta in volumes {
+            let write_cache = wanted
+                .iter()
+                .find(|v| v.name == meta.name)
+                .is_none_or(|v| v.write_cache);
+            self.serve(&mut st, &meta, target_name(&meta.name), false, write_cache)?;
+        }
+        Ok(())
+    }
+
+    /// Hands image `meta` (its map taken from the pool) to a shard as `target`.
+    fn serve(
+        &self,
+        st: &mut State,
+        meta: &ImageMeta,
+        target: String,
+        read_only: bool,
+        write_cache: bool,
+    ) -> Result<(), AdminError> {
+        let map = match meta.kind {
+            ImageKind::Volume => st.pool.take_map(meta.image),
+            ImageKind::Snapshot => st.pool.map(meta.image).map(ExtentMap::snapshot),
+        }
+        .ok_or_else(|| internal(format!("image {} has no map", meta.name)))?;
+        let journal = st.pool.volume_journal(meta.image).map_err(pool_error)?;
+        let volume = ThinVolume::new(
+            meta.image,
+            map,
+            Arc::clone(st.pool.shared()),
+            journal,
+            meta.size_bytes,
+            meta.block_size,
+            read_only,
+        )
+        .map_err(internal)?;
+        let info = LunInfo {
+            lun: 0,
+            volume_name: meta.name.clone(),
+            target_name: target.clone(),
+            relative_port_id: 1,
+            block_size: meta.block_size,
+            physical_block_size: meta.block_size.max(4096),
+            num_blocks: meta.size_bytes / u64::from(meta.block_size),
+            naa: naa_designator(&meta.identity),
+            serial: meta.identity.iter().map(|b| format!("{b:02x}")).collect(),
+            read_only,
+            thin: meta.thin,
+            write_cache,
+            max_transfer_blocks: (self.max_transfer_bytes / u64::from(meta.block_size)) as u32,
+        };
+        let shard = st.next_shard % self.shards.len().max(1);
+        st.next_shard += 1;
+        let slot = LunSlot {
+            target: target.clone(),
+            lu: LogicalUnit::new(info),
+            volume: Box::new(volume),
+            stats: Default::default(),
+        };
+        if !self.shards[shard].send(ShardMsg::AddLun(Box::new(slot))) {
+            return Err(internal("shard is gone"));
+        }
+        self.login.add_target(TargetEntry {
+            name: target.clone(),
+            alias: meta.name.clone(),
+            shard,
+        });
+        st.served.insert(meta.image, Served { shard, target });
+        Ok(())
+    }
+
+    fn ask<T>(
+        &self,
+        shard: usize,
+        msg: impl FnOnce(crossbeam::channel::Sender<Result<T, String>>) -> ShardMsg,
+    ) -> Result<T, String> {
+        let (tx, rx): (_, Receiver<Result<T, String>>) = bounded(1);
+        if !self.shards.get(shard).is_some_and(|s| s.send(msg(tx))) {
+            return Err("shard is gone".into());
+        }
+        rx.recv_timeout(SHARD_TIMEOUT)
+            .map_err(|_| "shard did not answer".to_string())?
+    }
+
+    /// Stops serving image `image`; returns its map (for volumes).
+    fn unserve(
+        &self,
+        st: &mut State,
+        image: u64,
+        force: bool,
+    ) -> Result<Option<ExtentMap>, AdminError> {
+        let Some(s) = st.served.get(&image).cloned() else {
+            return Ok(None);
+        };
+        self.login.remove_target(&s.target);
+        let target = s.target.clone();
+        match self.ask(s.shard, |reply| ShardMsg::RemoveLun {
+            target,
+            force,
+            reply,
+        }) {
+            Ok(map) => {
+                st.served.remove(&image);
+                Ok(map)
+            }
+            Err(e) => {
+                // Still served: export it again.
+                self.login.add_target(TargetEntry {
+                    name: s.target.clone(),
+                    alias: s.target.clone(),
+                    shard: s.shard,
+                });
+                Err(AdminError::new(
+                    ErrorCode::InUse,
+                    format!("{}: {e}", s.target),
+                ))
+            }
+        }
+    }
+
+    fn volume_meta(st: &State, name: &str) -> Result<ImageMeta, AdminError> {
+        st.pool
+            .find(name)
+            .filter(|m| m.kind == ImageKind::Volume)
+            .cloned()
+            .ok_or_else(|| not_found("volume", name))
+    }
+
+    fn snapshot_meta(st: &State, volume: &str, snap: &str) -> Result<ImageMeta, AdminError> {
+        let full = format!("{volume}@{snap}");
+        st.pool
+            .find(&full)
+            .filter(|m| m.kind == ImageKind::Snapshot)
+            .cloned()
+            .ok_or_else(|| not_found("snapshot", &full))
+    }
+
+    fn mapped_extents(&self, st: &State, image: u64) -> u64 {
+        if let Some(map) = st.pool.map(image) {
+            if !st.served.contains_key(&image)
+                || st
+                    .pool
+                    .image(image)
+                    .is_some_and(|m| m.kind == ImageKind::Snapshot)
+            {
+                return map.mapped();
+            }
+        }
+        let Some(s) = st.served.get(&image).cloned() else {
+            return 0;
+        };
+        let target = s.target;
+        self.ask(s.shard, |reply| ShardMsg::Usage { target, reply })
+            .unwrap_or(0)
+    }
+
+    fn volume_info(&self, st: &State, meta: &ImageMeta) -> VolumeInfo {
+        let es = st.pool.shared().extent_size;
+        let mapped = self.mapped_extents(st, meta.image) * es;
+        let origin = meta
+            .parent
+            .and_then(|p| st.pool.image(p))
+            .filter(|p| p.kind == ImageKind::Snapshot)
+            .map(|p| p.name.clone());
+        let prefix = format!("{}@", meta.name);
+        let target = target_name(&meta.name);
+        VolumeInfo {
+            name: meta.name.clone(),
+            sessions: self.registry.sessions_on(&target) as u64,
+            target,
+            size_bytes: meta.size_bytes,
+            block_size: meta.block_size,
+            thin: meta.thin,
+            mapped_bytes: mapped,
+            exclusive_bytes: mapped.min(self.exclusive_bytes(st, meta.image)),
+            origin,
+            snapshots: st
+                .pool
+                .images()
+                .filter(|m| m.kind == ImageKind::Snapshot && m.name.starts_with(&prefix))
+                .count() as u64,
+            naa: naa_designator(&meta.identity)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            created: meta.created_unix_secs,
+        }
+    }
+
+    /// Extents only this image references, counted from the maps the control plane holds
+    /// (snapshots); for a served volume this is an upper bound (its map lives on its shard).
+    fn exclusive_bytes(&self, st: &State, image: u64) -> u64 {
+        let es = st.pool.shared().extent_size;
+        let refs = &st.pool.shared().refs;
+        match st.pool.map(image) {
+            Some(map) => {
+                let mut n = 0;
+                map.for_each_mapped(|_, p| {
+                    if refs.count(p) == 1 {
+                        n += 1;
+                    }
+                });
+                n * es
+            }
+            None => u64::MAX,
+        }
+    }
+
+    fn snapshot_info(&self, st: &State, meta: &ImageMeta) -> SnapshotInfo {
+        let es = st.pool.shared().extent_size;
+        let mapped = st.pool.map(meta.image).map_or(0, ExtentMap::mapped) * es;
+        let volume = meta.name.split('@').next().unwrap_or("").to_string();
+        SnapshotInfo {
+            name: meta.name.clone(),
+            volume,
+            size_bytes: meta.size_bytes,
+            mapped_bytes: mapped,
+            exclusive_bytes: mapped.min(self.exclusive_bytes(st, meta.image)),
+            export: st.served.get(&meta.image).map(|s| s.target.clone()),
+            created: meta.created_unix_secs,
+        }
+    }
+
+    fn check_new_name(st: &State, name: &str) -> Result<(), AdminError> {
+        config::validate_volume_name(name)
+            .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        if st.pool.find(name).is_some() {
+            return Err(AdminError::new(
+                ErrorCode::AlreadyExists,
+                format!("{name:?} already exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn take_snapshot(
+        &self,
+        st: &mut State,
+        volume: &ImageMeta,
+        snap: &str,
+    ) -> Result<ImageMeta, AdminError> {
+        config::validate_volume_name(snap)
+            .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let full = format!("{}@{snap}", volume.name);
+        if st.pool.find(&full).is_some() {
+            return Err(AdminError::new(
+                ErrorCode::AlreadyExists,
+                format!("snapshot {full:?} already exists"),
+            ));
+        }
+        let (map, seq) = match st.served.get(&volume.image).cloned() {
+            Some(s) => {
+                let target = s.target;
+                self.ask(s.shard, |reply| ShardMsg::Snapshot { target, reply })
+                    .map_err(internal)?
+            }
+            None => {
+                let map = st
+                    .pool
+                    .map(volume.image)
+                    .map(ExtentMap::snapshot)
+                    .ok_or_else(|| internal("volume has no map"))?;
+                (map, st.pool.next_seq())
+            }
+        };
+        st.pool
+            .add_snapshot(volume.image, &full, map, seq)
+            .map_err(pool_error)
+    }
+}
+
+/// An NAA IEEE Registered Extended designator (NAA = 6, SPC-4 §7.8.6.6.5) from an image's
+/// 16-byte identity: NAA nibble, a 24-bit company id, then identity bits.
+pub fn naa_designator(id: &[u8; 16]) -> [u8; 16] {
+    // Company id: a locally chosen value; Shoal owns no IEEE OUI.
+    const COMPANY_ID: u32 = 0x00_5a_0a;
+    let mut d = [0u8; 16];
+    d[0] = 0x60 | ((COMPANY_ID >> 20) & 0x0f) as u8;
+    d[1] = (COMPANY_ID >> 12) as u8;
+    d[2] = (COMPANY_ID >> 4) as u8;
+    d[3] = (((COMPANY_ID & 0x0f) as u8) << 4) | (id[15] & 0x0f);
+    // Vendor-specific: the pool's identity bytes, then the image id.
+    d[4..8].copy_from_slice(&id[0..4]);
+    d[8..16].copy_from_slice(&id[8..16]);
+    d
+}
+
+impl AdminBackend for Daemon {
+    fn pool_status(&self) -> Result<PoolStatus, AdminError> {
+        let st = self.lock();
+        let shared = st.pool.shared();
+        let es = shared.extent_size;
+        let refs = &shared.refs;
+        let size = refs.capacity() * es;
+        let used = refs.used_extents() * es;
+        let reserved = refs.reserved_extents() * es;
+        Ok(PoolStatus {
+            size_bytes: size,
+            used_bytes: used,
+            free_bytes: size.saturating_sub(used + reserved),
+            reserved_bytes: reserved,
+            extent_size: es as u32,
+            soft_threshold_percent: st.pool.superblock().soft_threshold_pct,
+            volumes: st
+                .pool
+                .images()
+                .filter(|m| m.kind == ImageKind::Volume)
+                .count() as u64,
+            snapshots: st
+                .pool
+                .images()
+                .filter(|m| m.kind == ImageKind::Snapshot)
+                .count() as u64,
+        })
+    }
+
+    fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError> {
+        let st = self.lock();
+        let metas: Vec<ImageMeta> = st
+            .pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Volume)
+            .cloned()
+            .collect();
+        Ok(metas.iter().map(|m| self.volume_info(&st, m)).collect())
+    }
+
+    fn volume(&self, name: &str) -> Result<VolumeInfo, AdminError> {
+        let st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        Ok(self.volume_info(&st, &meta))
+    }
+
+    fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError> {
+        let mut st = self.lock();
+        Self::check_new_name(&st, &req.name)?;
+        let bs = req.block_size.unwrap_or(512);
+        if bs != 512 && bs != 4096 {
+            return Err(AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!("block size {bs} must be 512 or 4096"),
+            ));
+        }
+        if req.size_bytes == 0 || req.size_bytes % u64::from(bs) != 0 {
+            return Err(AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "size {} must be a positive multiple of the block size {bs}",
+                    req.size_bytes
+                ),
+            ));
+        }
+        if req.full {
+            let es = st.pool.shared().extent_size;
+            if !st.pool.shared().refs.reserve(req.size_bytes.div_ceil(es)) {
+                return Err(AdminError::new(
+                    ErrorCode::NoSpace,
+                    format!("the pool cannot reserve {} bytes", req.size_bytes),
+                ));
+            }
+        }
+        let meta = st
+            .pool
+            .create_volume(&req.name, req.size_bytes, bs, !req.full)
+            .map_err(pool_error)?;
+        self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
+        Ok(self.volume_info(&st, &meta))
+    }
+
+    fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError> {
+        let mut st = self.lock();
+        let mut meta = Self::volume_meta(&st, name)?;
+        if req.size_bytes < meta.size_bytes {
+            return Err(AdminError::new(
+                ErrorCode::InvalidArgument,
+                "volumes can only grow (shrinking would drop data)",
+            ));
+        }
+        if req.size_bytes % u64::from(meta.block_size) != 0 {
+            return Err(AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "size must be a multiple of the block size {}",
+                    meta.block_size
+                ),
+            ));
+        }
+        st.pool
+            .resize(meta.image, req.size_bytes)
+            .map_err(pool_error)?;
+        if let Some(s) = st.served.get(&meta.image).cloned() {
+            let (target, size) = (s.target, req.size_bytes);
+            self.ask(s.shard, |reply| ShardMsg::Resize {
+                target,
+                size,
+                reply,
+            })
+            .map_err(internal)?;
+        }
+        meta.size_bytes = req.size_bytes;
+        Ok(self.volume_info(&st, &meta))
+    }
+
+    fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        let map = self.unserve(&mut st, meta.image, force)?;
+        st.pool.delete(meta.image).map_err(pool_error)?;
+        drop(map);
+        Ok(())
+    }
+
+    fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError> {
+        let st = self.lock();
+        let prefix = volume.map(|v| format!("{v}@"));
+        let metas: Vec<ImageMeta> = st
+            .pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Snapshot)
+            .filter(|m| {
+                prefix
+                    .as_ref()
+                    .is_none_or(|p| m.name.starts_with(p.as_str()))
+            })
+            .cloned()
+            .collect();
+        Ok(metas.iter().map(|m| self.snapshot_info(&st, m)).collect())
+    }
+
+    fn create_snapshot(&self, req: &CreateSnapshot) -> Result<SnapshotInfo, AdminError> {
+        let mut st = self.lock();
+        let volume = Self::volume_meta(&st, &req.volume)?;
+        let meta = self.take_snapshot(&mut st, &volume, &req.name)?;
+        Ok(self.snapshot_info(&st, &meta))
+    }
+
+    fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        let meta = Self::snapshot_meta(&st, volume, snapshot)?;
+        self.unserve(&mut st, meta.image, false)?;
+        st.pool.delete(meta.image).map_err(pool_error)?;
+        Ok(())
+    }
+
+    fn rollback(&self, volume: &str, snapshot: &str) -> Result<VolumeInfo, AdminError> {
+        let mut st = self.lock();
+        let vol = Self::volume_meta(&st, volume)?;
+        let snap = Self::snapshot_meta(&st, volume, snapshot)?;
+        let old = self.unserve(&mut st, vol.image, false).map_err(|e| {
+            AdminError::new(
+                ErrorCode::InUse,
+                format!(
+                    "volume {volume} must be offline to roll back ({})",
+                    e.message
+                ),
+            )
+        })?;
+        let map = st
+            .pool
+            .rollback(vol.image, snap.image)
+            .map_err(pool_error)?;
+        drop(old);
+        st.pool.put_map(vol.image, map);
+        let meta = st
+            .pool
+            .image(vol.image)
+            .cloned()
+            .ok_or_else(|| internal("volume vanished"))?;
+        self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
+        Ok(self.volume_info(&st, &meta))
+    }
+
+    fn export_snapshot(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        req: &Export,
+    ) -> Result<SnapshotInfo, AdminError> {
+        let mut st = self.lock();
+        let meta = Self::snapshot_meta(&st, volume, snapshot)?;
+        let served = st.served.contains_key(&meta.image);
+        if req.enabled && !served {
+            self.serve(&mut st, &meta, snapshot_target(&meta.name), true, true)?;
+        } else if !req.enabled && served {
+            self.unserve(&mut st, meta.image, false)?;
+        }
+        Ok(self.snapshot_info(&st, &meta))
+    }
+
+    fn create_clone(&self, req: &CreateClone) -> Result<VolumeInfo, AdminError> {
+        let mut st = self.lock();
+        Self::check_new_name(&st, &req.name)?;
+        let snap = match req.source.split_once('@') {
+            Some((v, s)) => Self::snapshot_meta(&st, v, s)?,
+            None => {
+                // A clone of a volume goes through an implicit snapshot.
+                let volume = Self::volume_meta(&st, &req.source)?;
+                self.take_snapshot(&mut st, &volume, &format!("clone-{}", req.name))?
+            }
+        };
+        let meta = st
+            .pool
+            .add_clone(snap.image, &req.name)
+            .map_err(pool_error)?;
+        self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
+        Ok(self.volume_info(&st, &meta))
+    }
+
+    fn stats(&self) -> Result<serde_json::Value, AdminError> {
+        let mut luns = Vec::new();
+        for shard in &self.shards {
+            let (tx, rx) = bounded(1);
+            if shard.send(ShardMsg::Stats(tx)) {
+                if let Ok(list) = rx.recv_timeout(SHARD_TIMEOUT) {
+                    for (target, s) in list {
+                        if target.is_empty() {
+                            continue;
+                        }
+                        let class = |c: &crate::stats::OpStats| {
+                            serde_json::json!({
+                                "ops": c.ops,
+                                "bytes": c.bytes,
+                                "p50_ns": c.latency.value_at_quantile(0.5),
+                                "p99_ns": c.latency.value_at_quantile(0.99),
+                                "p999_ns": c.latency.value_at_quantile(0.999),
+                                "max_ns": c.latency.max(),
+                            })
+                        };
+                        luns.push(serde_json::json!({
+                            "target": target,
+                            "read": class(&s.read),
+                            "write": class(&s.write),
+                            "other": class(&s.other),
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(serde_json::json!({ "luns": luns }))
+    }
+}
