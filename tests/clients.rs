@@ -175,6 +175,8 @@ fn fio_filename(t: &Target, query: &str) -> String {
 fn fio_random_writes_verify_with_crc32c() {
     let fio = fio_path();
     let t = Target::start(&[]);
+    // fio writes its verify state file into the working directory.
+    let work = tempfile::tempdir().unwrap();
     // (fio 3.33's libiscsi engine crashes on URL arguments, so header digests are covered by
     // the conformance run below and data digests by tests/protocol.rs.)
     let out = run(
