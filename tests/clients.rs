@@ -181,6 +181,7 @@ fn fio_random_writes_verify_with_crc32c() {
     // the conformance run below and data digests by tests/protocol.rs.)
     let out = run(
         Command::new(&fio)
+            .current_dir(work.path())
             .args([
                 "--name=verify",
                 "--ioengine=libiscsi",
