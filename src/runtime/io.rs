@@ -42,6 +42,11 @@ pub(super) struct IoOp {
     plan: SmallVec<[WritePiece; 4]>,
     /// One buffer per `NewExtent` of the plan, in plan order.
     bounce: SmallVec<[AlignedBuf; 2]>,
+    /// Where written bytes come from when not the task's Data-Out (WRITE SAME's repeated
+    /// block); each range's pieces index it from the range's start.
+    source: Option<AlignedBuf>,
+    /// Byte ranges to write (empty: the outcome's single range).
+    ranges: SmallVec<[(u64, u64); 2]>,
     pending: u32,
     error: bool,
     no_space: bool,
@@ -79,6 +84,7 @@ impl Shard {
             Outcome::Flush => Phase::Flush,
             _ => Phase::WriteData,
         };
+        let write_same = matches!(outcome, Outcome::WriteSame { .. });
         self.ops[slot] = Some(IoOp {
             conn: index,
             task: id,
@@ -87,6 +93,8 @@ impl Shard {
             buf: None,
             plan: SmallVec::new(),
             bounce: SmallVec::new(),
+            source: None,
+            ranges: SmallVec::new(),
             pending: 0,
             error: false,
             no_space: false,
@@ -97,8 +105,67 @@ impl Shard {
         match phase {
             Phase::Read => self.submit_read(slot),
             Phase::Flush => self.submit_sync(slot),
-            _ => self.plan_write(slot),
+            _ => {
+                if write_same {
+                    self.prepare_write_same(slot);
+                }
+                self.plan_write(slot)
+            }
         }
+    }
+
+    /// WRITE SAME: builds the repeated block, and with UNMAP and an all-zero block releases the
+    /// whole extents of the range first (they read back as zeros), leaving only the partial
+    /// ends to write.
+    fn prepare_write_same(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let Outcome::WriteSame {
+            offset,
+            len,
+            unmap,
+            ndob,
+        } = op.outcome
+        else {
+            return;
+        };
+        let bs = self.luns[lun].lu.info().block_size as usize;
+        let Some(sc) = self.conns.get(op.conn).and_then(|c| c.as_deref()) else {
+            return;
+        };
+        let block: Vec<u8> = match sc.conn.task(op.task) {
+            Some(t) if !ndob && t.data_out().len() >= bs => t.data_out()[..bs].to_vec(),
+            _ => vec![0; bs],
+        };
+        let zero = block.iter().all(|&b| b == 0);
+        let mut ranges: SmallVec<[(u64, u64); 2]> = SmallVec::new();
+        match self.luns[lun].volume.as_thin() {
+            Some(thin) if unmap && zero => {
+                let es = thin.extent_size();
+                let end = offset + len;
+                let first_full = offset.div_ceil(es) * es;
+                let last_full = end / es * es;
+                if first_full < last_full && thin.unmap(first_full, last_full - first_full).is_ok()
+                {
+                    ranges.push((offset, first_full - offset));
+                    ranges.push((last_full, end - last_full));
+                } else {
+                    ranges.push((offset, len));
+                }
+            }
+            _ => ranges.push((offset, len)),
+        }
+        ranges.retain(|r| r.1 > 0);
+        let longest = ranges.iter().map(|r| r.1).max().unwrap_or(0) as usize;
+        let mut source = self.pool.take(longest.max(bs));
+        for chunk in source.chunks_mut(bs) {
+            let n = chunk.len();
+            chunk.copy_from_slice(&block[..n]);
+        }
+        op.source = Some(source);
+        op.ranges = ranges;
     }
 
     fn lun_of(&self, slot: usize) -> Option<usize> {
@@ -184,15 +251,28 @@ impl Shard {
         let Some(op) = self.ops[slot].as_mut() else {
             return;
         };
-        let (offset, len) = match op.outcome {
+        let ranges: SmallVec<[(u64, u64); 2]> = match op.outcome {
             Outcome::Write { offset, len, .. } | Outcome::WriteVerify { offset, len, .. } => {
-                (offset, len)
+                SmallVec::from_slice(&[(offset, len)])
             }
+            Outcome::WriteSame { .. } => op.ranges.clone(),
             _ => return,
         };
         let mut plan = std::mem::take(&mut self.plan);
         plan.clear();
-        let planned = self.luns[lun].volume.plan_write(offset, len, &mut plan);
+        let mut planned = Ok(());
+        for (offset, len) in ranges {
+            planned = self.luns[lun].volume.plan_write(offset, len, &mut plan);
+            if planned.is_err() {
+                // Give back what the earlier ranges planned.
+                for piece in &plan {
+                    if let WritePiece::NewExtent(e) = piece {
+                        self.luns[lun].volume.abort_extent(e);
+                    }
+                }
+                break;
+            }
+        }
         if planned.is_ok() {
             op.plan.extend(plan.drain(..));
         }
@@ -258,7 +338,10 @@ impl Shard {
         let Some(task) = sc.conn.task(op.task) else {
             return;
         };
-        let data = task.data_out();
+        let data: &[u8] = match &op.source {
+            Some(source) => source,
+            None => task.data_out(),
+        };
         let dsync = op.durable(write_cache);
         let mut sqes = std::mem::take(&mut self.sqes);
         let mut bounce_index = 0;
@@ -434,6 +517,13 @@ impl Shard {
             Outcome::Verify {
                 len, compare: true, ..
             } => (OpClass::Other, len, len),
+            Outcome::WriteSame { len, .. } => {
+                let wanted = sc
+                    .conn
+                    .task(op.task)
+                    .map_or(0, |t| scsi::cdb::data_out_length(&t.cmd.cdb, block_size));
+                (OpClass::Write, len, wanted)
+            }
             _ => (OpClass::Other, 0, 0),
         };
         let buffer = match (op.outcome, op.buf, result) {

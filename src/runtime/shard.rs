@@ -780,9 +780,14 @@ impl Shard {
         } else {
             slot.lu.execute(sc.nexus, &cdb, task.data_out())
         };
+        let write = task.cmd.write;
+        let outcome = match outcome {
+            Outcome::Unmap { ranges } => Outcome::Done(unmap(slot, sc.nexus, &ranges)),
+            other => other,
+        };
         match outcome {
             Outcome::Done(c) => {
-                let wanted = if task.cmd.write {
+                let wanted = if write {
                     wanted_out
                 } else {
                     c.data.len() as u64
@@ -922,6 +927,22 @@ fn new_ring() -> std::io::Result<IoUring> {
         Ok(ring) => Ok(ring),
         Err(_) => IoUring::new(1024),
     }
+}
+
+/// UNMAP: releases whole extents of each range (thin volumes; a no-op elsewhere).
+fn unmap(slot: &mut LunSlot, nexus: NexusId, ranges: &[(u64, u64)]) -> Completion {
+    let outcome = Outcome::Unmap { ranges: Vec::new() };
+    let Some(thin) = slot.volume.as_thin() else {
+        return slot.lu.complete(nexus, &outcome, scsi::IoResult::Ok);
+    };
+    for &(offset, len) in ranges {
+        if thin.unmap(offset, len).is_err() {
+            return slot
+                .lu
+                .complete(nexus, &outcome, scsi::IoResult::MediumError { read: false });
+        }
+    }
+    slot.lu.complete(nexus, &outcome, scsi::IoResult::Ok)
 }
 
 /// Decodes a single-level LUN (SAM-5 §4.7: peripheral or flat addressing).

@@ -107,6 +107,34 @@ pub enum Outcome {
     },
     /// Make every acknowledged write durable (fdatasync) before GOOD status.
     Flush,
+    /// UNMAP (SBC-3 §5.28): deallocate these byte ranges (each inside the capacity, block
+    /// aligned). Whole extents are released; partial ones keep their data.
+    Unmap {
+        /// (offset, len) byte ranges, in the order of the parameter list.
+        ranges: Vec<(u64, u64)>,
+    },
+    /// WRITE SAME (SBC-3 §5.45/§5.46): write the single block of Data-Out (or zeros when
+    /// `ndob`) over `len` bytes at `offset`; with `unmap`, ranges that read back as that block
+    /// once unmapped (an all-zero block, LBPRZ=1) may be deallocated instead.
+    WriteSame {
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Byte count (> 0).
+        len: u64,
+        /// UNMAP bit.
+        unmap: bool,
+        /// NDOB bit: no Data-Out, the block is all zeros.
+        ndob: bool,
+    },
+    /// GET LBA STATUS (SBC-3 §5.9): report mapped / deallocated extents starting at `lba`; the
+    /// runtime asks the storage for the runs and formats them with
+    /// [`sbc::lba_status_data`].
+    GetLbaStatus {
+        /// Starting LBA.
+        lba: u64,
+        /// Allocation length.
+        alloc_len: u32,
+    },
 }
 
 /// How a storage request ended, reported back to [`LogicalUnit::complete`].

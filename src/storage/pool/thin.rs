@@ -91,6 +91,11 @@ impl ThinVolume {
         })
     }
 
+    /// Extent size in bytes.
+    pub fn extent_size(&self) -> u64 {
+        self.pool.extent_size
+    }
+
     /// The image id.
     pub fn image(&self) -> u64 {
         self.image
