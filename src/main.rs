@@ -47,6 +47,15 @@ struct ServeArgs {
     /// Seconds a NOP-In ping may go unanswered before the connection is dropped.
     #[arg(long, value_name = "SECS")]
     nop_timeout: Option<f64>,
+    /// Size of the pool's data store when the pool is created (e.g. 32G).
+    #[arg(long, value_name = "SIZE")]
+    pool_size: Option<String>,
+    /// Extent size when the pool is created (4K..1M, a power of two; default 64K).
+    #[arg(long, value_name = "SIZE")]
+    extent_size: Option<String>,
+    /// Admin API address (default 127.0.0.1 on a free port, written to <data>/admin.addr).
+    #[arg(long, value_name = "ADDR:PORT")]
+    admin_listen: Option<String>,
     /// Use buffered I/O instead of O_DIRECT (for filesystems without O_DIRECT).
     #[arg(long)]
     no_direct: bool,
@@ -82,6 +91,20 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if let Some(s) = args.nop_timeout {
         cfg.nop_timeout = seconds("nop timeout", s)?;
+    }
+    if let Some(size) = &args.pool_size {
+        cfg.pool_size = config::parse_size(size)?;
+    }
+    if let Some(size) = &args.extent_size {
+        let bytes = config::parse_size(size)?;
+        cfg.extent_size = u32::try_from(bytes).map_err(|_| config::ConfigError::Invalid {
+            what: "extent size",
+            value: size.clone(),
+            reason: "at most 1M".into(),
+        })?;
+    }
+    if let Some(addr) = &args.admin_listen {
+        cfg.admin_listen = config::parse_listen(addr)?;
     }
     if args.no_direct {
         cfg.direct_io = false;

@@ -33,7 +33,12 @@ impl Target {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .arg("--data")
             .arg(dir.path())
-            .args(["serve", "--listen", "127.0.0.1:0", "--size", "64M"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--size") {
+                &[][..]
+            } else {
+                &["--size", "64M"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -58,6 +63,12 @@ impl Target {
     /// `iscsi://127.0.0.1:PORT/iqn.2026-11.dev.shoal:VOLUME/0`
     pub fn url(&self, volume: &str) -> String {
         format!("iscsi://{}/iqn.2026-11.dev.shoal:{}/0", self.addr, volume)
+    }
+
+    /// Base URL of the admin API (`http://127.0.0.1:PORT`), from `<data>/admin.addr`.
+    pub fn admin(&self) -> String {
+        let addr = std::fs::read_to_string(self.dir.path().join("admin.addr")).expect("admin.addr");
+        format!("http://{}", addr.trim())
     }
 
     /// The default volume's URL.
