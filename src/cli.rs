@@ -33,8 +33,8 @@ use thiserror::Error;
 /// (they are global, so they may be given before or after the subcommand).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct AdminArgs {
-    /// Admin API of the daemon, e.g. http://127.0.0.1:7000 (default: the address the daemon
-    /// published in <DIR>/admin.addr).
+    /// Admin API URL of the running daemon, e.g. http://127.0.0.1:7000 (default: read from
+    /// <DIR>/admin.addr).
     #[arg(long, global = true, value_name = "URL")]
     pub admin: Option<String>,
     /// Print the admin API's JSON instead of tables (admin commands).

@@ -14,6 +14,8 @@ struct Cli {
     /// Data directory (volumes and metadata).
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    admin: shoal::cli::AdminArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,6 +24,8 @@ struct Cli {
 enum Command {
     /// Start the target (default: ./shoal-data, 127.0.0.1:3260, a 1 GiB volume "default").
     Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(shoal::cli::CliCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,5 +164,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(cli.data, args),
+        Command::Admin(cmd) => {
+            let data = cli.data.unwrap_or_else(|| Config::default().data_dir);
+            shoal::cli::run(&data, cli.admin.admin.as_deref(), cli.admin.json, cmd)
+        }
     }
 }

@@ -254,17 +254,19 @@ fn execute_loop(backend: &dyn AdminBackend, queue: &mpsc::Receiver<Msg>) {
 fn accept_loop(http: &tiny_http::Server, jobs: &mpsc::Sender<Msg>, stop: &AtomicBool) {
     loop {
         let rq = http.recv();
-        if stop.load(Ordering::SeqCst) {
-            // Requests still queued are dropped: tiny_http answers them 500.
-            break;
-        }
+        let stopping = stop.load(Ordering::SeqCst);
         match rq {
+            Ok(rq) if stopping => spawn_io(rq, |rq| respond(rq, Reply::unavailable())),
             Ok(rq) => {
                 let jobs = jobs.clone();
-                spawn_or_drop(rq, move |rq| serve_request(rq, &jobs));
+                spawn_io(rq, move |rq| serve_request(rq, &jobs));
             }
+            Err(_) if stopping => {}
             // An accept error (e.g. out of file descriptors): back off a little.
             Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+        if stopping {
+            break;
         }
     }
 }
@@ -314,13 +316,7 @@ fn serve_request(mut rq: tiny_http::Request, jobs: &mpsc::Sender<Msg>) {
         Ok(()) => rx.recv().ok(),
         Err(_) => None,
     };
-    let reply = reply.unwrap_or_else(|| {
-        Reply::error_with_status(
-            503,
-            AdminError::new(ErrorCode::Internal, "the admin server is shutting down"),
-        )
-    });
-    respond(rq, reply);
+    respond(rq, reply.unwrap_or_else(Reply::unavailable));
 }
 
 fn respond(rq: tiny_http::Request, reply: Reply) {
@@ -400,15 +396,29 @@ fn refuse_huge(rq: tiny_http::Request) {
     std::mem::forget(stream);
 }
 
-/// Runs `f(rq)` on a new `shoal-admin-io` thread. If no thread can be started, the request is
-/// dropped (tiny_http then answers it 500).
-fn spawn_or_drop<F>(rq: tiny_http::Request, f: F)
+/// Runs `f(rq)` on a new `shoal-admin-io` thread. If no thread can be started the request is
+/// dropped (tiny_http answers it 500), or leaked if dropping its body could abort the process.
+fn spawn_io<F>(rq: tiny_http::Request, f: F)
 where
     F: FnOnce(tiny_http::Request) + Send + 'static,
 {
-    let _ = thread::Builder::new()
+    let huge = rq.body_length().is_some_and(|n| n > DRAIN_LIMIT);
+    let slot = Arc::new(std::sync::Mutex::new(Some(rq)));
+    let theirs = Arc::clone(&slot);
+    let spawned = thread::Builder::new()
         .name("shoal-admin-io".into())
-        .spawn(move || f(rq));
+        .spawn(move || {
+            let rq = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(rq) = rq {
+                f(rq);
+            }
+        });
+    if spawned.is_err() {
+        let rq = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if huge {
+            std::mem::forget(rq);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,6 +475,13 @@ impl Reply {
             body,
             allow: None,
         }
+    }
+
+    fn unavailable() -> Reply {
+        Reply::error_with_status(
+            503,
+            AdminError::new(ErrorCode::Internal, "the admin server is shutting down"),
+        )
     }
 
     fn too_large() -> Reply {
