@@ -24,6 +24,12 @@ struct Cli {
 enum Command {
     /// Start the target (default: ./shoal-data, 127.0.0.1:3260, a 1 GiB volume "default").
     Serve(ServeArgs),
+    /// Verify every metadata invariant of a stopped pool offline (exit 1 with a report when
+    /// one fails).
+    Check {
+        /// Data directory (default: --data, else ./shoal-data).
+        dir: Option<PathBuf>,
+    },
     #[command(flatten)]
     Admin(shoal::cli::CliCommand),
 }
@@ -160,10 +166,72 @@ fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn check(data_dir: &std::path::Path, json: bool) -> ExitCode {
+    let pool_dir = data_dir.join("pool");
+    let report = match shoal::storage::pool::catalog::check(&pool_dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal: check {}: {e}", pool_dir.display());
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        let value = serde_json::json!({
+            "pool": pool_dir.display().to_string(),
+            "images": report.images,
+            "snapshots": report.snapshots,
+            "used_extents": report.used_extents,
+            "capacity_extents": report.capacity_extents,
+            "extent_size": report.extent_size,
+            "journal_files": report.journals.files,
+            "journal_records": report.journals.records,
+            "torn_bytes": report.journals.torn_bytes,
+            "problems": report.problems,
+        });
+        println!("{value:#}");
+    } else {
+        println!("pool:      {}", pool_dir.display());
+        println!(
+            "images:    {} ({} snapshots)",
+            report.images, report.snapshots
+        );
+        println!(
+            "extents:   {} used of {} ({} bytes each)",
+            report.used_extents, report.capacity_extents, report.extent_size
+        );
+        println!(
+            "journals:  {} files, {} records replayed, {} torn bytes discarded",
+            report.journals.files, report.journals.records, report.journals.torn_bytes
+        );
+        for p in &report.problems {
+            println!("PROBLEM:   {p}");
+        }
+        println!(
+            "{}",
+            if report.problems.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            }
+        );
+    }
+    if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(cli.data, args),
+        Command::Check { dir } => {
+            let dir = dir
+                .or(cli.data)
+                .unwrap_or_else(|| Config::default().data_dir);
+            check(&dir, cli.admin.json)
+        }
         Command::Admin(cmd) => {
             let data = cli.data.unwrap_or_else(|| Config::default().data_dir);
             shoal::cli::run(&data, cli.admin.admin.as_deref(), cli.admin.json, cmd)

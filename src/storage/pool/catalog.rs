@@ -469,8 +469,24 @@ fn open_data(path: &Path, len: u64, direct: bool) -> Result<File, PoolError> {
 
 type Recovered = (BTreeMap<u64, ImageMeta>, HashMap<u64, ReplayMap>, u64);
 
+/// What reading the journals found (for `shoal check`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Journal files.
+    pub files: usize,
+    /// Records replayed (newer than the checkpoint).
+    pub records: u64,
+    /// Bytes of torn tails discarded (a crash mid-append; harmless).
+    pub torn_bytes: u64,
+}
+
 /// Loads the checkpoint and replays the journals onto replay maps.
 fn recover(dir: &Path, sb: &Superblock) -> Result<Recovered, PoolError> {
+    recover_with_stats(dir, sb).map(|(r, _)| r)
+}
+
+/// [`recover`], also reporting what the journals held.
+fn recover_with_stats(dir: &Path, sb: &Superblock) -> Result<(Recovered, JournalStats), PoolError> {
     let es = u64::from(sb.extent_size);
     let mut images = BTreeMap::new();
     let mut maps: HashMap<u64, ReplayMap> = HashMap::new();
@@ -501,12 +517,148 @@ fn recover(dir: &Path, sb: &Superblock) -> Result<Recovered, PoolError> {
         readers.push(JournalReader::open(&path)?);
     }
     let records = journal::replay_order(&mut readers, sb.checkpoint_seq)?;
+    let stats = JournalStats {
+        files: readers.len(),
+        records: records.len() as u64,
+        torn_bytes: readers.iter().map(JournalReader::discarded_bytes).sum(),
+    };
     let mut max_seq = sb.checkpoint_seq;
     for r in records {
         max_seq = max_seq.max(r.seq);
         apply(&mut images, &mut maps, es, r.seq, r.op)?;
     }
-    Ok((images, maps, max_seq))
+    Ok(((images, maps, max_seq), stats))
+}
+
+/// The findings of an offline check of a pool.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Live images.
+    pub images: usize,
+    /// Of which snapshots.
+    pub snapshots: usize,
+    /// Physical extents referenced.
+    pub used_extents: u64,
+    /// Physical extents in the pool.
+    pub capacity_extents: u64,
+    /// Extent size in bytes.
+    pub extent_size: u64,
+    /// Journals read.
+    pub journals: JournalStats,
+    /// Every invariant that failed, precisely.
+    pub problems: Vec<String>,
+}
+
+/// Checks every metadata invariant of the pool in `dir` without changing anything: the
+/// superblock, the checkpoint, every journal record (replayed in order: each names a live image
+/// and a logical extent inside it), every mapped physical extent inside the pool, image names
+/// unique, and the reference counts recomputed from the maps consistent with the allocation
+/// counters (no extent both free and mapped). A failure to read or replay is returned as an
+/// error; invariant violations are listed in the report.
+pub fn check(dir: &Path) -> Result<CheckReport, PoolError> {
+    let sb = Superblock::read(dir)?;
+    let es = u64::from(sb.extent_size);
+    let ((images, replay, _), journals) = recover_with_stats(dir, &sb)?;
+    let mut report = CheckReport {
+        images: images.len(),
+        snapshots: images
+            .values()
+            .filter(|m| m.kind == ImageKind::Snapshot)
+            .count(),
+        capacity_extents: sb.capacity_extents,
+        extent_size: es,
+        journals,
+        ..CheckReport::default()
+    };
+    let data = resolve(dir, &sb.data_path);
+    match std::fs::metadata(&data) {
+        Ok(m) if m.file_type().is_file() && m.len() < sb.capacity_extents * es => {
+            report.problems.push(format!(
+                "data store {} is {} bytes, smaller than the pool's {} extents of {es}",
+                data.display(),
+                m.len(),
+                sb.capacity_extents
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => report
+            .problems
+            .push(format!("data store {}: {e}", data.display())),
+    }
+    let mut names = std::collections::HashSet::new();
+    for m in images.values() {
+        if !names.insert(m.name.as_str()) {
+            report
+                .problems
+                .push(format!("image name {:?} used twice", m.name));
+        }
+        if m.kind == ImageKind::Snapshot && !m.name.contains('@') {
+            report
+                .problems
+                .push(format!("snapshot {:?} is not named VOLUME@SNAP", m.name));
+        }
+    }
+    for (image, m) in &replay {
+        if !images.contains_key(image) {
+            report
+                .problems
+                .push(format!("map of image {image} has no catalog entry"));
+        }
+        let extents = images
+            .get(image)
+            .map_or(m.len, |meta| extents_for(meta.size_bytes, es));
+        if m.len != extents {
+            report.problems.push(format!(
+                "image {image}: map of {} extents for a size of {extents}",
+                m.len
+            ));
+        }
+        for (&index, leaf) in &m.leaves {
+            for (i, &p) in leaf.iter().enumerate() {
+                let lext = index * FANOUT as u64 + i as u64;
+                if p > sb.capacity_extents {
+                    report.problems.push(format!(
+                        "image {image}: logical extent {lext} maps extent {p} outside the pool"
+                    ));
+                } else if p != 0 && lext >= m.len {
+                    report.problems.push(format!(
+                        "image {image}: logical extent {lext} mapped past the end"
+                    ));
+                }
+            }
+        }
+    }
+    if report.problems.is_empty() {
+        let refs = RefTable::new(sb.capacity_extents);
+        let maps = build_maps(&replay, &refs)?;
+        let all: Vec<&ExtentMap> = maps.values().collect();
+        let counts = super::extent_map::count_references(sb.capacity_extents, &all)?;
+        let referenced = counts.iter().filter(|&&c| c > 0).count() as u64;
+        report.used_extents = refs.used_extents();
+        if referenced != refs.used_extents() {
+            report.problems.push(format!(
+                "{referenced} extents referenced but the allocator counts {} used",
+                refs.used_extents()
+            ));
+        }
+        if refs.used_extents() + refs.free_extents() > sb.capacity_extents {
+            report.problems.push(format!(
+                "used {} + free {} exceed the capacity {}",
+                refs.used_extents(),
+                refs.free_extents(),
+                sb.capacity_extents
+            ));
+        }
+        if sb.next_image_id <= images.keys().next_back().copied().unwrap_or(0)
+            && sb.checkpoint.is_some()
+        {
+            report.problems.push(format!(
+                "superblock's next image id {} is not past every image",
+                sb.next_image_id
+            ));
+        }
+    }
+    Ok(report)
 }
 
 fn apply(
