@@ -111,7 +111,22 @@ impl Daemon {
                 .iter()
                 .find(|v| v.name == meta.name)
                 .is_none_or(|v| v.write_cache);
-            self.serve(&mut st, &meta, target_name(&meta.name), false, write_cache)?;
+            // A full volume gets back the reservation for the extents it has not written.
+            let reserved = if meta.thin {
+                0
+            } else {
+                let es = st.pool.shared().extent_size;
+                let extents = meta.size_bytes.div_ceil(es);
+                let mapped = st.pool.map(meta.image).map_or(0, ExtentMap::mapped);
+                let want = extents.saturating_sub(mapped);
+                if st.pool.shared().refs.reserve(want) {
+                    want
+                } else {
+                    0
+                }
+            };
+            let target = target_name(&meta.name);
+            self.serve_reserved(&mut st, &meta, target, false, write_cache, reserved)?;
         }
         Ok(())
     }
@@ -124,6 +139,19 @@ impl Daemon {
         target: String,
         read_only: bool,
         write_cache: bool,
+    ) -> Result<(), AdminError> {
+        self.serve_reserved(st, meta, target, read_only, write_cache, 0)
+    }
+
+    /// [`Daemon::serve`] for a full volume holding `reserved` extents of the pool.
+    fn serve_reserved(
+        &self,
+        st: &mut State,
+        meta: &ImageMeta,
+        target: String,
+        read_only: bool,
+        write_cache: bool,
+        reserved: u64,
     ) -> Result<(), AdminError> {
         let map = match meta.kind {
             ImageKind::Volume => st.pool.take_map(meta.image),
@@ -141,6 +169,7 @@ impl Daemon {
             read_only,
         )
         .map_err(internal)?;
+        let volume = volume.with_reservation(reserved);
         let info = LunInfo {
             lun: 0,
             volume_name: meta.name.clone(),
@@ -195,7 +224,7 @@ impl Daemon {
         st: &mut State,
         image: u64,
         force: bool,
-    ) -> Result<Option<ExtentMap>, AdminError> {
+    ) -> Result<Option<(ExtentMap, u64)>, AdminError> {
         let Some(s) = st.served.get(&image).cloned() else {
             return Ok(None);
         };
@@ -457,9 +486,14 @@ impl AdminBackend for Daemon {
                 ),
             ));
         }
+        let es = st.pool.shared().extent_size;
+        let reserved = if req.full {
+            req.size_bytes.div_ceil(es)
+        } else {
+            0
+        };
         if req.full {
-            let es = st.pool.shared().extent_size;
-            if !st.pool.shared().refs.reserve(req.size_bytes.div_ceil(es)) {
+            if !st.pool.shared().refs.reserve(reserved) {
                 return Err(AdminError::new(
                     ErrorCode::NoSpace,
                     format!("the pool cannot reserve {} bytes", req.size_bytes),
@@ -469,8 +503,18 @@ impl AdminBackend for Daemon {
         let meta = st
             .pool
             .create_volume(&req.name, req.size_bytes, bs, !req.full)
-            .map_err(pool_error)?;
-        self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
+            .map_err(|e| {
+                st.pool.shared().refs.unreserve(reserved);
+                pool_error(e)
+            })?;
+        self.serve_reserved(
+            &mut st,
+            &meta,
+            target_name(&meta.name),
+            false,
+            true,
+            reserved,
+        )?;
         Ok(self.volume_info(&st, &meta))
     }
 
@@ -511,9 +555,13 @@ impl AdminBackend for Daemon {
     fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError> {
         let mut st = self.lock();
         let meta = Self::volume_meta(&st, name)?;
-        let map = self.unserve(&mut st, meta.image, force)?;
+        let removed = self.unserve(&mut st, meta.image, force)?;
         st.pool.delete(meta.image).map_err(pool_error)?;
-        drop(map);
+        if let Some((map, reserved)) = removed {
+            // Dropping the map returns the extents only it referenced (here, off the shards).
+            drop(map);
+            st.pool.shared().refs.unreserve(reserved);
+        }
         Ok(())
     }
 
@@ -566,14 +614,24 @@ impl AdminBackend for Daemon {
             .pool
             .rollback(vol.image, snap.image)
             .map_err(pool_error)?;
-        drop(old);
+        let reserved = old.map_or(0, |(old_map, reserved)| {
+            drop(old_map);
+            reserved
+        });
         st.pool.put_map(vol.image, map);
         let meta = st
             .pool
             .image(vol.image)
             .cloned()
             .ok_or_else(|| internal("volume vanished"))?;
-        self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
+        self.serve_reserved(
+            &mut st,
+            &meta,
+            target_name(&meta.name),
+            false,
+            true,
+            reserved,
+        )?;
         Ok(self.volume_info(&st, &meta))
     }
 

@@ -95,8 +95,9 @@ pub enum ShardMsg {
         target: String,
         /// Close its sessions.
         force: bool,
-        /// The answer: the map (None for a non-thin volume), or why not.
-        reply: Sender<Result<Option<ExtentMap>, String>>,
+        /// The answer: the map and the extents still reserved for it (None for a non-thin
+        /// volume), or why not.
+        reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
     },
     /// Share the volume's map as a snapshot: the answer comes once every write in flight at
     /// that instant has completed (so none of them is acknowledged after the snapshot returns).
@@ -136,7 +137,7 @@ struct PendingSnapshot {
 /// A LUN removal waiting for its connections to close.
 struct PendingRemoval {
     lun: usize,
-    reply: Sender<Result<Option<ExtentMap>, String>>,
+    reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
 }
 
 /// How other threads reach a shard: a channel plus an eventfd that wakes its ring.
@@ -408,7 +409,7 @@ impl Shard {
         &mut self,
         target: &str,
         force: bool,
-        reply: Sender<Result<Option<ExtentMap>, String>>,
+        reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
     ) {
         let Some(lun) = self.lun_index(target) else {
             let _ = reply.send(Err(format!("target {target} is not served here")));
@@ -441,7 +442,10 @@ impl Shard {
             }
             let p = self.pending_removals.swap_remove(i);
             let slot = &mut self.luns[lun];
-            let map = slot.volume.as_thin().map(|t| t.take_map());
+            let map = slot
+                .volume
+                .as_thin()
+                .map(|t| (t.take_map(), t.reserved_left()));
             slot.target.clear();
             let _ = p.reply.send(Ok(map));
         }

@@ -60,6 +60,9 @@ pub struct ThinVolume {
     block_size: u32,
     busy: HashSet<u64>,
     read_only: bool,
+    /// Extents still reserved for this volume (a full volume's space, promised at creation);
+    /// its allocations draw from the reservation first.
+    reserved_left: u64,
 }
 
 impl ThinVolume {
@@ -88,7 +91,30 @@ impl ThinVolume {
             block_size,
             busy: HashSet::new(),
             read_only,
+            reserved_left: 0,
         })
+    }
+
+    /// Makes this a full volume holding `extents` extents reserved in the pool (taken with
+    /// [`RefTable::reserve`] by the caller).
+    pub fn with_reservation(mut self, extents: u64) -> Self {
+        self.reserved_left = extents;
+        self
+    }
+
+    /// Extents still reserved for this volume (given back with `unreserve` when it goes).
+    pub fn reserved_left(&self) -> u64 {
+        self.reserved_left
+    }
+
+    fn allocate(&mut self) -> Option<u64> {
+        if self.reserved_left > 0 {
+            if let Some(p) = self.pool.refs.allocate_reserved() {
+                self.reserved_left -= 1;
+                return Some(p);
+            }
+        }
+        self.pool.refs.allocate()
     }
 
     /// Extent size in bytes.
@@ -247,7 +273,7 @@ impl Volume for ThinVolume {
                     push_write_merged(out, start, piece);
                 }
                 _ => {
-                    let Some(pext) = self.pool.refs.allocate() else {
+                    let Some(pext) = self.allocate() else {
                         self.undo(out, start);
                         return Err(PlanError::NoSpace);
                     };
