@@ -254,6 +254,34 @@ impl Daemon {
         }
     }
 
+    /// Writes a checkpoint of the pool (every image's map, the catalog) and retires the journals
+    /// it covers. Shards keep serving I/O: each only switches its volumes' journals to new
+    /// files at a cut.
+    pub fn checkpoint(&self) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        let old_journals =
+            crate::storage::pool::journal::list_journals(st.pool.dir()).map_err(internal)?;
+        let generation = st.pool.next_generation();
+        let mut live = Vec::new();
+        for shard in 0..self.shards.len() {
+            live.extend(
+                self.ask(shard, |reply| ShardMsg::Rotate { generation, reply })
+                    .map_err(internal)?,
+            );
+        }
+        st.pool.checkpoint(live, old_journals).map_err(pool_error)
+    }
+
+    /// Checkpoints when the journals hold more than `limit` bytes.
+    pub fn checkpoint_if_over(&self, limit: u64) -> Result<bool, AdminError> {
+        let bytes = self.lock().pool.journal_bytes();
+        if bytes <= limit {
+            return Ok(false);
+        }
+        self.checkpoint()?;
+        Ok(true)
+    }
+
     fn volume_meta(st: &State, name: &str) -> Result<ImageMeta, AdminError> {
         st.pool
             .find(name)

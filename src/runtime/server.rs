@@ -165,11 +165,17 @@ impl Server {
         daemon
             .start(&cfg.volumes)
             .map_err(|e| StartError::Volumes(e.message))?;
+        // Recovery replayed the journals: fold them into a checkpoint now, then whenever they
+        // grow past the limit.
+        daemon
+            .checkpoint()
+            .map_err(|e| StartError::Volumes(format!("checkpoint: {}", e.message)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        threads.push(start_checkpointer(Arc::clone(&daemon), Arc::clone(&stop))?);
         let admin = AdminServer::start(cfg.admin_listen, daemon)
             .map_err(|e| StartError::Admin(e.to_string()))?;
         admin_http::write_addr_file(&cfg.data_dir, admin.local_addr())
             .map_err(|e| StartError::Admin(format!("writing the admin address file: {e}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
         for l in listeners {
             let ctx = Arc::clone(&ctx);
             let stop = Arc::clone(&stop);
@@ -227,6 +233,29 @@ impl Server {
             let _ = t.join();
         }
     }
+}
+
+/// Journal bytes beyond which the background thread writes a checkpoint.
+const CHECKPOINT_JOURNAL_BYTES: u64 = 64 << 20;
+
+fn start_checkpointer(
+    daemon: Arc<Daemon>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name("shoal-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(e) = daemon.checkpoint_if_over(CHECKPOINT_JOURNAL_BYTES) {
+                    eprintln!("shoal: checkpoint failed: {}", e.message);
+                }
+            }
+        })
+        .map_err(|source| StartError::Shard {
+            shard: usize::MAX,
+            source,
+        })
 }
 
 fn accept_loop(listener: TcpListener, ctx: Arc<LoginContext>, stop: Arc<AtomicBool>) {

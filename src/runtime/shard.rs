@@ -123,6 +123,14 @@ pub enum ShardMsg {
         /// Mapped extents, or why not.
         reply: Sender<Result<u64, String>>,
     },
+    /// Checkpoint cut: every writable thin volume continues its journal in a file of
+    /// `generation` and reports (image, map, cut sequence number).
+    Rotate {
+        /// The superblock generation of the coming checkpoint.
+        generation: u64,
+        /// The cuts, or why a volume could not rotate.
+        reply: Sender<Result<Vec<(u64, ExtentMap, u64)>, String>>,
+    },
     /// Stop the shard.
     Stop,
 }
@@ -370,6 +378,9 @@ impl Shard {
                     let usage = self.thin_of(&target).map(|t| t.map().mapped());
                     let _ = reply.send(usage);
                 }
+                ShardMsg::Rotate { generation, reply } => {
+                    let _ = reply.send(self.rotate(generation));
+                }
                 ShardMsg::Stop => {
                     self.stopping = true;
                     let all: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
@@ -486,6 +497,21 @@ impl Shard {
             }
         }
         self.pending_snapshots.retain(|p| p.result.is_some());
+    }
+
+    fn rotate(&mut self, generation: u64) -> Result<Vec<(u64, ExtentMap, u64)>, String> {
+        let mut cuts = Vec::new();
+        for slot in self
+            .luns
+            .iter_mut()
+            .filter(|l| !l.target.is_empty() && !l.lu.info().read_only)
+        {
+            if let Some(thin) = slot.volume.as_thin() {
+                let (map, seq) = thin.rotate_journal(generation).map_err(|e| e.to_string())?;
+                cuts.push((thin.image(), map, seq));
+            }
+        }
+        Ok(cuts)
     }
 
     fn resize(&mut self, target: &str, size: u64) -> Result<(), String> {

@@ -138,6 +138,34 @@ impl ThinVolume {
         (self.map.snapshot(), self.pool.next_seq())
     }
 
+    /// Checkpoint cut: continues the journal in a new file named for `generation` and shares
+    /// the map at this instant. Every mapping record before the cut is in the old file (and
+    /// reflected in the returned map); every later one goes to the new file with a higher
+    /// sequence number.
+    pub fn rotate_journal(&mut self, generation: u64) -> Result<(ExtentMap, u64), StorageError> {
+        let io = |what, path: &std::path::Path, source| StorageError::Io {
+            what,
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = self
+            .journal
+            .path()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let path = dir.join(super::catalog::journal_file_name(self.image, generation));
+        self.journal.rotate(&path).map_err(|e| {
+            io(
+                "rotate journal",
+                &path,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        self.journal_sync = File::open(&path).map_err(|e| io("open journal", &path, e))?;
+        Ok(self.share())
+    }
+
     /// Takes the map out (the volume is being removed), leaving an empty one.
     pub fn take_map(&mut self) -> ExtentMap {
         let empty = ExtentMap::new(0, Arc::clone(&self.pool.refs));
