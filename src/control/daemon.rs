@@ -520,13 +520,11 @@ impl AdminBackend for Daemon {
         } else {
             0
         };
-        if req.full {
-            if !st.pool.shared().refs.reserve(reserved) {
-                return Err(AdminError::new(
-                    ErrorCode::NoSpace,
-                    format!("the pool cannot reserve {} bytes", req.size_bytes),
-                ));
-            }
+        if req.full && !st.pool.shared().refs.reserve(reserved) {
+            return Err(AdminError::new(
+                ErrorCode::NoSpace,
+                format!("the pool cannot reserve {} bytes", req.size_bytes),
+            ));
         }
         let meta = st
             .pool

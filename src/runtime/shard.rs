@@ -129,11 +129,14 @@ pub enum ShardMsg {
         /// The superblock generation of the coming checkpoint.
         generation: u64,
         /// The cuts, or why a volume could not rotate.
-        reply: Sender<Result<Vec<(u64, ExtentMap, u64)>, String>>,
+        reply: Sender<Result<Vec<JournalCut>, String>>,
     },
     /// Stop the shard.
     Stop,
 }
+
+/// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
+pub type JournalCut = (u64, ExtentMap, u64);
 
 /// A snapshot waiting for the writes that were in flight when its map was shared.
 struct PendingSnapshot {
@@ -499,7 +502,7 @@ impl Shard {
         self.pending_snapshots.retain(|p| p.result.is_some());
     }
 
-    fn rotate(&mut self, generation: u64) -> Result<Vec<(u64, ExtentMap, u64)>, String> {
+    fn rotate(&mut self, generation: u64) -> Result<Vec<JournalCut>, String> {
         let mut cuts = Vec::new();
         for slot in self
             .luns
