@@ -272,6 +272,12 @@ impl Daemon {
         st.pool.checkpoint(live, old_journals).map_err(pool_error)
     }
 
+    /// Publishes freed extents once the records that freed them are durable (see
+    /// [`Pool::publish_frees`]).
+    pub fn publish_frees(&self) -> Result<usize, AdminError> {
+        self.lock().pool.publish_frees().map_err(pool_error)
+    }
+
     /// Checkpoints when the journals hold more than `limit` bytes.
     pub fn checkpoint_if_over(&self, limit: u64) -> Result<bool, AdminError> {
         let bytes = self.lock().pool.journal_bytes();
@@ -452,6 +458,7 @@ pub fn naa_designator(id: &[u8; 16]) -> [u8; 16] {
 impl AdminBackend for Daemon {
     fn pool_status(&self) -> Result<PoolStatus, AdminError> {
         let st = self.lock();
+        st.pool.publish_frees().map_err(pool_error)?;
         let shared = st.pool.shared();
         let es = shared.extent_size;
         let refs = &shared.refs;

@@ -245,10 +245,17 @@ fn start_checkpointer(
     std::thread::Builder::new()
         .name("shoal-checkpoint".into())
         .spawn(move || {
+            let mut ticks = 0u32;
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(e) = daemon.checkpoint_if_over(CHECKPOINT_JOURNAL_BYTES) {
-                    eprintln!("shoal: checkpoint failed: {}", e.message);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                ticks += 1;
+                if let Err(e) = daemon.publish_frees() {
+                    eprintln!("shoal: publishing freed extents failed: {}", e.message);
+                }
+                if ticks % 10 == 0 {
+                    if let Err(e) = daemon.checkpoint_if_over(CHECKPOINT_JOURNAL_BYTES) {
+                        eprintln!("shoal: checkpoint failed: {}", e.message);
+                    }
                 }
             }
         })

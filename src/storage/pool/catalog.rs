@@ -186,6 +186,7 @@ impl Pool {
         maps: HashMap<u64, ExtentMap>,
         seq: u64,
     ) -> Result<Pool, PoolError> {
+        refs.defer_frees();
         let shared = Arc::new(PoolShared {
             data,
             extent_size: u64::from(sb.extent_size),
@@ -267,6 +268,30 @@ impl Pool {
     /// for it when shards rotate).
     pub fn next_generation(&self) -> u64 {
         self.sb.generation + 1
+    }
+
+    /// Makes the extents freed so far reusable: syncs every journal (so the records that
+    /// released them are durable), then publishes them to the free queue. Returns how many.
+    pub fn publish_frees(&self) -> Result<usize, PoolError> {
+        let refs = &self.shared.refs;
+        let n = refs.pending_frees();
+        if n == 0 {
+            return Ok(0);
+        }
+        for path in journal::list_journals(&self.dir)? {
+            let synced = File::open(&path).and_then(|f| f.sync_data());
+            if let Err(source) = synced {
+                // A journal deleted by a concurrent checkpoint is covered by it.
+                if source.kind() != std::io::ErrorKind::NotFound {
+                    return Err(PoolError::Io {
+                        what: "sync journal",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(refs.publish_freed(n))
     }
 
     /// Bytes of journal on disk (what recovery would replay).
@@ -928,6 +953,10 @@ mod tests {
         // Deleting the origin volume keeps the snapshot and the clone intact.
         pool.delete(meta.image).unwrap();
         assert_eq!(pool.map(clone.image).unwrap().get(0), Some(before));
+        // The freed extent waits until the journals are synced before it can be reused.
+        assert_eq!(pool.shared().refs.used_extents(), used);
+        assert_eq!(pool.shared().refs.pending_frees(), 1);
+        assert_eq!(pool.publish_frees().unwrap(), 1);
         assert_eq!(pool.shared().refs.used_extents(), used - 1);
         // Sequence numbers continue after the recovered ones.
         let v = thin(&mut pool, &clone);

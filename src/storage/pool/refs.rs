@@ -74,6 +74,12 @@ pub struct RefTable {
     counts: Box<[AtomicU32]>,
     /// Extents whose count fell to 0 (R2).
     free: SegQueue<u64>,
+    /// With deferred frees: extents whose count fell to 0 but which must not be reused until
+    /// the journal records that dropped their references are durable (see
+    /// [`RefTable::publish_freed`]). They still count as used.
+    pending: SegQueue<u64>,
+    /// Whether frees are deferred (the pool enables it; unit tests of the map leave it off).
+    deferred: std::sync::atomic::AtomicBool,
     /// Bump pointer: the lowest extent never handed out since the table was built. Never exceeds
     /// `capacity + 1`.
     next: AtomicU64,
@@ -115,6 +121,8 @@ impl RefTable {
                 .take(slots)
                 .collect(),
             free: SegQueue::new(),
+            pending: SegQueue::new(),
+            deferred: std::sync::atomic::AtomicBool::new(false),
             next: AtomicU64::new(1),
             used: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
@@ -323,16 +331,46 @@ impl RefTable {
             .slot(pext)
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
         match prev {
-            Ok(1) => {
-                // R2 then R1/R3: queue first, so a unit of `committed` given back always has an
-                // extent behind it (see `take_extent`).
-                self.free.push(pext);
-                self.used.fetch_sub(1, Ordering::AcqRel);
-                self.committed.fetch_sub(1, Ordering::AcqRel);
-            }
+            Ok(1) if self.deferred.load(Ordering::Acquire) => self.pending.push(pext),
+            Ok(1) => self.free_now(pext),
             Ok(_) => {}
             Err(_) => debug_assert!(false, "release of free extent {pext}"),
         }
+    }
+
+    fn free_now(&self, pext: u64) {
+        // R2 then R1/R3: queue first, so a unit of `committed` given back always has an extent
+        // behind it (see `take_extent`).
+        self.free.push(pext);
+        self.used.fetch_sub(1, Ordering::AcqRel);
+        self.committed.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Defers frees from now on: an extent whose last reference goes waits in a pending queue
+    /// until [`RefTable::publish_freed`], so that it is reused only after the journal records
+    /// that released it are durable (otherwise a power loss could leave it mapped by its old
+    /// owner and its new one).
+    pub fn defer_frees(&self) {
+        self.deferred.store(true, Ordering::Release);
+    }
+
+    /// Extents waiting for [`RefTable::publish_freed`].
+    pub fn pending_frees(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Makes the first `n` pending extents free. Call after making durable every journal record
+    /// written before [`RefTable::pending_frees`] returned `n`.
+    pub fn publish_freed(&self, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            let Some(pext) = self.pending.pop() else {
+                break;
+            };
+            self.free_now(pext);
+            done += 1;
+        }
+        done
     }
 
     /// Extents not referenced by anything (exact whenever no operation is in flight).
