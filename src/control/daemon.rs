@@ -11,7 +11,7 @@ use super::TargetEntry;
 use super::api::*;
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
-use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg};
+use crate::runtime::shard::{LeafUsage, LunSlot, ShardHandle, ShardMsg, leaf_usage};
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::storage::pool::catalog::{Pool, PoolError};
 use crate::storage::pool::extent_map::ExtentMap;
@@ -170,13 +170,17 @@ impl Daemon {
         )
         .map_err(internal)?;
         let volume = volume.with_reservation(reserved);
+        let extent_size = st.pool.shared().extent_size as u32;
         let info = LunInfo {
+            extent_size,
             lun: 0,
             volume_name: meta.name.clone(),
             target_name: target.clone(),
             relative_port_id: 1,
             block_size: meta.block_size,
-            physical_block_size: meta.block_size.max(4096),
+            // One logical block per physical block: libiscsi's GET LBA STATUS test assumes it, and
+            // the unmap granularity (VPD B0h) already tells initiators the extent size.
+            physical_block_size: meta.block_size,
             num_blocks: meta.size_bytes / u64::from(meta.block_size),
             naa: naa_designator(&meta.identity),
             serial: meta.identity.iter().map(|b| format!("{b:02x}")).collect(),
@@ -305,28 +309,61 @@ impl Daemon {
             .ok_or_else(|| not_found("snapshot", &full))
     }
 
-    fn mapped_extents(&self, st: &State, image: u64) -> u64 {
-        if let Some(map) = st.pool.map(image) {
-            if !st.served.contains_key(&image)
-                || st
-                    .pool
-                    .image(image)
-                    .is_some_and(|m| m.kind == ImageKind::Snapshot)
-            {
-                return map.mapped();
+    /// Mapped and exclusive extents of every image. An extent is exclusive to an image when
+    /// it has one reference and the leaf holding it is reachable from that image only (leaves
+    /// are shared between images by identity); that is what deleting the image would free.
+    fn usage(&self, st: &State) -> HashMap<u64, (u64, u64)> {
+        let mut per_image: Vec<(u64, Vec<LeafUsage>)> = Vec::new();
+        for meta in st.pool.images() {
+            let served = st
+                .served
+                .get(&meta.image)
+                .filter(|_| meta.kind == ImageKind::Volume);
+            let leaves = match (served, st.pool.map(meta.image)) {
+                (Some(s), _) => {
+                    let target = s.target.clone();
+                    self.ask(s.shard, |reply| ShardMsg::Usage { target, reply })
+                        .unwrap_or_default()
+                }
+                (None, Some(map)) => leaf_usage(map),
+                (None, None) => Vec::new(),
+            };
+            per_image.push((meta.image, leaves));
+        }
+        let mut holders: HashMap<usize, u32> = HashMap::new();
+        for (_, leaves) in &per_image {
+            for &(id, _, _) in leaves {
+                *holders.entry(id).or_default() += 1;
             }
         }
-        let Some(s) = st.served.get(&image).cloned() else {
-            return 0;
-        };
-        let target = s.target;
-        self.ask(s.shard, |reply| ShardMsg::Usage { target, reply })
-            .unwrap_or(0)
+        per_image
+            .into_iter()
+            .map(|(image, leaves)| {
+                let mapped = leaves.iter().map(|l| u64::from(l.1)).sum();
+                let exclusive = leaves
+                    .iter()
+                    .filter(|l| holders.get(&l.0) == Some(&1))
+                    .map(|l| u64::from(l.2))
+                    .sum();
+                (image, (mapped, exclusive))
+            })
+            .collect()
     }
 
     fn volume_info(&self, st: &State, meta: &ImageMeta) -> VolumeInfo {
+        let usage = self.usage(st);
+        self.volume_info_with(st, meta, &usage)
+    }
+
+    fn volume_info_with(
+        &self,
+        st: &State,
+        meta: &ImageMeta,
+        usage: &HashMap<u64, (u64, u64)>,
+    ) -> VolumeInfo {
         let es = st.pool.shared().extent_size;
-        let mapped = self.mapped_extents(st, meta.image) * es;
+        let (mapped, exclusive) = usage.get(&meta.image).copied().unwrap_or((0, 0));
+        let (mapped, exclusive) = (mapped * es, exclusive * es);
         let origin = meta
             .parent
             .and_then(|p| st.pool.image(p))
@@ -342,7 +379,7 @@ impl Daemon {
             block_size: meta.block_size,
             thin: meta.thin,
             mapped_bytes: mapped,
-            exclusive_bytes: mapped.min(self.exclusive_bytes(st, meta.image)),
+            exclusive_bytes: exclusive,
             origin,
             snapshots: st
                 .pool
@@ -357,35 +394,27 @@ impl Daemon {
         }
     }
 
-    /// Extents only this image references, counted from the maps the control plane holds
-    /// (snapshots); for a served volume this is an upper bound (its map lives on its shard).
-    fn exclusive_bytes(&self, st: &State, image: u64) -> u64 {
-        let es = st.pool.shared().extent_size;
-        let refs = &st.pool.shared().refs;
-        match st.pool.map(image) {
-            Some(map) => {
-                let mut n = 0;
-                map.for_each_mapped(|_, p| {
-                    if refs.count(p) == 1 {
-                        n += 1;
-                    }
-                });
-                n * es
-            }
-            None => u64::MAX,
-        }
+    fn snapshot_info(&self, st: &State, meta: &ImageMeta) -> SnapshotInfo {
+        let usage = self.usage(st);
+        self.snapshot_info_with(st, meta, &usage)
     }
 
-    fn snapshot_info(&self, st: &State, meta: &ImageMeta) -> SnapshotInfo {
+    fn snapshot_info_with(
+        &self,
+        st: &State,
+        meta: &ImageMeta,
+        usage: &HashMap<u64, (u64, u64)>,
+    ) -> SnapshotInfo {
         let es = st.pool.shared().extent_size;
-        let mapped = st.pool.map(meta.image).map_or(0, ExtentMap::mapped) * es;
+        let (mapped, exclusive) = usage.get(&meta.image).copied().unwrap_or((0, 0));
+        let (mapped, exclusive) = (mapped * es, exclusive * es);
         let volume = meta.name.split('@').next().unwrap_or("").to_string();
         SnapshotInfo {
             name: meta.name.clone(),
             volume,
             size_bytes: meta.size_bytes,
             mapped_bytes: mapped,
-            exclusive_bytes: mapped.min(self.exclusive_bytes(st, meta.image)),
+            exclusive_bytes: exclusive,
             export: st.served.get(&meta.image).map(|s| s.target.clone()),
             created: meta.created_unix_secs,
         }
@@ -493,7 +522,11 @@ impl AdminBackend for Daemon {
             .filter(|m| m.kind == ImageKind::Volume)
             .cloned()
             .collect();
-        Ok(metas.iter().map(|m| self.volume_info(&st, m)).collect())
+        let usage = self.usage(&st);
+        Ok(metas
+            .iter()
+            .map(|m| self.volume_info_with(&st, m, &usage))
+            .collect())
     }
 
     fn volume(&self, name: &str) -> Result<VolumeInfo, AdminError> {
@@ -612,7 +645,11 @@ impl AdminBackend for Daemon {
             })
             .cloned()
             .collect();
-        Ok(metas.iter().map(|m| self.snapshot_info(&st, m)).collect())
+        let usage = self.usage(&st);
+        Ok(metas
+            .iter()
+            .map(|m| self.snapshot_info_with(&st, m, &usage))
+            .collect())
     }
 
     fn create_snapshot(&self, req: &CreateSnapshot) -> Result<SnapshotInfo, AdminError> {

@@ -84,7 +84,7 @@ impl Shard {
             Outcome::Flush => Phase::Flush,
             _ => Phase::WriteData,
         };
-        let write_same = matches!(outcome, Outcome::WriteSame { .. });
+        let write_same = matches!(outcome, Outcome::WriteSame { .. } | Outcome::Unmap { .. });
         self.ops[slot] = Some(IoOp {
             conn: index,
             task: id,
@@ -122,6 +122,10 @@ impl Shard {
         let Some(op) = self.ops[slot].as_mut() else {
             return;
         };
+        if let Outcome::Unmap { ranges } = &op.outcome {
+            let ranges = ranges.clone();
+            return self.prepare_unmap(slot, lun, &ranges);
+        }
         let Outcome::WriteSame {
             offset,
             len,
@@ -255,7 +259,7 @@ impl Shard {
             Outcome::Write { offset, len, .. } | Outcome::WriteVerify { offset, len, .. } => {
                 SmallVec::from_slice(&[(offset, len)])
             }
-            Outcome::WriteSame { .. } => op.ranges.clone(),
+            Outcome::WriteSame { .. } | Outcome::Unmap { .. } => op.ranges.clone(),
             _ => return,
         };
         let mut plan = std::mem::take(&mut self.plan);
@@ -381,6 +385,47 @@ impl Shard {
         }
         self.submit_all(slot, &mut sqes);
         self.sqes = sqes;
+    }
+
+    /// UNMAP (LBPRZ=1: unmapped blocks must read back as zeros): releases every whole extent
+    /// of each range and plans zero writes for the mapped parts of partial extents.
+    fn prepare_unmap(&mut self, slot: usize, lun: usize, ranges: &[(u64, u64)]) {
+        let bs = self.luns[lun].lu.info().block_size as usize;
+        let mut writes: SmallVec<[(u64, u64); 2]> = SmallVec::new();
+        match self.luns[lun].volume.as_thin() {
+            Some(thin) => {
+                let es = thin.extent_size();
+                for &(offset, len) in ranges {
+                    let end = offset + len;
+                    let first_full = offset.div_ceil(es) * es;
+                    let last_full = (end / es * es).max(first_full);
+                    if first_full < last_full
+                        && thin.unmap(first_full, last_full - first_full).is_err()
+                    {
+                        writes.push((first_full, last_full - first_full));
+                    }
+                    let head = (offset, first_full.min(end));
+                    let tail = (last_full.max(offset), end);
+                    for (start, stop) in [head, tail] {
+                        // A partial extent that is unmapped already reads as zeros.
+                        if start < stop && thin.map().get(start / es).is_some() {
+                            writes.push((start, stop - start));
+                        }
+                    }
+                }
+            }
+            None => writes.extend(ranges.iter().copied()),
+        }
+        writes.sort_unstable();
+        writes.dedup();
+        let longest = writes.iter().map(|r| r.1).max().unwrap_or(0) as usize;
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        let mut source = self.pool.take(longest.max(bs));
+        source.fill(0);
+        op.source = Some(source);
+        op.ranges = writes;
     }
 
     /// Slots of the write ops in flight on LUN `lun` (a snapshot waits for them).
@@ -517,6 +562,13 @@ impl Shard {
             Outcome::Verify {
                 len, compare: true, ..
             } => (OpClass::Other, len, len),
+            Outcome::Unmap { .. } => {
+                let wanted = sc
+                    .conn
+                    .task(op.task)
+                    .map_or(0, |t| scsi::cdb::data_out_length(&t.cmd.cdb, block_size));
+                (OpClass::Other, 0, wanted)
+            }
             Outcome::WriteSame { len, .. } => {
                 let wanted = sc
                     .conn

@@ -116,12 +116,12 @@ pub enum ShardMsg {
         /// Done, or why not.
         reply: Sender<Result<(), String>>,
     },
-    /// Count mapped extents of a volume.
+    /// Space usage of a volume, leaf by leaf (see [`leaf_usage`]).
     Usage {
         /// The target.
         target: String,
-        /// Mapped extents, or why not.
-        reply: Sender<Result<u64, String>>,
+        /// The usage, or why not.
+        reply: Sender<Result<Vec<LeafUsage>, String>>,
     },
     /// Checkpoint cut: every writable thin volume continues its journal in a file of
     /// `generation` and reports (image, map, cut sequence number).
@@ -133,6 +133,26 @@ pub enum ShardMsg {
     },
     /// Stop the shard.
     Stop,
+}
+
+/// One leaf of an image's map, for space accounting: (leaf identity, mapped entries, entries
+/// whose physical extent has exactly one reference).
+pub type LeafUsage = (usize, u32, u32);
+
+/// Walks a map leaf by leaf (O(leaves); on the shard for a served volume, so the map is never
+/// shared and no write has to copy anything).
+pub fn leaf_usage(map: &ExtentMap) -> Vec<LeafUsage> {
+    let refs = map.refs();
+    let mut out = Vec::new();
+    map.for_each_leaf(|_, id, entries| {
+        let mapped = entries.iter().filter(|&&p| p != 0).count() as u32;
+        let sole = entries
+            .iter()
+            .filter(|&&p| p != 0 && refs.count(p) == 1)
+            .count() as u32;
+        out.push((id, mapped, sole));
+    });
+    out
 }
 
 /// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
@@ -378,7 +398,7 @@ impl Shard {
                     let _ = reply.send(self.resize(&target, size));
                 }
                 ShardMsg::Usage { target, reply } => {
-                    let usage = self.thin_of(&target).map(|t| t.map().mapped());
+                    let usage = self.thin_of(&target).map(|t| leaf_usage(t.map()));
                     let _ = reply.send(usage);
                 }
                 ShardMsg::Rotate { generation, reply } => {
@@ -815,7 +835,9 @@ impl Shard {
         };
         let write = task.cmd.write;
         let outcome = match outcome {
-            Outcome::Unmap { ranges } => Outcome::Done(unmap(slot, sc.nexus, &ranges)),
+            Outcome::GetLbaStatus { lba, alloc_len } => {
+                Outcome::Done(lba_status(slot, lba, alloc_len))
+            }
             other => other,
         };
         match outcome {
@@ -962,20 +984,16 @@ fn new_ring() -> std::io::Result<IoUring> {
     }
 }
 
-/// UNMAP: releases whole extents of each range (thin volumes; a no-op elsewhere).
-fn unmap(slot: &mut LunSlot, nexus: NexusId, ranges: &[(u64, u64)]) -> Completion {
-    let outcome = Outcome::Unmap { ranges: Vec::new() };
-    let Some(thin) = slot.volume.as_thin() else {
-        return slot.lu.complete(nexus, &outcome, scsi::IoResult::Ok);
-    };
-    for &(offset, len) in ranges {
-        if thin.unmap(offset, len).is_err() {
-            return slot
-                .lu
-                .complete(nexus, &outcome, scsi::IoResult::MediumError { read: false });
+/// GET LBA STATUS: mapped / deallocated runs from the volume's map.
+fn lba_status(slot: &mut LunSlot, lba: u64, alloc_len: u32) -> Completion {
+    let LunSlot { lu, volume, .. } = slot;
+    match volume.as_thin() {
+        Some(thin) => {
+            let map = thin.map();
+            lu.lba_status(lba, alloc_len, |extent| map.get(extent).is_some())
         }
+        None => lu.lba_status(lba, alloc_len, |_| true),
     }
-    slot.lu.complete(nexus, &outcome, scsi::IoResult::Ok)
 }
 
 /// Decodes a single-level LUN (SAM-5 §4.7: peripheral or flat addressing).

@@ -8,7 +8,8 @@
 //!   numbers on each [`Command`] variant) and the checks on their fields: protection fields
 //!   (RDPROTECT / WRPROTECT / VRPROTECT, SBC-3 4.22.2) must be zero since we have no protection
 //!   information, the CONTROL byte's NACA bit must be zero (SAM-5 5.2; NormACA=0), BYTCHK values
-//!   we do not implement, MODE SELECT PF/SP, INQUIRY EVPD/page-code rules and so on;
+//!   we do not implement, MODE SELECT PF/SP, INQUIRY EVPD/page-code rules, the ANCHOR bit of
+//!   UNMAP and WRITE SAME (ANC_SUP=0), a WRITE SAME of zero blocks (WSNZ=1) and so on;
 //! - [`check_block_range`]: the MAXIMUM TRANSFER LENGTH (SBC-3 6.5.3) and LBA range checks
 //!   (SBC-3 4.5) of a block command against the medium;
 //! - [`SUPPORTED_COMMANDS`]: the single table of supported operation codes with their CDB usage
@@ -16,8 +17,11 @@
 //!   that it matches [`parse`] exactly.
 //! - [`data_out_length`] and [`op_class`], which the iSCSI layer uses before executing.
 //!
-//! Anything not listed (UNMAP, WRITE SAME, COMPARE AND WRITE, EXTENDED COPY, PERSISTENT RESERVE,
-//! RESERVE/RELEASE, GET LBA STATUS...) is answered with INVALID COMMAND OPERATION CODE.
+//! Anything not listed (COMPARE AND WRITE, EXTENDED COPY, PERSISTENT RESERVE, RESERVE/RELEASE,
+//! WRITE SAME (32)...) is answered with INVALID COMMAND OPERATION CODE. The logical block
+//! provisioning commands UNMAP and GET LBA STATUS are listed (the table is static) but are
+//! [`CommandInfo::thin_only`]: a fully provisioned LU answers them with INVALID COMMAND
+//! OPERATION CODE and leaves them out of REPORT SUPPORTED OPERATION CODES (see `sbc`).
 
 use super::OpClass;
 use super::sense::Sense;
@@ -56,6 +60,10 @@ pub mod opcode {
     pub const PRE_FETCH_10: u8 = 0x34;
     /// SYNCHRONIZE CACHE (10) (SBC-3 5.26).
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// WRITE SAME (10) (SBC-3 5.45).
+    pub const WRITE_SAME_10: u8 = 0x41;
+    /// UNMAP (SBC-3 5.28).
+    pub const UNMAP: u8 = 0x42;
     /// MODE SELECT (10) (SPC-4 6.10).
     pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE (10) (SPC-4 6.12).
@@ -72,6 +80,8 @@ pub mod opcode {
     pub const PRE_FETCH_16: u8 = 0x90;
     /// SYNCHRONIZE CACHE (16) (SBC-3 5.27).
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    /// WRITE SAME (16) (SBC-3 5.46).
+    pub const WRITE_SAME_16: u8 = 0x93;
     /// SERVICE ACTION IN (16) (SPC-4 annex E).
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     /// REPORT LUNS (SPC-4 6.33).
@@ -90,6 +100,8 @@ pub mod opcode {
 
 /// SERVICE ACTION IN (16) service action READ CAPACITY (16) (SBC-3 5.16).
 pub const SA_READ_CAPACITY_16: u16 = 0x10;
+/// SERVICE ACTION IN (16) service action GET LBA STATUS (SBC-3 5.9).
+pub const SA_GET_LBA_STATUS: u16 = 0x12;
 /// MAINTENANCE IN service action REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
 pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
 
@@ -178,6 +190,20 @@ pub struct RsocRequest {
     pub alloc_len: u32,
 }
 
+/// A parsed WRITE SAME (10) or (16) CDB (SBC-3 5.45, 5.46; NDOB from SBC-4 5.50): WRPROTECT,
+/// ANCHOR, PBDATA and LBDATA already checked to be zero and NUMBER OF LOGICAL BLOCKS to be non-zero
+/// (WSNZ=1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteSame {
+    /// LBA and NUMBER OF LOGICAL BLOCKS (never 0); `length_field` points at the latter.
+    pub io: BlockIo,
+    /// UNMAP: the blocks may be deallocated when the Data-Out block reads back as what an
+    /// unmapped block returns (zeros, LBPRZ=1).
+    pub unmap: bool,
+    /// NDOB (WRITE SAME (16) only): no Data-Out, the block is all zeros.
+    pub ndob: bool,
+}
+
 /// A parsed, field-checked CDB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -259,6 +285,21 @@ pub enum Command {
         /// IMMED.
         immed: bool,
     },
+    /// UNMAP (SBC-3 5.28); ANCHOR already checked to be zero. The parameter list (5.28.2) is in
+    /// the Data-Out.
+    Unmap {
+        /// PARAMETER LIST LENGTH (0: nothing to unmap, GOOD).
+        param_len: u32,
+    },
+    /// WRITE SAME (10) / (16) (SBC-3 5.45, 5.46).
+    WriteSame(WriteSame),
+    /// GET LBA STATUS (SBC-3 5.9).
+    GetLbaStatus {
+        /// STARTING LOGICAL BLOCK ADDRESS.
+        lba: u64,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
     /// REPORT LUNS (SPC-4 6.33).
     ReportLuns {
         /// SELECT REPORT (0, 1 or 2).
@@ -280,6 +321,19 @@ pub struct CommandInfo {
     /// CDB USAGE DATA (SPC-4 6.35.3): byte 0 the opcode, the service action in its field, then a
     /// mask of the bits the device server evaluates. Its length is the CDB length.
     pub usage: &'static [u8],
+}
+
+impl CommandInfo {
+    /// Whether the command exists only on a thin-provisioned logical unit (LBPME=1): UNMAP and
+    /// GET LBA STATUS. A fully provisioned LU answers them with INVALID COMMAND OPERATION CODE and
+    /// does not report them. (WRITE SAME is implemented by every LU; only its UNMAP bit needs
+    /// thin provisioning.)
+    pub fn thin_only(&self) -> bool {
+        matches!(
+            (self.opcode, self.service_action),
+            (opcode::UNMAP, None) | (opcode::SERVICE_ACTION_IN_16, Some(SA_GET_LBA_STATUS))
+        )
+    }
 }
 
 /// The commands this target implements, in opcode order: exactly what [`parse`] accepts.
@@ -331,6 +385,14 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
         &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
     ),
     cmd(
+        opcode::WRITE_SAME_10,
+        &[0x41, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
+        opcode::UNMAP,
+        &[0x42, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
         opcode::MODE_SELECT_10,
         &[0x55, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
     ),
@@ -344,12 +406,21 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(opcode::VERIFY_16, &VERIFY_16_USAGE),
     cmd(opcode::PRE_FETCH_16, &PRE_FETCH_16_USAGE),
     cmd(opcode::SYNCHRONIZE_CACHE_16, &SYNCHRONIZE_CACHE_16_USAGE),
+    cmd(opcode::WRITE_SAME_16, &WRITE_SAME_16_USAGE),
     CommandInfo {
         opcode: opcode::SERVICE_ACTION_IN_16,
         service_action: Some(SA_READ_CAPACITY_16),
         usage: &[
             0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
             0x01, 0x04,
+        ],
+    },
+    CommandInfo {
+        opcode: opcode::SERVICE_ACTION_IN_16,
+        service_action: Some(SA_GET_LBA_STATUS),
+        usage: &[
+            0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x00, 0x04,
         ],
     },
     cmd(
@@ -408,6 +479,9 @@ const RW_BYTE1: u8 = 0xF8;
 const VERIFY_BYTE1: u8 = 0xF6;
 /// Byte 1 usage of PRE-FETCH / SYNCHRONIZE CACHE: IMMED.
 const IMMED_BYTE1: u8 = 0x02;
+/// Byte 1 usage of WRITE SAME (16): WRPROTECT, ANCHOR, UNMAP, PBDATA, LBDATA (obsolete, checked
+/// to be zero), NDOB.
+const WRITE_SAME_16_BYTE1: u8 = 0xFF;
 
 const READ_16_USAGE: [u8; 16] = block16_usage(opcode::READ_16, RW_BYTE1);
 const WRITE_16_USAGE: [u8; 16] = block16_usage(opcode::WRITE_16, RW_BYTE1);
@@ -422,6 +496,7 @@ const WRITE_12_USAGE: [u8; 12] = block12_usage(opcode::WRITE_12, RW_BYTE1);
 const WRITE_AND_VERIFY_12_USAGE: [u8; 12] =
     block12_usage(opcode::WRITE_AND_VERIFY_12, VERIFY_BYTE1);
 const VERIFY_12_USAGE: [u8; 12] = block12_usage(opcode::VERIFY_12, VERIFY_BYTE1);
+const WRITE_SAME_16_USAGE: [u8; 16] = block16_usage(opcode::WRITE_SAME_16, WRITE_SAME_16_BYTE1);
 
 /// Looks up a supported command by operation code and, for opcodes with service actions, the
 /// service action.
@@ -514,6 +589,12 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         }),
         PREVENT_ALLOW_MEDIUM_REMOVAL => parse_prevent_allow(cdb),
         READ_CAPACITY_10 => parse_read_capacity10(cdb),
+        SERVICE_ACTION_IN_16 if u16::from(byte(cdb, 1) & 0x1F) == SA_GET_LBA_STATUS => {
+            Ok(Command::GetLbaStatus {
+                lba: be(cdb, 2, 8),
+                alloc_len: be32(cdb, 10, 4),
+            })
+        }
         SERVICE_ACTION_IN_16 => parse_read_capacity16(cdb),
         READ_6 => Ok(Command::Read(rw6(cdb))),
         WRITE_6 => Ok(Command::Write(rw6(cdb))),
@@ -535,6 +616,8 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
             io: block_fields(cdb),
             immed: byte(cdb, 1) & 0x02 != 0,
         }),
+        UNMAP => parse_unmap(cdb),
+        WRITE_SAME_10 | WRITE_SAME_16 => parse_write_same(cdb),
         REPORT_LUNS => parse_report_luns(cdb),
         MAINTENANCE_IN => parse_rsoc(cdb),
         _ => Err(Sense::invalid_opcode()),
@@ -696,6 +779,45 @@ fn verify_fields(cdb: &[u8]) -> Result<(BlockIo, bool), Sense> {
     Ok((io, compare))
 }
 
+/// UNMAP (SBC-3 5.28.1): ANCHOR must be zero (ANC_SUP=0 in the Logical Block Provisioning VPD
+/// page); GROUP NUMBER is ignored.
+fn parse_unmap(cdb: &[u8]) -> Result<Command, Sense> {
+    if byte(cdb, 1) & 0x01 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(0)));
+    }
+    Ok(Command::Unmap {
+        param_len: be32(cdb, 7, 2),
+    })
+}
+
+/// WRITE SAME (10) / (16) (SBC-3 5.45, 5.46): WRPROTECT must be zero (no protection
+/// information), ANCHOR zero (ANC_SUP=0; with UNMAP=0 it is invalid anyway), the obsolete PBDATA
+/// and LBDATA zero, and NUMBER OF LOGICAL BLOCKS non-zero (the Block Limits VPD page reports
+/// WSNZ=1). NDOB is bit 0 of WRITE SAME (16) (SBC-4); the same bit is reserved in WRITE SAME (10).
+/// The MAXIMUM WRITE SAME LENGTH and LBA range checks need the LU and are `sbc`'s.
+fn parse_write_same(cdb: &[u8]) -> Result<Command, Sense> {
+    check_protect(cdb)?;
+    let b1 = byte(cdb, 1);
+    if b1 & 0x10 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(4)));
+    }
+    if b1 & 0x06 != 0 {
+        let bit = if b1 & 0x04 != 0 { 2 } else { 1 };
+        return Err(Sense::invalid_field_in_cdb(1, Some(bit)));
+    }
+    let mut io = block_fields(cdb);
+    io.dpo = false;
+    io.fua = false;
+    if io.blocks == 0 {
+        return Err(Sense::invalid_field_in_cdb(io.length_field, None));
+    }
+    Ok(Command::WriteSame(WriteSame {
+        io,
+        unmap: b1 & 0x08 != 0,
+        ndob: cdb.len() == 16 && b1 & 0x01 != 0,
+    }))
+}
+
 /// REPORT LUNS (SPC-4 6.33): SELECT REPORT 0, 1 or 2 and an ALLOCATION LENGTH of at least 16.
 fn parse_report_luns(cdb: &[u8]) -> Result<Command, Sense> {
     let select_report = byte(cdb, 2);
@@ -743,8 +865,9 @@ pub fn check_block_range(io: &BlockIo, num_blocks: u64, max_transfer: u32) -> Re
 }
 
 /// The number of Data-Out bytes the CDB asks the initiator to send: TRANSFER LENGTH × block
-/// size for WRITE and WRITE AND VERIFY, VERIFY with BYTCHK=01b (one block for BYTCHK=11b), the
-/// PARAMETER LIST LENGTH for MODE SELECT, 0 for everything else (including unsupported opcodes).
+/// size for WRITE and WRITE AND VERIFY, VERIFY with BYTCHK=01b (one block for BYTCHK=11b), one
+/// block for WRITE SAME (none for WRITE SAME (16) with NDOB), the PARAMETER LIST LENGTH for MODE
+/// SELECT and UNMAP, 0 for everything else (including unsupported opcodes).
 ///
 /// Read from the raw fields without validating them, so a command that [`parse`] later rejects
 /// still tells how much data the initiator is about to send.
@@ -767,20 +890,23 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
             }
         }
         MODE_SELECT_6 => u64::from(byte(cdb, 4)),
-        MODE_SELECT_10 => be(cdb, 7, 2),
+        MODE_SELECT_10 | UNMAP => be(cdb, 7, 2),
+        WRITE_SAME_10 => bs,
+        WRITE_SAME_16 if byte(cdb, 1) & 0x01 != 0 => 0,
+        WRITE_SAME_16 => bs,
         _ => 0,
     }
 }
 
-/// The statistics class of a CDB: READ (6/10/12/16), WRITE (6/10/12/16) and WRITE AND VERIFY,
-/// or other.
+/// The statistics class of a CDB: READ (6/10/12/16), WRITE (6/10/12/16), WRITE AND VERIFY and
+/// WRITE SAME, or other (UNMAP included).
 pub fn op_class(cdb: &[u8]) -> OpClass {
     use opcode::*;
     match cdb.first().copied() {
         Some(READ_6 | READ_10 | READ_12 | READ_16) => OpClass::Read,
         Some(
             WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12
-            | WRITE_AND_VERIFY_16,
+            | WRITE_AND_VERIFY_16 | WRITE_SAME_10 | WRITE_SAME_16,
         ) => OpClass::Write,
         _ => OpClass::Other,
     }
@@ -874,7 +1000,7 @@ mod tests {
     #[test]
     fn protect_fields_rejected() {
         for op in [
-            0x28u8, 0xA8, 0x88, 0x2A, 0xAA, 0x8A, 0x2F, 0xAF, 0x8F, 0x2E, 0xAE, 0x8E,
+            0x28u8, 0xA8, 0x88, 0x2A, 0xAA, 0x8A, 0x2F, 0xAF, 0x8F, 0x2E, 0xAE, 0x8E, 0x41, 0x93,
         ] {
             for p in 1..8u8 {
                 let err = parse(&cdb(&[op, p << 5])).unwrap_err();
@@ -908,7 +1034,7 @@ mod tests {
     #[test]
     fn unsupported_opcodes_rejected() {
         for op in [
-            0x42u8, 0x41, 0x93, 0x89, 0x83, 0x5E, 0x5F, 0x16, 0x17, 0x37, 0x9C, 0x48, 0xFF,
+            0x89u8, 0x83, 0x5E, 0x5F, 0x16, 0x17, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
         ] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
@@ -916,9 +1042,9 @@ mod tests {
                 "opcode {op:#x}"
             );
         }
-        // GET LBA STATUS (9Eh/12h) and REPORT TARGET PORT GROUPS (A3h/0Ah).
+        // READ LONG (16) (9Eh/11h) and REPORT TARGET PORT GROUPS (A3h/0Ah).
         assert_eq!(
-            parse(&cdb(&[0x9E, 0x12])).unwrap_err(),
+            parse(&cdb(&[0x9E, 0x11])).unwrap_err(),
             Sense::invalid_opcode()
         );
         assert_eq!(
@@ -1244,6 +1370,25 @@ mod tests {
         );
         assert_eq!(data_out_length(&cdb(&[0x42]), 512), 0);
         assert_eq!(data_out_length(&[], 512), 0);
+        // UNMAP: the parameter list length.
+        assert_eq!(
+            data_out_length(&cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0x01, 0x18, 0]), 512),
+            0x118
+        );
+        // WRITE SAME: one block whatever the NUMBER OF LOGICAL BLOCKS (even an invalid 0) ...
+        assert_eq!(
+            data_out_length(&cdb(&[0x41, 0x08, 0, 0, 0, 0, 0, 0x10, 0, 0]), 4096),
+            4096
+        );
+        assert_eq!(data_out_length(&cdb(&[0x41]), 512), 512);
+        let mut ws16 = cdb(&[0x93, 0x08]);
+        ws16[13] = 9;
+        assert_eq!(data_out_length(&ws16, 512), 512);
+        // ... and none with NDOB.
+        ws16[1] = 0x09;
+        assert_eq!(data_out_length(&ws16, 512), 0);
+        // GET LBA STATUS: Data-In only.
+        assert_eq!(data_out_length(&cdb(&[0x9E, 0x12]), 512), 0);
     }
 
     #[test]
@@ -1251,13 +1396,191 @@ mod tests {
         for op in [0x08u8, 0x28, 0xA8, 0x88] {
             assert_eq!(op_class(&[op]), OpClass::Read);
         }
-        for op in [0x0Au8, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E] {
+        for op in [0x0Au8, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x41, 0x93] {
             assert_eq!(op_class(&[op]), OpClass::Write);
         }
-        for op in [0x00u8, 0x12, 0x2F, 0x35, 0x9E] {
+        for op in [0x00u8, 0x12, 0x2F, 0x35, 0x9E, 0x42] {
             assert_eq!(op_class(&[op]), OpClass::Other);
         }
         assert_eq!(op_class(&[]), OpClass::Other);
+    }
+
+    /// A WRITE SAME (10) CDB.
+    fn ws10(byte1: u8, lba: u32, blocks: u16) -> [u8; 16] {
+        let l = lba.to_be_bytes();
+        let n = blocks.to_be_bytes();
+        cdb(&[0x41, byte1, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0])
+    }
+
+    /// A WRITE SAME (16) CDB.
+    fn ws16(byte1: u8, lba: u64, blocks: u32) -> [u8; 16] {
+        let mut c = cdb(&[0x93, byte1]);
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&blocks.to_be_bytes());
+        c
+    }
+
+    #[test]
+    fn parse_write_same_fields() {
+        let c = parse(&ws10(0x08, 0x0102_0304, 0x0506)).unwrap();
+        assert_eq!(
+            c,
+            Command::WriteSame(WriteSame {
+                io: BlockIo {
+                    lba: 0x0102_0304,
+                    blocks: 0x0506,
+                    dpo: false,
+                    fua: false,
+                    length_field: 7
+                },
+                unmap: true,
+                ndob: false
+            })
+        );
+        let c = parse(&ws16(0x09, 0x0102_0304_0506_0708, 0x1_0000)).unwrap();
+        assert_eq!(
+            c,
+            Command::WriteSame(WriteSame {
+                io: BlockIo {
+                    lba: 0x0102_0304_0506_0708,
+                    blocks: 0x1_0000,
+                    dpo: false,
+                    fua: false,
+                    length_field: 10
+                },
+                unmap: true,
+                ndob: true
+            })
+        );
+        // Bit 0 of WRITE SAME (10) is reserved: not NDOB, not evaluated.
+        let Command::WriteSame(ws) = parse(&ws10(0x01, 0, 1)).unwrap() else {
+            panic!()
+        };
+        assert!(!ws.ndob && !ws.unmap);
+        // GROUP NUMBER is ignored.
+        let mut c = ws10(0, 0, 1);
+        c[6] = 0x1F;
+        assert!(parse(&c).is_ok());
+    }
+
+    #[test]
+    fn parse_write_same_errors() {
+        for p in 1..8u8 {
+            assert_eq!(
+                parse(&ws10(p << 5, 0, 1)).unwrap_err(),
+                Sense::invalid_field_in_cdb(1, Some(7))
+            );
+            assert_eq!(
+                parse(&ws16(p << 5, 0, 1)).unwrap_err(),
+                Sense::invalid_field_in_cdb(1, Some(7))
+            );
+        }
+        // ANCHOR, with or without UNMAP (ANC_SUP=0).
+        for b1 in [0x10u8, 0x18] {
+            assert_eq!(
+                parse(&ws10(b1, 0, 1)).unwrap_err(),
+                Sense::invalid_field_in_cdb(1, Some(4))
+            );
+            assert_eq!(
+                parse(&ws16(b1, 0, 1)).unwrap_err(),
+                Sense::invalid_field_in_cdb(1, Some(4))
+            );
+        }
+        // PBDATA / LBDATA (obsolete).
+        assert_eq!(
+            parse(&ws10(0x04, 0, 1)).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(2))
+        );
+        assert_eq!(
+            parse(&ws16(0x02, 0, 1)).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(1))
+        );
+        // NUMBER OF LOGICAL BLOCKS 0 (WSNZ=1), whatever the LBA.
+        assert_eq!(
+            parse(&ws10(0, 0, 0)).unwrap_err(),
+            Sense::invalid_field_in_cdb(7, None)
+        );
+        assert_eq!(
+            parse(&ws10(0x08, u32::MAX, 0)).unwrap_err(),
+            Sense::invalid_field_in_cdb(7, None)
+        );
+        assert_eq!(
+            parse(&ws16(0x09, 0, 0)).unwrap_err(),
+            Sense::invalid_field_in_cdb(10, None)
+        );
+        // NACA.
+        let mut c = ws16(0, 0, 1);
+        c[15] = 0x04;
+        assert_eq!(
+            parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb(15, Some(2))
+        );
+    }
+
+    #[test]
+    fn parse_unmap_fields_and_anchor() {
+        assert_eq!(
+            parse(&cdb(&[0x42, 0, 0, 0, 0, 0, 0x1F, 0x01, 0x02, 0])).unwrap(),
+            Command::Unmap { param_len: 0x102 }
+        );
+        assert_eq!(
+            parse(&cdb(&[0x42])).unwrap(),
+            Command::Unmap { param_len: 0 }
+        );
+        assert_eq!(
+            parse(&cdb(&[0x42, 0x01, 0, 0, 0, 0, 0, 0, 24, 0])).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(0))
+        );
+        // Reserved bits of byte 1 are not evaluated.
+        assert!(parse(&cdb(&[0x42, 0xFE, 0, 0, 0, 0, 0, 0, 24, 0])).is_ok());
+    }
+
+    #[test]
+    fn parse_get_lba_status_fields() {
+        let mut c = cdb(&[0x9E, 0x12]);
+        c[2..10].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+        c[10..14].copy_from_slice(&24u32.to_be_bytes());
+        c[14] = 0x03; // REPORT TYPE (SBC-4): not evaluated
+        assert_eq!(
+            parse(&c).unwrap(),
+            Command::GetLbaStatus {
+                lba: 0x0102_0304_0506_0708,
+                alloc_len: 24
+            }
+        );
+        // Any allocation length, even 0, and any LBA: the range check needs the LU.
+        c[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        c[10..14].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(
+            parse(&c).unwrap(),
+            Command::GetLbaStatus {
+                lba: u64::MAX,
+                alloc_len: 0
+            }
+        );
+        // The service action selects the command; READ CAPACITY (16) is unchanged.
+        assert_eq!(
+            parse(&cdb(&[
+                0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0
+            ]))
+            .unwrap(),
+            Command::ReadCapacity16 { alloc_len: 32 }
+        );
+        c[15] = 0x04;
+        assert_eq!(
+            parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb(15, Some(2))
+        );
+    }
+
+    #[test]
+    fn thin_only_commands() {
+        let thin_only: Vec<(u8, Option<u16>)> = SUPPORTED_COMMANDS
+            .iter()
+            .filter(|c| c.thin_only())
+            .map(|c| (c.opcode, c.service_action))
+            .collect();
+        assert_eq!(thin_only, vec![(0x42, None), (0x9E, Some(0x12))]);
     }
 
     #[test]

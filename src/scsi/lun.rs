@@ -11,13 +11,14 @@
 //! - the unit attentions raised by events: a new I_T nexus (POWER ON, RESET...), LOGICAL UNIT
 //!   RESET and TARGET RESET (SAM-5 7.5, 7.10), MODE SELECT from another nexus (MODE PARAMETERS
 //!   CHANGED), a capacity change (CAPACITY DATA HAS CHANGED, SBC-3 4.6), commands aborted by
-//!   another nexus (COMMANDS CLEARED BY ANOTHER INITIATOR, TAS=0);
+//!   another nexus (COMMANDS CLEARED BY ANOTHER INITIATOR, TAS=0), the thin pool passing its
+//!   soft threshold (THIN PROVISIONING SOFT THRESHOLD REACHED, once per nexus);
 //! - the answers for a LUN with no logical unit behind it (SPC-4 6.6.2, PERIPHERAL QUALIFIER
 //!   011b; SPC-4 6.33 for REPORT LUNS), [`lun_not_supported`];
 //! - single-level LUN encoding (SAM-5 4.7.3, peripheral and flat addressing): [`encode_lun`],
 //!   [`decode_lun`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::cdb::{self, Command, ModeSelect};
 use super::sense::Sense;
@@ -48,8 +49,13 @@ pub struct LunInfo {
     pub serial: String,
     /// Write protected: writes fail with DATA PROTECT, MODE SENSE reports WP.
     pub read_only: bool,
-    /// Thin provisioned (LBPME / LBPRZ, provisioning type thin).
+    /// Thin provisioned (LBPME / LBPRZ, provisioning type thin): UNMAP, GET LBA STATUS and
+    /// WRITE SAME with UNMAP are implemented only then.
     pub thin: bool,
+    /// Size in bytes of the thin pool's allocation unit (extent), reported as the OPTIMAL UNMAP
+    /// GRANULARITY of the Block Limits VPD page; 0 when not thin (or unknown: no granularity
+    /// reported).
+    pub extent_size: u32,
     /// Initial (and default) value of the caching mode page's WCE.
     pub write_cache: bool,
     /// MAXIMUM TRANSFER LENGTH in blocks (Block Limits VPD); 0 = no limit.
@@ -72,6 +78,7 @@ impl Default for LunInfo {
             serial: String::new(),
             read_only: false,
             thin: false,
+            extent_size: 0,
             write_cache: true,
             max_transfer_blocks: 16384,
         }
@@ -114,6 +121,9 @@ pub struct LogicalUnit {
     default_mode: ModeState,
     /// Pending unit attentions of each known I_T nexus, oldest first.
     nexuses: BTreeMap<NexusId, VecDeque<Sense>>,
+    /// The nexuses that were given THIN PROVISIONING SOFT THRESHOLD REACHED since the last
+    /// [`reset_soft_threshold`](Self::reset_soft_threshold).
+    soft_threshold_told: BTreeSet<NexusId>,
 }
 
 impl LogicalUnit {
@@ -127,6 +137,7 @@ impl LogicalUnit {
             mode: default_mode,
             default_mode,
             nexuses: BTreeMap::new(),
+            soft_threshold_told: BTreeSet::new(),
         }
     }
 
@@ -144,15 +155,18 @@ impl LogicalUnit {
     // ---- I_T nexuses and unit attentions ----
 
     /// Registers a new I_T nexus and queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for it.
-    /// Registering a nexus again replaces its queue.
+    /// Registering a nexus again replaces its queue (and it will be told of a reached soft
+    /// threshold again).
     pub fn add_nexus(&mut self, n: NexusId) {
         self.nexuses
             .insert(n, VecDeque::from([Sense::power_on_reset()]));
+        self.soft_threshold_told.remove(&n);
     }
 
     /// Forgets an I_T nexus (logout, connection loss) and its pending unit attentions.
     pub fn remove_nexus(&mut self, n: NexusId) {
         self.nexuses.remove(&n);
+        self.soft_threshold_told.remove(&n);
     }
 
     /// Queues a unit attention for one nexus (ignored for an unknown nexus or a condition that
@@ -207,6 +221,27 @@ impl LogicalUnit {
     /// INITIATOR for `n`.
     pub fn commands_cleared(&mut self, n: NexusId) {
         self.queue_unit_attention(n, Sense::commands_cleared_by_another_initiator());
+    }
+
+    /// The thin pool's used space passed its soft threshold: queues THIN
+    /// PROVISIONING SOFT THRESHOLD REACHED (06/38/07) for every known nexus that was not given it
+    /// since the last [`reset_soft_threshold`](Self::reset_soft_threshold). Cheap to call on every
+    /// allocation above the threshold: each nexus gets the condition once (a nexus that logs in
+    /// later gets it at the next call).
+    pub fn soft_threshold_reached(&mut self) {
+        let ua = Sense::soft_threshold_reached();
+        for (n, queue) in self.nexuses.iter_mut() {
+            if self.soft_threshold_told.insert(*n) {
+                push_ua(queue, ua);
+            }
+        }
+    }
+
+    /// The pool went back below its soft threshold: the next
+    /// [`soft_threshold_reached`](Self::soft_threshold_reached) tells every nexus again.
+    /// Conditions already queued stay queued.
+    pub fn reset_soft_threshold(&mut self) {
+        self.soft_threshold_told.clear();
     }
 
     /// Resizes the logical unit and queues CAPACITY DATA HAS CHANGED for every nexus.
@@ -264,6 +299,11 @@ impl LogicalUnit {
             }
             Command::PreFetch { io, .. } => return sbc::pre_fetch(info, &io),
             Command::SynchronizeCache { io, .. } => return sbc::synchronize_cache(info, &io),
+            Command::Unmap { param_len } => return sbc::unmap(info, param_len, data_out),
+            Command::WriteSame(ref ws) => return sbc::write_same(info, ws, data_out),
+            Command::GetLbaStatus { lba, alloc_len } => {
+                return sbc::get_lba_status(info, lba, alloc_len);
+            }
             Command::ReportLuns {
                 select_report,
                 alloc_len,
@@ -272,7 +312,9 @@ impl LogicalUnit {
                 self.clear_unit_attention(n, Sense::reported_luns_data_changed());
                 c
             }
-            Command::ReportSupportedOpcodes(ref req) => spc::report_supported_opcodes(req),
+            Command::ReportSupportedOpcodes(ref req) => {
+                spc::report_supported_opcodes(req, info.thin)
+            }
         };
         Outcome::Done(completion)
     }
@@ -294,6 +336,21 @@ impl LogicalUnit {
                 Completion::good(Vec::new())
             }
         }
+    }
+
+    /// The completion of an `Outcome::GetLbaStatus { lba, alloc_len }` that
+    /// [`execute`](Self::execute) returned: GOOD with the LBA status descriptors from `lba`
+    /// ([`sbc::lba_status_descriptors`], formatted by [`sbc::lba_status_data`] and truncated to
+    /// `alloc_len`). `mapped(e)` tells whether logical extent `e` (byte offset / extent size) of
+    /// the volume is allocated.
+    pub fn lba_status(
+        &self,
+        lba: u64,
+        alloc_len: u32,
+        mapped: impl FnMut(u64) -> bool,
+    ) -> Completion {
+        let descriptors = sbc::lba_status_descriptors(&self.info, lba, alloc_len, mapped);
+        Completion::good(sbc::lba_status_data(&descriptors, alloc_len))
     }
 
     /// Maps the result of a storage request that [`execute`](Self::execute) returned to the
@@ -630,9 +687,23 @@ mod tests {
         assert!(!lu.has_unit_attention(B));
     }
 
+    /// A thin LU (512-byte blocks, 4 KiB extents) with nexuses A and B, power-on UAs consumed.
+    fn thin_lu() -> LogicalUnit {
+        let mut lu = LogicalUnit::new(LunInfo {
+            thin: true,
+            extent_size: 4096,
+            ..info()
+        });
+        lu.add_nexus(A);
+        lu.add_nexus(B);
+        lu.execute(A, &TUR, &[]);
+        lu.execute(B, &TUR, &[]);
+        lu
+    }
+
     #[test]
     fn execute_dispatches_every_supported_command() {
-        let mut lu = lu();
+        let mut lu = thin_lu();
         for c in cdb::SUPPORTED_COMMANDS {
             let mut bytes = [0u8; 16];
             bytes[..c.usage.len()].copy_from_slice(c.usage);
@@ -648,6 +719,8 @@ mod tests {
                 0x15 | 0x55 => bytes[1] = 0x10,
                 0x1A | 0x5A => bytes[2] = 0x3F,
                 0xA0 => bytes[9] = 16,
+                0x41 => bytes[8] = 1,  // WSNZ
+                0x93 => bytes[13] = 1, // WSNZ
                 _ => {}
             }
             let data = vec![0u8; 512];
@@ -662,6 +735,175 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn thin_only_commands_on_a_fully_provisioned_lu() {
+        let mut lu = lu();
+        let unmap = cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]);
+        let gls = cdb(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0]);
+        for c in [unmap, gls] {
+            assert_eq!(
+                done(lu.execute(A, &c, &[0; 24])).sense,
+                Some(Sense::invalid_opcode())
+            );
+        }
+        let ws_unmap = cdb(&[0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            done(lu.execute(A, &ws_unmap, &[0; 512])).sense,
+            Some(Sense::invalid_field_in_cdb(1, Some(3)))
+        );
+        let ws = cdb(&[0x41, 0x00, 0, 0, 0, 0, 0, 0, 1, 0]);
+        assert!(matches!(
+            lu.execute(A, &ws, &[0; 512]),
+            Outcome::WriteSame { unmap: false, .. }
+        ));
+    }
+
+    #[test]
+    fn execute_provisioning_commands() {
+        let mut lu = thin_lu();
+        let list = [
+            0, 38, 0, 32, 0, 0, 0, 0, //
+            0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 8, 0, 0, 0, 0, //
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0,
+        ];
+        let unmap = cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0, 40, 0]);
+        assert_eq!(
+            lu.execute(A, &unmap, &list),
+            Outcome::Unmap {
+                ranges: vec![(0, 24 * 512)]
+            }
+        );
+        let anchor = cdb(&[0x42, 1, 0, 0, 0, 0, 0, 0, 40, 0]);
+        assert_eq!(
+            done(lu.execute(A, &anchor, &list)).sense,
+            Some(Sense::invalid_field_in_cdb(1, Some(0)))
+        );
+        let mut ws16 = cdb(&[0x93, 0x09]);
+        ws16[9] = 8;
+        ws16[13] = 16;
+        assert_eq!(
+            lu.execute(A, &ws16, &[]),
+            Outcome::WriteSame {
+                offset: 8 * 512,
+                len: 16 * 512,
+                unmap: true,
+                ndob: true
+            }
+        );
+        let mut gls = cdb(&[0x9E, 0x12]);
+        gls[9] = 7;
+        gls[13] = 24;
+        assert_eq!(
+            lu.execute(A, &gls, &[]),
+            Outcome::GetLbaStatus {
+                lba: 7,
+                alloc_len: 24
+            }
+        );
+        gls[8] = 0x08; // LBA 2048 = capacity
+        assert_eq!(
+            done(lu.execute(A, &gls, &[])).sense,
+            Some(Sense::lba_out_of_range())
+        );
+        // The runtime's answer: extent 0 mapped, the rest deallocated.
+        let c = lu.lba_status(7, 40, |e| e == 0);
+        assert_eq!(c.status, Status::Good);
+        assert_eq!(c.data.len(), 40);
+        assert_eq!(&c.data[..8], &[0, 0, 0, 36, 0, 0, 0, 0]);
+        assert_eq!(
+            &c.data[8..24],
+            &[0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            &c.data[24..40],
+            &[0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0x07, 0xF8, 1, 0, 0, 0]
+        );
+        assert_eq!(lu.lba_status(7, 24, |e| e == 0).data.len(), 24);
+        // Failures of the storage request.
+        let o = Outcome::Unmap {
+            ranges: vec![(0, 512)],
+        };
+        assert_eq!(
+            lu.complete(A, &o, IoResult::Ok),
+            Completion::good(Vec::new())
+        );
+        assert_eq!(
+            lu.complete(A, &o, IoResult::MediumError { read: false })
+                .sense,
+            Some(Sense::medium_error(false))
+        );
+    }
+
+    #[test]
+    fn read_only_thin_lun_rejects_unmap_and_write_same() {
+        let mut lu = LogicalUnit::new(LunInfo {
+            read_only: true,
+            thin: true,
+            extent_size: 4096,
+            ..info()
+        });
+        let unmap = cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]);
+        let list = [
+            0, 22, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0,
+        ];
+        assert_eq!(
+            done(lu.execute(A, &unmap, &list)).sense,
+            Some(Sense::write_protected())
+        );
+        for b1 in [0x00u8, 0x08] {
+            let ws = cdb(&[0x41, b1, 0, 0, 0, 0, 0, 0, 1, 0]);
+            assert_eq!(
+                done(lu.execute(A, &ws, &[0; 512])).sense,
+                Some(Sense::write_protected())
+            );
+        }
+        let gls = cdb(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0]);
+        assert!(matches!(
+            lu.execute(A, &gls, &[]),
+            Outcome::GetLbaStatus { .. }
+        ));
+    }
+
+    #[test]
+    fn soft_threshold_ua_once_per_nexus() {
+        let mut lu = thin_lu();
+        lu.soft_threshold_reached();
+        lu.soft_threshold_reached();
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x38, 0x07)));
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+        // Not again for A, however often the pool reports it.
+        lu.soft_threshold_reached();
+        assert_eq!(done(lu.execute(A, &TUR, &[])).status, Status::Good);
+        // B got it once too.
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x38, 0x07)));
+        assert_eq!(done(lu.execute(B, &TUR, &[])).status, Status::Good);
+        // A nexus that logs in later gets it at the next report.
+        const C: NexusId = NexusId(3);
+        lu.add_nexus(C);
+        lu.execute(C, &TUR, &[]);
+        lu.soft_threshold_reached();
+        assert_eq!(ua_of(lu.execute(C, &TUR, &[])), Some((0x38, 0x07)));
+        assert!(!lu.has_unit_attention(A));
+        // A nexus that logs out and back in is told again.
+        lu.remove_nexus(A);
+        lu.add_nexus(A);
+        lu.execute(A, &TUR, &[]);
+        lu.soft_threshold_reached();
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x38, 0x07)));
+        // After a reset, everyone is told again.
+        lu.reset_soft_threshold();
+        assert!(!lu.has_unit_attention(B));
+        lu.soft_threshold_reached();
+        assert_eq!(ua_of(lu.execute(A, &TUR, &[])), Some((0x38, 0x07)));
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x38, 0x07)));
+        assert_eq!(ua_of(lu.execute(C, &TUR, &[])), Some((0x38, 0x07)));
+        // REQUEST SENSE reports it as well.
+        lu.reset_soft_threshold();
+        lu.soft_threshold_reached();
+        let c = done(lu.execute(A, &cdb(&[0x03, 0, 0, 0, 18, 0]), &[]));
+        assert_eq!((c.data[2], c.data[12], c.data[13]), (0x06, 0x38, 0x07));
     }
 
     #[test]
@@ -816,6 +1058,54 @@ mod tests {
                 cdb(&[0x15, 0x10, 0, 0, params.len() as u8, 0])
             };
             let _ = lu.execute(A, &c, &params);
+        }
+
+        #[test]
+        fn provisioning_requests_stay_inside_the_medium(
+            op in proptest::sample::select(vec![0x41u8, 0x93, 0x42]),
+            lba in proptest::prelude::any::<u64>(),
+            blocks in proptest::prelude::any::<u32>(),
+            small in proptest::prelude::any::<bool>(),
+            byte1 in proptest::prelude::any::<u8>(),
+            descriptors in proptest::collection::vec((0u64..3000, 0u32..1100), 0..20),
+        ) {
+            let mut lu = thin_lu();
+            let lba = if small { lba % 3000 } else { lba };
+            let blocks = if small { blocks % 1100 } else { blocks };
+            let mut c = [0u8; 16];
+            c[0] = op;
+            c[1] = byte1 & 0x0F;
+            let mut data = vec![0u8; 512];
+            match op {
+                0x41 => { c[2..6].copy_from_slice(&(lba as u32).to_be_bytes()); c[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()); }
+                0x93 => { c[2..10].copy_from_slice(&lba.to_be_bytes()); c[10..14].copy_from_slice(&blocks.to_be_bytes()); }
+                _ => {
+                    let len = 8 + 16 * descriptors.len();
+                    data = vec![0u8; len];
+                    data[2..4].copy_from_slice(&((len - 8) as u16).to_be_bytes());
+                    for (i, (l, n)) in descriptors.iter().enumerate() {
+                        data[8 + 16 * i..16 + 16 * i].copy_from_slice(&l.to_be_bytes());
+                        data[16 + 16 * i..20 + 16 * i].copy_from_slice(&n.to_be_bytes());
+                    }
+                    c[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+                }
+            }
+            let medium = lu.info().num_blocks * 512;
+            let ranges = match lu.execute(A, &c, &data) {
+                Outcome::WriteSame { offset, len, .. } => vec![(offset, len)],
+                Outcome::Unmap { ranges } => ranges,
+                _ => vec![],
+            };
+            for (i, &(offset, len)) in ranges.iter().enumerate() {
+                proptest::prop_assert!(len > 0);
+                proptest::prop_assert!(offset + len <= medium);
+                proptest::prop_assert_eq!(offset % 512, 0);
+                proptest::prop_assert_eq!(len % 512, 0);
+                if i > 0 {
+                    let (po, pl) = ranges[i - 1];
+                    proptest::prop_assert!(po + pl < offset);
+                }
+            }
         }
 
         #[test]

@@ -108,14 +108,22 @@ pub enum Outcome {
     /// Make every acknowledged write durable (fdatasync) before GOOD status.
     Flush,
     /// UNMAP (SBC-3 §5.28): deallocate these byte ranges (each inside the capacity, block
-    /// aligned). Whole extents are released; partial ones keep their data.
+    /// aligned, non-empty), then GOOD. Whole extents are released; since the LU reports LBPRZ=1
+    /// (an unmapped block reads as zeros), the blocks of a partial extent must read back as
+    /// zeros afterwards too: write zeros there (libiscsi's Unmap.Simple unmaps 1..256 blocks and
+    /// reads them back as zeros). Nothing here may fail for lack of space except those writes.
     Unmap {
-        /// (offset, len) byte ranges, in the order of the parameter list.
+        /// (offset, len) byte ranges, sorted by offset, overlapping and adjacent ones merged
+        /// (at least one).
         ranges: Vec<(u64, u64)>,
     },
     /// WRITE SAME (SBC-3 §5.45/§5.46): write the single block of Data-Out (or zeros when
     /// `ndob`) over `len` bytes at `offset`; with `unmap`, ranges that read back as that block
-    /// once unmapped (an all-zero block, LBPRZ=1) may be deallocated instead.
+    /// once unmapped (an all-zero block, LBPRZ=1) may be deallocated instead. With `unmap` and a
+    /// block that is not all zeros the data must be written (UNMAP is only a permission). The
+    /// Data-Out was checked to be exactly one block unless `ndob`; `len` is at most
+    /// [`sbc::MAX_WRITE_SAME_BYTES`]. There is no FUA bit: with WCE=0 the write must be durable
+    /// before GOOD, as any write.
     WriteSame {
         /// Byte offset on the volume.
         offset: u64,
@@ -127,8 +135,9 @@ pub enum Outcome {
         ndob: bool,
     },
     /// GET LBA STATUS (SBC-3 §5.9): report mapped / deallocated extents starting at `lba`; the
-    /// runtime asks the storage for the runs and formats them with
-    /// [`sbc::lba_status_data`].
+    /// runtime asks the storage which extents are mapped and completes the command with
+    /// [`LogicalUnit::lba_status`] (or [`sbc::lba_status_descriptors`] and
+    /// [`sbc::lba_status_data`]) as Data-In. `lba` is on the medium; `alloc_len` > 0.
     GetLbaStatus {
         /// Starting LBA.
         lba: u64,

@@ -1,6 +1,6 @@
 //! Primary commands (SPC-4) of a direct-access logical unit: the data these commands return and
 //! the checks on their parameter lists. Pure functions of the CDB fields (already parsed by
-//! [`cdb`](super::cdb)), the [`LunInfo`] and the mode page state.
+//! [`cdb`]), the [`LunInfo`] and the mode page state.
 //!
 //! Implements:
 //! - INQUIRY (SPC-4 6.6): standard data (6.6.2) and the VPD pages (7.8) Supported VPD Pages
@@ -17,10 +17,10 @@
 //! Allocation lengths truncate the returned data (SPC-4 4.2.5.6); an allocation length of zero
 //! returns GOOD with no data.
 
-use super::Completion;
 use super::cdb::{self, CommandInfo, ModeSense, PageControl, RsocRequest};
 use super::lun::{LunInfo, encode_lun};
 use super::sense::Sense;
+use super::{Completion, sbc};
 
 /// T10 VENDOR IDENTIFICATION (8 bytes, space padded).
 pub const VENDOR_ID: &[u8; 8] = b"SHOAL   ";
@@ -224,14 +224,29 @@ fn extended_inquiry() -> Vec<u8> {
     b
 }
 
-/// Block Limits (B0h) body, PAGE LENGTH 3Ch (SBC-3): OPTIMAL TRANSFER LENGTH GRANULARITY = logical
-/// blocks per physical block, MAXIMUM TRANSFER LENGTH from the LU; no COMPARE AND WRITE, UNMAP,
-/// WRITE SAME or atomic limits yet (zero).
+/// Block Limits (B0h) body, PAGE LENGTH 3Ch (SBC-3 6.5.3; SBC-4 field names): WSNZ=1 (a WRITE
+/// SAME of zero blocks is rejected), no COMPARE AND WRITE, OPTIMAL TRANSFER LENGTH GRANULARITY =
+/// logical blocks per physical block, MAXIMUM TRANSFER LENGTH from the LU, MAXIMUM WRITE SAME
+/// LENGTH ([`sbc::max_write_same_length`]); for a thin LU the unmap limits: MAXIMUM UNMAP LBA COUNT
+/// ([`sbc::max_unmap_lba_count`]), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
+/// ([`sbc::MAX_UNMAP_BLOCK_DESCRIPTORS`]), OPTIMAL UNMAP GRANULARITY = the extent size in blocks with
+/// UGAVALID=1 and UNMAP GRANULARITY ALIGNMENT 0 (extents start at LBA 0), all zero otherwise. No
+/// atomic limits.
 fn block_limits(info: &LunInfo) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
+    b[0] = 0x01; // byte 4: WSNZ
     let granularity = u16::try_from(info.logical_per_physical()).unwrap_or(1);
     b[2..4].copy_from_slice(&granularity.to_be_bytes()); // bytes 6-7
     b[4..8].copy_from_slice(&info.max_transfer_blocks.to_be_bytes()); // bytes 8-11
+    b[16..20].copy_from_slice(&sbc::max_unmap_lba_count(info).to_be_bytes()); // bytes 20-23
+    b[20..24].copy_from_slice(&sbc::max_unmap_block_descriptors(info).to_be_bytes()); // 24-27
+    let unmap_granularity = sbc::optimal_unmap_granularity(info);
+    b[24..28].copy_from_slice(&unmap_granularity.to_be_bytes()); // bytes 28-31
+    if unmap_granularity != 0 {
+        b[28] = 0x80; // byte 32: UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
+    }
+    let ws = u64::from(sbc::max_write_same_length(info));
+    b[32..40].copy_from_slice(&ws.to_be_bytes()); // bytes 36-43
     b
 }
 
@@ -243,12 +258,15 @@ fn block_device_characteristics() -> Vec<u8> {
     b
 }
 
-/// Logical Block Provisioning (B2h) body, PAGE LENGTH 4: no UNMAP / WRITE SAME unmapping yet
-/// (LBPU=LBPWS=LBPWS10=0); a thin LU reports LBPRZ and PROVISIONING TYPE 010b (thin).
+/// Logical Block Provisioning (B2h) body, PAGE LENGTH 4 (SBC-3 6.5.4): THRESHOLD EXPONENT 0 (no
+/// thresholds to set), and for a thin LU LBPU (UNMAP), LBPWS (WRITE SAME (16) with UNMAP), LBPWS10
+/// (WRITE SAME (10) with UNMAP), LBPRZ (an unmapped block reads as zeros; SBC-4's LBPRZ field
+/// 001b), ANC_SUP=0 (no anchored state), DP=0 (no resource descriptor), PROVISIONING TYPE 010b
+/// (thin). A fully provisioned LU reports all zero.
 fn logical_block_provisioning(info: &LunInfo) -> Vec<u8> {
     let mut b = vec![0u8; 4];
     if info.thin {
-        b[1] = 0x04; // byte 5: LBPRZ
+        b[1] = 0xE4; // byte 5: LBPU | LBPWS | LBPWS10 | LBPRZ
         b[2] = 0x02; // byte 6: PROVISIONING TYPE thin
     }
     b
@@ -610,15 +628,18 @@ fn one_command(info: Option<&CommandInfo>, rctd: bool) -> Vec<u8> {
     d
 }
 
-/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35). REPORTING OPTIONS 000b lists every command;
-/// 001b asks about an opcode without service actions, 010b about an opcode and service action
-/// (INVALID FIELD IN CDB when the opcode has none / has some, respectively); 011b accepts both.
-pub fn report_supported_opcodes(req: &RsocRequest) -> Completion {
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) of a thin (`thin`) or fully provisioned LU; the
+/// latter does not support the [`CommandInfo::thin_only`] commands. REPORTING OPTIONS 000b lists
+/// every command; 001b asks about an opcode without service actions, 010b about an opcode and
+/// service action (INVALID FIELD IN CDB when the opcode has none / has some, respectively); 011b
+/// accepts both.
+pub fn report_supported_opcodes(req: &RsocRequest, thin: bool) -> Completion {
     let has_sa = cdb::has_service_actions(req.opcode);
     let data = match req.options {
         0 => {
             let descriptors: Vec<u8> = cdb::SUPPORTED_COMMANDS
                 .iter()
+                .filter(|c| thin || !c.thin_only())
                 .flat_map(|c| command_descriptor(c, req.rctd))
                 .collect();
             let mut d = (descriptors.len() as u32).to_be_bytes().to_vec();
@@ -629,7 +650,8 @@ pub fn report_supported_opcodes(req: &RsocRequest) -> Completion {
         2 if !has_sa => return Completion::check(Sense::invalid_field_in_cdb(3, None)),
         _ => {
             let sa = has_sa.then_some(req.service_action);
-            one_command(cdb::supported_command(req.opcode, sa), req.rctd)
+            let info = cdb::supported_command(req.opcode, sa).filter(|c| thin || !c.thin_only());
+            one_command(info, req.rctd)
         }
     };
     good(data, req.alloc_len)
@@ -656,6 +678,7 @@ mod tests {
             serial: "SN0001".into(),
             read_only: false,
             thin: false,
+            extent_size: 0,
             write_cache: true,
             max_transfer_blocks: 2048,
         }
@@ -775,14 +798,68 @@ mod tests {
         assert!(d[8..].iter().all(|&b| b == 0));
     }
 
+    /// A thin LU of 512-byte blocks in 64 KiB extents.
+    fn thin_info() -> LunInfo {
+        LunInfo {
+            thin: true,
+            extent_size: 64 << 10,
+            ..info()
+        }
+    }
+
     #[test]
     fn block_limits_page() {
         let d = inquiry(&info(), true, 0xB0, 255).data;
-        assert_eq!(d.len(), 64);
-        assert_eq!(&d[..4], &[0x00, 0xB0, 0x00, 0x3C]);
-        assert_eq!(&d[6..8], &[0, 8]); // 4096 / 512
-        assert_eq!(&d[8..12], &2048u32.to_be_bytes());
-        assert!(d[12..].iter().all(|&b| b == 0)); // no unmap / write same / atomic
+        let mut want = vec![0u8; 64];
+        want[..4].copy_from_slice(&[0x00, 0xB0, 0x00, 0x3C]);
+        want[4] = 0x01; // WSNZ
+        want[6..8].copy_from_slice(&[0, 8]); // 4096 / 512
+        want[8..12].copy_from_slice(&2048u32.to_be_bytes());
+        // MAXIMUM WRITE SAME LENGTH: 16 MiB of 512-byte blocks. No unmap limits: not thin.
+        want[36..44].copy_from_slice(&32768u64.to_be_bytes());
+        assert_eq!(d, want);
+    }
+
+    #[test]
+    fn block_limits_page_thin() {
+        let d = inquiry(&thin_info(), true, 0xB0, 255).data;
+        let mut want = vec![0u8; 64];
+        want[..4].copy_from_slice(&[0x00, 0xB0, 0x00, 0x3C]);
+        want[4] = 0x01; // WSNZ
+        want[6..8].copy_from_slice(&[0, 8]);
+        want[8..12].copy_from_slice(&2048u32.to_be_bytes());
+        want[20..24].copy_from_slice(&(512u32 << 10).to_be_bytes()); // 256 MiB of blocks
+        want[24..28].copy_from_slice(&256u32.to_be_bytes());
+        want[28..32].copy_from_slice(&128u32.to_be_bytes()); // 64 KiB / 512
+        want[32..36].copy_from_slice(&[0x80, 0, 0, 0]); // UGAVALID, alignment 0
+        want[36..44].copy_from_slice(&32768u64.to_be_bytes());
+        assert_eq!(d, want);
+        // 4096-byte blocks, extent size unknown: no granularity reported (UGAVALID=0).
+        let big = LunInfo {
+            block_size: 4096,
+            physical_block_size: 4096,
+            extent_size: 0,
+            ..thin_info()
+        };
+        let d = inquiry(&big, true, 0xB0, 255).data;
+        assert_eq!(&d[6..8], &[0, 1]);
+        assert_eq!(&d[20..24], &65536u32.to_be_bytes());
+        assert_eq!(&d[24..28], &256u32.to_be_bytes());
+        assert_eq!(&d[28..36], &[0; 8]);
+        assert_eq!(&d[36..44], &4096u64.to_be_bytes());
+        // libiscsi's sanity bounds: 2^LBPPBE <= MAXIMUM UNMAP LBA COUNT <= 1 Mi, MAXIMUM
+        // WRITE SAME LENGTH in 256..65536.
+        for bs in [512u32, 4096] {
+            let i = LunInfo {
+                block_size: bs,
+                ..thin_info()
+            };
+            let d = inquiry(&i, true, 0xB0, 255).data;
+            let max_unmap = u32::from_be_bytes([d[20], d[21], d[22], d[23]]);
+            assert!(max_unmap >= i.logical_per_physical() && max_unmap <= 1 << 20);
+            let ws = u64::from_be_bytes(d[36..44].try_into().unwrap());
+            assert!((256..65536).contains(&ws));
+        }
     }
 
     #[test]
@@ -796,10 +873,16 @@ mod tests {
     fn logical_block_provisioning_page() {
         let d = inquiry(&info(), true, 0xB2, 255).data;
         assert_eq!(d, vec![0x00, 0xB2, 0x00, 0x04, 0, 0, 0, 0]);
-        let mut thin = info();
-        thin.thin = true;
-        let d = inquiry(&thin, true, 0xB2, 255).data;
-        assert_eq!(d, vec![0x00, 0xB2, 0x00, 0x04, 0, 0x04, 0x02, 0]);
+        let d = inquiry(&thin_info(), true, 0xB2, 255).data;
+        // LBPU, LBPWS, LBPWS10, LBPRZ; ANC_SUP=0, DP=0; PROVISIONING TYPE thin.
+        assert_eq!(d, vec![0x00, 0xB2, 0x00, 0x04, 0, 0xE4, 0x02, 0]);
+        // Read-only (an exported snapshot) is still thin.
+        let ro = LunInfo {
+            read_only: true,
+            ..thin_info()
+        };
+        assert_eq!(inquiry(&ro, true, 0xB2, 255).data, d);
+        assert_eq!(inquiry(&thin_info(), true, 0xB2, 6).data, &d[..6]);
     }
 
     #[test]
@@ -1098,6 +1181,7 @@ mod tests {
         );
     }
 
+    /// REPORT SUPPORTED OPERATION CODES of a thin LU.
     fn rsoc(
         rctd: bool,
         options: u8,
@@ -1105,13 +1189,59 @@ mod tests {
         service_action: u16,
         alloc_len: u32,
     ) -> Completion {
-        report_supported_opcodes(&RsocRequest {
-            rctd,
-            options,
-            opcode,
-            service_action,
-            alloc_len,
-        })
+        rsoc_of(true, rctd, options, opcode, service_action, alloc_len)
+    }
+
+    fn rsoc_of(
+        thin: bool,
+        rctd: bool,
+        options: u8,
+        opcode: u8,
+        service_action: u16,
+        alloc_len: u32,
+    ) -> Completion {
+        report_supported_opcodes(
+            &RsocRequest {
+                rctd,
+                options,
+                opcode,
+                service_action,
+                alloc_len,
+            },
+            thin,
+        )
+    }
+
+    #[test]
+    fn rsoc_thin_only_commands() {
+        // Listed for a thin LU ...
+        let d = rsoc(false, 1, 0x42, 0, 65535).data;
+        assert_eq!(&d[..4], &[0, 0x03, 0, 10]);
+        assert_eq!(&d[4..], &[0x42, 0x01, 0, 0, 0, 0, 0x00, 0xFF, 0xFF, 0x04]);
+        let d = rsoc(false, 2, 0x9E, 0x12, 65535).data;
+        assert_eq!(&d[..6], &[0, 0x03, 0, 16, 0x9E, 0x12]);
+        let all = rsoc(false, 0, 0, 0, 65535).data;
+        assert!(all[4..].chunks(8).any(|c| c[0] == 0x42));
+        // ... not for a fully provisioned one, where WRITE SAME still is.
+        assert_eq!(
+            rsoc_of(false, false, 1, 0x42, 0, 65535).data,
+            vec![0, 0x01, 0, 0]
+        );
+        assert_eq!(
+            rsoc_of(false, false, 2, 0x9E, 0x12, 65535).data,
+            vec![0, 0x01, 0, 0]
+        );
+        assert_eq!(rsoc_of(false, false, 2, 0x9E, 0x10, 65535).data[1], 0x03);
+        assert_eq!(rsoc_of(false, false, 1, 0x41, 0, 65535).data[1], 0x03);
+        assert_eq!(rsoc_of(false, false, 1, 0x93, 0, 65535).data[1], 0x03);
+        let all = rsoc_of(false, false, 0, 0, 0, 65535).data;
+        let n = cdb::SUPPORTED_COMMANDS.len() - 2;
+        assert_eq!(
+            u32::from_be_bytes([all[0], all[1], all[2], all[3]]) as usize,
+            n * 8
+        );
+        assert!(!all[4..].chunks(8).any(|c| c[0] == 0x42));
+        assert!(!all[4..].chunks(8).any(|c| c[0] == 0x9E && c[3] == 0x12));
     }
 
     #[test]
@@ -1150,7 +1280,7 @@ mod tests {
         assert_eq!(d[1], 0x83);
         assert_eq!(d.len(), 4 + 10 + 12);
         // Unsupported opcode: SUPPORT 001b.
-        assert_eq!(rsoc(false, 1, 0x42, 0, 65535).data, vec![0, 0x01, 0, 0]);
+        assert_eq!(rsoc(false, 1, 0x89, 0, 65535).data, vec![0, 0x01, 0, 0]);
         // Opcode with service actions asked without one.
         assert_eq!(
             rsoc(false, 1, 0x9E, 0x10, 65535).sense,
@@ -1163,7 +1293,7 @@ mod tests {
         let d = rsoc(false, 2, 0x9E, 0x10, 65535).data;
         assert_eq!(&d[..4], &[0, 0x03, 0, 16]);
         assert_eq!(&d[4..6], &[0x9E, 0x10]);
-        assert_eq!(rsoc(false, 2, 0x9E, 0x12, 65535).data, vec![0, 0x01, 0, 0]);
+        assert_eq!(rsoc(false, 2, 0x9E, 0x11, 65535).data, vec![0, 0x01, 0, 0]);
         assert_eq!(
             rsoc(false, 2, 0x28, 0, 65535).sense,
             Some(Sense::invalid_field_in_cdb(3, None))
