@@ -311,10 +311,26 @@ fn full_pool_fails_new_extents_keeps_overwrites_and_resumes_when_space_is_freed(
     let mut ini = raw_session(&t);
     let extent_blocks = (EXTENT / 512) as u32;
     let block = |seed: u64| pattern(4096, seed);
+    let mut soft_threshold_attentions = 0;
     for i in 0..16u32 {
-        let r = ini.write10(i * extent_blocks, &block(u64::from(i)));
+        let mut r = ini.write10(i * extent_blocks, &block(u64::from(i)));
+        if r.sense() == Some((0x06, 0x38, 0x07)) {
+            // THIN PROVISIONING SOFT THRESHOLD REACHED (85% of 16 extents), once per nexus.
+            soft_threshold_attentions += 1;
+            r = ini.write10(i * extent_blocks, &block(u64::from(i)));
+        }
         assert_eq!(r.status(), 0, "extent {i} fits");
+        if i < 13 {
+            std::thread::sleep(Duration::from_millis(5));
+        } else {
+            // Give the shard's 100 ms timer a chance to notice the threshold.
+            std::thread::sleep(Duration::from_millis(150));
+        }
     }
+    assert_eq!(
+        soft_threshold_attentions, 1,
+        "one soft-threshold unit attention"
+    );
     assert_eq!(used(&t), MIB);
     // A 17th extent: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT, nothing written.
     let r = ini.write10(16 * extent_blocks, &block(99));

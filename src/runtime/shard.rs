@@ -800,12 +800,26 @@ impl Shard {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.check_soft_threshold();
         let live: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
         for i in live {
             if let Some(sc) = self.conn_mut(i) {
                 sc.conn.tick(now);
             }
             self.flush(i);
+        }
+    }
+
+    /// THIN PROVISIONING SOFT THRESHOLD REACHED (SBC-3 §4.7.3.6): once per I_T nexus while
+    /// the pool is past its threshold; armed again when usage falls back below it.
+    fn check_soft_threshold(&mut self) {
+        for slot in self.luns.iter_mut().filter(|l| !l.target.is_empty()) {
+            let LunSlot { lu, volume, .. } = slot;
+            match volume.as_thin().map(|t| t.past_soft_threshold()) {
+                Some(true) => lu.soft_threshold_reached(),
+                Some(false) => lu.reset_soft_threshold(),
+                None => {}
+            }
         }
     }
 

@@ -192,6 +192,7 @@ impl Pool {
             extent_size: u64::from(sb.extent_size),
             refs,
             seq: Arc::new(AtomicU64::new(seq.max(sb.checkpoint_seq))),
+            soft_threshold_pct: sb.soft_threshold_pct,
         });
         let control = JournalWriter::open(
             &format::journal_dir(dir).join(control_journal_name(sb.generation)),

@@ -33,12 +33,20 @@ pub struct PoolShared {
     pub refs: Arc<RefTable>,
     /// The global journal sequence number (orders records across journals).
     pub seq: Arc<AtomicU64>,
+    /// Soft threshold, percent of the pool used: initiators get a unit attention past it.
+    pub soft_threshold_pct: u8,
 }
 
 impl PoolShared {
     /// Byte offset of physical extent `pext` in the data store.
     pub fn offset_of(&self, pext: u64) -> u64 {
         (pext - 1) * self.extent_size
+    }
+
+    /// Whether the pool is used past its soft threshold.
+    pub fn past_soft_threshold(&self) -> bool {
+        let capacity = self.refs.capacity().max(1);
+        self.refs.used_extents() * 100 >= capacity * u64::from(self.soft_threshold_pct)
     }
 
     /// The next journal sequence number.
@@ -115,6 +123,11 @@ impl ThinVolume {
             }
         }
         self.pool.refs.allocate()
+    }
+
+    /// Whether the pool is used past its soft threshold.
+    pub fn past_soft_threshold(&self) -> bool {
+        self.pool.past_soft_threshold()
     }
 
     /// Extent size in bytes.
