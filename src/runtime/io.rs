@@ -41,7 +41,8 @@ pub(super) struct IoOp {
     /// The write plan.
     plan: SmallVec<[WritePiece; 4]>,
     /// One buffer per `NewExtent` of the plan, in plan order.
-    bounce: SmallVec<[AlignedBuf; 2]>,
+    /// (`None` for an extent the command covers whole: it is written straight from the data.)
+    bounce: SmallVec<[Option<AlignedBuf>; 2]>,
     /// Where written bytes come from when not the task's Data-Out (WRITE SAME's repeated
     /// block); each range's pieces index it from the range's start.
     source: Option<AlignedBuf>,
@@ -312,6 +313,10 @@ impl Shard {
         let mut sqes = std::mem::take(&mut self.sqes);
         let extents: SmallVec<[NewExtent; 4]> = op.new_extents().copied().collect();
         for e in &extents {
+            if covers_whole(e) {
+                op.bounce.push(None);
+                continue;
+            }
             let mut bounce = self.pool.take(e.extent_len as usize);
             if let Some(old) = e.copy_from {
                 let ptr = bounce.as_mut_ptr();
@@ -323,7 +328,7 @@ impl Shard {
             } else {
                 bounce.fill(0);
             }
-            op.bounce.push(bounce);
+            op.bounce.push(Some(bounce));
         }
         self.submit_all(slot, &mut sqes);
         self.sqes = sqes;
@@ -352,9 +357,13 @@ impl Shard {
         if op.bounce.is_empty() {
             for e in op.plan.iter() {
                 if let WritePiece::NewExtent(e) = e {
-                    let mut b = self.pool.take(e.extent_len as usize);
-                    b.fill(0);
-                    op.bounce.push(b);
+                    if covers_whole(e) {
+                        op.bounce.push(None);
+                    } else {
+                        let mut b = self.pool.take(e.extent_len as usize);
+                        b.fill(0);
+                        op.bounce.push(Some(b));
+                    }
                 }
             }
         }
@@ -370,11 +379,17 @@ impl Shard {
                     (fd, offset, src.as_ptr(), len)
                 }
                 WritePiece::NewExtent(e) => {
-                    let b = &mut op.bounce[bounce_index];
+                    let bounce = op.bounce.get_mut(bounce_index).and_then(Option::as_mut);
                     bounce_index += 1;
                     let src = &data[e.data_at as usize..(e.data_at + e.len) as usize];
-                    b[e.within as usize..(e.within + e.len) as usize].copy_from_slice(src);
-                    (e.fd, e.offset, b.as_ptr(), e.extent_len)
+                    match bounce {
+                        Some(b) => {
+                            b[e.within as usize..(e.within + e.len) as usize].copy_from_slice(src);
+                            (e.fd, e.offset, b.as_ptr(), e.extent_len)
+                        }
+                        // The command covers the whole extent: no merge, no copy.
+                        None => (e.fd, e.offset, src.as_ptr(), e.extent_len),
+                    }
                 }
             };
             let mut w = opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset);
@@ -586,6 +601,11 @@ impl Shard {
         self.pump(index);
         self.reap(index);
     }
+}
+
+/// Whether a new extent is entirely overwritten by the command (no old contents, no zeros).
+fn covers_whole(e: &NewExtent) -> bool {
+    e.within == 0 && e.len == e.extent_len
 }
 
 fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
