@@ -258,14 +258,14 @@ impl Volume for ThinVolume {
     }
 
     fn map_read(&self, offset: u64, len: u64, out: &mut Vec<Piece>) {
-        let es = self.pool.extent_size;
         let fd = self.pool.data.as_raw_fd();
-        let mut at = offset;
-        let end = offset + len;
-        while at < end {
-            let lext = at / es;
-            let within = at % es;
-            let n = (es - within).min(end - at);
+        for Span {
+            lext,
+            within,
+            len: n,
+            ..
+        } in spans(offset, len, self.pool.extent_size)
+        {
             let piece = match self.map.get(lext) {
                 Some(p) => Piece::File {
                     fd,
@@ -275,7 +275,6 @@ impl Volume for ThinVolume {
                 None => Piece::Zero { len: n },
             };
             push_merged(out, piece);
-            at += n;
         }
     }
 
@@ -291,13 +290,13 @@ impl Volume for ThinVolume {
         let start = out.len();
         let es = self.pool.extent_size;
         let fd = self.pool.data.as_raw_fd();
-        let mut at = offset;
-        let end = offset + len;
-        while at < end {
-            let lext = at / es;
-            let within = at % es;
-            let n = (es - within).min(end - at);
-            let data_at = at - offset;
+        for Span {
+            lext,
+            within,
+            len: n,
+            data_at,
+        } in spans(offset, len, es)
+        {
             if self.busy.contains(&lext) {
                 self.undo(out, start);
                 return Err(PlanError::Busy);
@@ -337,7 +336,6 @@ impl Volume for ThinVolume {
                     }));
                 }
             }
-            at += n;
         }
         Ok(())
     }
@@ -362,6 +360,38 @@ impl Volume for ThinVolume {
     fn as_thin(&mut self) -> Option<&mut ThinVolume> {
         Some(self)
     }
+}
+
+/// The part of a byte range that falls in one logical extent.
+struct Span {
+    lext: u64,
+    /// Offset inside the extent.
+    within: u64,
+    /// Bytes in this extent.
+    len: u64,
+    /// Offset of these bytes from the start of the range.
+    data_at: u64,
+}
+
+/// Cuts `[offset, offset + len)` at extent boundaries.
+fn spans(offset: u64, len: u64, extent_size: u64) -> impl Iterator<Item = Span> {
+    let end = offset + len;
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let within = at % extent_size;
+        let n = (extent_size - within).min(end - at);
+        let span = Span {
+            lext: at / extent_size,
+            within,
+            len: n,
+            data_at: at - offset,
+        };
+        at += n;
+        Some(span)
+    })
 }
 
 /// Appends a read piece, merging it with the previous one when they are contiguous.
