@@ -169,7 +169,7 @@ impl Daemon {
             read_only,
         )
         .map_err(internal)?;
-        let volume = volume.with_reservation(reserved);
+        let volume = volume.with_reservation(!meta.thin, reserved);
         let extent_size = st.pool.shared().extent_size as u32;
         let info = LunInfo {
             extent_size,
@@ -602,14 +602,32 @@ impl AdminBackend for Daemon {
                 ),
             ));
         }
-        st.pool
-            .resize(meta.image, req.size_bytes)
-            .map_err(pool_error)?;
+        // A full volume reserves the space of its growth first.
+        let es = st.pool.shared().extent_size;
+        let reserved = if meta.thin {
+            0
+        } else {
+            req.size_bytes.div_ceil(es) - meta.size_bytes.div_ceil(es)
+        };
+        if !st.pool.shared().refs.reserve(reserved) {
+            return Err(AdminError::new(
+                ErrorCode::NoSpace,
+                format!(
+                    "the pool cannot reserve {} more bytes for full volume {name}",
+                    reserved * es
+                ),
+            ));
+        }
+        if let Err(e) = st.pool.resize(meta.image, req.size_bytes) {
+            st.pool.shared().refs.unreserve(reserved);
+            return Err(pool_error(e));
+        }
         if let Some(s) = st.served.get(&meta.image).cloned() {
             let (target, size) = (s.target, req.size_bytes);
             self.ask(s.shard, |reply| ShardMsg::Resize {
                 target,
                 size,
+                reserved,
                 reply,
             })
             .map_err(internal)?;
@@ -684,16 +702,27 @@ impl AdminBackend for Daemon {
             .pool
             .rollback(vol.image, snap.image)
             .map_err(pool_error)?;
-        let reserved = old.map_or(0, |(old_map, reserved)| {
+        let old_reserved = old.map_or(0, |(old_map, reserved)| {
             drop(old_map);
             reserved
         });
-        st.pool.put_map(vol.image, map);
         let meta = st
             .pool
             .image(vol.image)
             .cloned()
             .ok_or_else(|| internal("volume vanished"))?;
+        // A full volume's reservation follows the rolled-back map: one extent per logical
+        // extent the snapshot leaves unwritten.
+        let refs = Arc::clone(&st.pool.shared().refs);
+        refs.unreserve(old_reserved);
+        let reserved = if meta.thin {
+            0
+        } else {
+            let es = st.pool.shared().extent_size;
+            let want = meta.size_bytes.div_ceil(es).saturating_sub(map.mapped());
+            if refs.reserve(want) { want } else { 0 }
+        };
+        st.pool.put_map(vol.image, map);
         self.serve_reserved(
             &mut st,
             &meta,

@@ -555,6 +555,8 @@ impl Shard {
             return;
         };
         self.free_ops.push(slot);
+        // A snapshot waiting for the writes in flight when it was taken may answer now.
+        self.finish_snapshots(Some(slot));
         let index = op.conn;
         let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
             return;

@@ -113,6 +113,8 @@ pub enum ShardMsg {
         target: String,
         /// New size in bytes.
         size: u64,
+        /// Extents reserved in the pool for a full volume's growth (0 for thin).
+        reserved: u64,
         /// Done, or why not.
         reply: Sender<Result<(), String>>,
     },
@@ -393,9 +395,10 @@ impl Shard {
                 ShardMsg::Resize {
                     target,
                     size,
+                    reserved,
                     reply,
                 } => {
-                    let _ = reply.send(self.resize(&target, size));
+                    let _ = reply.send(self.resize(&target, size, reserved));
                 }
                 ShardMsg::Usage { target, reply } => {
                     let usage = self.thin_of(&target).map(|t| leaf_usage(t.map()));
@@ -494,7 +497,13 @@ impl Shard {
             let _ = reply.send(Err(format!("target {target} is not a thin volume")));
             return;
         };
-        let taken = thin.share();
+        let taken = match thin.share_durable() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        };
         let waiting_for = self.write_ops_on(lun);
         self.pending_snapshots.push(PendingSnapshot {
             waiting_for,
@@ -537,7 +546,7 @@ impl Shard {
         Ok(cuts)
     }
 
-    fn resize(&mut self, target: &str, size: u64) -> Result<(), String> {
+    fn resize(&mut self, target: &str, size: u64, reserved: u64) -> Result<(), String> {
         let lun = self
             .lun_index(target)
             .ok_or_else(|| format!("target {target} is not served here"))?;
@@ -546,7 +555,7 @@ impl Shard {
             .volume
             .as_thin()
             .ok_or_else(|| format!("target {target} is not a thin volume"))?;
-        thin.grow(size);
+        thin.grow(size, reserved);
         let blocks = size / u64::from(slot.lu.info().block_size);
         slot.lu.set_capacity(blocks);
         Ok(())

@@ -74,9 +74,10 @@ pub struct RefTable {
     counts: Box<[AtomicU32]>,
     /// Extents whose count fell to 0 (R2).
     free: SegQueue<u64>,
-    /// With deferred frees: extents whose count fell to 0 but which must not be reused until
-    /// the journal records that dropped their references are durable (see
-    /// [`RefTable::publish_freed`]). They still count as used.
+    /// With deferred releases: references dropped by records that may not be durable yet (see
+    /// [`RefTable::publish_freed`]). Until published they still count, so the extent can
+    /// neither be reused nor look exclusive to a remaining holder (which would then overwrite
+    /// it in place while a power loss could still bring the old holder's mapping back).
     pending: SegQueue<u64>,
     /// Whether frees are deferred (the pool enables it; unit tests of the map leave it off).
     deferred: std::sync::atomic::AtomicBool,
@@ -327,11 +328,20 @@ impl RefTable {
     /// # Panics
     /// If `pext` is outside `1..=capacity` (a caller bug).
     pub fn release(&self, pext: u64) {
+        if self.deferred.load(Ordering::Acquire) {
+            // Bounds-checked now, applied at publication.
+            self.slot(pext);
+            self.pending.push(pext);
+            return;
+        }
+        self.release_now(pext);
+    }
+
+    fn release_now(&self, pext: u64) {
         let prev = self
             .slot(pext)
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
         match prev {
-            Ok(1) if self.deferred.load(Ordering::Acquire) => self.pending.push(pext),
             Ok(1) => self.free_now(pext),
             Ok(_) => {}
             Err(_) => debug_assert!(false, "release of free extent {pext}"),
@@ -346,10 +356,10 @@ impl RefTable {
         self.committed.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Defers frees from now on: an extent whose last reference goes waits in a pending queue
-    /// until [`RefTable::publish_freed`], so that it is reused only after the journal records
-    /// that released it are durable (otherwise a power loss could leave it mapped by its old
-    /// owner and its new one).
+    /// Defers releases from now on: a dropped reference waits in a pending queue until
+    /// [`RefTable::publish_freed`], so that an extent is reused — or overwritten in place by a
+    /// holder that became its only one — only after the journal records that released it are
+    /// durable (otherwise a power loss could bring the old mapping back next to the new data).
     pub fn defer_frees(&self) {
         self.deferred.store(true, Ordering::Release);
     }
@@ -359,15 +369,16 @@ impl RefTable {
         self.pending.len()
     }
 
-    /// Makes the first `n` pending extents free. Call after making durable every journal record
-    /// written before [`RefTable::pending_frees`] returned `n`.
+    /// Applies the first `n` pending releases (extents reaching 0 become free). Call after
+    /// making durable every journal record written before [`RefTable::pending_frees`]
+    /// returned `n`.
     pub fn publish_freed(&self, n: usize) -> usize {
         let mut done = 0;
         while done < n {
             let Some(pext) = self.pending.pop() else {
                 break;
             };
-            self.free_now(pext);
+            self.release_now(pext);
             done += 1;
         }
         done

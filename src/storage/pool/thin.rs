@@ -69,8 +69,10 @@ pub struct ThinVolume {
     busy: HashSet<u64>,
     read_only: bool,
     /// Extents still reserved for this volume (a full volume's space, promised at creation);
-    /// its allocations draw from the reservation first.
+    /// its first writes draw from the reservation.
     reserved_left: u64,
+    /// A full volume (space reserved for every logical extent).
+    full: bool,
 }
 
 impl ThinVolume {
@@ -100,14 +102,27 @@ impl ThinVolume {
             busy: HashSet::new(),
             read_only,
             reserved_left: 0,
+            full: false,
         })
     }
 
     /// Makes this a full volume holding `extents` extents reserved in the pool (taken with
     /// [`RefTable::reserve`] by the caller).
-    pub fn with_reservation(mut self, extents: u64) -> Self {
+    pub fn with_reservation(mut self, full: bool, extents: u64) -> Self {
+        self.full = full;
         self.reserved_left = extents;
         self
+    }
+
+    /// Shares the map as a snapshot after making the volume's journal durable: the snapshot's
+    /// record is synced by the control plane, so the mapping records it depends on must be too.
+    pub fn share_durable(&mut self) -> Result<(ExtentMap, u64), StorageError> {
+        self.journal.sync().map_err(|e| StorageError::Io {
+            what: "sync journal",
+            path: self.journal.path().display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(self.share())
     }
 
     /// Extents still reserved for this volume (given back with `unreserve` when it goes).
@@ -115,8 +130,10 @@ impl ThinVolume {
         self.reserved_left
     }
 
-    fn allocate(&mut self) -> Option<u64> {
-        if self.reserved_left > 0 {
+    /// A new extent. A first write to a logical extent of a full volume draws from the
+    /// volume's reservation; a copy-on-write (`first_write` false) needs space beyond it.
+    fn allocate(&mut self, first_write: bool) -> Option<u64> {
+        if first_write && self.reserved_left > 0 {
             if let Some(p) = self.pool.refs.allocate_reserved() {
                 self.reserved_left -= 1;
                 return Some(p);
@@ -191,10 +208,13 @@ impl ThinVolume {
     }
 
     /// Grows the volume to `capacity` bytes.
-    pub fn grow(&mut self, capacity: u64) {
+    /// Grows the volume to `capacity` bytes; `reserved` more extents (already reserved in the
+    /// pool by the caller) back the growth of a full volume.
+    pub fn grow(&mut self, capacity: u64, reserved: u64) {
         let extents = capacity.div_ceil(self.pool.extent_size);
         self.map.resize(extents);
         self.capacity = capacity;
+        self.reserved_left += reserved;
     }
 
     /// Whether a copy-on-write is in flight (a snapshot waits for none on the written extents).
@@ -217,6 +237,10 @@ impl ThinVolume {
             self.map.set(lext, None);
             self.journal_map(lext, 0)?;
             freed += 1;
+            // A full volume's unwritten extent is backed by its reservation again.
+            if self.full && self.pool.refs.reserve(1) {
+                self.reserved_left += 1;
+            }
         }
         Ok(freed)
     }
@@ -313,7 +337,7 @@ impl Volume for ThinVolume {
                     push_write_merged(out, start, piece);
                 }
                 _ => {
-                    let Some(pext) = self.allocate() else {
+                    let Some(pext) = self.allocate(mapped.is_none()) else {
                         self.undo(out, start);
                         return Err(PlanError::NoSpace);
                     };
