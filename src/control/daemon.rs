@@ -715,12 +715,24 @@ impl AdminBackend for Daemon {
         // extent the snapshot leaves unwritten.
         let refs = Arc::clone(&st.pool.shared().refs);
         refs.unreserve(old_reserved);
+        // The old map's extents count until published: publish them before reserving.
+        st.pool.publish_frees().map_err(pool_error)?;
         let reserved = if meta.thin {
             0
         } else {
             let es = st.pool.shared().extent_size;
             let want = meta.size_bytes.div_ceil(es).saturating_sub(map.mapped());
-            if refs.reserve(want) { want } else { 0 }
+            if refs.reserve(want) {
+                want
+            } else {
+                // Snapshots still pin the old data: the pool cannot back every unwritten
+                // extent of the rolled-back volume. It keeps working as thin until space frees.
+                eprintln!(
+                    "shoal: full volume {volume} rolled back, but the pool cannot reserve its {want} \
+                     unwritten extents: writes may now fail when the pool is full"
+                );
+                0
+            }
         };
         st.pool.put_map(vol.image, map);
         self.serve_reserved(

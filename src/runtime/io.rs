@@ -51,6 +51,8 @@ pub(super) struct IoOp {
     pending: u32,
     error: bool,
     no_space: bool,
+    /// Already waited once for released extents to be published.
+    waited_for_space: bool,
 }
 
 impl IoOp {
@@ -99,6 +101,7 @@ impl Shard {
             pending: 0,
             error: false,
             no_space: false,
+            waited_for_space: false,
         });
         if let Some(sc) = self.conn_mut(index) {
             sc.io_in_flight += 1;
@@ -287,6 +290,19 @@ impl Shard {
             Ok(()) => {}
             Err(PlanError::Busy) => {
                 self.parked.push(slot);
+                return;
+            }
+            Err(PlanError::NoSpace)
+                if !op.waited_for_space
+                    && self.luns[lun]
+                        .volume
+                        .as_thin()
+                        .is_some_and(|t| t.frees_pending()) =>
+            {
+                op.waited_for_space = true;
+                // Released extents wait for the journals to be synced (every 100 ms): retry
+                // then rather than fail a write the pool can hold.
+                self.parked_for_space.push(slot);
                 return;
             }
             Err(PlanError::NoSpace) | Err(PlanError::ReadOnly) => {
@@ -538,6 +554,14 @@ impl Shard {
             self.start_verify(slot);
         } else {
             self.finish_op(slot);
+        }
+    }
+
+    /// Re-plans the writes that waited for released extents to be published (shard timer).
+    pub(super) fn retry_for_space(&mut self) {
+        let parked = std::mem::take(&mut self.parked_for_space);
+        for slot in parked {
+            self.plan_write(slot);
         }
     }
 

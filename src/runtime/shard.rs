@@ -239,6 +239,8 @@ pub struct Shard {
     pub(super) ops: Vec<Option<super::io::IoOp>>,
     /// Writes waiting for a busy extent (op slots).
     pub(super) parked: Vec<usize>,
+    /// Writes waiting for released extents to be published (retried on the timer).
+    pub(super) parked_for_space: Vec<usize>,
     /// Scratch for write plans.
     pub(super) plan: Vec<crate::storage::WritePiece>,
     pub(super) free_ops: Vec<usize>,
@@ -277,6 +279,7 @@ impl Shard {
             conns: Vec::new(),
             ops: Vec::new(),
             parked: Vec::new(),
+            parked_for_space: Vec::new(),
             plan: Vec::new(),
             free_ops: Vec::new(),
             inbox,
@@ -810,6 +813,7 @@ impl Shard {
 
     fn tick(&mut self, now: Instant) {
         self.check_soft_threshold();
+        self.retry_for_space();
         let live: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
         for i in live {
             if let Some(sc) = self.conn_mut(i) {

@@ -337,6 +337,19 @@ impl RefTable {
         self.release_now(pext);
     }
 
+    /// Gives back an allocation no journal record ever named (a write plan that failed, a
+    /// write whose I/O failed): it is free again at once, deferral or not.
+    pub fn unallocate(&self, pext: u64) {
+        self.release_now(pext);
+    }
+
+    /// [`RefTable::unallocate`] for an extent taken with [`RefTable::allocate_reserved`]: the
+    /// reservation is restored. `false` when another allocation took the space meanwhile.
+    pub fn unallocate_reserved(&self, pext: u64) -> bool {
+        self.release_now(pext);
+        self.reserve(1)
+    }
+
     fn release_now(&self, pext: u64) {
         let prev = self
             .slot(pext)

@@ -73,6 +73,8 @@ pub struct ThinVolume {
     reserved_left: u64,
     /// A full volume (space reserved for every logical extent).
     full: bool,
+    /// Extents the current write plan took from the reservation (to give back on failure).
+    reserved_in_plan: smallvec::SmallVec<[u64; 4]>,
 }
 
 impl ThinVolume {
@@ -103,6 +105,7 @@ impl ThinVolume {
             read_only,
             reserved_left: 0,
             full: false,
+            reserved_in_plan: smallvec::SmallVec::new(),
         })
     }
 
@@ -136,6 +139,7 @@ impl ThinVolume {
         if first_write && self.reserved_left > 0 {
             if let Some(p) = self.pool.refs.allocate_reserved() {
                 self.reserved_left -= 1;
+                self.reserved_in_plan.push(p);
                 return Some(p);
             }
         }
@@ -145,6 +149,11 @@ impl ThinVolume {
     /// Whether the pool is used past its soft threshold.
     pub fn past_soft_threshold(&self) -> bool {
         self.pool.past_soft_threshold()
+    }
+
+    /// Whether released references wait to be published (space may come back shortly).
+    pub fn frees_pending(&self) -> bool {
+        self.pool.refs.pending_frees() > 0
     }
 
     /// Extent size in bytes.
@@ -265,7 +274,15 @@ impl ThinVolume {
     fn undo(&mut self, out: &mut Vec<WritePiece>, from: usize) {
         for piece in out.drain(from..) {
             if let WritePiece::NewExtent(e) = piece {
-                self.pool.refs.release(e.pext);
+                // Never journaled: free at once, and a reserved extent goes back to the
+                // volume's reservation.
+                if self.reserved_in_plan.contains(&e.pext) {
+                    if self.pool.refs.unallocate_reserved(e.pext) {
+                        self.reserved_left += 1;
+                    }
+                } else {
+                    self.pool.refs.unallocate(e.pext);
+                }
                 self.busy.remove(&e.lext);
             }
         }
@@ -312,6 +329,7 @@ impl Volume for ThinVolume {
             return Err(PlanError::ReadOnly);
         }
         let start = out.len();
+        self.reserved_in_plan.clear();
         let es = self.pool.extent_size;
         let fd = self.pool.data.as_raw_fd();
         for Span {
@@ -373,7 +391,8 @@ impl Volume for ThinVolume {
 
     fn abort_extent(&mut self, ext: &NewExtent) {
         self.busy.remove(&ext.lext);
-        self.pool.refs.release(ext.pext);
+        // The write failed before any record named the extent.
+        self.pool.refs.unallocate(ext.pext);
     }
 
     fn sync_fds(&self, out: &mut Vec<RawFd>) {
