@@ -350,6 +350,14 @@ impl Daemon {
             .collect()
     }
 
+    /// Usage of an image just created from another (a snapshot or clone): it maps what its
+    /// source maps and owns nothing alone yet, so the answer costs one walk of its own map —
+    /// not of every image, which would make creation O(pool).
+    fn fresh_usage(st: &State, image: u64) -> HashMap<u64, (u64, u64)> {
+        let mapped = st.pool.map(image).map_or(0, ExtentMap::mapped);
+        HashMap::from([(image, (mapped, 0))])
+    }
+
     fn volume_info(&self, st: &State, meta: &ImageMeta) -> VolumeInfo {
         let usage = self.usage(st);
         self.volume_info_with(st, meta, &usage)
@@ -674,7 +682,8 @@ impl AdminBackend for Daemon {
         let mut st = self.lock();
         let volume = Self::volume_meta(&st, &req.volume)?;
         let meta = self.take_snapshot(&mut st, &volume, &req.name)?;
-        Ok(self.snapshot_info(&st, &meta))
+        let usage = Self::fresh_usage(&st, meta.image);
+        Ok(self.snapshot_info_with(&st, &meta, &usage))
     }
 
     fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
@@ -779,7 +788,10 @@ impl AdminBackend for Daemon {
             .add_clone(snap.image, &req.name)
             .map_err(pool_error)?;
         self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
-        Ok(self.volume_info(&st, &meta))
+        // The clone is served now (its map on a shard): it maps what its snapshot maps.
+        let mapped = st.pool.map(snap.image).map_or(0, ExtentMap::mapped);
+        let usage = HashMap::from([(meta.image, (mapped, 0))]);
+        Ok(self.volume_info_with(&st, &meta, &usage))
     }
 
     fn stats(&self) -> Result<serde_json::Value, AdminError> {
