@@ -369,9 +369,7 @@ impl Daemon {
         meta: &ImageMeta,
         usage: &HashMap<u64, (u64, u64)>,
     ) -> VolumeInfo {
-        let es = st.pool.shared().extent_size;
-        let (mapped, exclusive) = usage.get(&meta.image).copied().unwrap_or((0, 0));
-        let (mapped, exclusive) = (mapped * es, exclusive * es);
+        let (mapped, exclusive) = usage_bytes(st, usage, meta.image);
         let origin = meta
             .parent
             .and_then(|p| st.pool.image(p))
@@ -413,9 +411,7 @@ impl Daemon {
         meta: &ImageMeta,
         usage: &HashMap<u64, (u64, u64)>,
     ) -> SnapshotInfo {
-        let es = st.pool.shared().extent_size;
-        let (mapped, exclusive) = usage.get(&meta.image).copied().unwrap_or((0, 0));
-        let (mapped, exclusive) = (mapped * es, exclusive * es);
+        let (mapped, exclusive) = usage_bytes(st, usage, meta.image);
         let volume = meta.name.split('@').next().unwrap_or("").to_string();
         SnapshotInfo {
             name: meta.name.clone(),
@@ -474,6 +470,13 @@ impl Daemon {
             .add_snapshot(volume.image, &full, map, seq)
             .map_err(pool_error)
     }
+}
+
+/// Mapped and exclusive bytes of `image` from a usage table (extents).
+fn usage_bytes(st: &State, usage: &HashMap<u64, (u64, u64)>, image: u64) -> (u64, u64) {
+    let es = st.pool.shared().extent_size;
+    let (mapped, exclusive) = usage.get(&image).copied().unwrap_or((0, 0));
+    (mapped * es, exclusive * es)
 }
 
 /// An NAA IEEE Registered Extended designator (NAA = 6, SPC-4 §7.8.6.6.5) from an image's
@@ -808,10 +811,10 @@ impl AdminBackend for Daemon {
                             serde_json::json!({
                                 "ops": c.ops,
                                 "bytes": c.bytes,
-                                "p50_ns": c.latency.value_at_quantile(0.5),
-                                "p99_ns": c.latency.value_at_quantile(0.99),
-                                "p999_ns": c.latency.value_at_quantile(0.999),
-                                "max_ns": c.latency.max(),
+                                "p50_ns": c.quantile(0.5),
+                                "p99_ns": c.quantile(0.99),
+                                "p999_ns": c.quantile(0.999),
+                                "max_ns": c.quantile(1.0),
                             })
                         };
                         luns.push(serde_json::json!({
