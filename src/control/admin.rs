@@ -86,10 +86,11 @@ impl AdminServer {
         addr: SocketAddr,
         backend: Arc<dyn AdminBackend>,
     ) -> Result<AdminServer, AdminStartError> {
-        let http = tiny_http::Server::http(addr).map_err(|e| AdminStartError::Bind {
-            addr,
-            reason: e.to_string(),
-        })?;
+        let bind_error = |reason: String| AdminStartError::Bind { addr, reason };
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| bind_error(e.to_string()))?;
+        set_nodelay(&listener);
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| bind_error(e.to_string()))?;
         let local = http.server_addr().to_ip().unwrap_or(addr);
         let http = Arc::new(http);
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,6 +252,30 @@ fn execute_loop(backend: &dyn AdminBackend, queue: &mpsc::Receiver<Msg>) {
 }
 
 /// `shoal-admin-http`: hands each request to its own I/O thread.
+/// TCP_NODELAY on the listening socket, which Linux passes on to every accepted connection:
+/// tiny_http writes a response's header and a body over 1 KiB in two `write`s, and with Nagle's
+/// algorithm the second waits for the client's delayed ACK (40 ms per list request).
+fn set_nodelay(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, reading a live c_int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "shoal: admin: TCP_NODELAY: {} (list requests may take 40 ms more)",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn accept_loop(http: &tiny_http::Server, jobs: &mpsc::Sender<Msg>, stop: &AtomicBool) {
     loop {
         let rq = http.recv();

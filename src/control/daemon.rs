@@ -11,10 +11,10 @@ use super::TargetEntry;
 use super::api::*;
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
-use crate::runtime::shard::{LeafUsage, LunSlot, ShardHandle, ShardMsg, leaf_usage};
+use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg};
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::storage::pool::catalog::{Pool, PoolError};
-use crate::storage::pool::extent_map::ExtentMap;
+use crate::storage::pool::extent_map::{ExtentMap, UsageSource, UsageWalk, exclusive_extents};
 use crate::storage::pool::format::{ImageKind, ImageMeta};
 use crate::storage::pool::thin::ThinVolume;
 use crossbeam::channel::{Receiver, bounded};
@@ -309,44 +309,54 @@ impl Daemon {
             .ok_or_else(|| not_found("snapshot", &full))
     }
 
-    /// Mapped and exclusive extents of every image. An extent is exclusive to an image when
-    /// it has one reference and the leaf holding it is reachable from that image only (leaves
-    /// are shared between images by identity); that is what deleting the image would free.
+    /// Mapped and exclusive extents of every image (see [`exclusive_extents`]). Served volumes
+    /// are walked by their shards in small steps (their I/O never waits long); everything else
+    /// here, in one visit of each distinct node of the pool.
     fn usage(&self, st: &State) -> HashMap<u64, (u64, u64)> {
-        let mut per_image: Vec<(u64, Vec<LeafUsage>)> = Vec::new();
+        // Start every shard's walk first: they run concurrently.
+        let mut walking = Vec::new();
         for meta in st.pool.images() {
-            let served = st
-                .served
-                .get(&meta.image)
-                .filter(|_| meta.kind == ImageKind::Volume);
-            let leaves = match (served, st.pool.map(meta.image)) {
-                (Some(s), _) => {
-                    let target = s.target.clone();
-                    self.ask(s.shard, |reply| ShardMsg::Usage { target, reply })
-                        .unwrap_or_default()
+            if meta.kind != ImageKind::Volume {
+                continue;
+            }
+            if let Some(s) = st.served.get(&meta.image) {
+                let (tx, rx) = bounded(1);
+                let target = s.target.clone();
+                if self.shards[s.shard].send(ShardMsg::Usage { target, reply: tx }) {
+                    walking.push((meta.image, rx));
                 }
-                (None, Some(map)) => leaf_usage(map),
-                (None, None) => Vec::new(),
-            };
-            per_image.push((meta.image, leaves));
-        }
-        let mut holders: HashMap<usize, u32> = HashMap::new();
-        for (_, leaves) in &per_image {
-            for &(id, _, _) in leaves {
-                *holders.entry(id).or_default() += 1;
             }
         }
-        per_image
+        let walks: Vec<(u64, UsageWalk)> = walking
             .into_iter()
-            .map(|(image, leaves)| {
-                let mapped = leaves.iter().map(|l| u64::from(l.1)).sum();
-                let exclusive = leaves
-                    .iter()
-                    .filter(|l| holders.get(&l.0) == Some(&1))
-                    .map(|l| u64::from(l.2))
-                    .sum();
-                (image, (mapped, exclusive))
+            .filter_map(|(image, rx)| match rx.recv_timeout(SHARD_TIMEOUT) {
+                Ok(Ok(walk)) => Some((image, walk)),
+                Ok(Err(e)) => {
+                    eprintln!("shoal: usage of image {image}: {e}");
+                    None
+                }
+                Err(_) => None,
             })
+            .collect();
+        let walked: HashMap<u64, &UsageWalk> = walks.iter().map(|(i, w)| (*i, w)).collect();
+        let mut sources = Vec::new();
+        let mut mapped = HashMap::new();
+        for meta in st.pool.images() {
+            let served = meta.kind == ImageKind::Volume && st.served.contains_key(&meta.image);
+            if served {
+                if let Some(walk) = walked.get(&meta.image) {
+                    sources.push((meta.image, UsageSource::Walked(walk)));
+                    mapped.insert(meta.image, walk.mapped());
+                }
+            } else if let Some(map) = st.pool.map(meta.image) {
+                sources.push((meta.image, UsageSource::Map(map)));
+                mapped.insert(meta.image, map.mapped());
+            }
+        }
+        let exclusive = exclusive_extents(&sources, &st.pool.shared().refs);
+        mapped
+            .into_iter()
+            .map(|(image, m)| (image, (m, exclusive.get(&image).copied().unwrap_or(0))))
             .collect()
     }
 

@@ -23,7 +23,7 @@ use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::LunStats;
-use crate::storage::pool::extent_map::ExtentMap;
+use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
 use crate::storage::pool::thin::ThinVolume;
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
@@ -118,12 +118,13 @@ pub enum ShardMsg {
         /// Done, or why not.
         reply: Sender<Result<(), String>>,
     },
-    /// Space usage of a volume, leaf by leaf (see [`leaf_usage`]).
+    /// Space usage of a volume: its map walked in small steps between I/O completions (see
+    /// [`UsageWalk`]); the answer comes when the walk is complete.
     Usage {
         /// The target.
         target: String,
-        /// The usage, or why not.
-        reply: Sender<Result<Vec<LeafUsage>, String>>,
+        /// The walk, or why not.
+        reply: Sender<Result<UsageWalk, String>>,
     },
     /// Checkpoint cut: every writable thin volume continues its journal in a file of
     /// `generation` and reports (image, map, cut sequence number).
@@ -137,24 +138,15 @@ pub enum ShardMsg {
     Stop,
 }
 
-/// One leaf of an image's map, for space accounting: (leaf identity, mapped entries, entries
-/// whose physical extent has exactly one reference).
-pub type LeafUsage = (usize, u32, u32);
+/// Leaves (or shared subtrees) a usage walk visits per loop round: a few tens of µs at most,
+/// so a walk of a TiB map never stalls the shard's I/O.
+const USAGE_STEP: usize = 32;
 
-/// Walks a map leaf by leaf (O(leaves); on the shard for a served volume, so the map is never
-/// shared and no write has to copy anything).
-pub fn leaf_usage(map: &ExtentMap) -> Vec<LeafUsage> {
-    let refs = map.refs();
-    let mut out = Vec::new();
-    map.for_each_leaf(|_, id, entries| {
-        let mapped = entries.iter().filter(|&&p| p != 0).count() as u32;
-        let sole = entries
-            .iter()
-            .filter(|&&p| p != 0 && refs.count(p) == 1)
-            .count() as u32;
-        out.push((id, mapped, sole));
-    });
-    out
+/// A usage walk in progress.
+struct PendingUsage {
+    target: String,
+    walk: UsageWalk,
+    reply: Sender<Result<UsageWalk, String>>,
 }
 
 /// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
@@ -257,6 +249,7 @@ pub struct Shard {
     pub(super) registry: Arc<Registry>,
     pending_snapshots: Vec<PendingSnapshot>,
     pending_removals: Vec<PendingRemoval>,
+    pending_usage: Vec<PendingUsage>,
     pub(super) stopping: bool,
 }
 
@@ -294,6 +287,7 @@ impl Shard {
             registry,
             pending_snapshots: Vec::new(),
             pending_removals: Vec::new(),
+            pending_usage: Vec::new(),
             stopping: false,
         })
     }
@@ -305,7 +299,9 @@ impl Shard {
         while !self.stopping {
             let ts = types::Timespec::from(TICK);
             let args = types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
+            // With a usage walk in progress, poll instead of sleeping.
+            let want = usize::from(self.pending_usage.is_empty());
+            match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
@@ -319,6 +315,9 @@ impl Shard {
             }
             cqes.clear();
             self.cqes = cqes;
+            if !self.pending_usage.is_empty() {
+                self.advance_usage();
+            }
             let now = Instant::now();
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
@@ -326,6 +325,31 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// One step of every usage walk in progress; finished ones are answered.
+    fn advance_usage(&mut self) {
+        let mut jobs = std::mem::take(&mut self.pending_usage);
+        jobs.retain_mut(|job| {
+            let step = match self.thin_of(&job.target) {
+                Ok(thin) => Ok(thin.map().usage_step(&mut job.walk, USAGE_STEP)),
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(false) => true,
+                Ok(true) => {
+                    let _ = job.reply.send(Ok(std::mem::take(&mut job.walk)));
+                    false
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    false
+                }
+            }
+        });
+        // Walks started while stepping (none today) would be in `self.pending_usage`.
+        jobs.append(&mut self.pending_usage);
+        self.pending_usage = jobs;
     }
 
     pub(super) fn push(&mut self, sqe: io_uring::squeue::Entry) {
@@ -403,10 +427,11 @@ impl Shard {
                 } => {
                     let _ = reply.send(self.resize(&target, size, reserved));
                 }
-                ShardMsg::Usage { target, reply } => {
-                    let usage = self.thin_of(&target).map(|t| leaf_usage(t.map()));
-                    let _ = reply.send(usage);
-                }
+                ShardMsg::Usage { target, reply } => self.pending_usage.push(PendingUsage {
+                    target,
+                    walk: UsageWalk::new(),
+                    reply,
+                }),
                 ShardMsg::Rotate { generation, reply } => {
                     let _ = reply.send(self.rotate(generation));
                 }

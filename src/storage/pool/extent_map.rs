@@ -55,6 +55,10 @@
 //! Sparse data costs up to one leaf per mapped extent. A snapshot costs nothing until a write
 //! shadows a path (one leaf + one node per level).
 
+mod usage;
+
+pub use usage::{SharedSubtree, UsageSource, UsageWalk, exclusive_extents};
+
 use super::refs::{RefError, RefTable};
 use std::collections::HashSet;
 use std::fmt;
@@ -394,11 +398,20 @@ fn any_mapped_in(node: &Node, level: u32, base: u64, lo: u64, hi: u64) -> bool {
 /// with `end < base + coverage(level)`). Returns true when nothing is left in `node`: the caller
 /// drops it whole. Shared nodes are copied only on the boundary path, and only when they hold
 /// mappings on both sides of `end`.
-fn truncate(node: &mut Node, level: u32, base: u64, end: u64, refs: &Arc<RefTable>) -> bool {
+/// `removed` grows by the number of mappings dropped.
+fn truncate(
+    node: &mut Node,
+    level: u32,
+    base: u64,
+    end: u64,
+    refs: &Arc<RefTable>,
+    removed: &mut u64,
+) -> bool {
     if !any_mapped_in(node, level, base, end, u64::MAX) {
         return false;
     }
     if !any_mapped_in(node, level, base, base, end) {
+        *removed += mapped_below(node);
         return true;
     }
     match node {
@@ -413,7 +426,11 @@ fn truncate(node: &mut Node, level: u32, base: u64, end: u64, refs: &Arc<RefTabl
                 let Some(child) = inner.children[i].as_mut() else {
                     continue;
                 };
-                if cb >= end || truncate(child, level - 1, cb, end, refs) {
+                if cb >= end {
+                    *removed += mapped_below(child);
+                    inner.children[i] = None;
+                    inner.live -= 1;
+                } else if truncate(child, level - 1, cb, end, refs, removed) {
                     inner.children[i] = None;
                     inner.live -= 1;
                 }
@@ -429,10 +446,19 @@ fn truncate(node: &mut Node, level: u32, base: u64, end: u64, refs: &Arc<RefTabl
                     refs.release(*e);
                     *e = 0;
                     leaf.mapped -= 1;
+                    *removed += 1;
                 }
             }
             leaf.mapped == 0
         }
+    }
+}
+
+/// Number of mapped entries below `node` (O(leaves below it)).
+fn mapped_below(node: &Node) -> u64 {
+    match node {
+        Node::Leaf(leaf) => u64::from(leaf.mapped),
+        Node::Interior(n) => n.children.iter().flatten().map(mapped_below).sum(),
     }
 }
 
@@ -462,6 +488,8 @@ pub struct ExtentMap {
     height: u32,
     /// Number of logical extents.
     len: u64,
+    /// Number of mapped logical extents (kept by every change, so [`ExtentMap::mapped`] is O(1)).
+    mapped: u64,
     /// The pool's reference table (M1).
     refs: Arc<RefTable>,
 }
@@ -497,6 +525,7 @@ impl ExtentMap {
             root: None,
             height: height_for(extents),
             len: extents,
+            mapped: 0,
             refs,
         }
     }
@@ -529,7 +558,9 @@ impl ExtentMap {
                 return Err(MapError::MappingPastEnd { index });
             }
             if leaf.mapped > 0 {
+                let count = u64::from(leaf.mapped);
                 map.install_leaf(index, leaf)?;
+                map.mapped += count;
             }
         }
         Ok(map)
@@ -653,7 +684,11 @@ impl ExtentMap {
                 );
                 let (height, refs) = (self.height, &self.refs);
                 let root = self.root.get_or_insert_with(|| Node::empty(height, refs));
-                map_entry(root, height, lext, p, refs)
+                let old = map_entry(root, height, lext, p, refs);
+                if old.is_none() {
+                    self.mapped += 1;
+                }
+                old
             }
             None => {
                 let old = self.get(lext)?;
@@ -661,6 +696,7 @@ impl ExtentMap {
                 if unmap_entry(root, self.height, lext, &self.refs) {
                     self.root = None;
                 }
+                self.mapped -= 1;
                 Some(old)
             }
         }
@@ -672,6 +708,7 @@ impl ExtentMap {
             root: self.root.clone(),
             height: self.height,
             len: self.len,
+            mapped: self.mapped,
             refs: Arc::clone(&self.refs),
         }
     }
@@ -711,9 +748,11 @@ impl ExtentMap {
         if extents < self.len {
             if let Some(root) = self.root.as_mut() {
                 // extents < len <= coverage(height): truncate's precondition.
-                if truncate(root, self.height, 0, extents, &self.refs) {
+                let mut removed = 0;
+                if truncate(root, self.height, 0, extents, &self.refs, &mut removed) {
                     self.root = None;
                 }
+                self.mapped -= removed;
             }
             // Everything left lies below `extents` <= coverage(new_height), so in child 0 of every
             // level above `new_height`.
@@ -742,11 +781,9 @@ impl ExtentMap {
         self.len = extents;
     }
 
-    /// Number of mapped logical extents. O(nodes): sums the per-leaf counts.
+    /// Number of mapped logical extents. O(1).
     pub fn mapped(&self) -> u64 {
-        let mut total = 0;
-        self.walk(|_, leaf| total += u64::from(leaf.mapped));
-        total
+        self.mapped
     }
 
     /// Calls `f(logical, physical)` for every mapped logical extent, in logical order.
@@ -1463,6 +1500,20 @@ mod tests {
                 }
                 let maps: Vec<&ExtentMap> = images.iter().map(|im| &im.map).collect();
                 check_refs(&refs, &maps);
+                // Space accounting: the first image walked by its owner in small steps, the
+                // others read directly, against brute force.
+                if let Some(first) = images.first() {
+                    let mut walk = UsageWalk::new();
+                    while !first.map.usage_step(&mut walk, 2) {}
+                    prop_assert_eq!(walk.mapped(), first.map.mapped());
+                    let mut sources = vec![(0u64, UsageSource::Walked(&walk))];
+                    sources.extend(images.iter().enumerate().skip(1).map(|(i, im)| (i as u64, UsageSource::Map(&im.map))));
+                    let fast = exclusive_extents(&sources, &refs);
+                    drop(sources);
+                    drop(walk);
+                    let labelled: Vec<(u64, &ExtentMap)> = images.iter().enumerate().map(|(i, im)| (i as u64, &im.map)).collect();
+                    prop_assert_eq!(fast, usage::tests::brute(&labelled, &refs));
+                }
             }
             drop(images);
             prop_assert_eq!(refs.used_extents(), 0);
