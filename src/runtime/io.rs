@@ -3,7 +3,7 @@
 //! ```text
 //! Read / Verify:      Read ─────────────────────────────────────────────▶ done (compare)
 //! Write:              plan ─▶ CopyOld? ─▶ WriteData ─▶ commit ─▶ SyncMeta? ─▶ VerifyRead? ─▶ done
-//! Flush:              Flush (fdatasync data store + journal) ─────────────────────────────▶ done
+//! Flush:              Flush (group sync: fdatasync data store + journals) ────────────────▶ done
 //! ```
 //! A write whose plan hits a logical extent being copied by another write is parked and
 //! re-planned when that copy commits (writes to one extent are serialised while it is remapped).
@@ -13,6 +13,7 @@
 
 use super::buf::AlignedBuf;
 use super::shard::{KIND_IO, Shard, user_data};
+use super::sync::SyncWaiter;
 use crate::iscsi::connection::{DataInSource, TaskId};
 use crate::scsi::{self, IoResult, OpClass, Outcome};
 use crate::storage::{NewExtent, Piece, PlanError, WritePiece};
@@ -108,7 +109,11 @@ impl Shard {
         }
         match phase {
             Phase::Read => self.submit_read(slot),
-            Phase::Flush => self.submit_sync(slot),
+            Phase::Flush => {
+                if let Some(lun) = self.lun_of(slot) {
+                    self.join_sync(lun, SyncWaiter::Op(slot));
+                }
+            }
             _ => {
                 if write_same {
                     self.prepare_write_same(slot);
@@ -237,20 +242,12 @@ impl Shard {
         self.sqes = sqes;
     }
 
-    fn submit_sync(&mut self, slot: usize) {
-        let Some(lun) = self.lun_of(slot) else { return };
-        let mut fds = Vec::new();
-        self.luns[lun].volume.sync_fds(&mut fds);
-        let mut sqes = std::mem::take(&mut self.sqes);
-        for fd in fds {
-            sqes.push(
-                opcode::Fsync::new(types::Fd(fd))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build(),
-            );
+    /// A group sync round this op waited for is done (`failed`: an `fdatasync` failed).
+    pub(super) fn op_synced(&mut self, slot: usize, failed: bool) {
+        if let Some(op) = self.ops.get_mut(slot).and_then(Option::as_mut) {
+            op.error |= failed;
+            self.end_phase(slot);
         }
-        self.submit_all(slot, &mut sqes);
-        self.sqes = sqes;
     }
 
     /// Plans a write; parks it when an extent it needs is busy.
@@ -367,7 +364,14 @@ impl Shard {
             Some(source) => source,
             None => task.data_out(),
         };
-        let dsync = op.durable(write_cache);
+        // A durable write that remaps extents is made durable by the group sync that follows
+        // (data store and journal together); one that only overwrites owned extents has no
+        // metadata to sync, and RWF_DSYNC makes its data durable in the same operation.
+        let remaps = op
+            .plan
+            .iter()
+            .any(|p| matches!(p, WritePiece::NewExtent(_)));
+        let dsync = op.durable(write_cache) && !remaps;
         let mut sqes = std::mem::take(&mut self.sqes);
         let mut bounce_index = 0;
         if op.bounce.is_empty() {
@@ -549,7 +553,7 @@ impl Shard {
             if let Some(op) = self.ops[slot].as_mut() {
                 op.phase = Phase::SyncMeta;
             }
-            self.submit_sync(slot);
+            self.join_sync(lun, SyncWaiter::Op(slot));
         } else if !self.ops[slot].as_ref().is_some_and(|o| o.error) && self.wants_verify(slot) {
             self.start_verify(slot);
         } else {

@@ -6,6 +6,7 @@ pub mod io;
 pub mod login;
 pub mod server;
 pub mod shard;
+mod sync;
 pub mod text;
 pub mod tx;
 

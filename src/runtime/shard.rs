@@ -10,6 +10,7 @@
 //!   points at (receive buffer, send batch, write data, read buffer) outlives the SQE.
 
 use super::buf::BufPool;
+use super::sync::{GroupSync, SyncWaiter};
 use super::text::SessionDirectory;
 use super::tx::Tx;
 use crate::control::Registry;
@@ -37,6 +38,7 @@ const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 pub(super) const KIND_IO: u64 = 3;
 const KIND_WAKE: u64 = 4;
+pub(super) const KIND_SYNC: u64 = 5;
 const TICK: Duration = Duration::from_millis(100);
 const RX_CAPACITY: usize = 512 * 1024;
 
@@ -152,9 +154,13 @@ struct PendingUsage {
 /// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
 pub type JournalCut = (u64, ExtentMap, u64);
 
-/// A snapshot waiting for the writes that were in flight when its map was shared.
+/// A snapshot waiting for the writes that were in flight when its map was shared, then for
+/// its volume's journal to be durable (a group sync round).
 struct PendingSnapshot {
+    id: u64,
+    lun: usize,
     waiting_for: Vec<usize>,
+    syncing: bool,
     result: Option<(ExtentMap, u64)>,
     reply: Sender<Result<(ExtentMap, u64), String>>,
 }
@@ -248,6 +254,9 @@ pub struct Shard {
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
     pending_snapshots: Vec<PendingSnapshot>,
+    next_snapshot_id: u64,
+    /// Group commit of durable writes, flushes and snapshots (see `sync.rs`).
+    pub(super) group: GroupSync,
     pending_removals: Vec<PendingRemoval>,
     pending_usage: Vec<PendingUsage>,
     pub(super) stopping: bool,
@@ -286,6 +295,8 @@ impl Shard {
             portals,
             registry,
             pending_snapshots: Vec::new(),
+            next_snapshot_id: 0,
+            group: GroupSync::default(),
             pending_removals: Vec::new(),
             pending_usage: Vec::new(),
             stopping: false,
@@ -380,6 +391,7 @@ impl Shard {
             KIND_RECV => self.on_recv(index, res),
             KIND_SEND => self.on_send(index, res),
             KIND_IO => self.on_io(index, res),
+            KIND_SYNC => self.on_sync(res),
             KIND_WAKE => {
                 self.drain_inbox();
                 if !self.stopping {
@@ -525,38 +537,55 @@ impl Shard {
             let _ = reply.send(Err(format!("target {target} is not a thin volume")));
             return;
         };
-        let taken = match thin.share_durable() {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
-                return;
-            }
-        };
+        // The journal is synced once the writes in flight are done (on the ring, with the
+        // other durable work of the shard), before the answer.
+        let taken = thin.share();
         let waiting_for = self.write_ops_on(lun);
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
         self.pending_snapshots.push(PendingSnapshot {
+            id,
+            lun,
             waiting_for,
+            syncing: false,
             result: Some(taken),
             reply,
         });
         self.finish_snapshots(None);
     }
 
-    /// Answers snapshots no longer waiting for any write (after op `done` finished).
+    /// Starts the journal sync of snapshots no longer waiting for any write (after op `done`
+    /// finished).
     pub(super) fn finish_snapshots(&mut self, done: Option<usize>) {
         if self.pending_snapshots.is_empty() {
             return;
         }
+        let mut ready = Vec::new();
         for p in &mut self.pending_snapshots {
             if let Some(slot) = done {
                 p.waiting_for.retain(|&s| s != slot);
             }
-            if p.waiting_for.is_empty() {
-                if let Some(result) = p.result.take() {
-                    let _ = p.reply.send(Ok(result));
-                }
+            if p.waiting_for.is_empty() && !p.syncing {
+                p.syncing = true;
+                ready.push((p.lun, p.id));
             }
         }
-        self.pending_snapshots.retain(|p| p.result.is_some());
+        for (lun, id) in ready {
+            self.join_sync(lun, SyncWaiter::Snapshot(id));
+        }
+    }
+
+    /// The sync round a snapshot waited for is done: answer it.
+    pub(super) fn snapshot_synced(&mut self, id: u64, failed: bool) {
+        let Some(i) = self.pending_snapshots.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let p = self.pending_snapshots.swap_remove(i);
+        let answer = match p.result {
+            Some(taken) if !failed => Ok(taken),
+            _ => Err("fdatasync of the volume's journal failed".to_string()),
+        };
+        let _ = p.reply.send(answer);
     }
 
     fn rotate(&mut self, generation: u64) -> Result<Vec<JournalCut>, String> {
