@@ -17,7 +17,7 @@ use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
     AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode, Export,
-    PoolStatus, Resize, SnapshotInfo, VolumeInfo,
+    PoolSettings, PoolStatus, Resize, SnapshotInfo, VolumeInfo,
 };
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
@@ -164,6 +164,13 @@ pub enum CloneCommand {
 pub enum PoolCommand {
     /// Pool size, used and free space, settings.
     Status,
+    /// Change pool settings.
+    Set {
+        /// Soft threshold: percent of the pool used past which initiators are warned (a THIN
+        /// PROVISIONING SOFT THRESHOLD REACHED unit attention), 1..=100.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+        soft_threshold: Option<u8>,
+    },
 }
 
 /// A `VOLUME@SNAP` argument.
@@ -420,6 +427,11 @@ impl AdminClient {
         self.fetch("GET", "/v1/pool", None)
     }
 
+    /// `PATCH /v1/pool`.
+    pub fn update_pool(&self, req: &PoolSettings) -> Result<Fetched<PoolStatus>, CliError> {
+        self.fetch("PATCH", "/v1/pool", Some(req))
+    }
+
     /// `GET /v1/volumes`.
     pub fn list_volumes(&self) -> Result<Fetched<Vec<VolumeInfo>>, CliError> {
         self.fetch("GET", "/v1/volumes", None)
@@ -647,6 +659,12 @@ pub fn execute(
             render(json, &client.create_clone(&req)?, show_volume)
         }
         CliCommand::Pool(PoolCommand::Status) => render(json, &client.pool_status()?, show_pool),
+        CliCommand::Pool(PoolCommand::Set { soft_threshold }) => {
+            let req = PoolSettings {
+                soft_threshold_percent: *soft_threshold,
+            };
+            render(json, &client.update_pool(&req)?, show_pool)
+        }
         CliCommand::Stats => raw_json(&client.stats()?.json),
     };
     Ok(out)
@@ -957,6 +975,15 @@ mod tests {
         assert_eq!(c, CliCommand::Volume(VolumeCommand::List));
         let (a, _) = parse(&["pool", "status", "--json"]).unwrap();
         assert!(a.json);
+        let (_, c) = parse(&["pool", "set", "--soft-threshold", "70"]).unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Pool(PoolCommand::Set {
+                soft_threshold: Some(70)
+            })
+        );
+        assert!(parse(&["pool", "set", "--soft-threshold", "0"]).is_err());
+        assert!(parse(&["pool", "set", "--soft-threshold", "101"]).is_err());
         let (_, c) = parse(&["snapshot", "export", "a@b", "--disable"]).unwrap();
         assert_eq!(
             c,

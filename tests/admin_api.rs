@@ -9,7 +9,7 @@ use shoal::cli::{self, AdminArgs, CliCommand, CliError};
 use shoal::control::admin::{self, AdminServer};
 use shoal::control::api::{
     AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, PoolStatus, Resize, SnapshotInfo, VolumeInfo,
+    Export, PoolSettings, PoolStatus, Resize, SnapshotInfo, VolumeInfo,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -32,6 +32,8 @@ struct Model {
     /// Keyed by `VOLUME@SNAP`.
     snapshots: BTreeMap<String, SnapshotInfo>,
     next_naa: u64,
+    /// Soft threshold set through the API (None: the default, 85).
+    soft_threshold: Option<u8>,
 }
 
 /// A Mutex-protected model of volumes and snapshots with the daemon's error behaviour. It also
@@ -133,11 +135,23 @@ impl AdminBackend for Fake {
                 free_bytes: POOL_SIZE - reserved,
                 reserved_bytes: reserved,
                 extent_size: 65536,
-                soft_threshold_percent: 85,
+                soft_threshold_percent: m.soft_threshold.unwrap_or(85),
                 volumes: m.volumes.len() as u64,
                 snapshots: m.snapshots.len() as u64,
             })
         })
+    }
+
+    fn update_pool(&self, req: &PoolSettings) -> Result<PoolStatus, AdminError> {
+        self.with(|m| match req.soft_threshold_percent {
+            Some(p) if !(1..=100).contains(&p) => err(ErrorCode::InvalidArgument, "1..=100"),
+            Some(p) => {
+                m.soft_threshold = Some(p);
+                Ok(())
+            }
+            None => Ok(()),
+        })?;
+        self.pool_status()
     }
 
     fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError> {

@@ -412,3 +412,63 @@ fn full_volume_reserves_its_space() {
     delete(&t, "/v1/volumes/thick");
     assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 0);
 }
+
+#[test]
+fn soft_threshold_is_set_online_through_the_cli_and_kept_across_restarts() {
+    // 16 extents of 64 KiB; the threshold lowered from 85% to 50%: the 8th extent crosses it.
+    let t = Target::start(&["--size", "4M", "--pool-size", "1M"]);
+    let cli = |t: &Target, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--admin", &t.admin(), "--json"])
+            .args(args)
+            .output()
+            .expect("shoal CLI")
+    };
+    let out = cli(&t, &["pool", "set", "--soft-threshold", "50"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["soft_threshold_percent"], 50);
+    // Out of range through the API: a clear 400, nothing changed.
+    match ureq::patch(&format!("{}/v1/pool", t.admin()))
+        .send_json(json!({"soft_threshold_percent": 0}))
+    {
+        Err(ureq::Error::Status(400, resp)) => {
+            let body: Value = resp.into_json().unwrap();
+            assert_eq!(body["error"]["code"], "invalid_argument");
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    assert_eq!(get(&t, "/v1/pool")["soft_threshold_percent"], 50);
+
+    let mut ini = raw_session(&t);
+    let extent_blocks = (EXTENT / 512) as u32;
+    let mut attention_at = None;
+    for i in 0..12u32 {
+        let mut r = ini.write10(i * extent_blocks, &pattern(4096, u64::from(i)));
+        if r.sense() == Some((0x06, 0x38, 0x07)) {
+            attention_at.get_or_insert(i);
+            r = ini.write10(i * extent_blocks, &pattern(4096, u64::from(i)));
+        }
+        assert_eq!(r.status(), 0, "extent {i}");
+        // The shard checks the threshold on its 100 ms timer.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let at = attention_at.expect("a soft-threshold unit attention at 50%");
+    assert!(
+        (8..=9).contains(&at),
+        "reported after 8 of 16 extents, got {at}"
+    );
+    drop(ini);
+
+    let dir = t.kill();
+    let t = Target::start_in(dir, &[]);
+    assert_eq!(
+        get(&t, "/v1/pool")["soft_threshold_percent"],
+        50,
+        "the setting is stored in the pool"
+    );
+}

@@ -15,7 +15,7 @@
 
 use super::api::{
     AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, Resize,
+    Export, PoolSettings, Resize,
 };
 use crate::cli::CliError;
 use serde::Serialize;
@@ -560,7 +560,8 @@ impl Route {
     /// The methods this route answers, as for an `Allow` header.
     fn allow(&self) -> &'static str {
         match self {
-            Route::Pool | Route::Stats => "GET",
+            Route::Pool => "GET, PATCH",
+            Route::Stats => "GET",
             Route::Volumes | Route::Snapshots => "GET, POST",
             Route::Volume(_) | Route::Snapshot(_) => "GET, DELETE",
             Route::VolumeResize(_)
@@ -741,6 +742,10 @@ fn route_and_call(
     let err = Reply::error;
     let reply = match (method, &route) {
         ("GET", Route::Pool) => Reply::json(200, &backend.pool_status().map_err(err)?),
+        ("PATCH", Route::Pool) => {
+            let req: PoolSettings = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.update_pool(&req).map_err(err)?)
+        }
         ("GET", Route::Stats) => Reply::json(200, &backend.stats().map_err(err)?),
         ("GET", Route::Volumes) => Reply::json(200, &backend.list_volumes().map_err(err)?),
         ("POST", Route::Volumes) => {
@@ -876,6 +881,10 @@ mod tests {
                 volumes: 0,
                 snapshots: 0,
             })
+        }
+        fn update_pool(&self, req: &PoolSettings) -> Result<PoolStatus, AdminError> {
+            self.record(format!("update_pool {:?}", req.soft_threshold_percent));
+            self.pool_status()
         }
         fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError> {
             self.record("list_volumes".into());

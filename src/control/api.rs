@@ -151,6 +151,15 @@ pub struct CreateVolume {
     pub block_size: Option<u32>,
 }
 
+/// `PATCH /v1/pool`: the settings to change (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Soft threshold, percent of the pool used (1..=100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_threshold_percent: Option<u8>,
+}
+
 /// `POST /v1/volumes/{name}/resize`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resize {
@@ -188,6 +197,8 @@ pub struct Export {
 pub trait AdminBackend: Send + Sync {
     /// Pool space and settings.
     fn pool_status(&self) -> Result<PoolStatus, AdminError>;
+    /// Changes pool settings (stored durably before the answer).
+    fn update_pool(&self, req: &PoolSettings) -> Result<PoolStatus, AdminError>;
     /// Every volume.
     fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError>;
     /// One volume.

@@ -535,6 +535,18 @@ impl AdminBackend for Daemon {
         })
     }
 
+    fn update_pool(&self, req: &PoolSettings) -> Result<PoolStatus, AdminError> {
+        if let Some(pct) = req.soft_threshold_percent {
+            self.lock()
+                .pool
+                .set_soft_threshold(pct)
+                .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+            // The superblock holds the setting: a checkpoint writes it.
+            self.checkpoint()?;
+        }
+        self.pool_status()
+    }
+
     fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError> {
         let st = self.lock();
         let metas: Vec<ImageMeta> = st

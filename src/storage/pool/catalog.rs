@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use thiserror::Error;
 
 /// Errors of the pool's control side.
@@ -199,7 +199,7 @@ impl Pool {
             extent_size: u64::from(sb.extent_size),
             refs,
             seq: Arc::new(AtomicU64::new(seq.max(sb.checkpoint_seq))),
-            soft_threshold_pct: sb.soft_threshold_pct,
+            soft_threshold_pct: AtomicU8::new(sb.soft_threshold_pct),
         });
         let control = JournalWriter::open(
             &format::journal_dir(dir).join(control_journal_name(sb.generation)),
@@ -301,6 +301,19 @@ impl Pool {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    /// Sets the soft threshold (percent of the pool used, 1..=100): shards see it at once;
+    /// it is stored in the superblock by the next checkpoint (the caller writes one).
+    pub fn set_soft_threshold(&mut self, pct: u8) -> Result<(), PoolError> {
+        if !(1..=100).contains(&pct) {
+            return Err(PoolError::Invalid(format!(
+                "soft threshold {pct}% is not in 1..=100"
+            )));
+        }
+        self.sb.soft_threshold_pct = pct;
+        self.shared.soft_threshold_pct.store(pct, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes a checkpoint and retires the journals it covers.

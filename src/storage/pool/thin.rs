@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 /// What every volume of a pool shares: the data store and the allocation state.
 #[derive(Debug)]
@@ -34,7 +34,10 @@ pub struct PoolShared {
     /// The global journal sequence number (orders records across journals).
     pub seq: Arc<AtomicU64>,
     /// Soft threshold, percent of the pool used: initiators get a unit attention past it.
-    pub soft_threshold_pct: u8,
+    /// Changed online by the control thread ([`Pool::set_soft_threshold`]).
+    ///
+    /// [`Pool::set_soft_threshold`]: super::catalog::Pool::set_soft_threshold
+    pub soft_threshold_pct: AtomicU8,
 }
 
 impl PoolShared {
@@ -46,7 +49,8 @@ impl PoolShared {
     /// Whether the pool is used past its soft threshold.
     pub fn past_soft_threshold(&self) -> bool {
         let capacity = self.refs.capacity().max(1);
-        self.refs.used_extents() * 100 >= capacity * u64::from(self.soft_threshold_pct)
+        let pct = self.soft_threshold_pct.load(Ordering::Relaxed);
+        self.refs.used_extents() * 100 >= capacity * u64::from(pct)
     }
 
     /// The next journal sequence number.
