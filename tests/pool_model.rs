@@ -18,14 +18,15 @@
 //!   through the map the pool holds (`Pool::map` + `ExtentMap::get` + `pread`), and through a
 //!   read-only `ThinVolume` (an exported snapshot, which must refuse writes).
 //! - create: a full volume reserves its extents first (`RefTable::reserve`) and is served with
-//!   `with_reservation`; snapshot: `ThinVolume::share` then `Pool::add_snapshot` (the shard's
+//!   `with_reservation`; snapshot: `ThinVolume::reserve_for_snapshot` (refused when the pool
+//!   cannot top a full volume's reservation up), `ThinVolume::share` then `Pool::add_snapshot` (the shard's
 //!   `snapshot` + the daemon's `take_snapshot`); clone: `Pool::add_clone` then serve; delete:
 //!   take the volume's map (the shard's `RemoveLun`), `Pool::delete`, drop the map, give back
 //!   the reservation; rollback: take the map, `Pool::rollback`, drop the old map,
 //!   `Pool::put_map`, serve again with the old reservation; resize: `Pool::resize` then
 //!   `ThinVolume::grow`; checkpoint: `rotate_journal` on every volume then `Pool::checkpoint`;
 //!   publish: `Pool::publish_frees` (the daemon's 100 ms tick); restart: the daemon's `start`
-//!   (full volumes re-reserve their unwritten extents).
+//!   (full volumes re-reserve every extent they do not own alone).
 //!
 //! After every step: the catalog equals the model (ids, names, kinds, sizes, thin/full); every
 //! volume and snapshot reads back exactly its model; every reference count equals a recount of
@@ -33,8 +34,9 @@
 //! distinct physical extents referenced plus those waiting to be published, and
 //! `free + used <= capacity`; the reservations equal what the full volumes hold and
 //! `used + reserved <= capacity`; image ids are never handed out twice; a full volume never
-//! runs out of space for its own unwritten extents ("space reserved at creation, never out of
-//! space"; copying an extent shared with a snapshot may need more than the reservation).
+//! runs out of space ("space reserved at creation, never out of space": its reservation covers
+//! every logical extent it does not own alone — a snapshot tops it up first or is refused — so
+//! neither a first write nor a copy-on-write of an extent shared with a snapshot can fail).
 //!
 //! # Restart (`kill -9`)
 //! Everything is dropped (journal records are in the page cache: complete), `catalog::check`
@@ -589,10 +591,11 @@ impl Harness {
     }
 
     /// Snapshot `id` served as a read-only LUN (daemon `serve` with `read_only`).
-    fn export(&self, id: u64) -> Result<ThinVolume, String> {
-        let pool = self.pool.as_ref().expect("pool open");
+    fn export(&mut self, id: u64) -> Result<ThinVolume, String> {
+        let pool = self.pool.as_mut().expect("pool open");
         let meta = pool
             .image(id)
+            .cloned()
             .ok_or_else(|| format!("no image {id} to export"))?;
         let map = pool
             .map(id)
@@ -707,10 +710,6 @@ impl Harness {
         let used_before = in_use();
         let name = self.model[&id].name.clone();
         let v = self.vols.get_mut(&id).expect("served");
-        // Whether the write needs new extents only for unmapped logical extents (no
-        // copy-on-write of a shared one).
-        let no_cow = (offset / ES..(offset + len).div_ceil(ES))
-            .all(|l| v.map().get(l).is_none() || v.map().is_exclusive(l));
         let full = self.model[&id].full && !self.model[&id].unbacked;
         let mut plan = Vec::new();
         match v.plan_write(offset, len, &mut plan) {
@@ -743,14 +742,13 @@ impl Harness {
                      used before, {} after)",
                     in_use()
                 );
-                // Issue 3: a full volume has "space reserved at creation, never out of space".
-                // Copying a shared extent may need more than the reservation; filling its own
-                // unmapped extents may not.
+                // Issue 3: a full volume has "space reserved at creation, never out of space":
+                // its reservation covers every logical extent it does not own alone (snapshots
+                // top it up, or are refused).
                 ensure!(
-                    !(full && no_cow),
-                    "full volume {name} is out of space writing [{offset}, +{len}), which needs \
-                     new extents only for its unmapped logical extents ({} extents still \
-                     reserved for it)",
+                    !full,
+                    "full volume {name} is out of space writing [{offset}, +{len}) ({} extents \
+                     still reserved for it)",
                     v.reserved_left()
                 );
                 return Ok(());
@@ -861,8 +859,16 @@ impl Harness {
     fn snapshot(&mut self, vol: u64) -> Outcome {
         let short = self.name("s");
         let name = format!("{}@{short}", self.model[&vol].name);
-        // The shard: make the volume's journal durable and share the map at this instant
-        // (runtime/shard.rs `snapshot`, docs/format.md).
+        // The shard: a full volume's reservation is topped up first (or the snapshot is refused
+        // with nothing changed); then the volume's journal is made durable and the map shared
+        // at this instant (runtime/shard.rs `snapshot`, docs/format.md).
+        let served = self.vols.get_mut(&vol).expect("served");
+        if let Err(needed) = served.reserve_for_snapshot() {
+            self.log.push(format!(
+                "snapshot {name} -> refused: {needed} extents to reserve"
+            ));
+            return Ok(());
+        }
         self.sync_volume(vol)?;
         let (map, seq) = self
             .vols
@@ -968,8 +974,9 @@ impl Harness {
         let reserved = if meta.thin {
             0
         } else {
+            // Everything the rolled-back map holds is shared with the snapshot.
             let es = self.pool().shared().extent_size;
-            let want = meta.size_bytes.div_ceil(es).saturating_sub(map.mapped());
+            let want = meta.size_bytes.div_ceil(es);
             if refs.reserve(want) {
                 want
             } else {
@@ -1204,18 +1211,20 @@ impl Harness {
             .filter(|m| m.kind == ImageKind::Volume)
             .cloned()
             .collect();
+        // daemon `start`: a full volume gets back a reservation for every logical extent it
+        // does not own alone, if the pool still has it.
+        let exclusive = self.pool().exclusive_extents();
         for meta in metas {
-            // daemon `start`: a full volume gets back the reservation for the extents it has
-            // not written, if the pool still has them.
             let reserved = if meta.thin {
                 0
             } else {
                 let extents = meta.size_bytes.div_ceil(ES);
-                let mapped = self.pool().map(meta.image).map_or(0, ExtentMap::mapped);
-                let want = extents.saturating_sub(mapped);
+                let owned = exclusive.get(&meta.image).copied().unwrap_or(0);
+                let want = extents.saturating_sub(owned);
                 if self.pool().shared().refs.reserve(want) {
                     want
                 } else {
+                    self.model.get_mut(&meta.image).expect("model").unbacked = true;
                     0
                 }
             };
@@ -1568,7 +1577,7 @@ impl Harness {
             }
             Op::Read { img, at, blocks } => {
                 if let Some(id) = self.pick(None, img) {
-                    let m = &self.model[&id];
+                    let m = self.model[&id].clone();
                     let (offset, len) = Self::range(m.size, at, blocks);
                     let mut actual = self.read_image(id, offset, len)?;
                     let expected = m.read(offset, len);
@@ -1849,12 +1858,12 @@ fn in_place_write_after_unsynced_copy_on_write_survives_power_loss() {
     run(16, &[9, 9], &ops).unwrap();
 }
 
-/// Full volumes: "space reserved at creation, never out of space". A copy-on-write after a
-/// snapshot draws from the reservation (`ThinVolume::allocate` takes reserved extents first for
-/// any allocation), so a later first write to one of the volume's own unwritten extents finds
-/// the reservation spent and the pool full.
+/// Full volumes: "space reserved at creation, never out of space". The snapshot tops the
+/// reservation up to one extent per logical extent (everything the volume maps becomes shared),
+/// so the copy-on-write it causes and a later first write to an unwritten extent both find
+/// reserved space although the pool is full.
 #[test]
-fn full_volume_copy_on_write_does_not_spend_its_reservation() {
+fn full_volume_snapshot_reserves_for_its_copies_on_write() {
     let ops = [
         // vol1: full, 2 extents (16 blocks), reserves 2.
         create(16, true),

@@ -472,3 +472,81 @@ fn soft_threshold_is_set_online_through_the_cli_and_kept_across_restarts() {
         "the setting is stored in the pool"
     );
 }
+
+#[test]
+fn full_volume_with_snapshots_never_runs_out_of_space() {
+    // 2 MiB pool = 32 extents; a 1 MiB full volume (16 extents) and the thin default volume.
+    let t = Target::start(&["--size", "1M", "--pool-size", "2M"]);
+    post(
+        &t,
+        "/v1/volumes",
+        json!({"name": "thick", "size_bytes": MIB, "full": true}),
+    );
+    let mut ini = support::initiator::RawInitiator::login_as(
+        t.addr,
+        "iqn.2026-11.dev.shoal:test-initiator",
+        [0x80, 0, 0, 0, 0, 7],
+        "iqn.2026-11.dev.shoal:thick",
+        &[],
+    );
+    assert_eq!(ini.test_unit_ready(), 0);
+    let extent_blocks = (EXTENT / 512) as u32;
+    let write_all = |ini: &mut support::initiator::RawInitiator, seed: u64| {
+        for i in 0..16u32 {
+            let r = ini.write10(i * extent_blocks, &pattern(EXTENT, seed + u64::from(i)));
+            assert_eq!(
+                r.status(),
+                0,
+                "extent {i} of the full volume: {:?}",
+                r.sense()
+            );
+        }
+    };
+    write_all(&mut ini, 100);
+    assert_eq!(
+        get(&t, "/v1/pool")["reserved_bytes"],
+        0,
+        "reservation used up"
+    );
+    // The snapshot shares all 16 extents: the volume's reservation is topped up to 16 again.
+    post(&t, "/v1/snapshots", json!({"volume": "thick", "name": "a"}));
+    let pool = get(&t, "/v1/pool");
+    assert_eq!(pool["reserved_bytes"], MIB);
+    assert_eq!(pool["free_bytes"], 0);
+    // The pool is now full for everyone else...
+    let mut thin = raw_session(&t);
+    assert_eq!(
+        thin.write10(0, &pattern(4096, 1)).sense(),
+        Some((0x07, 0x27, 0x07))
+    );
+    // ...but the full volume rewrites every shared extent (copy-on-write) without failing.
+    write_all(&mut ini, 200);
+    // Another snapshot would need 16 more extents: refused with a clear error, nothing made.
+    match ureq::post(&format!("{}/v1/snapshots", t.admin()))
+        .send_json(json!({"volume": "thick", "name": "b"}))
+    {
+        Err(ureq::Error::Status(507, resp)) => {
+            let body: Value = resp.into_json().unwrap();
+            assert_eq!(body["error"]["code"], "no_space");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("full volume"), "{message}");
+        }
+        other => panic!("expected 507 no_space, got {other:?}"),
+    }
+    assert!(
+        ureq::get(&format!("{}/v1/snapshots/thick@b", t.admin()))
+            .call()
+            .is_err(),
+        "no snapshot b"
+    );
+    // Deleting snapshot a returns its 16 extents: b fits now.
+    delete(&t, "/v1/snapshots/thick@a");
+    std::thread::sleep(Duration::from_millis(300));
+    post(&t, "/v1/snapshots", json!({"volume": "thick", "name": "b"}));
+    write_all(&mut ini, 300);
+    for i in 0..16u32 {
+        let r = ini.read10(i * extent_blocks, extent_blocks as u16);
+        assert_eq!(r.status(), 0);
+        assert_eq!(r.data, pattern(EXTENT, 300 + u64::from(i)), "extent {i}");
+    }
+}

@@ -11,7 +11,7 @@ use super::TargetEntry;
 use super::api::*;
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
-use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg};
+use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError};
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::storage::pool::catalog::{Pool, PoolError};
 use crate::storage::pool::extent_map::{ExtentMap, UsageSource, UsageWalk, exclusive_extents};
@@ -106,22 +106,30 @@ impl Daemon {
             .filter(|m| m.kind == ImageKind::Volume)
             .cloned()
             .collect();
+        // Every map is still here: what each volume owns alone, for full volumes' reservations.
+        let exclusive = st.pool.exclusive_extents();
         for meta in volumes {
             let write_cache = wanted
                 .iter()
                 .find(|v| v.name == meta.name)
                 .is_none_or(|v| v.write_cache);
-            // A full volume gets back the reservation for the extents it has not written.
+            // A full volume gets back a reservation for every logical extent it does not own
+            // alone (unwritten, or shared with a snapshot).
             let reserved = if meta.thin {
                 0
             } else {
                 let es = st.pool.shared().extent_size;
                 let extents = meta.size_bytes.div_ceil(es);
-                let mapped = st.pool.map(meta.image).map_or(0, ExtentMap::mapped);
-                let want = extents.saturating_sub(mapped);
+                let owned = exclusive.get(&meta.image).copied().unwrap_or(0);
+                let want = extents.saturating_sub(owned);
                 if st.pool.shared().refs.reserve(want) {
                     want
                 } else {
+                    eprintln!(
+                        "shoal: full volume {}: the pool cannot reserve its {want} extents not \
+                         owned alone: writes may fail when the pool is full",
+                        meta.name
+                    );
                     0
                 }
             };
@@ -463,9 +471,19 @@ impl Daemon {
         }
         let (map, seq) = match st.served.get(&volume.image).cloned() {
             Some(s) => {
+                let (reply, answer) = bounded(1);
                 let target = s.target;
-                self.ask(s.shard, |reply| ShardMsg::Snapshot { target, reply })
-                    .map_err(internal)?
+                if !self.shards[s.shard].send(ShardMsg::Snapshot { target, reply }) {
+                    return Err(internal("shard is gone"));
+                }
+                match answer.recv_timeout(SHARD_TIMEOUT) {
+                    Ok(Ok(taken)) => taken,
+                    Ok(Err(e @ SnapshotError::NoSpace { .. })) => {
+                        return Err(AdminError::new(ErrorCode::NoSpace, e.to_string()));
+                    }
+                    Ok(Err(e)) => return Err(internal(e)),
+                    Err(_) => return Err(internal("shard did not answer")),
+                }
             }
             None => {
                 let map = st
@@ -746,7 +764,7 @@ impl AdminBackend for Daemon {
             .cloned()
             .ok_or_else(|| internal("volume vanished"))?;
         // A full volume's reservation follows the rolled-back map: one extent per logical
-        // extent the snapshot leaves unwritten.
+        // extent (all it maps is shared with the snapshot).
         let refs = Arc::clone(&st.pool.shared().refs);
         refs.unreserve(old_reserved);
         // The old map's extents count until published: publish them before reserving.
@@ -755,7 +773,9 @@ impl AdminBackend for Daemon {
             0
         } else {
             let es = st.pool.shared().extent_size;
-            let want = meta.size_bytes.div_ceil(es).saturating_sub(map.mapped());
+            // Every extent the rolled-back map holds is shared with the snapshot: a full volume
+            // must be able to rewrite them all (see `ThinVolume::reserve_for_snapshot`).
+            let want = meta.size_bytes.div_ceil(es);
             if refs.reserve(want) {
                 want
             } else {

@@ -107,7 +107,7 @@ pub enum ShardMsg {
         /// The target.
         target: String,
         /// The snapshot's map and the sequence number of the instant it was taken.
-        reply: Sender<Result<(ExtentMap, u64), String>>,
+        reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
     },
     /// Grow a volume online (CAPACITY DATA HAS CHANGED for every nexus).
     Resize {
@@ -154,6 +154,25 @@ struct PendingUsage {
 /// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
 pub type JournalCut = (u64, ExtentMap, u64);
 
+/// Why a shard refused a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// A full volume's snapshot needs its reservation topped up, and the pool is too full.
+    #[error(
+        "the pool cannot reserve the {needed} extents a snapshot of full volume {target} needs \
+         (every extent it maps becomes shared, and a full volume must be able to rewrite them all)"
+    )]
+    NoSpace {
+        /// The volume's target.
+        target: String,
+        /// Extents it would need reserved.
+        needed: u64,
+    },
+    /// Anything else (not served here, journal sync failed).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A snapshot waiting for the writes that were in flight when its map was shared, then for
 /// its volume's journal to be durable (a group sync round).
 struct PendingSnapshot {
@@ -162,7 +181,7 @@ struct PendingSnapshot {
     waiting_for: Vec<usize>,
     syncing: bool,
     result: Option<(ExtentMap, u64)>,
-    reply: Sender<Result<(ExtentMap, u64), String>>,
+    reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
 }
 
 /// A LUN removal waiting for its connections to close.
@@ -528,15 +547,22 @@ impl Shard {
         }
     }
 
-    fn snapshot(&mut self, target: &str, reply: Sender<Result<(ExtentMap, u64), String>>) {
+    fn snapshot(&mut self, target: &str, reply: Sender<Result<(ExtentMap, u64), SnapshotError>>) {
         let Some(lun) = self.lun_index(target) else {
-            let _ = reply.send(Err(format!("target {target} is not served here")));
+            let e = format!("target {target} is not served here");
+            let _ = reply.send(Err(SnapshotError::Failed(e)));
             return;
         };
         let Some(thin) = self.luns[lun].volume.as_thin() else {
-            let _ = reply.send(Err(format!("target {target} is not a thin volume")));
+            let e = format!("target {target} is not a thin volume");
+            let _ = reply.send(Err(SnapshotError::Failed(e)));
             return;
         };
+        if let Err(needed) = thin.reserve_for_snapshot() {
+            let target = target.to_string();
+            let _ = reply.send(Err(SnapshotError::NoSpace { target, needed }));
+            return;
+        }
         // The journal is synced once the writes in flight are done (on the ring, with the
         // other durable work of the shard), before the answer.
         let taken = thin.share();
@@ -583,7 +609,9 @@ impl Shard {
         let p = self.pending_snapshots.swap_remove(i);
         let answer = match p.result {
             Some(taken) if !failed => Ok(taken),
-            _ => Err("fdatasync of the volume's journal failed".to_string()),
+            _ => Err(SnapshotError::Failed(
+                "fdatasync of the volume's journal failed".to_string(),
+            )),
         };
         let _ = p.reply.send(answer);
     }

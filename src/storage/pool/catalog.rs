@@ -12,7 +12,9 @@
 //! return. The record's sequence number orders it against the shards' mapping records: a
 //! snapshot's number is taken by the shard at the instant it shares the volume's map.
 
-use super::extent_map::{ExtentMap, FANOUT, Leaf, MapError, adopt_loaded};
+use super::extent_map::{
+    ExtentMap, FANOUT, Leaf, MapError, UsageSource, adopt_loaded, exclusive_extents,
+};
 use super::format::{self, FormatError, ImageKind, ImageMeta, Superblock};
 use super::journal::{self, JournalReader, JournalWriter, Op, Record};
 use super::refs::RefTable;
@@ -113,6 +115,9 @@ pub struct Pool {
     /// Maps the control plane holds: snapshots, and volumes not handed to a shard.
     maps: HashMap<u64, ExtentMap>,
     next_image: u64,
+    /// Journals created ahead of serving their volume (a clone's, created while its catalog
+    /// record commits), taken by [`Pool::volume_journal`].
+    prepared_journals: HashMap<u64, JournalWriter>,
 }
 
 /// The control journal of superblock generation `generation`.
@@ -217,6 +222,7 @@ impl Pool {
             images,
             maps,
             next_image,
+            prepared_journals: HashMap::new(),
         })
     }
 
@@ -266,10 +272,15 @@ impl Pool {
     }
 
     /// Opens the journal a shard writes `image`'s mapping records to.
-    pub fn volume_journal(&self, image: u64) -> Result<JournalWriter, PoolError> {
-        let path =
-            format::journal_dir(&self.dir).join(journal_file_name(image, self.sb.generation));
-        Ok(JournalWriter::open(&path)?)
+    pub fn volume_journal(&mut self, image: u64) -> Result<JournalWriter, PoolError> {
+        if let Some(journal) = self.prepared_journals.remove(&image) {
+            return Ok(journal);
+        }
+        Ok(JournalWriter::open(&self.volume_journal_path(image))?)
+    }
+
+    fn volume_journal_path(&self, image: u64) -> PathBuf {
+        format::journal_dir(&self.dir).join(journal_file_name(image, self.sb.generation))
     }
 
     /// The superblock generation the next checkpoint will write (new journal files are named
@@ -301,6 +312,18 @@ impl Pool {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    /// Extents each image held here owns alone (what deleting it would free; see
+    /// [`exclusive_extents`]). Images served by a shard are not here: call this before serving
+    /// them (start-up) or account for them separately.
+    pub fn exclusive_extents(&self) -> HashMap<u64, u64> {
+        let sources: Vec<(u64, UsageSource<'_>)> = self
+            .maps
+            .iter()
+            .map(|(&image, map)| (image, UsageSource::Map(map)))
+            .collect();
+        exclusive_extents(&sources, &self.shared.refs)
     }
 
     /// Sets the soft threshold (percent of the pool used, 1..=100): shards see it at once;
@@ -507,7 +530,20 @@ impl Pool {
             true,
         );
         let seq = self.next_seq();
-        self.commit(seq, Op::CreateImage(Box::new(meta.clone())))?;
+        // The clone's journal file is created (and its directory entry made durable) while the
+        // catalog record commits: two syncs in parallel, not one after the other. Should the
+        // record not commit, the empty file is harmless: a later image with this id (ids are
+        // only consumed by committed records) continues it, a checkpoint retires it otherwise.
+        let path = self.volume_journal_path(meta.image);
+        let (committed, journal) = std::thread::scope(|s| {
+            let creating = s.spawn(|| JournalWriter::open(&path));
+            let committed = self.commit(seq, Op::CreateImage(Box::new(meta.clone())));
+            (committed, creating.join())
+        });
+        committed?;
+        if let Ok(Ok(journal)) = journal {
+            self.prepared_journals.insert(meta.image, journal);
+        }
         self.maps.insert(meta.image, map);
         self.images.insert(meta.image, meta.clone());
         Ok(meta)

@@ -137,10 +137,27 @@ impl ThinVolume {
         self.reserved_left
     }
 
-    /// A new extent. A first write to a logical extent of a full volume draws from the
-    /// volume's reservation; a copy-on-write (`first_write` false) needs space beyond it.
-    fn allocate(&mut self, first_write: bool) -> Option<u64> {
-        if first_write && self.reserved_left > 0 {
+    /// Before a snapshot of a full volume: every extent it maps becomes shared, so rewriting
+    /// it may take a new extent for each logical extent. Tops the reservation up to one extent
+    /// per logical extent (the invariant of a full volume: extents reserved + extents it owns
+    /// alone ≥ its logical extents). `Err(needed)` when the pool cannot reserve that much
+    /// (nothing changed).
+    pub fn reserve_for_snapshot(&mut self) -> Result<u64, u64> {
+        if !self.full {
+            return Ok(0);
+        }
+        let need = self.map.len().saturating_sub(self.reserved_left);
+        if need > 0 && !self.pool.refs.reserve(need) {
+            return Err(need);
+        }
+        self.reserved_left += need;
+        Ok(need)
+    }
+
+    /// A new extent. Every allocation of a full volume — a first write or a copy-on-write of an
+    /// extent shared with a snapshot — draws from the volume's reservation while it lasts.
+    fn allocate(&mut self) -> Option<u64> {
+        if self.reserved_left > 0 {
             if let Some(p) = self.pool.refs.allocate_reserved() {
                 self.reserved_left -= 1;
                 self.reserved_in_plan.push(p);
@@ -359,7 +376,7 @@ impl Volume for ThinVolume {
                     push_write_merged(out, start, piece);
                 }
                 _ => {
-                    let Some(pext) = self.allocate(mapped.is_none()) else {
+                    let Some(pext) = self.allocate() else {
                         self.undo(out, start);
                         return Err(PlanError::NoSpace);
                     };
