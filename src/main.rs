@@ -69,6 +69,10 @@ struct ServeArgs {
     /// Use buffered I/O instead of O_DIRECT (for filesystems without O_DIRECT).
     #[arg(long)]
     no_direct: bool,
+    /// Shards keep polling their ring for this many microseconds after the last completion
+    /// before sleeping (0, the default: off). Cuts the wake-up latency; costs a busy core.
+    #[arg(long, value_name = "US")]
+    busy_poll_us: Option<u64>,
 }
 
 fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::ConfigError> {
@@ -118,6 +122,9 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if args.no_direct {
         cfg.direct_io = false;
+    }
+    if let Some(us) = args.busy_poll_us {
+        cfg.busy_poll = Duration::from_micros(us);
     }
     cfg.validate()?;
     Ok(cfg)

@@ -83,6 +83,8 @@ pub struct Config {
     pub extent_size: u32,
     /// Admin API address (loopback; port 0 picks a free port, written to `<data>/admin.addr`).
     pub admin_listen: SocketAddr,
+    /// Shards poll their ring this long after the last completion before sleeping (zero: off).
+    pub busy_poll: Duration,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             pool_size: 32 << 30,
             extent_size: 64 << 10,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -124,6 +127,7 @@ struct FileConfig {
     pool_size: Option<SizeValue>,
     extent_size: Option<SizeValue>,
     admin_listen: Option<String>,
+    busy_poll_us: Option<u64>,
     #[serde(default, rename = "volume")]
     volumes: Vec<FileVolume>,
 }
@@ -204,6 +208,9 @@ impl Config {
         if let Some(a) = file.admin_listen {
             self.admin_listen = parse_listen(&a)?;
         }
+        if let Some(us) = file.busy_poll_us {
+            self.busy_poll = Duration::from_micros(us);
+        }
         if !file.volumes.is_empty() {
             self.volumes = file
                 .volumes
@@ -228,6 +235,13 @@ impl Config {
                 "listen address list",
                 "",
                 "at least one portal is needed",
+            ));
+        }
+        if self.busy_poll > Duration::from_secs(1) {
+            return Err(invalid(
+                "busy-poll window",
+                format!("{} us", self.busy_poll.as_micros()),
+                "must be at most 1 s (1000000 us)",
             ));
         }
         if !(1..=4096).contains(&self.queue_depth) {

@@ -106,6 +106,7 @@ fn start_shards(
         nop_timeout: cfg.nop_timeout,
         ..ConnConfig::default()
     };
+    let busy_poll = cfg.busy_poll;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut shards = Vec::new();
     let mut threads = Vec::new();
@@ -127,6 +128,7 @@ fn start_shards(
                 }
                 match Shard::new(id, Vec::new(), inbox, wake, conn_config, portals, registry) {
                     Ok(shard) => {
+                        let shard = shard.with_busy_poll(busy_poll);
                         if let Err(e) = shard.run() {
                             eprintln!("shoal: shard {id} stopped: {e}");
                         }

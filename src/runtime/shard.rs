@@ -279,6 +279,9 @@ pub struct Shard {
     pending_removals: Vec<PendingRemoval>,
     pending_usage: Vec<PendingUsage>,
     pub(super) stopping: bool,
+    /// Keep polling the ring this long after the last completion before sleeping (0: never
+    /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
+    busy_poll: Duration,
 }
 
 impl Shard {
@@ -319,18 +322,28 @@ impl Shard {
             pending_removals: Vec::new(),
             pending_usage: Vec::new(),
             stopping: false,
+            busy_poll: Duration::ZERO,
         })
+    }
+
+    /// Polls the ring for `window` after the last completion before sleeping (zero: off).
+    pub fn with_busy_poll(mut self, window: Duration) -> Self {
+        self.busy_poll = window;
+        self
     }
 
     /// Runs the loop until a `Stop` message.
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_wake();
         let mut last_tick = Instant::now();
+        let mut last_work = last_tick;
         while !self.stopping {
             let ts = types::Timespec::from(TICK);
             let args = types::SubmitArgs::new().timespec(&ts);
-            // With a usage walk in progress, poll instead of sleeping.
-            let want = usize::from(self.pending_usage.is_empty());
+            // With a usage walk in progress, or within the busy-poll window, poll instead of
+            // sleeping.
+            let polling = !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll;
+            let want = usize::from(self.pending_usage.is_empty() && !polling);
             match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
@@ -340,6 +353,9 @@ impl Shard {
             }
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            if !self.busy_poll.is_zero() && !cqes.is_empty() {
+                last_work = Instant::now();
+            }
             for &(ud, res) in &cqes {
                 self.on_completion(ud, res);
             }
@@ -1086,6 +1102,8 @@ fn new_ring() -> std::io::Result<IoUring> {
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun()
+        // Flags pending task work in the SQ ring, so a non-waiting enter (busy polling) runs it.
+        .setup_taskrun_flag()
         .build(1024);
     match tuned {
         Ok(ring) => Ok(ring),
