@@ -69,6 +69,12 @@ struct ServeArgs {
     /// Use buffered I/O instead of O_DIRECT (for filesystems without O_DIRECT).
     #[arg(long)]
     no_direct: bool,
+    /// Do not measure command latencies (no histograms; counts are kept).
+    #[arg(long)]
+    no_latency_stats: bool,
+    /// Log every command whose latency reaches MS milliseconds on stderr (rate-limited).
+    #[arg(long, value_name = "MS")]
+    slow_command_ms: Option<f64>,
 }
 
 fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::ConfigError> {
@@ -118,6 +124,12 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if args.no_direct {
         cfg.direct_io = false;
+    }
+    if args.no_latency_stats {
+        cfg.latency_stats = false;
+    }
+    if let Some(ms) = args.slow_command_ms {
+        cfg.slow_command = Some(config::parse_millis("slow command threshold", ms)?);
     }
     cfg.validate()?;
     Ok(cfg)

@@ -240,7 +240,9 @@ pub struct Task {
     r2t_sn: u32,
     state: TaskState,
     aborted: bool,
-    /// When the last PDU the command needed arrived.
+    /// When its SCSI Command PDU arrived.
+    pub arrived_at: Instant,
+    /// When the last PDU the command needed arrived (its data complete, its CmdSN turn come).
     pub ready_at: Option<Instant>,
 }
 
@@ -296,6 +298,9 @@ pub struct Connection {
     logout: Option<LogoutRequest>,
     close: Option<CloseReason>,
     pool: BufPool,
+    /// PDUs ever queued in the outbox, and ever taken out of it (see [`Connection::pdus_queued`]).
+    pdus_queued: u64,
+    pdus_taken: u64,
 }
 
 impl Connection {
@@ -328,6 +333,8 @@ impl Connection {
             logout: None,
             close: None,
             pool,
+            pdus_queued: 0,
+            pdus_taken: 0,
         }
     }
 
@@ -343,7 +350,21 @@ impl Connection {
 
     /// The next PDU to send.
     pub fn poll_transmit(&mut self) -> Option<OutPdu> {
-        self.outbox.pop_front()
+        let pdu = self.outbox.pop_front()?;
+        self.pdus_taken += 1;
+        Some(pdu)
+    }
+
+    /// PDUs queued for sending since the connection began. The outbox is FIFO, so the response
+    /// queued when this read `n` is on the wire once [`Connection::pdus_taken`] reached `n` and
+    /// those PDUs were written (the runtime's send statistics rely on it).
+    pub fn pdus_queued(&self) -> u64 {
+        self.pdus_queued
+    }
+
+    /// PDUs handed to [`Connection::poll_transmit`]'s caller since the connection began.
+    pub fn pdus_taken(&self) -> u64 {
+        self.pdus_taken
     }
 
     /// PDUs waiting to be sent.
@@ -383,6 +404,7 @@ impl Connection {
 
     fn send(&mut self, bhs: Bhs, data: OutData) {
         self.outbox.push_back(OutPdu { bhs, data });
+        self.pdus_queued += 1;
     }
 
     fn reject(&mut self, reason: RejectReason, rejected: &Bhs) {
@@ -544,7 +566,7 @@ impl Connection {
             self.reject(RejectReason::ProtocolError, bhs);
             return;
         }
-        let task = self.new_task(cmd, data);
+        let task = self.new_task(cmd, data, now);
         let id = self.insert_task(task);
         if !self.admit(cmd.cmd_sn, cmd.immediate, Ordered::Task(id), now) {
             // Ignored by the window (§4.2.2.1): it will never be delivered, forget it.
@@ -552,7 +574,7 @@ impl Connection {
         }
     }
 
-    fn new_task(&self, cmd: ScsiCommand, immediate: &[u8]) -> Task {
+    fn new_task(&self, cmd: ScsiCommand, immediate: &[u8], now: Instant) -> Task {
         let expected = if cmd.write {
             cmd.expected_data_transfer_length
         } else {
@@ -585,6 +607,7 @@ impl Connection {
             r2t_sn: 0,
             state: TaskState::Held,
             aborted: false,
+            arrived_at: now,
             ready_at: None,
         }
     }
@@ -720,12 +743,13 @@ impl Connection {
     // ---- Responses (§11.4, §11.7) ----
 
     /// Reports that task `id` finished. Sends its Data-In and status, unless it was aborted.
-    pub fn complete(&mut self, id: TaskId, resp: TaskResponse) {
+    /// Returns whether a response was queued.
+    pub fn complete(&mut self, id: TaskId, resp: TaskResponse) -> bool {
         let Some(task) = self.remove_task(id) else {
-            return;
+            return false;
         };
         if task.aborted {
-            return;
+            return false;
         }
         let cmd = task.cmd;
         let edtl = cmd.expected_data_transfer_length;
@@ -744,7 +768,7 @@ impl Connection {
             resp.status,
         );
         if sendable > 0 && good {
-            return;
+            return true;
         }
         let sense = resp.sense.map(|s| {
             let mut v = Vec::with_capacity(2 + s.len());
@@ -756,6 +780,7 @@ impl Connection {
         let seq = self.status_seq();
         let bhs = target::scsi_response(cmd.itt, seq, resp.status, residual, data_sn, data_len);
         self.send(bhs, sense.map_or(OutData::None, OutData::Bytes));
+        true
     }
 
     /// Queues Data-In PDUs for the first `len` bytes of `data`; the last carries status when
