@@ -16,10 +16,10 @@ pub struct Series {
     pub histogram: Histogram<u64>,
 }
 
-const WIDTH: f64 = 960.0;
+const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 560.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 250.0;
+const RIGHT: f64 = 290.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 const POINTS_PER_DECADE: usize = 100;
