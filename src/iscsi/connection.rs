@@ -1116,3 +1116,81 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::pdu::Opcode;
+
+    fn command(itt: u32, cmd_sn: u32, edtl: u32, read: bool) -> Bhs {
+        let mut bhs = Bhs::new(Opcode::SCSI_COMMAND);
+        bhs.0[1] = 0x80 | if read { 0x40 } else { 0x20 } | 1;
+        bhs.set_itt(itt);
+        bhs.set_u32(20, edtl);
+        bhs.set_u32(24, cmd_sn);
+        bhs.0[32] = if read { 0x28 } else { 0x2a };
+        bhs
+    }
+
+    fn executed(c: &mut Connection) -> TaskId {
+        match c.poll_action() {
+            Some(Action::Execute(id)) => id,
+            other => panic!("expected an Execute, got {other:?}"),
+        }
+    }
+
+    /// The stamps latency statistics read: arrival of the command, readiness (data complete),
+    /// and the outbox counts that tell when a response is on the wire.
+    #[test]
+    fn task_stamps_and_outbox_counts() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_micros(70);
+        let params = ConnParams {
+            immediate_data: false,
+            ..ConnParams::default()
+        };
+        let mut c = Connection::new(params, ConnConfig::default(), 0, 1, 1, BufPool::new(), t0);
+
+        // A read is ready when it arrives.
+        c.on_pdu(&command(1, 1, 512, true), &[], t0);
+        let id = executed(&mut c);
+        let task = c.task(id).unwrap();
+        assert_eq!((task.arrived_at, task.ready_at), (t0, Some(t0)));
+        let resp = TaskResponse {
+            status: 0,
+            sense: None,
+            data: DataInSource::Bytes(vec![7; 512]),
+            wanted: 512,
+        };
+        assert!(c.complete(id, resp));
+        assert_eq!((c.pdus_queued(), c.pdus_taken()), (1, 0));
+        assert!(c.poll_transmit().is_some());
+        assert_eq!(c.pdus_taken(), 1);
+
+        // A write waits for its R2T-solicited Data-Out: ready when the last one arrives.
+        c.on_pdu(&command(2, 2, 1024, false), &[], t0);
+        assert!(c.poll_action().is_none());
+        let r2t = c.poll_transmit().expect("R2T");
+        assert_eq!(c.pdus_queued(), 2);
+        let mut d = Bhs::new(Opcode::SCSI_DATA_OUT);
+        d.0[1] = 0x80;
+        d.set_itt(2);
+        d.set_u32(20, r2t.bhs.u32_at(20));
+        d.set_data_segment_len(1024);
+        c.on_pdu(&d, &[1; 1024], t1);
+        let id = executed(&mut c);
+        let task = c.task(id).unwrap();
+        assert_eq!((task.arrived_at, task.ready_at), (t0, Some(t1)));
+
+        // An aborted task gets no response: nothing to record.
+        c.abort_all();
+        let resp = TaskResponse {
+            status: 0,
+            sense: None,
+            data: DataInSource::None,
+            wanted: 1024,
+        };
+        assert!(!c.complete(id, resp));
+        assert_eq!(c.pdus_queued(), 2);
+    }
+}
