@@ -3,20 +3,25 @@
 //! recording its phases (`OpStats::record`: counters, a since-reset histogram set and a window
 //! slot), on warm histograms. Prints one line per measurement.
 //!
-//! `cargo bench --bench stats_record`
+//! `cargo bench --bench stats_record` (under `cargo test --all-targets`, without `--bench`, it runs
+//! a few thousand iterations as a smoke test).
 
 use shoal::stats::{OpStats, PhaseTimes, second_of};
 use std::hint::black_box;
 use std::time::Instant;
 
-const N: u64 = 5_000_000;
-
 fn main() {
+    // `cargo bench` passes --bench; `cargo test` runs the binary as a quick smoke test.
+    let n: u64 = if std::env::args().any(|a| a == "--bench") {
+        5_000_000
+    } else {
+        10_000
+    };
     let start = Instant::now();
-    for _ in 0..N {
+    for _ in 0..n {
         black_box(Instant::now());
     }
-    let clock = start.elapsed().as_nanos() as f64 / N as f64;
+    let clock = start.elapsed().as_nanos() as f64 / n as f64;
 
     let mut op = OpStats::default();
     let sec = second_of(Instant::now());
@@ -33,11 +38,11 @@ fn main() {
         op.record(sec, 4096, Some(t));
     }
     let start = Instant::now();
-    for i in 0..N {
+    for i in 0..n {
         let t = &times[(i % 4096) as usize];
         op.record(sec + i / 1_000_000, 4096, Some(black_box(t)));
     }
-    let record = start.elapsed().as_nanos() as f64 / N as f64;
+    let record = start.elapsed().as_nanos() as f64 / n as f64;
     black_box(&op);
     println!("clock read (Instant::now): {clock:.1} ns");
     println!("record one command (5 histograms + window slot + counters): {record:.1} ns");
