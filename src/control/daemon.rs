@@ -924,6 +924,7 @@ impl Daemon {
         if let (Some(name), true) = (volume, luns.is_empty()) {
             return Err(not_found("served volume", name));
         }
+        luns.iter_mut().for_each(LunSnapshot::merge_slots);
         luns.sort_by(|a, b| a.volume.cmp(&b.volume));
         Ok(luns)
     }

@@ -300,13 +300,26 @@ pub struct ClassSnapshot {
     pub ops: u64,
     /// Bytes in the window.
     pub bytes: u64,
-    /// Latency histograms over the window (None: no timed command in it).
+    /// Latency histograms over the window (None: no timed command in it). For a last-N-seconds
+    /// window, filled by [`ClassSnapshot::merge_slots`].
     pub hists: Option<HistSet<u64>>,
+    /// The one-second histograms of a last-N-seconds window, as copied on the shard (a copy is
+    /// a memcpy; merging them, which walks every bucket, is left to the control plane).
+    pub slots: Vec<HistSet<u32>>,
     /// Since the LUN was served.
     pub lifetime: Lifetime,
 }
 
 impl ClassSnapshot {
+    /// Merges the copied one-second histograms into `hists` (off the shard).
+    pub fn merge_slots(&mut self) {
+        for slot in std::mem::take(&mut self.slots) {
+            self.hists
+                .get_or_insert_with(|| HistSet::new(SLOT_SIGFIG))
+                .add(&slot);
+        }
+    }
+
     /// Total latency at quantile `q` (0..=1) in ns; 0 without commands.
     pub fn quantile(&self, q: f64) -> u64 {
         self.hists
@@ -409,10 +422,8 @@ impl OpStats {
                     }
                     out.ops += slot.ops;
                     out.bytes += slot.bytes;
-                    if let Some(h) = &slot.hists {
-                        out.hists
-                            .get_or_insert_with(|| HistSet::new(SLOT_SIGFIG))
-                            .add(h);
+                    if let Some(h) = slot.hists.as_deref().filter(|h| !h.total.is_empty()) {
+                        out.slots.push(h.clone());
                     }
                 }
             }
@@ -461,6 +472,13 @@ pub struct LunSnapshot {
     pub since_reset: f64,
     /// Read, write and other, in [`CLASSES`] order.
     pub classes: [ClassSnapshot; 3],
+}
+
+impl LunSnapshot {
+    /// Merges the one-second histograms of every class (see [`ClassSnapshot::merge_slots`]).
+    pub fn merge_slots(&mut self) {
+        self.classes.iter_mut().for_each(ClassSnapshot::merge_slots);
+    }
 }
 
 impl LunStats {
@@ -609,7 +627,11 @@ mod tests {
                 op.record(sec, 100, Some(&times(0, 0, 1_000 * (i as u64 + 1), 0)));
             }
         }
-        let at = |now: u64, n: u32| op.snapshot(Window::Last(n), now);
+        let at = |now: u64, n: u32| {
+            let mut c = op.snapshot(Window::Last(n), now);
+            c.merge_slots();
+            c
+        };
         // At base+3 the last complete second is base+2.
         assert_eq!(at(base + 3, 1).ops, 3);
         assert_eq!(at(base + 3, 2).ops, 5);
@@ -624,13 +646,14 @@ mod tests {
         assert_eq!(at(base + 2 + WINDOW_SLOTS as u64, 60).ops, 0);
         // Recording in a second that maps onto an old slot replaces its figures.
         op.record(base + WINDOW_SLOTS as u64, 1, None);
-        let later = op.snapshot(Window::Last(1), base + WINDOW_SLOTS as u64 + 1);
+        let mut later = op.snapshot(Window::Last(1), base + WINDOW_SLOTS as u64 + 1);
         assert_eq!(later.ops, 1);
-        assert_eq!(
-            later.hists.map(|h| h.total.len()),
-            Some(0),
-            "reset, not reused"
+        assert!(
+            later.slots.is_empty(),
+            "the old slot's histograms were reset"
         );
+        later.merge_slots();
+        assert!(later.hists.is_none());
         // Since reset sees everything.
         assert_eq!(op.snapshot(Window::SinceReset, base).ops, 7);
     }
