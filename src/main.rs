@@ -155,6 +155,11 @@ fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cfg.slow_command.is_some() && !cfg.latency_stats {
+        eprintln!(
+            "shoal: the slow-command log needs latency statistics: it is off with --no-latency-stats"
+        );
+    }
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {
