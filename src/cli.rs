@@ -17,7 +17,8 @@ use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
     AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode, Export,
-    PoolSettings, PoolStatus, Resize, SnapshotInfo, VolumeInfo,
+    PoolSettings, PoolStatus, ResetReport, Resize, SnapshotInfo, StatsQuery, StatsReport,
+    VolumeInfo,
 };
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
@@ -57,8 +58,28 @@ pub enum CliCommand {
     /// Pool space and settings.
     #[command(subcommand)]
     Pool(PoolCommand),
-    /// Latency and throughput statistics (JSON).
-    Stats,
+    /// Latency and throughput per volume: IOPS, MB/s and latency percentiles (µs).
+    Stats(StatsArgs),
+}
+
+/// `shoal stats [VOLUME] [--window N] [--watch [--count N]] [--reset]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct StatsArgs {
+    /// Only this volume (VOLUME@SNAP for an exported snapshot).
+    #[arg(value_name = "VOLUME")]
+    pub volume: Option<String>,
+    /// Over the last N complete seconds (1-60) instead of since the last reset.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub window: Option<u32>,
+    /// Refresh every second until Ctrl-C, showing the last second (or --window N).
+    #[arg(long, conflicts_with = "reset")]
+    pub watch: bool,
+    /// With --watch: stop after N refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    /// Reset the statistics (of VOLUME, or of every volume) instead of showing them.
+    #[arg(long)]
+    pub reset: bool,
 }
 
 /// `shoal volume ...`.
@@ -507,9 +528,25 @@ impl AdminClient {
         self.fetch("POST", "/v1/clones", Some(req))
     }
 
-    /// `GET /v1/stats`.
-    pub fn stats(&self) -> Result<Fetched<serde_json::Value>, CliError> {
-        self.fetch("GET", "/v1/stats", None)
+    /// `GET /v1/stats[/{volume}][?window=N]`.
+    pub fn stats(&self, query: &StatsQuery) -> Result<Fetched<StatsReport>, CliError> {
+        let mut path = match &query.volume {
+            Some(v) => format!("/v1/stats/{}", encode(v)),
+            None => "/v1/stats".into(),
+        };
+        if let Some(n) = query.window {
+            path.push_str(&format!("?window={n}"));
+        }
+        self.fetch("GET", &path, None)
+    }
+
+    /// `POST /v1/stats/reset[?volume=V]`.
+    pub fn reset_stats(&self, volume: Option<&str>) -> Result<Fetched<ResetReport>, CliError> {
+        let path = match volume {
+            Some(v) => format!("/v1/stats/reset?volume={}", encode(v)),
+            None => "/v1/stats/reset".into(),
+        };
+        self.fetch("POST", &path, None)
     }
 }
 
@@ -572,7 +609,18 @@ fn encode_snapshot(volume: &str, snapshot: &str) -> String {
 /// `data_dir` is `shoal --data` (default `./shoal-data`); `admin` is `--admin URL`, which takes
 /// precedence over `<data_dir>/admin.addr`; `json` is `--json`.
 pub fn run(data_dir: &Path, admin: Option<&str>, json: bool, cmd: CliCommand) -> ExitCode {
-    match execute(data_dir, admin, json, &cmd) {
+    let result = match &cmd {
+        CliCommand::Stats(args) if args.watch => {
+            use std::io::IsTerminal;
+            let stdout = std::io::stdout();
+            let clear = stdout.is_terminal() && !json;
+            AdminClient::locate(data_dir, admin)
+                .and_then(|client| watch_stats(&client, args, json, clear, &mut stdout.lock()))
+                .map(|()| String::new())
+        }
+        _ => execute(data_dir, admin, json, &cmd),
+    };
+    match result {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`shoal volume list | head -1`) is not an error worth reporting.
@@ -665,9 +713,149 @@ pub fn execute(
             };
             render(json, &client.update_pool(&req)?, show_pool)
         }
-        CliCommand::Stats => raw_json(&client.stats()?.json),
+        CliCommand::Stats(args) => stats_command(&client, args, json)?,
     };
     Ok(out)
+}
+
+fn stats_command(client: &AdminClient, args: &StatsArgs, json: bool) -> Result<String, CliError> {
+    if args.reset {
+        let f = client.reset_stats(args.volume.as_deref())?;
+        return Ok(render(json, &f, |r| {
+            format!("reset the statistics of {}\n", r.volumes.join(", "))
+        }));
+    }
+    if args.watch {
+        // Bounded only: `run` streams an endless watch to stdout.
+        if args.count.is_none() {
+            return Err(CliError::Usage(
+                "--watch without --count runs until interrupted; run it from `shoal`".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        watch_stats(client, args, json, false, &mut out)?;
+        return Ok(String::from_utf8_lossy(&out).into_owned());
+    }
+    let query = StatsQuery {
+        volume: args.volume.clone(),
+        window: args.window,
+    };
+    Ok(render(json, &client.stats(&query)?, stats_table))
+}
+
+/// `shoal stats --watch`: every second, the figures of the last second (or `--window N`), the
+/// screen cleared first when `clear`; with `json`, one compact JSON document per line. Runs
+/// `--count` times, or until interrupted.
+pub fn watch_stats(
+    client: &AdminClient,
+    args: &StatsArgs,
+    json: bool,
+    clear: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let query = StatsQuery {
+        volume: args.volume.clone(),
+        window: Some(args.window.unwrap_or(1)),
+    };
+    let mut shown = 0u64;
+    loop {
+        let started = std::time::Instant::now();
+        let f = client.stats(&query)?;
+        let frame = if json {
+            format!("{}\n", serde_json::to_string(&f.value).unwrap_or_default())
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "{}shoal stats at {} (Ctrl-C to stop)\n{}",
+                if clear { "\x1b[H\x1b[2J" } else { "" },
+                format_time(now),
+                stats_table(&f.value)
+            )
+        };
+        // A closed pipe ends the watch quietly.
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(());
+        }
+        shown += 1;
+        if args.count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    }
+}
+
+/// Latency in µs for tables: one decimal below 1 ms.
+fn micros(ns: u64) -> String {
+    let us = ns as f64 / 1000.0;
+    if us < 1000.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+/// The statistics table: one row per volume and class that had commands in the window (a
+/// volume without any gets one row of dashes).
+pub fn stats_table(r: &StatsReport) -> String {
+    let window = match r.window_seconds {
+        Some(n) => format!("last {n} s"),
+        None => "since reset".into(),
+    };
+    let mut rows = Vec::new();
+    for l in &r.luns {
+        let mut any = false;
+        for (class, c) in [("read", &l.read), ("write", &l.write), ("other", &l.other)] {
+            if c.ops == 0 {
+                continue;
+            }
+            any = true;
+            let p = &c.latency_ns;
+            let timed = r.latency_stats;
+            let lat = |v: u64| if timed { micros(v) } else { "-".into() };
+            rows.push(vec![
+                l.volume.clone(),
+                class.into(),
+                format!("{:.0}", c.iops),
+                format!("{:.1}", c.bytes_per_second / 1e6),
+                lat(p.p50),
+                lat(p.p90),
+                lat(p.p99),
+                lat(p.p99_9),
+                lat(p.max),
+            ]);
+        }
+        if !any {
+            let mut row = vec![l.volume.clone(), "-".into(), "0".into(), "0.0".into()];
+            row.extend(std::iter::repeat_n("-".to_string(), 5));
+            rows.push(row);
+        }
+    }
+    let mut out = format!(
+        "window: {window}{}; latency in µs, command received to response sent\n",
+        if r.latency_stats {
+            ""
+        } else {
+            " (latency statistics are off)"
+        }
+    );
+    if rows.is_empty() {
+        out.push_str("no volume is served\n");
+        return out;
+    }
+    out.push_str(&table(
+        &[
+            "VOLUME", "CLASS", "IOPS", "MB/s", "p50", "p90", "p99", "p99.9", "max",
+        ],
+        &[false, false, true, true, true, true, true, true, true],
+        &rows,
+    ));
+    out
 }
 
 fn render<T>(json: bool, f: &Fetched<T>, human: impl Fn(&T) -> String) -> String {
@@ -1004,7 +1192,26 @@ mod tests {
             })
         );
         assert!(parse(&["clone", "create", "a", "c"]).is_ok());
-        assert!(parse(&["stats"]).is_ok());
+        assert_eq!(
+            parse(&["stats"]).unwrap().1,
+            CliCommand::Stats(StatsArgs::default())
+        );
+        let (_, c) = parse(&["stats", "vm1", "--window", "10", "--watch", "--count", "2"]).unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Stats(StatsArgs {
+                volume: Some("vm1".into()),
+                window: Some(10),
+                watch: true,
+                count: Some(2),
+                reset: false,
+            })
+        );
+        assert!(parse(&["stats", "--reset"]).is_ok());
+        assert!(parse(&["stats", "--window", "0"]).is_err());
+        assert!(parse(&["stats", "--window", "61"]).is_err());
+        assert!(parse(&["stats", "--count", "2"]).is_err());
+        assert!(parse(&["stats", "--watch", "--reset"]).is_err());
         assert!(parse(&["snapshot", "list"]).is_ok());
         assert!(parse(&["volume", "delete", "x", "--force"]).is_ok());
     }

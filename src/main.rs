@@ -73,6 +73,12 @@ struct ServeArgs {
     /// before sleeping (0, the default: off). Cuts the wake-up latency; costs a busy core.
     #[arg(long, value_name = "US")]
     busy_poll_us: Option<u64>,
+    /// Do not measure command latencies (no histograms; counts are kept).
+    #[arg(long)]
+    no_latency_stats: bool,
+    /// Log every command whose latency reaches MS milliseconds on stderr (rate-limited).
+    #[arg(long, value_name = "MS")]
+    slow_command_ms: Option<f64>,
 }
 
 fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, config::ConfigError> {
@@ -126,6 +132,12 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     if let Some(us) = args.busy_poll_us {
         cfg.busy_poll = Duration::from_micros(us);
     }
+    if args.no_latency_stats {
+        cfg.latency_stats = false;
+    }
+    if let Some(ms) = args.slow_command_ms {
+        cfg.slow_command = Some(config::parse_millis("slow command threshold", ms)?);
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -150,6 +162,11 @@ fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cfg.slow_command.is_some() && !cfg.latency_stats {
+        eprintln!(
+            "shoal: the slow-command log needs latency statistics: it is off with --no-latency-stats"
+        );
+    }
     let server = match Server::start(&cfg) {
         Ok(s) => s,
         Err(e) => {

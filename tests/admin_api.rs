@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 use shoal::cli::{self, AdminArgs, CliCommand, CliError};
 use shoal::control::admin::{self, AdminServer};
 use shoal::control::api::{
-    AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, PoolSettings, PoolStatus, Resize, SnapshotInfo, VolumeInfo,
+    AdminBackend, AdminError, ClassStats, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
+    ErrorCode, Export, HistogramReport, LunStatsReport, PoolSettings, PoolStatus, ResetReport,
+    Resize, SnapshotInfo, StatsClass, StatsQuery, StatsReport, VolumeInfo,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -345,8 +346,58 @@ impl AdminBackend for Fake {
         })
     }
 
-    fn stats(&self) -> Result<serde_json::Value, AdminError> {
-        self.with(|_| Ok(serde_json::json!({"shards": 2, "reads": 0, "writes": 0})))
+    fn stats(&self, query: &StatsQuery) -> Result<StatsReport, AdminError> {
+        self.with(|m| {
+            let luns: Vec<LunStatsReport> = m
+                .volumes
+                .values()
+                .filter(|v| query.volume.as_ref().is_none_or(|q| *q == v.name))
+                .map(|v| LunStatsReport {
+                    volume: v.name.clone(),
+                    target: v.target.clone(),
+                    read: ClassStats {
+                        ops: 10,
+                        bytes: 40960,
+                        iops: 10.0,
+                        ..ClassStats::default()
+                    },
+                    ..LunStatsReport::default()
+                })
+                .collect();
+            if let (Some(name), true) = (&query.volume, luns.is_empty()) {
+                return err(
+                    ErrorCode::NotFound,
+                    format!("no served volume named {name:?}"),
+                );
+            }
+            Ok(StatsReport {
+                window_seconds: query.window,
+                latency_stats: true,
+                luns,
+            })
+        })
+    }
+
+    fn stats_histogram(
+        &self,
+        volume: &str,
+        _class: StatsClass,
+        _window: Option<u32>,
+    ) -> Result<HistogramReport, AdminError> {
+        self.with(|m| {
+            m.volume(volume)?;
+            err(ErrorCode::Internal, "the fake keeps no histograms")
+        })
+    }
+
+    fn reset_stats(&self, volume: Option<&str>) -> Result<ResetReport, AdminError> {
+        self.with(|m| {
+            let volumes: Vec<String> = match volume {
+                Some(v) => vec![m.volume(v)?.name.clone()],
+                None => m.volumes.keys().cloned().collect(),
+            };
+            Ok(ResetReport { volumes })
+        })
     }
 }
 
@@ -771,8 +822,29 @@ fn pool_and_stats_over_http() {
     h.create("a", 1 << 30);
     let p: PoolStatus = h.json("GET", "/v1/pool", None, 200);
     assert_eq!((p.size_bytes, p.volumes, p.snapshots), (POOL_SIZE, 1, 0));
-    let stats: serde_json::Value = h.json("GET", "/v1/stats", None, 200);
-    assert_eq!(stats["shards"], 2);
+    let stats: StatsReport = h.json("GET", "/v1/stats?window=5", None, 200);
+    assert_eq!(stats.window_seconds, Some(5));
+    assert_eq!(stats.luns.len(), 1);
+    assert_eq!(stats.luns[0].volume, "a");
+    let one: StatsReport = h.json("GET", "/v1/stats/a", None, 200);
+    assert_eq!(one.luns[0].read.ops, 10);
+    h.error("GET", "/v1/stats/zz", None, 404, ErrorCode::NotFound);
+    let r: ResetReport = h.json("POST", "/v1/stats/reset", None, 200);
+    assert_eq!(r.volumes, ["a"]);
+    let (status, text, headers) = h.call_full("GET", "/metrics", None, &[]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(
+        text.contains("shoal_commands_total{volume=\"a\",target=\"iqn.2026-11.dev.shoal:a\",lun=\"0\",class=\"read\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("shoal_pool_size_bytes {POOL_SIZE}\n")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1142,8 +1214,39 @@ fn cli_in_process() {
         out.contains("extent size:") && out.contains("64.0 KiB"),
         "{out}"
     );
-    let stats: serde_json::Value = serde_json::from_str(&h.cli_ok(&["stats"])).unwrap();
-    assert_eq!(stats["shards"], 2);
+    let stats: StatsReport = h.cli_json(&["stats"]);
+    assert_eq!(stats.luns.len(), 4);
+    let out = h.cli_ok(&["stats", "vm1", "--window", "5"]);
+    assert!(out.starts_with("window: last 5 s;"), "{out}");
+    assert!(out.contains("VOLUME") && out.contains("p99.9"), "{out}");
+    let row = out.lines().find(|l| l.starts_with("vm1")).unwrap();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        [
+            "vm1", "read", "10", "0.0", "0.0", "0.0", "0.0", "0.0", "0.0"
+        ]
+    );
+    let err = h.cli(&["stats", "nope"]).unwrap_err();
+    assert_eq!(err.exit_code(), 1);
+    assert_eq!(
+        h.cli_ok(&["stats", "--reset", "vm1"]),
+        "reset the statistics of vm1\n"
+    );
+    let r: ResetReport = h.cli_json(&["stats", "--reset"]);
+    assert_eq!(r.volumes.len(), 4);
+    let watched = h.cli_ok(&["stats", "--watch", "--count", "2"]);
+    assert_eq!(watched.matches("shoal stats at ").count(), 2, "{watched}");
+    assert!(
+        !watched.contains('\x1b'),
+        "no screen clearing when not on a terminal"
+    );
+    let lines = h.cli_ok(&["--json", "stats", "--watch", "--count", "2", "vm1"]);
+    let frames: Vec<StatsReport> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0].window_seconds, Some(1));
 
     // Delete.
     h.fake.set_sessions("vm2", 1);

@@ -85,6 +85,11 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Shards poll their ring this long after the last completion before sleeping (zero: off).
     pub busy_poll: Duration,
+    /// Measure command latencies (histograms per LUN, class and phase); counts are kept either
+    /// way.
+    pub latency_stats: bool,
+    /// Log commands slower than this on stderr (off when None).
+    pub slow_command: Option<Duration>,
 }
 
 impl Default for Config {
@@ -108,6 +113,8 @@ impl Default for Config {
             extent_size: 64 << 10,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             busy_poll: Duration::ZERO,
+            latency_stats: true,
+            slow_command: None,
         }
     }
 }
@@ -128,6 +135,8 @@ struct FileConfig {
     extent_size: Option<SizeValue>,
     admin_listen: Option<String>,
     busy_poll_us: Option<u64>,
+    latency_stats: Option<bool>,
+    slow_command_ms: Option<f64>,
     #[serde(default, rename = "volume")]
     volumes: Vec<FileVolume>,
 }
@@ -210,6 +219,12 @@ impl Config {
         }
         if let Some(us) = file.busy_poll_us {
             self.busy_poll = Duration::from_micros(us);
+        }
+        if let Some(on) = file.latency_stats {
+            self.latency_stats = on;
+        }
+        if let Some(ms) = file.slow_command_ms {
+            self.slow_command = Some(parse_millis("slow_command_ms", ms)?);
         }
         if !file.volumes.is_empty() {
             self.volumes = file
@@ -322,6 +337,18 @@ fn parse_seconds(what: &'static str, s: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(s))
 }
 
+/// Parses a threshold in milliseconds (0 included: every command).
+pub fn parse_millis(what: &'static str, ms: f64) -> Result<Duration, ConfigError> {
+    if !(ms.is_finite() && (0.0..=86_400_000.0).contains(&ms)) {
+        return Err(invalid(
+            what,
+            ms,
+            "must be a number of milliseconds between 0 and 86400000",
+        ));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
 /// Parses a `HOST:PORT` portal address.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse()
@@ -422,6 +449,18 @@ mod tests {
         assert_eq!(c.volumes[0].size, 2 << 30);
         assert_eq!(c.volumes[1].block_size, 4096);
         assert!(!c.volumes[1].write_cache);
+    }
+
+    #[test]
+    fn toml_latency_settings() {
+        let mut c = Config::default();
+        assert!(c.latency_stats && c.slow_command.is_none());
+        c.apply_toml("latency_stats = false\nslow_command_ms = 2.5")
+            .unwrap();
+        assert!(!c.latency_stats);
+        assert_eq!(c.slow_command, Some(Duration::from_micros(2500)));
+        assert!(c.apply_toml("slow_command_ms = -1").is_err());
+        assert_eq!(parse_millis("x", 0.0).unwrap(), Duration::ZERO);
     }
 
     #[test]

@@ -15,8 +15,9 @@
 
 use super::api::{
     AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, PoolSettings, Resize,
+    Export, PoolSettings, Resize, StatsClass, StatsQuery,
 };
+use super::metrics;
 use crate::cli::CliError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -453,10 +454,14 @@ where
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reply {
     status: u16,
-    /// JSON body; empty for 204.
+    /// JSON body (or text, see `content_type`); empty for 204.
     body: Vec<u8>,
     /// `Allow` header, for 405.
     allow: Option<&'static str>,
+    /// `Content-Type` of a non-empty body.
+    content_type: &'static str,
+    /// File name offered for download (`Content-Disposition: attachment`).
+    attachment: Option<String>,
 }
 
 impl Reply {
@@ -467,7 +472,7 @@ impl Reply {
                 Reply {
                     status,
                     body,
-                    allow: None,
+                    ..Reply::no_content()
                 }
             }
             Err(e) => Reply::error(AdminError::new(
@@ -482,6 +487,18 @@ impl Reply {
             status: 204,
             body: Vec::new(),
             allow: None,
+            content_type: "application/json",
+            attachment: None,
+        }
+    }
+
+    /// A 200 text body.
+    fn text(content_type: &'static str, body: String) -> Reply {
+        Reply {
+            status: 200,
+            body: body.into_bytes(),
+            content_type,
+            ..Reply::no_content()
         }
     }
 
@@ -498,7 +515,7 @@ impl Reply {
         Reply {
             status,
             body,
-            allow: None,
+            ..Reply::no_content()
         }
     }
 
@@ -523,7 +540,11 @@ impl Reply {
         let has_body = !self.body.is_empty();
         let mut resp = tiny_http::Response::from_data(self.body).with_status_code(self.status);
         if has_body {
-            add_header(&mut resp, "Content-Type", "application/json");
+            add_header(&mut resp, "Content-Type", self.content_type);
+        }
+        if let Some(name) = &self.attachment {
+            let value = format!("attachment; filename=\"{name}\"");
+            add_header(&mut resp, "Content-Disposition", &value);
         }
         if let Some(allow) = self.allow {
             add_header(&mut resp, "Allow", allow);
@@ -554,6 +575,11 @@ enum Route {
     SnapshotExport(String),
     Clones,
     Stats,
+    /// `/v1/stats/{name}`: a volume's statistics (GET), or `reset` (POST).
+    StatsEntry(String),
+    StatsHistogram(String),
+    StatsVolumeReset(String),
+    Metrics,
 }
 
 impl Route {
@@ -561,7 +587,10 @@ impl Route {
     fn allow(&self) -> &'static str {
         match self {
             Route::Pool => "GET, PATCH",
-            Route::Stats => "GET",
+            Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
+            Route::StatsEntry(name) if name == "reset" => "GET, POST",
+            Route::StatsEntry(_) => "GET",
+            Route::StatsVolumeReset(_) => "POST",
             Route::Volumes | Route::Snapshots => "GET, POST",
             Route::Volume(_) | Route::Snapshot(_) => "GET, DELETE",
             Route::VolumeResize(_)
@@ -576,6 +605,9 @@ impl Route {
         match (self, method) {
             (Route::Volume(_), "DELETE") => &["force"],
             (Route::Snapshots, "GET") => &["volume"],
+            (Route::Stats | Route::StatsEntry(_), "GET") => &["window"],
+            (Route::StatsHistogram(_), "GET") => &["class", "window", "format"],
+            (Route::StatsEntry(_), "POST") => &["volume"],
             _ => &[],
         }
     }
@@ -613,6 +645,10 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
     let route = match segs.as_slice() {
         ["v1", "pool"] => Route::Pool,
         ["v1", "stats"] => Route::Stats,
+        ["v1", "stats", name] => Route::StatsEntry(name.to_string()),
+        ["v1", "stats", name, "histogram"] => Route::StatsHistogram(name.to_string()),
+        ["v1", "stats", name, "reset"] => Route::StatsVolumeReset(name.to_string()),
+        ["metrics"] => Route::Metrics,
         ["v1", "volumes"] => Route::Volumes,
         ["v1", "volumes", name] => Route::Volume(name.to_string()),
         ["v1", "volumes", name, "resize"] => Route::VolumeResize(name.to_string()),
@@ -676,6 +712,28 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
             format!("invalid request body: {e}"),
         )
     })
+}
+
+/// `?window=N`: the last N seconds (the backend checks the range).
+fn parse_window(v: Option<&str>) -> Result<Option<u32>, AdminError> {
+    match v {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!("invalid query parameter window={v:?}: expected a number of seconds"),
+            )
+        }),
+    }
+}
+
+fn class_param(class: StatsClass) -> &'static str {
+    match class {
+        StatsClass::Read => "read",
+        StatsClass::Write => "write",
+        StatsClass::Other => "other",
+        StatsClass::All => "all",
+    }
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, AdminError> {
@@ -746,7 +804,72 @@ fn route_and_call(
             let req: PoolSettings = parse_body(body).map_err(err)?;
             Reply::json(200, &backend.update_pool(&req).map_err(err)?)
         }
-        ("GET", Route::Stats) => Reply::json(200, &backend.stats().map_err(err)?),
+        ("GET", Route::Stats) => {
+            let query = StatsQuery {
+                volume: None,
+                window: parse_window(param("window")).map_err(err)?,
+            };
+            Reply::json(200, &backend.stats(&query).map_err(err)?)
+        }
+        ("GET", Route::StatsEntry(name)) => {
+            let query = StatsQuery {
+                volume: Some(name.clone()),
+                window: parse_window(param("window")).map_err(err)?,
+            };
+            Reply::json(200, &backend.stats(&query).map_err(err)?)
+        }
+        ("POST", Route::StatsEntry(_)) => {
+            let volume = match param("volume") {
+                Some("") => {
+                    return Err(err(AdminError::new(
+                        ErrorCode::InvalidArgument,
+                        "empty query parameter volume",
+                    )));
+                }
+                v => v,
+            };
+            Reply::json(200, &backend.reset_stats(volume).map_err(err)?)
+        }
+        ("POST", Route::StatsVolumeReset(name)) => {
+            Reply::json(200, &backend.reset_stats(Some(name)).map_err(err)?)
+        }
+        ("GET", Route::StatsHistogram(name)) => {
+            let class = match param("class") {
+                None => StatsClass::All,
+                Some(c) => c
+                    .parse()
+                    .map_err(|m: String| err(AdminError::new(ErrorCode::InvalidArgument, m)))?,
+            };
+            let window = parse_window(param("window")).map_err(err)?;
+            let report = backend.stats_histogram(name, class, window).map_err(err)?;
+            match param("format") {
+                None | Some("json") => Reply::json(200, &report),
+                Some("hlog") => {
+                    let file = format!("{}-{}.hlog", report.volume, class_param(class));
+                    let mut reply = Reply::text("text/plain; charset=utf-8", report.interval_log);
+                    reply.attachment = Some(file.replace(['"', '/', '\\'], "_"));
+                    reply
+                }
+                Some(other) => {
+                    return Err(err(AdminError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("invalid format {other:?}: expected json or hlog"),
+                    )));
+                }
+            }
+        }
+        ("GET", Route::Metrics) => {
+            let query = StatsQuery {
+                volume: None,
+                window: Some(metrics::METRICS_WINDOW_SECS),
+            };
+            let stats = backend.stats(&query).map_err(err)?;
+            let pool = backend.pool_status().map_err(err)?;
+            Reply::text(
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::prometheus(&stats, &pool),
+            )
+        }
         ("GET", Route::Volumes) => Reply::json(200, &backend.list_volumes().map_err(err)?),
         ("POST", Route::Volumes) => {
             let req: CreateVolume = parse_body(body).map_err(err)?;
@@ -824,7 +947,9 @@ fn route_and_call(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::{PoolStatus, SnapshotInfo, VolumeInfo};
+    use crate::control::api::{
+        HistogramReport, PoolStatus, ResetReport, SnapshotInfo, StatsReport, VolumeInfo,
+    };
     use std::sync::Mutex;
 
     /// Records the last call; answers `not_found` for every named object.
@@ -934,9 +1059,33 @@ mod tests {
             }
             Ok(volume(&req.name))
         }
-        fn stats(&self) -> Result<serde_json::Value, AdminError> {
-            self.record("stats".into());
-            Ok(serde_json::json!({"ok": true}))
+        fn stats(&self, query: &StatsQuery) -> Result<StatsReport, AdminError> {
+            self.record(format!("stats {:?} {:?}", query.volume, query.window));
+            if query.volume.as_deref() == Some("nope") {
+                return Err(AdminError::new(ErrorCode::NotFound, "no served volume"));
+            }
+            Ok(StatsReport::default())
+        }
+        fn stats_histogram(
+            &self,
+            volume: &str,
+            class: StatsClass,
+            window: Option<u32>,
+        ) -> Result<HistogramReport, AdminError> {
+            self.record(format!("stats_histogram {volume} {class:?} {window:?}"));
+            Ok(HistogramReport {
+                volume: volume.into(),
+                target: "t".into(),
+                window_seconds: window,
+                start_time: 0.0,
+                seconds: 1.0,
+                histograms: vec![],
+                interval_log: "#[Histogram log format version 1.3]\n".into(),
+            })
+        }
+        fn reset_stats(&self, volume: Option<&str>) -> Result<ResetReport, AdminError> {
+            self.record(format!("reset_stats {volume:?}"));
+            Ok(ResetReport::default())
         }
     }
 
@@ -951,6 +1100,16 @@ mod tests {
         assert_eq!(r("/v1/pool"), Some(Route::Pool));
         assert_eq!(r("/v1/pool/"), Some(Route::Pool));
         assert_eq!(r("/v1/stats"), Some(Route::Stats));
+        assert_eq!(r("/v1/stats/vm1"), Some(Route::StatsEntry("vm1".into())));
+        assert_eq!(
+            r("/v1/stats/vm1/histogram?class=read"),
+            Some(Route::StatsHistogram("vm1".into()))
+        );
+        assert_eq!(
+            r("/v1/stats/vm1/reset"),
+            Some(Route::StatsVolumeReset("vm1".into()))
+        );
+        assert_eq!(r("/metrics"), Some(Route::Metrics));
         assert_eq!(r("/v1/volumes"), Some(Route::Volumes));
         assert_eq!(r("/v1/volumes/vm1"), Some(Route::Volume("vm1".into())));
         assert_eq!(
@@ -1014,6 +1173,36 @@ mod tests {
         assert_eq!(d("GET", "/v1/pool", "").status, 200);
         assert_eq!(b.last(), "pool_status");
         assert_eq!(d("GET", "/v1/stats", "").status, 200);
+        assert_eq!(b.last(), "stats None None");
+        assert_eq!(d("GET", "/v1/stats?window=10", "").status, 200);
+        assert_eq!(b.last(), "stats None Some(10)");
+        assert_eq!(d("GET", "/v1/stats/vm1?window=1", "").status, 200);
+        assert_eq!(b.last(), r#"stats Some("vm1") Some(1)"#);
+        // A volume named "reset" is still readable; POST resets.
+        assert_eq!(d("GET", "/v1/stats/reset", "").status, 200);
+        assert_eq!(b.last(), r#"stats Some("reset") None"#);
+        assert_eq!(d("POST", "/v1/stats/reset", "").status, 200);
+        assert_eq!(b.last(), "reset_stats None");
+        assert_eq!(d("POST", "/v1/stats/reset?volume=vm1", "").status, 200);
+        assert_eq!(b.last(), r#"reset_stats Some("vm1")"#);
+        assert_eq!(d("POST", "/v1/stats/vm2/reset", "").status, 200);
+        assert_eq!(b.last(), r#"reset_stats Some("vm2")"#);
+        let r = d("GET", "/v1/stats/vm1/histogram?class=write&window=5", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(b.last(), "stats_histogram vm1 Write Some(5)");
+        let r = d("GET", "/v1/stats/vm1/histogram?format=hlog", "");
+        assert_eq!(
+            (r.status, r.content_type),
+            (200, "text/plain; charset=utf-8")
+        );
+        assert_eq!(r.attachment.as_deref(), Some("vm1-all.hlog"));
+        assert!(r.body.starts_with(b"#[Histogram log format version 1.3]"));
+        assert_eq!(b.last(), "stats_histogram vm1 All None");
+        let r = d("GET", "/metrics", "");
+        assert_eq!(r.status, 200);
+        assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
+        assert_eq!(b.last(), "pool_status");
+        assert!(String::from_utf8_lossy(&r.body).contains("shoal_pool_bytes{state=\"free\"} 1\n"));
         assert_eq!(d("GET", "/v1/volumes", "").status, 200);
         assert_eq!(b.last(), "list_volumes");
         let r = d("POST", "/v1/volumes", r#"{"name":"a","size_bytes":4096}"#);
@@ -1090,6 +1279,26 @@ mod tests {
         let r = d("GET", "/v1/volumes?x=1", "");
         assert_eq!(r.status, 400);
         let r = d("GET", "/v1/volumes/%e9", "");
+        assert_eq!(r.status, 400);
+        for bad in [
+            "/v1/stats?window=x",
+            "/v1/stats?window=-1",
+            "/v1/stats?volume=a",
+            "/v1/stats/vm1/histogram?class=reads",
+            "/v1/stats/vm1/histogram?format=png",
+        ] {
+            let r = d("GET", bad, "");
+            assert_eq!(
+                (r.status, code(&r)),
+                (400, ErrorCode::InvalidArgument),
+                "{bad}"
+            );
+        }
+        let r = d("GET", "/v1/stats/nope", "");
+        assert_eq!((r.status, code(&r)), (404, ErrorCode::NotFound));
+        let r = d("POST", "/v1/stats/vm1", "");
+        assert_eq!((r.status, r.allow), (405, Some("GET")));
+        let r = d("POST", "/v1/stats/reset?volume=", "");
         assert_eq!(r.status, 400);
     }
 

@@ -192,6 +192,196 @@ pub struct Export {
     pub enabled: bool,
 }
 
+/// `GET /v1/stats[/{volume}]?window=N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsQuery {
+    /// Only this volume (`VOLUME@SNAP` for an exported snapshot).
+    pub volume: Option<String>,
+    /// The last N complete seconds (1..=60); None: since the last reset.
+    pub window: Option<u32>,
+}
+
+/// Latency percentiles of a set of commands, in nanoseconds (0 when there is none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p99_9: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Percentiles of each phase of a command (see `docs/admin-api.md`, "Latency phases").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhasePercentiles {
+    /// Command received → its data complete and its CmdSN turn come.
+    pub data_out: Percentiles,
+    /// Ready → executed by the shard (backend I/O queued, or answered).
+    pub queued: Percentiles,
+    /// Executed → last backend completion.
+    pub backend: Percentiles,
+    /// Backend done → response fully written to the socket.
+    pub send: Percentiles,
+}
+
+/// Nanoseconds spent in each phase, summed over commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseSums {
+    /// See [`PhasePercentiles::data_out`].
+    pub data_out: u64,
+    /// See [`PhasePercentiles::queued`].
+    pub queued: u64,
+    /// See [`PhasePercentiles::backend`].
+    pub backend: u64,
+    /// See [`PhasePercentiles::send`].
+    pub send: u64,
+}
+
+/// Figures that never reset while the volume is served (what Prometheus counters report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifetimeStats {
+    /// Commands completed.
+    pub ops: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Commands whose latency was measured.
+    pub timed: u64,
+    /// Sum of their total latencies, ns.
+    pub latency_ns_sum: u64,
+    /// Sum of their phases, ns.
+    pub phase_ns_sum: PhaseSums,
+}
+
+/// One op class of one LUN over the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassStats {
+    /// Commands completed in the window.
+    pub ops: u64,
+    /// Bytes moved (Data-In + Data-Out) in the window.
+    pub bytes: u64,
+    /// Commands per second over the window.
+    pub iops: f64,
+    /// Bytes per second over the window.
+    pub bytes_per_second: f64,
+    /// Total latency, ns: command PDU received → response fully sent.
+    pub latency_ns: Percentiles,
+    /// Each phase, ns.
+    pub phases_ns: PhasePercentiles,
+    /// Since the volume was served.
+    pub lifetime: LifetimeStats,
+}
+
+/// The statistics of one LUN.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LunStatsReport {
+    /// Volume name (`VOLUME@SNAP` for an exported snapshot).
+    pub volume: String,
+    /// Target IQN.
+    pub target: String,
+    /// LUN number.
+    pub lun: u64,
+    /// Seconds the window covers (rates are over this).
+    pub seconds: f64,
+    /// Seconds since the last reset.
+    pub since_reset_seconds: f64,
+    /// READ commands.
+    pub read: ClassStats,
+    /// WRITE commands (WRITE AND VERIFY, WRITE SAME included).
+    pub write: ClassStats,
+    /// Everything else.
+    pub other: ClassStats,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// The window: the last N seconds, or null for since the last reset.
+    pub window_seconds: Option<u32>,
+    /// Whether latencies are measured (`shoal serve --no-latency-stats` turns them off; counts
+    /// are kept either way).
+    pub latency_stats: bool,
+    /// One entry per served LUN, by volume name.
+    pub luns: Vec<LunStatsReport>,
+}
+
+/// Which op classes a histogram request wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsClass {
+    /// READ.
+    Read,
+    /// WRITE.
+    Write,
+    /// Other commands.
+    Other,
+    /// The three, one histogram each.
+    All,
+}
+
+impl std::str::FromStr for StatsClass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(StatsClass::Read),
+            "write" => Ok(StatsClass::Write),
+            "other" => Ok(StatsClass::Other),
+            "all" => Ok(StatsClass::All),
+            _ => Err(format!(
+                "invalid class {s:?}: expected read, write, other or all"
+            )),
+        }
+    }
+}
+
+/// One encoded histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedHistogram {
+    /// `read`, `write` or `other`.
+    pub class: String,
+    /// Its tag in the interval log: `VOLUME.CLASS`.
+    pub tag: String,
+    /// Commands in it.
+    pub count: u64,
+    /// Largest value, ns.
+    pub max_ns: u64,
+    /// HdrHistogram V2 compressed encoding (DEFLATE), base64; values in ns.
+    pub histogram: String,
+}
+
+/// `GET /v1/stats/{volume}/histogram`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistogramReport {
+    /// The volume.
+    pub volume: String,
+    /// Its target.
+    pub target: String,
+    /// The window: the last N seconds, or null for since the last reset.
+    pub window_seconds: Option<u32>,
+    /// When the window started, seconds since the epoch.
+    pub start_time: f64,
+    /// Its length in seconds.
+    pub seconds: f64,
+    /// One per requested class.
+    pub histograms: Vec<EncodedHistogram>,
+    /// The same histograms as an HdrHistogram interval log (`.hlog` text), one interval each.
+    pub interval_log: String,
+}
+
+/// `POST /v1/stats/reset`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetReport {
+    /// The volumes whose figures were reset.
+    pub volumes: Vec<String>,
+}
+
 /// What the daemon does for the admin API. Called from the admin thread; each call is one
 /// complete operation (committed before it returns) or an error that changed nothing.
 pub trait AdminBackend: Send + Sync {
@@ -226,6 +416,15 @@ pub trait AdminBackend: Send + Sync {
     ) -> Result<SnapshotInfo, AdminError>;
     /// Creates a writable clone.
     fn create_clone(&self, req: &CreateClone) -> Result<VolumeInfo, AdminError>;
-    /// Latency and throughput statistics as JSON (the latency issue fills this in).
-    fn stats(&self) -> Result<serde_json::Value, AdminError>;
+    /// Latency and throughput statistics of every served LUN, or of one volume's.
+    fn stats(&self, query: &StatsQuery) -> Result<StatsReport, AdminError>;
+    /// One volume's latency histograms in HdrHistogram's encodings.
+    fn stats_histogram(
+        &self,
+        volume: &str,
+        class: StatsClass,
+        window: Option<u32>,
+    ) -> Result<HistogramReport, AdminError>;
+    /// Starts the since-reset figures and windows anew, of every LUN or of one volume.
+    fn reset_stats(&self, volume: Option<&str>) -> Result<ResetReport, AdminError>;
 }

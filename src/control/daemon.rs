@@ -9,10 +9,12 @@
 use super::Registry;
 use super::TargetEntry;
 use super::api::*;
+use super::metrics;
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError};
 use crate::scsi::{LogicalUnit, LunInfo};
+use crate::stats::{LunSnapshot, MAX_WINDOW_SECS, Window};
 use crate::storage::pool::catalog::{Pool, PoolError};
 use crate::storage::pool::extent_map::{ExtentMap, UsageSource, UsageWalk, exclusive_extents};
 use crate::storage::pool::format::{ImageKind, ImageMeta};
@@ -20,7 +22,7 @@ use crate::storage::pool::thin::ThinVolume;
 use crossbeam::channel::{Receiver, bounded};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// How long a shard may take to answer a control message.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +47,7 @@ pub struct Daemon {
     login: Arc<LoginContext>,
     registry: Arc<Registry>,
     max_transfer_bytes: u64,
+    latency_stats: bool,
 }
 
 fn internal(e: impl std::fmt::Display) -> AdminError {
@@ -83,7 +86,14 @@ impl Daemon {
             login,
             registry,
             max_transfer_bytes: 16 << 20,
+            latency_stats: true,
         }
+    }
+
+    /// Tells whether the shards measure latencies (reported by the statistics API).
+    pub fn with_latency_stats(mut self, on: bool) -> Self {
+        self.latency_stats = on;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -839,36 +849,125 @@ impl AdminBackend for Daemon {
         Ok(self.volume_info_with(&st, &meta, &usage))
     }
 
-    fn stats(&self) -> Result<serde_json::Value, AdminError> {
-        let mut luns = Vec::new();
+    fn stats(&self, query: &StatsQuery) -> Result<StatsReport, AdminError> {
+        let window = stats_window(query.window)?;
+        let luns = self.collect_stats(query.volume.as_deref(), window)?;
+        Ok(StatsReport {
+            window_seconds: query.window,
+            latency_stats: self.latency_stats,
+            luns: luns.iter().map(metrics::lun_report).collect(),
+        })
+    }
+
+    fn stats_histogram(
+        &self,
+        volume: &str,
+        class: StatsClass,
+        window: Option<u32>,
+    ) -> Result<HistogramReport, AdminError> {
+        let luns = self.collect_stats(Some(volume), stats_window(window)?)?;
+        let Some(lun) = luns.first() else {
+            return Err(not_found("served volume", volume));
+        };
+        let wanted: &[usize] = match class {
+            StatsClass::Read => &[0],
+            StatsClass::Write => &[1],
+            StatsClass::Other => &[2],
+            StatsClass::All => &[0, 1, 2],
+        };
+        let now = SystemTime::now();
+        let (histograms, interval_log, start) =
+            metrics::encode_histograms(lun, wanted, now).map_err(internal)?;
+        Ok(HistogramReport {
+            volume: lun.volume.clone(),
+            target: lun.target.clone(),
+            window_seconds: window,
+            start_time: start
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
+            seconds: (lun.seconds * 1000.0).round() / 1000.0,
+            histograms,
+            interval_log,
+        })
+    }
+
+    fn reset_stats(&self, volume: Option<&str>) -> Result<ResetReport, AdminError> {
+        let target = volume.map(volume_target);
+        let mut waits = Vec::new();
         for shard in &self.shards {
             let (tx, rx) = bounded(1);
-            if shard.send(ShardMsg::Stats(tx)) {
-                if let Ok(list) = rx.recv_timeout(SHARD_TIMEOUT) {
-                    for (target, s) in list {
-                        if target.is_empty() {
-                            continue;
-                        }
-                        let class = |c: &crate::stats::OpStats| {
-                            serde_json::json!({
-                                "ops": c.ops,
-                                "bytes": c.bytes,
-                                "p50_ns": c.quantile(0.5),
-                                "p99_ns": c.quantile(0.99),
-                                "p999_ns": c.quantile(0.999),
-                                "max_ns": c.quantile(1.0),
-                            })
-                        };
-                        luns.push(serde_json::json!({
-                            "target": target,
-                            "read": class(&s.read),
-                            "write": class(&s.write),
-                            "other": class(&s.other),
-                        }));
-                    }
-                }
+            let target = target.clone();
+            if shard.send(ShardMsg::ResetStats { target, reply: tx }) {
+                waits.push(rx);
             }
         }
-        Ok(serde_json::json!({ "luns": luns }))
+        let mut volumes = Vec::new();
+        for rx in waits {
+            volumes.extend(
+                rx.recv_timeout(SHARD_TIMEOUT)
+                    .map_err(|_| internal("shard did not answer"))?,
+            );
+        }
+        if let (Some(name), true) = (volume, volumes.is_empty()) {
+            return Err(not_found("served volume", name));
+        }
+        volumes.sort();
+        Ok(ResetReport { volumes })
+    }
+}
+
+/// The target a volume (or `VOLUME@SNAP`, an exported snapshot) is served as.
+fn volume_target(name: &str) -> String {
+    if name.contains('@') {
+        snapshot_target(name)
+    } else {
+        target_name(name)
+    }
+}
+
+fn stats_window(window: Option<u32>) -> Result<Window, AdminError> {
+    match window {
+        None => Ok(Window::SinceReset),
+        Some(n) if (1..=MAX_WINDOW_SECS).contains(&n) => Ok(Window::Last(n)),
+        Some(n) => Err(AdminError::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid window {n}: expected 1 to {MAX_WINDOW_SECS} seconds"),
+        )),
+    }
+}
+
+impl Daemon {
+    /// Snapshots of the LUNs (of one volume when named) from every shard, by volume name.
+    fn collect_stats(
+        &self,
+        volume: Option<&str>,
+        window: Window,
+    ) -> Result<Vec<LunSnapshot>, AdminError> {
+        let target = volume.map(volume_target);
+        let mut waits = Vec::new();
+        for shard in &self.shards {
+            let (tx, rx) = bounded(1);
+            let msg = ShardMsg::Stats {
+                target: target.clone(),
+                window,
+                reply: tx,
+            };
+            if shard.send(msg) {
+                waits.push(rx);
+            }
+        }
+        let mut luns = Vec::new();
+        for rx in waits {
+            luns.extend(
+                rx.recv_timeout(SHARD_TIMEOUT)
+                    .map_err(|_| internal("shard did not answer"))?,
+            );
+        }
+        if let (Some(name), true) = (volume, luns.is_empty()) {
+            return Err(not_found("served volume", name));
+        }
+        luns.iter_mut().for_each(LunSnapshot::merge_slots);
+        luns.sort_by(|a, b| a.volume.cmp(&b.volume));
+        Ok(luns)
     }
 }

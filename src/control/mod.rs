@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod daemon;
+pub mod metrics;
 
 use crate::scsi::NexusId;
 use std::collections::HashMap;

@@ -240,7 +240,9 @@ pub struct Task {
     r2t_sn: u32,
     state: TaskState,
     aborted: bool,
-    /// When the last PDU the command needed arrived.
+    /// When its SCSI Command PDU arrived.
+    pub arrived_at: Instant,
+    /// When the last PDU the command needed arrived (its data complete, its CmdSN turn come).
     pub ready_at: Option<Instant>,
 }
 
@@ -296,6 +298,9 @@ pub struct Connection {
     logout: Option<LogoutRequest>,
     close: Option<CloseReason>,
     pool: BufPool,
+    /// PDUs ever queued in the outbox, and ever taken out of it (see [`Connection::pdus_queued`]).
+    pdus_queued: u64,
+    pdus_taken: u64,
 }
 
 impl Connection {
@@ -328,6 +333,8 @@ impl Connection {
             logout: None,
             close: None,
             pool,
+            pdus_queued: 0,
+            pdus_taken: 0,
         }
     }
 
@@ -343,7 +350,21 @@ impl Connection {
 
     /// The next PDU to send.
     pub fn poll_transmit(&mut self) -> Option<OutPdu> {
-        self.outbox.pop_front()
+        let pdu = self.outbox.pop_front()?;
+        self.pdus_taken += 1;
+        Some(pdu)
+    }
+
+    /// PDUs queued for sending since the connection began. The outbox is FIFO, so the response
+    /// queued when this read `n` is on the wire once [`Connection::pdus_taken`] reached `n` and
+    /// those PDUs were written (the runtime's send statistics rely on it).
+    pub fn pdus_queued(&self) -> u64 {
+        self.pdus_queued
+    }
+
+    /// PDUs handed to [`Connection::poll_transmit`]'s caller since the connection began.
+    pub fn pdus_taken(&self) -> u64 {
+        self.pdus_taken
     }
 
     /// PDUs waiting to be sent.
@@ -383,6 +404,7 @@ impl Connection {
 
     fn send(&mut self, bhs: Bhs, data: OutData) {
         self.outbox.push_back(OutPdu { bhs, data });
+        self.pdus_queued += 1;
     }
 
     fn reject(&mut self, reason: RejectReason, rejected: &Bhs) {
@@ -544,7 +566,7 @@ impl Connection {
             self.reject(RejectReason::ProtocolError, bhs);
             return;
         }
-        let task = self.new_task(cmd, data);
+        let task = self.new_task(cmd, data, now);
         let id = self.insert_task(task);
         if !self.admit(cmd.cmd_sn, cmd.immediate, Ordered::Task(id), now) {
             // Ignored by the window (§4.2.2.1): it will never be delivered, forget it.
@@ -552,7 +574,7 @@ impl Connection {
         }
     }
 
-    fn new_task(&self, cmd: ScsiCommand, immediate: &[u8]) -> Task {
+    fn new_task(&self, cmd: ScsiCommand, immediate: &[u8], now: Instant) -> Task {
         let expected = if cmd.write {
             cmd.expected_data_transfer_length
         } else {
@@ -585,6 +607,7 @@ impl Connection {
             r2t_sn: 0,
             state: TaskState::Held,
             aborted: false,
+            arrived_at: now,
             ready_at: None,
         }
     }
@@ -720,12 +743,13 @@ impl Connection {
     // ---- Responses (§11.4, §11.7) ----
 
     /// Reports that task `id` finished. Sends its Data-In and status, unless it was aborted.
-    pub fn complete(&mut self, id: TaskId, resp: TaskResponse) {
+    /// Returns whether a response was queued.
+    pub fn complete(&mut self, id: TaskId, resp: TaskResponse) -> bool {
         let Some(task) = self.remove_task(id) else {
-            return;
+            return false;
         };
         if task.aborted {
-            return;
+            return false;
         }
         let cmd = task.cmd;
         let edtl = cmd.expected_data_transfer_length;
@@ -744,7 +768,7 @@ impl Connection {
             resp.status,
         );
         if sendable > 0 && good {
-            return;
+            return true;
         }
         let sense = resp.sense.map(|s| {
             let mut v = Vec::with_capacity(2 + s.len());
@@ -756,6 +780,7 @@ impl Connection {
         let seq = self.status_seq();
         let bhs = target::scsi_response(cmd.itt, seq, resp.status, residual, data_sn, data_len);
         self.send(bhs, sense.map_or(OutData::None, OutData::Bytes));
+        true
     }
 
     /// Queues Data-In PDUs for the first `len` bytes of `data`; the last carries status when
@@ -1089,5 +1114,83 @@ impl Connection {
         if function == TmfFunction::TargetColdReset {
             self.close = Some(CloseReason::Reset);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::pdu::Opcode;
+
+    fn command(itt: u32, cmd_sn: u32, edtl: u32, read: bool) -> Bhs {
+        let mut bhs = Bhs::new(Opcode::SCSI_COMMAND);
+        bhs.0[1] = 0x80 | if read { 0x40 } else { 0x20 } | 1;
+        bhs.set_itt(itt);
+        bhs.set_u32(20, edtl);
+        bhs.set_u32(24, cmd_sn);
+        bhs.0[32] = if read { 0x28 } else { 0x2a };
+        bhs
+    }
+
+    fn executed(c: &mut Connection) -> TaskId {
+        match c.poll_action() {
+            Some(Action::Execute(id)) => id,
+            other => panic!("expected an Execute, got {other:?}"),
+        }
+    }
+
+    /// The stamps latency statistics read: arrival of the command, readiness (data complete),
+    /// and the outbox counts that tell when a response is on the wire.
+    #[test]
+    fn task_stamps_and_outbox_counts() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_micros(70);
+        let params = ConnParams {
+            immediate_data: false,
+            ..ConnParams::default()
+        };
+        let mut c = Connection::new(params, ConnConfig::default(), 0, 1, 1, BufPool::new(), t0);
+
+        // A read is ready when it arrives.
+        c.on_pdu(&command(1, 1, 512, true), &[], t0);
+        let id = executed(&mut c);
+        let task = c.task(id).unwrap();
+        assert_eq!((task.arrived_at, task.ready_at), (t0, Some(t0)));
+        let resp = TaskResponse {
+            status: 0,
+            sense: None,
+            data: DataInSource::Bytes(vec![7; 512]),
+            wanted: 512,
+        };
+        assert!(c.complete(id, resp));
+        assert_eq!((c.pdus_queued(), c.pdus_taken()), (1, 0));
+        assert!(c.poll_transmit().is_some());
+        assert_eq!(c.pdus_taken(), 1);
+
+        // A write waits for its R2T-solicited Data-Out: ready when the last one arrives.
+        c.on_pdu(&command(2, 2, 1024, false), &[], t0);
+        assert!(c.poll_action().is_none());
+        let r2t = c.poll_transmit().expect("R2T");
+        assert_eq!(c.pdus_queued(), 2);
+        let mut d = Bhs::new(Opcode::SCSI_DATA_OUT);
+        d.0[1] = 0x80;
+        d.set_itt(2);
+        d.set_u32(20, r2t.bhs.u32_at(20));
+        d.set_data_segment_len(1024);
+        c.on_pdu(&d, &[1; 1024], t1);
+        let id = executed(&mut c);
+        let task = c.task(id).unwrap();
+        assert_eq!((task.arrived_at, task.ready_at), (t0, Some(t1)));
+
+        // An aborted task gets no response: nothing to record.
+        c.abort_all();
+        let resp = TaskResponse {
+            status: 0,
+            sense: None,
+            data: DataInSource::None,
+            wanted: 1024,
+        };
+        assert!(!c.complete(id, resp));
+        assert_eq!(c.pdus_queued(), 2);
     }
 }

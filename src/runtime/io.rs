@@ -12,7 +12,7 @@
 //! is owned by the op or its task until the op's last completion arrives.
 
 use super::buf::AlignedBuf;
-use super::shard::{KIND_IO, Shard, user_data};
+use super::shard::{Accounting, KIND_IO, Shard, user_data};
 use super::sync::SyncWaiter;
 use crate::iscsi::connection::{DataInSource, TaskId};
 use crate::scsi::{self, IoResult, OpClass, Outcome};
@@ -20,6 +20,7 @@ use crate::storage::{NewExtent, Piece, PlanError, WritePiece};
 use io_uring::{opcode, squeue::Entry, types};
 use smallvec::SmallVec;
 use std::rc::Rc;
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -54,6 +55,8 @@ pub(super) struct IoOp {
     no_space: bool,
     /// Already waited once for released extents to be published.
     waited_for_space: bool,
+    /// When the shard executed the command (latency statistics on).
+    submitted: Option<Instant>,
 }
 
 impl IoOp {
@@ -74,8 +77,14 @@ impl IoOp {
 }
 
 impl Shard {
-    /// Starts the storage work of task `id` on connection `index`.
-    pub(super) fn start_io(&mut self, index: usize, id: TaskId, outcome: Outcome) {
+    /// Starts the storage work of task `id` on connection `index`, executed at `submitted`.
+    pub(super) fn start_io(
+        &mut self,
+        index: usize,
+        id: TaskId,
+        outcome: Outcome,
+        submitted: Option<Instant>,
+    ) {
         let slot = match self.free_ops.pop() {
             Some(s) => s,
             None => {
@@ -103,6 +112,7 @@ impl Shard {
             error: false,
             no_space: false,
             waited_for_space: false,
+            submitted,
         });
         if let Some(sc) = self.conn_mut(index) {
             sc.io_in_flight += 1;
@@ -623,11 +633,29 @@ impl Shard {
             }
             _ => (OpClass::Other, 0, 0),
         };
+        let extent = match op.outcome {
+            Outcome::Read { offset, len, .. }
+            | Outcome::Write { offset, len, .. }
+            | Outcome::WriteVerify { offset, len, .. }
+            | Outcome::Verify { offset, len, .. }
+            | Outcome::WriteSame { offset, len, .. } => {
+                let bs = u64::from(block_size.max(1));
+                Some((offset / bs, len / bs))
+            }
+            _ => None,
+        };
+        let acct = Accounting {
+            class,
+            bytes,
+            submitted: op.submitted,
+            backend_done: op.submitted.map(|_| self.round_now),
+            extent,
+        };
         let buffer = match (op.outcome, op.buf, result) {
             (Outcome::Read { .. }, Some(buf), IoResult::Ok) => DataInSource::Buffer(Rc::new(buf)),
             _ => DataInSource::None,
         };
-        self.finish(index, op.task, completion, buffer, wanted, class, bytes);
+        self.finish(index, op.task, completion, buffer, wanted, acct);
         self.pump(index);
         self.reap(index);
     }

@@ -107,6 +107,10 @@ fn start_shards(
         ..ConnConfig::default()
     };
     let busy_poll = cfg.busy_poll;
+    let stats_config = crate::stats::StatsConfig {
+        latency: cfg.latency_stats,
+        slow_command: cfg.slow_command,
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut shards = Vec::new();
     let mut threads = Vec::new();
@@ -126,7 +130,17 @@ fn start_shards(
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                match Shard::new(id, Vec::new(), inbox, wake, conn_config, portals, registry) {
+                let shard = Shard::new(
+                    id,
+                    Vec::new(),
+                    inbox,
+                    wake,
+                    conn_config,
+                    portals,
+                    registry,
+                    stats_config,
+                );
+                match shard {
                     Ok(shard) => {
                         let shard = shard.with_busy_poll(busy_poll);
                         if let Err(e) = shard.run() {
@@ -158,12 +172,10 @@ impl Server {
             shards: shards.clone(),
             registry: Arc::clone(&registry),
         });
-        let daemon = Arc::new(Daemon::new(
-            pool,
-            shards.clone(),
-            Arc::clone(&ctx),
-            registry,
-        ));
+        let daemon = Arc::new(
+            Daemon::new(pool, shards.clone(), Arc::clone(&ctx), registry)
+                .with_latency_stats(cfg.latency_stats),
+        );
         daemon
             .start(&cfg.volumes)
             .map_err(|e| StartError::Volumes(e.message))?;

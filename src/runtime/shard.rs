@@ -23,12 +23,14 @@ use crate::iscsi::pdu::frame::{self, FrameError, Next};
 use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
-use crate::stats::LunStats;
+use crate::stats::slow::{SlowCommand, SlowLog};
+use crate::stats::{LunSnapshot, LunStats, PhaseTimes, Stamps, StatsConfig, Window, second_of};
 use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
 use crate::storage::pool::thin::ThinVolume;
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
+use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -86,8 +88,22 @@ pub enum ShardMsg {
     Connection(Box<NewConnection>),
     /// Drop the session of this nexus (session reinstatement).
     DropNexus(NexusId),
-    /// Send a copy of the statistics of every LUN.
-    Stats(Sender<Vec<(String, LunStats)>>),
+    /// Send a copy of the statistics of every LUN (or of one target) over a window.
+    Stats {
+        /// Only this target.
+        target: Option<String>,
+        /// The window.
+        window: Window,
+        /// The copies.
+        reply: Sender<Vec<LunSnapshot>>,
+    },
+    /// Start the statistics of every LUN (or of one target) anew.
+    ResetStats {
+        /// Only this target.
+        target: Option<String>,
+        /// The volumes reset.
+        reply: Sender<Vec<String>>,
+    },
     /// Serve a new LUN.
     AddLun(Box<LunSlot>),
     /// Stop serving a LUN and hand back its extent map (thin volumes): refused while sessions
@@ -245,6 +261,35 @@ pub(super) struct ShardConn {
     pub(super) session: SessionParams,
     pub(super) text: TextExchange,
     pub(super) tsih: u16,
+    /// Answered commands whose response is not fully sent yet, in response order.
+    pub(super) pending_stats: VecDeque<PendingStat>,
+    /// The outbox count ([`Connection::pdus_taken`]) at the end of the send in flight.
+    pub(super) batch_end: u64,
+}
+
+/// How a finished command is counted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Accounting {
+    pub(super) class: OpClass,
+    pub(super) bytes: u64,
+    /// When the shard executed it (None: latency statistics are off).
+    pub(super) submitted: Option<Instant>,
+    /// The round that reaped its last backend completion (None: no storage I/O).
+    pub(super) backend_done: Option<Instant>,
+    /// First LBA and blocks, for the slow-command log.
+    pub(super) extent: Option<(u64, u64)>,
+}
+
+/// A command answered, waiting for its response to be on the wire to be recorded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingStat {
+    /// Its response's last PDU is the outbox's `last_pdu`th (see [`Connection::pdus_queued`]).
+    last_pdu: u64,
+    class: OpClass,
+    bytes: u64,
+    stamps: Stamps,
+    opcode: u8,
+    extent: Option<(u64, u64)>,
 }
 
 /// One shard thread's state.
@@ -282,10 +327,17 @@ pub struct Shard {
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
     busy_poll: Duration,
+    /// The instant this loop round began handling completions: the time stamp of every receive,
+    /// backend and send completion of the round.
+    pub(super) round_now: Instant,
+    pub(super) stats_config: StatsConfig,
+    slow: Option<SlowLog>,
+    ticks: u64,
 }
 
 impl Shard {
     /// A shard serving `luns`, reading messages from `inbox`.
+    #[allow(clippy::too_many_arguments)] // each is a distinct piece of the shard's world
     pub fn new(
         id: usize,
         luns: Vec<LunSlot>,
@@ -294,8 +346,13 @@ impl Shard {
         config: ConnConfig,
         portals: Vec<std::net::SocketAddr>,
         registry: Arc<Registry>,
+        stats_config: StatsConfig,
     ) -> std::io::Result<Self> {
         let ring = new_ring()?;
+        let slow = stats_config
+            .slow_command
+            .filter(|_| stats_config.latency)
+            .map(SlowLog::new);
         Ok(Shard {
             id,
             ring,
@@ -323,6 +380,10 @@ impl Shard {
             pending_usage: Vec::new(),
             stopping: false,
             busy_poll: Duration::ZERO,
+            round_now: Instant::now(),
+            stats_config,
+            slow,
+            ticks: 0,
         })
     }
 
@@ -353,8 +414,10 @@ impl Shard {
             }
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            let now = Instant::now();
+            self.round_now = now;
             if !self.busy_poll.is_zero() && !cqes.is_empty() {
-                last_work = Instant::now();
+                last_work = now;
             }
             for &(ud, res) in &cqes {
                 self.on_completion(ud, res);
@@ -364,7 +427,6 @@ impl Shard {
             if !self.pending_usage.is_empty() {
                 self.advance_usage();
             }
-            let now = Instant::now();
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 self.tick(now);
@@ -451,13 +513,21 @@ impl Shard {
                         self.close(i);
                     }
                 }
-                ShardMsg::Stats(reply) => {
-                    let snapshot = self
-                        .luns
-                        .iter()
-                        .map(|l| (l.target.clone(), l.stats.clone()))
-                        .collect();
-                    let _ = reply.send(snapshot);
+                ShardMsg::Stats {
+                    target,
+                    window,
+                    reply,
+                } => {
+                    let _ = reply.send(self.stats_snapshot(target.as_deref(), window));
+                }
+                ShardMsg::ResetStats { target, reply } => {
+                    let now = Instant::now();
+                    let mut reset = Vec::new();
+                    for l in self.luns_matching(target.as_deref()) {
+                        l.stats.reset(now);
+                        reset.push(l.lu.info().volume_name.clone());
+                    }
+                    let _ = reply.send(reset);
                 }
                 ShardMsg::AddLun(slot) => self.add_lun(*slot),
                 ShardMsg::RemoveLun {
@@ -491,6 +561,33 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The served LUNs, or the one exported as `target`.
+    fn luns_matching<'a>(
+        &'a mut self,
+        target: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a mut LunSlot> + 'a {
+        self.luns
+            .iter_mut()
+            .filter(move |l| !l.target.is_empty() && target.is_none_or(|t| t == l.target))
+    }
+
+    fn stats_snapshot(&mut self, target: Option<&str>, window: Window) -> Vec<LunSnapshot> {
+        let now = Instant::now();
+        self.luns_matching(target)
+            .map(|l| {
+                let (classes, seconds, since_reset) = l.stats.snapshot(window, now);
+                LunSnapshot {
+                    target: l.target.clone(),
+                    volume: l.lu.info().volume_name.clone(),
+                    lun: l.lu.info().lun,
+                    seconds,
+                    since_reset,
+                    classes,
+                }
+            })
+            .collect()
     }
 
     fn lun_index(&self, target: &str) -> Option<usize> {
@@ -699,6 +796,8 @@ impl Shard {
             session: nc.session,
             text: TextExchange::new(),
             tsih: nc.tsih,
+            pending_stats: VecDeque::new(),
+            batch_end: 0,
         });
         let index = match self.conns.iter().position(Option::is_none) {
             Some(i) => {
@@ -757,7 +856,7 @@ impl Shard {
             return;
         }
         sc.rx_end += res as usize;
-        let now = Instant::now();
+        let now = self.round_now;
         self.parse_frames(index, now);
         self.pump(index);
         self.arm_recv(index);
@@ -836,6 +935,7 @@ impl Shard {
         let conn = &mut sc.conn;
         match sc.tx.start(framing, || conn.poll_transmit()) {
             Some(msg) => {
+                sc.batch_end = sc.conn.pdus_taken();
                 let sqe = opcode::SendMsg::new(types::Fd(sc.stream.as_raw_fd()), msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build()
@@ -869,6 +969,12 @@ impl Shard {
                 self.push(sqe);
             }
             None => {
+                if !sc.pending_stats.is_empty() {
+                    self.record_sent(index);
+                }
+                let Some(sc) = self.conn_mut(index) else {
+                    return;
+                };
                 if sc.closing {
                     self.reap(index);
                 } else {
@@ -910,6 +1016,17 @@ impl Shard {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.ticks += 1;
+        if self.ticks % 10 == 0 {
+            for l in self.luns.iter_mut() {
+                l.stats.trim(now);
+            }
+            if let Some(slow) = self.slow.as_mut() {
+                for line in slow.roll(self.id, second_of(now)) {
+                    eprintln!("{line}");
+                }
+            }
+        }
         self.check_soft_threshold();
         self.retry_for_space();
         let live: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
@@ -941,6 +1058,7 @@ impl Shard {
             return;
         };
         let Some(task) = sc.conn.task(id) else { return };
+        let submitted = self.stats_config.latency.then(Instant::now);
         let slot = &mut self.luns[sc.lun];
         let cdb = task.cmd.cdb;
         let block_size = slot.lu.info().block_size;
@@ -972,14 +1090,21 @@ impl Shard {
                 } else {
                     c.data.len() as u64
                 };
-                let class = scsi::cdb::op_class(&cdb);
-                self.finish(index, id, c, DataInSource::None, wanted, class, 0);
+                let acct = Accounting {
+                    class: scsi::cdb::op_class(&cdb),
+                    bytes: 0,
+                    submitted,
+                    backend_done: None,
+                    extent: None,
+                };
+                self.finish(index, id, c, DataInSource::None, wanted, acct);
             }
-            io => self.start_io(index, id, io),
+            io => self.start_io(index, id, io, submitted),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Answers task `id` and counts it: at once when latencies are not measured, else once its
+    /// response is on the wire ([`Shard::record_sent`]).
     pub(super) fn finish(
         &mut self,
         index: usize,
@@ -987,16 +1112,15 @@ impl Shard {
         c: Completion,
         buffer: DataInSource,
         wanted: u64,
-        class: OpClass,
-        bytes: u64,
+        acct: Accounting,
     ) {
         let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
             return;
         };
-        if let Some(ready) = sc.conn.task(id).and_then(|t| t.ready_at) {
-            let ns = ready.elapsed().as_nanos() as u64;
-            self.luns[sc.lun].stats.class_mut(class).record(ns, bytes);
-        }
+        let timing = sc
+            .conn
+            .task(id)
+            .and_then(|t| Some((t.arrived_at, t.ready_at?, t.cmd.cdb[0])));
         let data = match buffer {
             DataInSource::None if !c.data.is_empty() => DataInSource::Bytes(c.data),
             other => other,
@@ -1007,7 +1131,67 @@ impl Shard {
             data,
             wanted,
         };
-        sc.conn.complete(id, resp);
+        if !sc.conn.complete(id, resp) {
+            return;
+        }
+        match (acct.submitted, timing) {
+            (Some(submitted), Some((arrived, ready, opcode))) => {
+                sc.pending_stats.push_back(PendingStat {
+                    last_pdu: sc.conn.pdus_queued(),
+                    class: acct.class,
+                    bytes: acct.bytes,
+                    stamps: Stamps {
+                        arrived,
+                        ready,
+                        submitted,
+                        backend_done: acct.backend_done.unwrap_or(submitted),
+                    },
+                    opcode,
+                    extent: acct.extent,
+                });
+            }
+            _ => {
+                let sec = second_of(self.round_now);
+                let stats = &mut self.luns[sc.lun].stats;
+                stats.class_mut(acct.class).record(sec, acct.bytes, None);
+            }
+        }
+    }
+
+    /// Records the commands whose responses the send that just completed carried (in the
+    /// round's instant).
+    fn record_sent(&mut self, index: usize) {
+        let now = self.round_now;
+        let sec = second_of(now);
+        let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        let slot = &mut self.luns[sc.lun];
+        while let Some(p) = sc.pending_stats.front().copied() {
+            if p.last_pdu > sc.batch_end {
+                break;
+            }
+            sc.pending_stats.pop_front();
+            let times = PhaseTimes::between(&p.stamps, now);
+            slot.stats
+                .class_mut(p.class)
+                .record(sec, p.bytes, Some(&times));
+            let Some(slow) = self.slow.as_mut() else {
+                continue;
+            };
+            if slow.is_slow(times.total()) {
+                let cmd = SlowCommand {
+                    target: &slot.target,
+                    lun: slot.lu.info().lun,
+                    opcode: p.opcode,
+                    extent: p.extent,
+                    times,
+                };
+                for line in slow.note(self.id, sec, &cmd) {
+                    eprintln!("{line}");
+                }
+            }
+        }
     }
 
     // ---- task management and text ----

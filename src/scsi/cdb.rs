@@ -98,6 +98,50 @@ pub mod opcode {
     pub const VERIFY_12: u8 = 0xAF;
 }
 
+/// A human name for an operation code (for logs), e.g. `WRITE(10)`; `OPCODE 0xNN` for codes this
+/// module does not know.
+pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
+    use opcode::*;
+    let name = match op {
+        TEST_UNIT_READY => "TEST UNIT READY",
+        REQUEST_SENSE => "REQUEST SENSE",
+        READ_6 => "READ(6)",
+        WRITE_6 => "WRITE(6)",
+        INQUIRY => "INQUIRY",
+        MODE_SELECT_6 => "MODE SELECT(6)",
+        MODE_SENSE_6 => "MODE SENSE(6)",
+        START_STOP_UNIT => "START STOP UNIT",
+        PREVENT_ALLOW_MEDIUM_REMOVAL => "PREVENT ALLOW MEDIUM REMOVAL",
+        READ_CAPACITY_10 => "READ CAPACITY(10)",
+        READ_10 => "READ(10)",
+        WRITE_10 => "WRITE(10)",
+        WRITE_AND_VERIFY_10 => "WRITE AND VERIFY(10)",
+        VERIFY_10 => "VERIFY(10)",
+        PRE_FETCH_10 => "PRE-FETCH(10)",
+        SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE CACHE(10)",
+        WRITE_SAME_10 => "WRITE SAME(10)",
+        UNMAP => "UNMAP",
+        MODE_SELECT_10 => "MODE SELECT(10)",
+        MODE_SENSE_10 => "MODE SENSE(10)",
+        READ_16 => "READ(16)",
+        WRITE_16 => "WRITE(16)",
+        WRITE_AND_VERIFY_16 => "WRITE AND VERIFY(16)",
+        VERIFY_16 => "VERIFY(16)",
+        PRE_FETCH_16 => "PRE-FETCH(16)",
+        SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE CACHE(16)",
+        WRITE_SAME_16 => "WRITE SAME(16)",
+        SERVICE_ACTION_IN_16 => "SERVICE ACTION IN(16)",
+        REPORT_LUNS => "REPORT LUNS",
+        MAINTENANCE_IN => "MAINTENANCE IN",
+        READ_12 => "READ(12)",
+        WRITE_12 => "WRITE(12)",
+        WRITE_AND_VERIFY_12 => "WRITE AND VERIFY(12)",
+        VERIFY_12 => "VERIFY(12)",
+        other => return format!("OPCODE {other:#04x}").into(),
+    };
+    name.into()
+}
+
 /// SERVICE ACTION IN (16) service action READ CAPACITY (16) (SBC-3 5.16).
 pub const SA_READ_CAPACITY_16: u16 = 0x10;
 /// SERVICE ACTION IN (16) service action GET LBA STATUS (SBC-3 5.9).

@@ -30,6 +30,39 @@ impl Target {
 
     /// Starts `shoal serve` in an existing data directory.
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Target {
+        Target::spawn(dir, extra, false)
+    }
+
+    /// Starts `shoal serve` with its stderr going to `<data>/stderr.log` (see
+    /// [`Target::wait_for_stderr`]).
+    pub fn start_logged(extra: &[&str]) -> Target {
+        Target::spawn(tempfile::tempdir().expect("tempdir"), extra, true)
+    }
+
+    /// What the target wrote on stderr, once it contains `needle` (panics after `timeout`).
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let text =
+                std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{needle:?} not on the target's stderr within {timeout:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn(dir: tempfile::TempDir, extra: &[&str], logged: bool) -> Target {
+        let stderr = if logged {
+            let file = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr.log");
+            Stdio::from(file)
+        } else {
+            Stdio::inherit()
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .arg("--data")
             .arg(dir.path())
@@ -41,7 +74,7 @@ impl Target {
             })
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn shoal");
         let stdout = child.stdout.take().expect("stdout");
