@@ -298,3 +298,40 @@ fn conformance_with_header_digests_has_no_failures() {
         failures.join("\n")
     );
 }
+
+/// The benchmark harness end to end in quick mode against Shoal alone (issue 4: the test
+/// command checks that `bench/run` works, the numbers come from full runs): one cell, a small
+/// LUN, this build's binary; the JSON report must hold a measured row.
+#[test]
+fn bench_harness_runs_in_quick_mode() {
+    let fio = fio_path();
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
+    let text = run_ok(
+        Command::new(script)
+            .args(["--quick", "--targets", "shoal", "--cells", "randread-4k-qd1"])
+            .args(["--placement", "unpinned", "--size", "64M", "--tag", "test"])
+            .arg("--fio")
+            .arg(&fio)
+            .arg("--shoal-bin")
+            .arg(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--out")
+            .arg(out.path())
+            .arg("--dir")
+            .arg(work.path()),
+        Duration::from_secs(300),
+    );
+    assert!(text.contains("randread-4k-qd1"), "{text}");
+    let json = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON report");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let rows = report["results"].as_array().expect("results");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["target"], "shoal");
+    assert!(rows[0]["iops"].as_f64().unwrap_or(0.0) > 0.0, "{:?}", rows[0]);
+}
