@@ -310,7 +310,13 @@ fn bench_harness_runs_in_quick_mode() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
     let text = run_ok(
         Command::new(script)
-            .args(["--quick", "--targets", "shoal", "--cells", "randread-4k-qd1"])
+            .args([
+                "--quick",
+                "--targets",
+                "shoal",
+                "--cells",
+                "randread-4k-qd1",
+            ])
             .args(["--placement", "unpinned", "--size", "64M", "--tag", "test"])
             .arg("--fio")
             .arg(&fio)
@@ -333,5 +339,9 @@ fn bench_harness_runs_in_quick_mode() {
     let rows = report["results"].as_array().expect("results");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["target"], "shoal");
-    assert!(rows[0]["iops"].as_f64().unwrap_or(0.0) > 0.0, "{:?}", rows[0]);
+    assert!(
+        rows[0]["iops"].as_f64().unwrap_or(0.0) > 0.0,
+        "{:?}",
+        rows[0]
+    );
 }

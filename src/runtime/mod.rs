@@ -9,5 +9,6 @@ pub mod shard;
 mod sync;
 pub mod text;
 pub mod tx;
+mod volumes;
 
 pub use server::Server;

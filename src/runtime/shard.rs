@@ -8,11 +8,17 @@
 //! - Only this thread touches its connections, LUNs and buffers (they are `!Send`).
 //! - A connection is dropped only when none of its operations is in flight: every buffer an SQE
 //!   points at (receive buffer, send batch, write data, read buffer) outlives the SQE.
+//!
+//! The shard's work is split by concern: this file has the loop, connections (receive, send,
+//! close), SCSI dispatch and task management; `io.rs` the storage I/O state machine of a
+//! command; `sync.rs` group commit; `volumes.rs` the control thread's volume messages (add /
+//! remove LUN, snapshot, grow, checkpoint cut, space-usage walk).
 
 use super::buf::BufPool;
-use super::sync::{GroupSync, SyncWaiter};
+use super::sync::GroupSync;
 use super::text::SessionDirectory;
 use super::tx::Tx;
+use super::volumes::{PendingRemoval, PendingSnapshot, PendingUsage};
 use crate::control::Registry;
 use crate::iscsi::connection::{
     Action, CloseReason, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
@@ -26,7 +32,6 @@ use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::slow::{SlowCommand, SlowLog};
 use crate::stats::{LunSnapshot, LunStats, PhaseTimes, Stamps, StatsConfig, Window, second_of};
 use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
-use crate::storage::pool::thin::ThinVolume;
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
@@ -156,17 +161,6 @@ pub enum ShardMsg {
     Stop,
 }
 
-/// Leaves (or shared subtrees) a usage walk visits per loop round: a few tens of µs at most,
-/// so a walk of a TiB map never stalls the shard's I/O.
-const USAGE_STEP: usize = 32;
-
-/// A usage walk in progress.
-struct PendingUsage {
-    target: String,
-    walk: UsageWalk,
-    reply: Sender<Result<UsageWalk, String>>,
-}
-
 /// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
 pub type JournalCut = (u64, ExtentMap, u64);
 
@@ -187,23 +181,6 @@ pub enum SnapshotError {
     /// Anything else (not served here, journal sync failed).
     #[error("{0}")]
     Failed(String),
-}
-
-/// A snapshot waiting for the writes that were in flight when its map was shared, then for
-/// its volume's journal to be durable (a group sync round).
-struct PendingSnapshot {
-    id: u64,
-    lun: usize,
-    waiting_for: Vec<usize>,
-    syncing: bool,
-    result: Option<(ExtentMap, u64)>,
-    reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
-}
-
-/// A LUN removal waiting for its connections to close.
-struct PendingRemoval {
-    lun: usize,
-    reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
 }
 
 /// How other threads reach a shard: a channel plus an eventfd that wakes its ring.
@@ -317,12 +294,12 @@ pub struct Shard {
     pub(super) sqes: Vec<io_uring::squeue::Entry>,
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
-    pending_snapshots: Vec<PendingSnapshot>,
-    next_snapshot_id: u64,
+    pub(super) pending_snapshots: Vec<PendingSnapshot>,
+    pub(super) next_snapshot_id: u64,
     /// Group commit of durable writes, flushes and snapshots (see `sync.rs`).
     pub(super) group: GroupSync,
-    pending_removals: Vec<PendingRemoval>,
-    pending_usage: Vec<PendingUsage>,
+    pub(super) pending_removals: Vec<PendingRemoval>,
+    pub(super) pending_usage: Vec<PendingUsage>,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -433,31 +410,6 @@ impl Shard {
             }
         }
         Ok(())
-    }
-
-    /// One step of every usage walk in progress; finished ones are answered.
-    fn advance_usage(&mut self) {
-        let mut jobs = std::mem::take(&mut self.pending_usage);
-        jobs.retain_mut(|job| {
-            let step = match self.thin_of(&job.target) {
-                Ok(thin) => Ok(thin.map().usage_step(&mut job.walk, USAGE_STEP)),
-                Err(e) => Err(e),
-            };
-            match step {
-                Ok(false) => true,
-                Ok(true) => {
-                    let _ = job.reply.send(Ok(std::mem::take(&mut job.walk)));
-                    false
-                }
-                Err(e) => {
-                    let _ = job.reply.send(Err(e));
-                    false
-                }
-            }
-        });
-        // Walks started while stepping (none today) would be in `self.pending_usage`.
-        jobs.append(&mut self.pending_usage);
-        self.pending_usage = jobs;
     }
 
     pub(super) fn push(&mut self, sqe: io_uring::squeue::Entry) {
@@ -590,176 +542,7 @@ impl Shard {
             .collect()
     }
 
-    fn lun_index(&self, target: &str) -> Option<usize> {
-        self.luns
-            .iter()
-            .position(|l| !l.target.is_empty() && l.target == target)
-    }
-
-    fn thin_of(&mut self, target: &str) -> Result<&mut ThinVolume, String> {
-        let i = self
-            .lun_index(target)
-            .ok_or_else(|| format!("target {target} is not served here"))?;
-        self.luns[i]
-            .volume
-            .as_thin()
-            .ok_or_else(|| format!("target {target} is not a thin volume"))
-    }
-
-    fn add_lun(&mut self, slot: LunSlot) {
-        // Reuse the slot of a removed LUN (indexes are stable while connections use them).
-        match self.luns.iter().position(|l| l.target.is_empty()) {
-            Some(i) => self.luns[i] = slot,
-            None => self.luns.push(slot),
-        }
-    }
-
-    fn remove_lun(
-        &mut self,
-        target: &str,
-        force: bool,
-        reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
-    ) {
-        let Some(lun) = self.lun_index(target) else {
-            let _ = reply.send(Err(format!("target {target} is not served here")));
-            return;
-        };
-        let users: Vec<usize> = self
-            .live_conns()
-            .filter(|(_, c)| c.lun == lun)
-            .map(|(i, _)| i)
-            .collect();
-        if !users.is_empty() && !force {
-            let _ = reply.send(Err(format!("{} session(s) are logged in", users.len())));
-            return;
-        }
-        for i in users {
-            self.close(i);
-        }
-        self.pending_removals.push(PendingRemoval { lun, reply });
-        self.finish_removals();
-    }
-
-    /// Completes removals whose LUN has no connection left.
-    pub(super) fn finish_removals(&mut self) {
-        let mut i = 0;
-        while i < self.pending_removals.len() {
-            let lun = self.pending_removals[i].lun;
-            if self.live_conns().any(|(_, c)| c.lun == lun) {
-                i += 1;
-                continue;
-            }
-            let p = self.pending_removals.swap_remove(i);
-            let slot = &mut self.luns[lun];
-            let map = slot
-                .volume
-                .as_thin()
-                .map(|t| (t.take_map(), t.reserved_left()));
-            slot.target.clear();
-            let _ = p.reply.send(Ok(map));
-        }
-    }
-
-    fn snapshot(&mut self, target: &str, reply: Sender<Result<(ExtentMap, u64), SnapshotError>>) {
-        let Some(lun) = self.lun_index(target) else {
-            let e = format!("target {target} is not served here");
-            let _ = reply.send(Err(SnapshotError::Failed(e)));
-            return;
-        };
-        let Some(thin) = self.luns[lun].volume.as_thin() else {
-            let e = format!("target {target} is not a thin volume");
-            let _ = reply.send(Err(SnapshotError::Failed(e)));
-            return;
-        };
-        if let Err(needed) = thin.reserve_for_snapshot() {
-            let target = target.to_string();
-            let _ = reply.send(Err(SnapshotError::NoSpace { target, needed }));
-            return;
-        }
-        // The journal is synced once the writes in flight are done (on the ring, with the
-        // other durable work of the shard), before the answer.
-        let taken = thin.share();
-        let waiting_for = self.write_ops_on(lun);
-        let id = self.next_snapshot_id;
-        self.next_snapshot_id += 1;
-        self.pending_snapshots.push(PendingSnapshot {
-            id,
-            lun,
-            waiting_for,
-            syncing: false,
-            result: Some(taken),
-            reply,
-        });
-        self.finish_snapshots(None);
-    }
-
-    /// Starts the journal sync of snapshots no longer waiting for any write (after op `done`
-    /// finished).
-    pub(super) fn finish_snapshots(&mut self, done: Option<usize>) {
-        if self.pending_snapshots.is_empty() {
-            return;
-        }
-        let mut ready = Vec::new();
-        for p in &mut self.pending_snapshots {
-            if let Some(slot) = done {
-                p.waiting_for.retain(|&s| s != slot);
-            }
-            if p.waiting_for.is_empty() && !p.syncing {
-                p.syncing = true;
-                ready.push((p.lun, p.id));
-            }
-        }
-        for (lun, id) in ready {
-            self.join_sync(lun, SyncWaiter::Snapshot(id));
-        }
-    }
-
-    /// The sync round a snapshot waited for is done: answer it.
-    pub(super) fn snapshot_synced(&mut self, id: u64, failed: bool) {
-        let Some(i) = self.pending_snapshots.iter().position(|p| p.id == id) else {
-            return;
-        };
-        let p = self.pending_snapshots.swap_remove(i);
-        let answer = match p.result {
-            Some(taken) if !failed => Ok(taken),
-            _ => Err(SnapshotError::Failed(
-                "fdatasync of the volume's journal failed".to_string(),
-            )),
-        };
-        let _ = p.reply.send(answer);
-    }
-
-    fn rotate(&mut self, generation: u64) -> Result<Vec<JournalCut>, String> {
-        let mut cuts = Vec::new();
-        for slot in self
-            .luns
-            .iter_mut()
-            .filter(|l| !l.target.is_empty() && !l.lu.info().read_only)
-        {
-            if let Some(thin) = slot.volume.as_thin() {
-                let (map, seq) = thin.rotate_journal(generation).map_err(|e| e.to_string())?;
-                cuts.push((thin.image(), map, seq));
-            }
-        }
-        Ok(cuts)
-    }
-
-    fn resize(&mut self, target: &str, size: u64, reserved: u64) -> Result<(), String> {
-        let lun = self
-            .lun_index(target)
-            .ok_or_else(|| format!("target {target} is not served here"))?;
-        let slot = &mut self.luns[lun];
-        let thin = slot
-            .volume
-            .as_thin()
-            .ok_or_else(|| format!("target {target} is not a thin volume"))?;
-        thin.grow(size, reserved);
-        let blocks = size / u64::from(slot.lu.info().block_size);
-        slot.lu.set_capacity(blocks);
-        Ok(())
-    }
-
-    fn live_conns(&self) -> impl Iterator<Item = (usize, &ShardConn)> {
+    pub(super) fn live_conns(&self) -> impl Iterator<Item = (usize, &ShardConn)> {
         self.conns
             .iter()
             .enumerate()
@@ -985,7 +768,7 @@ impl Shard {
     }
 
     /// Starts closing a connection: no more receives; dropped by `reap` once idle.
-    fn close(&mut self, index: usize) {
+    pub(super) fn close(&mut self, index: usize) {
         let Some(sc) = self.conn_mut(index) else {
             return;
         };

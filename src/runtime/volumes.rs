@@ -1,0 +1,241 @@
+//! The shard's side of volume management: the control thread's messages that change what a
+//! shard serves or read its volumes' metadata — add and remove a LUN (removal waits for its
+//! connections to close), snapshot (waits for the writes in flight, then a group sync of the
+//! journal), grow, checkpoint cut (journal rotation), and the stepwise space-usage walk.
+//!
+//! Everything here runs on the shard thread between completions; nothing blocks on the control
+//! thread, which waits for the replies.
+
+use super::shard::{JournalCut, LunSlot, Shard, SnapshotError};
+use super::sync::SyncWaiter;
+use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
+use crate::storage::pool::thin::ThinVolume;
+use crossbeam::channel::Sender;
+
+/// Leaves (or shared subtrees) a usage walk visits per loop round: a few tens of µs at most,
+/// so a walk of a TiB map never stalls the shard's I/O.
+const USAGE_STEP: usize = 32;
+
+/// A usage walk in progress.
+pub(super) struct PendingUsage {
+    pub(super) target: String,
+    pub(super) walk: UsageWalk,
+    pub(super) reply: Sender<Result<UsageWalk, String>>,
+}
+
+/// A snapshot waiting for the writes that were in flight when its map was shared, then for
+/// its volume's journal to be durable (a group sync round).
+pub(super) struct PendingSnapshot {
+    id: u64,
+    lun: usize,
+    waiting_for: Vec<usize>,
+    syncing: bool,
+    result: Option<(ExtentMap, u64)>,
+    reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
+}
+
+/// A LUN removal waiting for its connections to close.
+pub(super) struct PendingRemoval {
+    lun: usize,
+    reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
+}
+
+impl Shard {
+    /// One step of every usage walk in progress; finished ones are answered.
+    pub(super) fn advance_usage(&mut self) {
+        let mut jobs = std::mem::take(&mut self.pending_usage);
+        jobs.retain_mut(|job| {
+            let step = match self.thin_of(&job.target) {
+                Ok(thin) => Ok(thin.map().usage_step(&mut job.walk, USAGE_STEP)),
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(false) => true,
+                Ok(true) => {
+                    let _ = job.reply.send(Ok(std::mem::take(&mut job.walk)));
+                    false
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    false
+                }
+            }
+        });
+        // Walks started while stepping (none today) would be in `self.pending_usage`.
+        jobs.append(&mut self.pending_usage);
+        self.pending_usage = jobs;
+    }
+
+    pub(super) fn lun_index(&self, target: &str) -> Option<usize> {
+        self.luns
+            .iter()
+            .position(|l| !l.target.is_empty() && l.target == target)
+    }
+
+    pub(super) fn thin_of(&mut self, target: &str) -> Result<&mut ThinVolume, String> {
+        let i = self
+            .lun_index(target)
+            .ok_or_else(|| format!("target {target} is not served here"))?;
+        self.luns[i]
+            .volume
+            .as_thin()
+            .ok_or_else(|| format!("target {target} is not a thin volume"))
+    }
+
+    pub(super) fn add_lun(&mut self, slot: LunSlot) {
+        // Reuse the slot of a removed LUN (indexes are stable while connections use them).
+        match self.luns.iter().position(|l| l.target.is_empty()) {
+            Some(i) => self.luns[i] = slot,
+            None => self.luns.push(slot),
+        }
+    }
+
+    pub(super) fn remove_lun(
+        &mut self,
+        target: &str,
+        force: bool,
+        reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
+    ) {
+        let Some(lun) = self.lun_index(target) else {
+            let _ = reply.send(Err(format!("target {target} is not served here")));
+            return;
+        };
+        let users: Vec<usize> = self
+            .live_conns()
+            .filter(|(_, c)| c.lun == lun)
+            .map(|(i, _)| i)
+            .collect();
+        if !users.is_empty() && !force {
+            let _ = reply.send(Err(format!("{} session(s) are logged in", users.len())));
+            return;
+        }
+        for i in users {
+            self.close(i);
+        }
+        self.pending_removals.push(PendingRemoval { lun, reply });
+        self.finish_removals();
+    }
+
+    /// Completes removals whose LUN has no connection left.
+    pub(super) fn finish_removals(&mut self) {
+        let mut i = 0;
+        while i < self.pending_removals.len() {
+            let lun = self.pending_removals[i].lun;
+            if self.live_conns().any(|(_, c)| c.lun == lun) {
+                i += 1;
+                continue;
+            }
+            let p = self.pending_removals.swap_remove(i);
+            let slot = &mut self.luns[lun];
+            let map = slot
+                .volume
+                .as_thin()
+                .map(|t| (t.take_map(), t.reserved_left()));
+            slot.target.clear();
+            let _ = p.reply.send(Ok(map));
+        }
+    }
+
+    pub(super) fn snapshot(
+        &mut self,
+        target: &str,
+        reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
+    ) {
+        let Some(lun) = self.lun_index(target) else {
+            let e = format!("target {target} is not served here");
+            let _ = reply.send(Err(SnapshotError::Failed(e)));
+            return;
+        };
+        let Some(thin) = self.luns[lun].volume.as_thin() else {
+            let e = format!("target {target} is not a thin volume");
+            let _ = reply.send(Err(SnapshotError::Failed(e)));
+            return;
+        };
+        if let Err(needed) = thin.reserve_for_snapshot() {
+            let target = target.to_string();
+            let _ = reply.send(Err(SnapshotError::NoSpace { target, needed }));
+            return;
+        }
+        // The journal is synced once the writes in flight are done (on the ring, with the
+        // other durable work of the shard), before the answer.
+        let taken = thin.share();
+        let waiting_for = self.write_ops_on(lun);
+        let id = self.next_snapshot_id;
+        self.next_snapshot_id += 1;
+        self.pending_snapshots.push(PendingSnapshot {
+            id,
+            lun,
+            waiting_for,
+            syncing: false,
+            result: Some(taken),
+            reply,
+        });
+        self.finish_snapshots(None);
+    }
+
+    /// Starts the journal sync of snapshots no longer waiting for any write (after op `done`
+    /// finished).
+    pub(super) fn finish_snapshots(&mut self, done: Option<usize>) {
+        if self.pending_snapshots.is_empty() {
+            return;
+        }
+        let mut ready = Vec::new();
+        for p in &mut self.pending_snapshots {
+            if let Some(slot) = done {
+                p.waiting_for.retain(|&s| s != slot);
+            }
+            if p.waiting_for.is_empty() && !p.syncing {
+                p.syncing = true;
+                ready.push((p.lun, p.id));
+            }
+        }
+        for (lun, id) in ready {
+            self.join_sync(lun, SyncWaiter::Snapshot(id));
+        }
+    }
+
+    /// The sync round a snapshot waited for is done: answer it.
+    pub(super) fn snapshot_synced(&mut self, id: u64, failed: bool) {
+        let Some(i) = self.pending_snapshots.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let p = self.pending_snapshots.swap_remove(i);
+        let answer = match p.result {
+            Some(taken) if !failed => Ok(taken),
+            _ => Err(SnapshotError::Failed(
+                "fdatasync of the volume's journal failed".to_string(),
+            )),
+        };
+        let _ = p.reply.send(answer);
+    }
+
+    pub(super) fn rotate(&mut self, generation: u64) -> Result<Vec<JournalCut>, String> {
+        let mut cuts = Vec::new();
+        for slot in self
+            .luns
+            .iter_mut()
+            .filter(|l| !l.target.is_empty() && !l.lu.info().read_only)
+        {
+            if let Some(thin) = slot.volume.as_thin() {
+                let (map, seq) = thin.rotate_journal(generation).map_err(|e| e.to_string())?;
+                cuts.push((thin.image(), map, seq));
+            }
+        }
+        Ok(cuts)
+    }
+
+    pub(super) fn resize(&mut self, target: &str, size: u64, reserved: u64) -> Result<(), String> {
+        let lun = self
+            .lun_index(target)
+            .ok_or_else(|| format!("target {target} is not served here"))?;
+        let slot = &mut self.luns[lun];
+        let thin = slot
+            .volume
+            .as_thin()
+            .ok_or_else(|| format!("target {target} is not a thin volume"))?;
+        thin.grow(size, reserved);
+        let blocks = size / u64::from(slot.lu.info().block_size);
+        slot.lu.set_capacity(blocks);
+        Ok(())
+    }
+}
