@@ -4,8 +4,9 @@
 //! `write_cache = false`, when they remapped extents; SYNCHRONIZE CACHE) and snapshots (whose
 //! volume journal must be durable up to the cut before the control plane commits them) *join*
 //! the shard's group sync. When no sync is in flight the joiner starts one at once: an
-//! `fdatasync` of every file the batch's volumes name (the pool's data store and their
-//! journals, deduplicated), submitted on the ring, so the shard never blocks. Joiners arriving
+//! `fdatasync` of every file the batch's waiters need (for a command: the pool's data store and
+//! its volume's journal; for a snapshot: the journal only), deduplicated, submitted on the
+//! ring, so the shard never blocks. Joiners arriving
 //! while a sync is in flight wait for the next one — the one in flight may have started before
 //! their data was written — which starts the moment the current one completes, for all of
 //! them together. Under load a batch therefore carries every command that completed its data
@@ -64,9 +65,9 @@ impl GroupSync {
         }
     }
 
-    /// LUNs of the riders of the round being started.
-    fn riding_luns(&self) -> impl Iterator<Item = usize> + '_ {
-        self.riding.iter().map(|&(lun, _)| lun)
+    /// The riders of the round being started.
+    fn riders(&self) -> impl Iterator<Item = (usize, SyncWaiter)> + '_ {
+        self.riding.iter().copied()
     }
 
     /// The round starts with `syncs` `fdatasync`s in flight.
@@ -115,9 +116,14 @@ impl Shard {
     fn start_sync_round(&mut self) {
         let mut fds = std::mem::take(&mut self.group.fds);
         fds.clear();
-        for lun in self.group.riding_luns() {
+        for (lun, waiter) in self.group.riders() {
             if let Some(slot) = self.luns.get(lun) {
-                slot.volume.sync_fds(&mut fds);
+                match waiter {
+                    // Writes and flushes: their data and the mappings they depend on.
+                    SyncWaiter::Op(_) => slot.volume.sync_fds(&mut fds),
+                    // A snapshot depends on the mappings only (as before group commit).
+                    SyncWaiter::Snapshot(_) => slot.volume.metadata_fds(&mut fds),
+                }
             }
         }
         fds.sort_unstable();
@@ -180,7 +186,8 @@ mod tests {
         assert_eq!(released(&done), [SyncWaiter::Op(1)]);
         assert!(!done.failed);
         assert!(next, "the waiters start round 2 together");
-        assert_eq!(g.riding_luns().collect::<Vec<_>>(), [0, 1]);
+        let luns: Vec<usize> = g.riders().map(|(lun, _)| lun).collect();
+        assert_eq!(luns, [0, 1]);
         g.begin(1);
         assert!(!g.join(0, SyncWaiter::Op(3)));
         let (done, next) = g.complete(0).expect("round 2 ends");

@@ -148,6 +148,11 @@ pub trait Volume {
     /// File descriptors to `fdatasync` so that acknowledged writes and the mappings they depend
     /// on survive power loss (data store and metadata journal).
     fn sync_fds(&self, out: &mut Vec<RawFd>);
+    /// File descriptors to `fdatasync` so that the mappings recorded so far survive power loss
+    /// (the metadata journal alone: what a snapshot depends on). Default: [`Volume::sync_fds`].
+    fn metadata_fds(&self, out: &mut Vec<RawFd>) {
+        self.sync_fds(out);
+    }
     /// The thin volume behind this seam, for control operations (snapshot, resize, removal).
     fn as_thin(&mut self) -> Option<&mut pool::thin::ThinVolume> {
         None

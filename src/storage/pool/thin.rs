@@ -421,6 +421,10 @@ impl Volume for ThinVolume {
         out.push(self.journal_sync.as_raw_fd());
     }
 
+    fn metadata_fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.journal_sync.as_raw_fd());
+    }
+
     fn as_thin(&mut self) -> Option<&mut ThinVolume> {
         Some(self)
     }
