@@ -345,3 +345,48 @@ fn bench_harness_runs_in_quick_mode() {
         rows[0]
     );
 }
+
+/// Group commit under load: a `write_cache = false` volume (every remapping write joins an
+/// fdatasync round) and SYNCHRONIZE CACHE every 4 writes (`--fsync=4`, which join rounds too),
+/// QD16 of writes that mostly allocate new extents; fio verifies every block read back.
+#[test]
+fn fio_verify_on_a_write_through_volume_with_cache_flushes() {
+    let fio = fio_path();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("shoal.toml");
+    std::fs::write(
+        &config,
+        "[[volume]]\nname = \"default\"\nsize = \"64M\"\nwrite_cache = false\n",
+    )
+    .unwrap();
+    let t = Target::start(&["--config", config.to_str().unwrap()]);
+    let out = run(
+        Command::new(&fio)
+            .current_dir(work.path())
+            .args(["--name=wt", "--ioengine=libiscsi", "--rw=randwrite"])
+            .args(["--bs=4k", "--blockalign=64k", "--iodepth=16", "--size=64m"])
+            .args(["--number_ios=600", "--fsync=4", "--verify=crc32c"])
+            .args(["--verify_fatal=1", "--do_verify=1"])
+            .arg(format!("--filename={}", fio_filename(&t, ""))),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio failed: {stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("verify: bad") && !stderr.contains("verify: bad"),
+        "{stdout}{stderr}"
+    );
+    assert!(stdout.contains("err= 0"), "{stdout}");
+    // The flushes reached the target as SYNCHRONIZE CACHE (class "other" in the statistics).
+    let stats: serde_json::Value = ureq::get(&format!("{}/v1/stats/default", t.admin()))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let other = stats["luns"][0]["other"]["ops"].as_u64().unwrap_or(0);
+    assert!(
+        other >= 150,
+        "expected at least 150 SYNCHRONIZE CACHE (600 writes, --fsync=4), saw {other} other commands"
+    );
+}
