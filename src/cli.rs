@@ -995,6 +995,7 @@ fn show_volume(v: &VolumeInfo) -> String {
         ("provisioning", if v.thin { "thin" } else { "full" }.into()),
         ("mapped", human_size(v.mapped_bytes)),
         ("exclusive", human_size(v.exclusive_bytes)),
+        ("reserved", human_size(v.reserved_bytes)),
         ("origin", dash(v.origin.as_deref())),
         ("snapshots", v.snapshots.to_string()),
         ("sessions", v.sessions.to_string()),

@@ -106,6 +106,7 @@ impl Model {
             thin,
             mapped_bytes: 0,
             exclusive_bytes: 0,
+            reserved_bytes: if thin { 0 } else { size },
             origin: None,
             snapshots: 0,
             sessions: 0,

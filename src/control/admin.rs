@@ -985,6 +985,7 @@ mod tests {
             thin: true,
             mapped_bytes: 0,
             exclusive_bytes: 0,
+            reserved_bytes: 0,
             origin: None,
             snapshots: 0,
             sessions: 0,

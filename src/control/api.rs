@@ -105,6 +105,10 @@ pub struct VolumeInfo {
     pub mapped_bytes: u64,
     /// Bytes only this volume references (what deleting it would free).
     pub exclusive_bytes: u64,
+    /// Bytes the pool holds in reserve for it: a full volume's guarantee (one extent for every
+    /// logical extent it does not own alone); 0 for thin volumes.
+    #[serde(default)]
+    pub reserved_bytes: u64,
     /// `VOLUME@SNAP` it was cloned from, if it is a clone.
     pub origin: Option<String>,
     /// Number of snapshots of this volume.

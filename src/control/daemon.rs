@@ -330,7 +330,7 @@ impl Daemon {
     /// Mapped and exclusive extents of every image (see [`exclusive_extents`]). Served volumes
     /// are walked by their shards in small steps (their I/O never waits long); everything else
     /// here, in one visit of each distinct node of the pool.
-    fn usage(&self, st: &State) -> HashMap<u64, (u64, u64)> {
+    fn usage(&self, st: &State) -> HashMap<u64, ImageUsage> {
         // Start every shard's walk first: they run concurrently.
         let mut walking = Vec::new();
         for meta in st.pool.images() {
@@ -345,10 +345,10 @@ impl Daemon {
                 }
             }
         }
-        let walks: Vec<(u64, UsageWalk)> = walking
+        let walks: Vec<(u64, UsageWalk, u64)> = walking
             .into_iter()
             .filter_map(|(image, rx)| match rx.recv_timeout(SHARD_TIMEOUT) {
-                Ok(Ok(walk)) => Some((image, walk)),
+                Ok(Ok((walk, reserved))) => Some((image, walk, reserved)),
                 Ok(Err(e)) => {
                     eprintln!("shoal: usage of image {image}: {e}");
                     None
@@ -356,34 +356,43 @@ impl Daemon {
                 Err(_) => None,
             })
             .collect();
-        let walked: HashMap<u64, &UsageWalk> = walks.iter().map(|(i, w)| (*i, w)).collect();
+        let walked: HashMap<u64, (&UsageWalk, u64)> =
+            walks.iter().map(|(i, w, r)| (*i, (w, *r))).collect();
         let mut sources = Vec::new();
-        let mut mapped = HashMap::new();
+        let mut partial = HashMap::new();
         for meta in st.pool.images() {
             let served = meta.kind == ImageKind::Volume && st.served.contains_key(&meta.image);
             if served {
-                if let Some(walk) = walked.get(&meta.image) {
+                if let Some(&(walk, reserved)) = walked.get(&meta.image) {
                     sources.push((meta.image, UsageSource::Walked(walk)));
-                    mapped.insert(meta.image, walk.mapped());
+                    partial.insert(meta.image, (walk.mapped(), reserved));
                 }
             } else if let Some(map) = st.pool.map(meta.image) {
                 sources.push((meta.image, UsageSource::Map(map)));
-                mapped.insert(meta.image, map.mapped());
+                partial.insert(meta.image, (map.mapped(), 0));
             }
         }
         let exclusive = exclusive_extents(&sources, &st.pool.shared().refs);
-        mapped
+        partial
             .into_iter()
-            .map(|(image, m)| (image, (m, exclusive.get(&image).copied().unwrap_or(0))))
+            .map(|(image, (mapped, reserved))| {
+                let exclusive = exclusive.get(&image).copied().unwrap_or(0);
+                let usage = ImageUsage {
+                    mapped,
+                    exclusive,
+                    reserved,
+                };
+                (image, usage)
+            })
             .collect()
     }
 
     /// Usage of an image just created from another (a snapshot or clone): it maps what its
     /// source maps and owns nothing alone yet, so the answer costs one walk of its own map —
     /// not of every image, which would make creation O(pool).
-    fn fresh_usage(st: &State, image: u64) -> HashMap<u64, (u64, u64)> {
+    fn fresh_usage(st: &State, image: u64) -> HashMap<u64, ImageUsage> {
         let mapped = st.pool.map(image).map_or(0, ExtentMap::mapped);
-        HashMap::from([(image, (mapped, 0))])
+        HashMap::from([(image, ImageUsage::fresh(mapped))])
     }
 
     fn volume_info(&self, st: &State, meta: &ImageMeta) -> VolumeInfo {
@@ -395,9 +404,9 @@ impl Daemon {
         &self,
         st: &State,
         meta: &ImageMeta,
-        usage: &HashMap<u64, (u64, u64)>,
+        usage: &HashMap<u64, ImageUsage>,
     ) -> VolumeInfo {
-        let (mapped, exclusive) = usage_bytes(st, usage, meta.image);
+        let (mapped, exclusive, reserved) = usage_bytes(st, usage, meta.image);
         let origin = meta
             .parent
             .and_then(|p| st.pool.image(p))
@@ -414,6 +423,7 @@ impl Daemon {
             thin: meta.thin,
             mapped_bytes: mapped,
             exclusive_bytes: exclusive,
+            reserved_bytes: reserved,
             origin,
             snapshots: st
                 .pool
@@ -437,9 +447,9 @@ impl Daemon {
         &self,
         st: &State,
         meta: &ImageMeta,
-        usage: &HashMap<u64, (u64, u64)>,
+        usage: &HashMap<u64, ImageUsage>,
     ) -> SnapshotInfo {
-        let (mapped, exclusive) = usage_bytes(st, usage, meta.image);
+        let (mapped, exclusive, _) = usage_bytes(st, usage, meta.image);
         let volume = meta.name.split('@').next().unwrap_or("").to_string();
         SnapshotInfo {
             name: meta.name.clone(),
@@ -510,11 +520,33 @@ impl Daemon {
     }
 }
 
-/// Mapped and exclusive bytes of `image` from a usage table (extents).
-fn usage_bytes(st: &State, usage: &HashMap<u64, (u64, u64)>, image: u64) -> (u64, u64) {
+/// Space of one image, in extents.
+#[derive(Debug, Clone, Copy, Default)]
+struct ImageUsage {
+    /// Logical extents mapped.
+    mapped: u64,
+    /// Extents it alone references (what deleting it would free).
+    exclusive: u64,
+    /// Extents the pool holds in reserve for it (a full volume).
+    reserved: u64,
+}
+
+impl ImageUsage {
+    /// An image just created from another: it maps what its source maps, owns nothing alone
+    /// and holds no reservation (clones are thin).
+    fn fresh(mapped: u64) -> ImageUsage {
+        ImageUsage {
+            mapped,
+            ..ImageUsage::default()
+        }
+    }
+}
+
+/// Mapped, exclusive and reserved bytes of `image` from a usage table.
+fn usage_bytes(st: &State, usage: &HashMap<u64, ImageUsage>, image: u64) -> (u64, u64, u64) {
     let es = st.pool.shared().extent_size;
-    let (mapped, exclusive) = usage.get(&image).copied().unwrap_or((0, 0));
-    (mapped * es, exclusive * es)
+    let u = usage.get(&image).copied().unwrap_or_default();
+    (u.mapped * es, u.exclusive * es, u.reserved * es)
 }
 
 /// An NAA IEEE Registered Extended designator (NAA = 6, SPC-4 §7.8.6.6.5) from an image's
@@ -845,7 +877,7 @@ impl AdminBackend for Daemon {
         self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
         // The clone is served now (its map on a shard): it maps what its snapshot maps.
         let mapped = st.pool.map(snap.image).map_or(0, ExtentMap::mapped);
-        let usage = HashMap::from([(meta.image, (mapped, 0))]);
+        let usage = HashMap::from([(meta.image, ImageUsage::fresh(mapped))]);
         Ok(self.volume_info_with(&st, &meta, &usage))
     }
 

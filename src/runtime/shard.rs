@@ -146,8 +146,8 @@ pub enum ShardMsg {
     Usage {
         /// The target.
         target: String,
-        /// The walk, or why not.
-        reply: Sender<Result<UsageWalk, String>>,
+        /// The walk and the volume's reserved extents, or why not.
+        reply: Sender<Result<(UsageWalk, u64), String>>,
     },
     /// Checkpoint cut: every writable thin volume continues its journal in a file of
     /// `generation` and reports (image, map, cut sequence number).

@@ -20,7 +20,7 @@ const USAGE_STEP: usize = 32;
 pub(super) struct PendingUsage {
     pub(super) target: String,
     pub(super) walk: UsageWalk,
-    pub(super) reply: Sender<Result<UsageWalk, String>>,
+    pub(super) reply: Sender<Result<(UsageWalk, u64), String>>,
 }
 
 /// A snapshot waiting for the writes that were in flight when its map was shared, then for
@@ -46,13 +46,18 @@ impl Shard {
         let mut jobs = std::mem::take(&mut self.pending_usage);
         jobs.retain_mut(|job| {
             let step = match self.thin_of(&job.target) {
-                Ok(thin) => Ok(thin.map().usage_step(&mut job.walk, USAGE_STEP)),
+                Ok(thin) => Ok((
+                    thin.map().usage_step(&mut job.walk, USAGE_STEP),
+                    thin.reserved_left(),
+                )),
                 Err(e) => Err(e),
             };
             match step {
-                Ok(false) => true,
-                Ok(true) => {
-                    let _ = job.reply.send(Ok(std::mem::take(&mut job.walk)));
+                Ok((false, _)) => true,
+                Ok((true, reserved)) => {
+                    let _ = job
+                        .reply
+                        .send(Ok((std::mem::take(&mut job.walk), reserved)));
                     false
                 }
                 Err(e) => {
