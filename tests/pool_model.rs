@@ -101,7 +101,9 @@
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use shoal::storage::pool::catalog::{self, Pool};
-use shoal::storage::pool::extent_map::{ExtentMap, count_references};
+use shoal::storage::pool::extent_map::{
+    ExtentMap, UsageSource, count_references, exclusive_extents,
+};
 use shoal::storage::pool::format::{ImageKind, ImageMeta};
 use shoal::storage::pool::journal;
 use shoal::storage::pool::thin::ThinVolume;
@@ -937,8 +939,39 @@ impl Harness {
             drop(map);
             self.pool().shared().refs.unreserve(reserved);
         }
-        self.model.remove(&id);
-        self.control_durable()
+        let of_volume = self.model.remove(&id).and_then(|m| m.of_volume);
+        self.control_durable()?;
+        // daemon `delete_snapshot`: a full volume whose data the snapshot pinned gives back the
+        // reservation it no longer needs (after publishing the snapshot's releases). The model's
+        // invariants then check that the full volume still never runs out of space.
+        if let Some(vol) = of_volume
+            .filter(|v| self.model.get(v).is_some_and(|m| m.full) && self.vols.contains_key(v))
+        {
+            self.publish()?;
+            let marks = self.vols[&vol].usage_marks();
+            let owned = {
+                let pool = self.pool.as_ref().expect("pool open");
+                let sources: Vec<(u64, UsageSource<'_>)> = self
+                    .model
+                    .keys()
+                    .filter_map(|&img| match self.vols.get(&img) {
+                        Some(v) => Some((img, UsageSource::Map(v.map()))),
+                        None => pool.map(img).map(|m| (img, UsageSource::Map(m))),
+                    })
+                    .collect();
+                exclusive_extents(&sources, &pool.shared().refs)
+                    .get(&vol)
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let v = self.vols.get_mut(&vol).expect("served");
+            let trimmed = v.trim_reservation(owned, marks);
+            let name = &self.model[&vol].name;
+            self.log.push(format!(
+                "trim reservation of {name}: {trimmed} extents given back"
+            ));
+        }
+        Ok(())
     }
 
     fn rollback(&mut self, vol: u64, snap: u64) -> Outcome {

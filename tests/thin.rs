@@ -557,6 +557,11 @@ fn full_volume_with_snapshots_never_runs_out_of_space() {
     );
     // Deleting snapshot a returns its 16 extents: b fits now.
     delete(&t, "/v1/snapshots/thick@a");
+    assert_eq!(
+        get(&t, "/v1/volumes/thick")["reserved_bytes"],
+        0,
+        "the volume owns all its extents alone: nothing left to reserve"
+    );
     std::thread::sleep(Duration::from_millis(300));
     post(&t, "/v1/snapshots", json!({"volume": "thick", "name": "b"}));
     write_all(&mut ini, 300);
@@ -564,5 +569,51 @@ fn full_volume_with_snapshots_never_runs_out_of_space() {
         let r = past_soft_threshold_ua(|| ini.read10(i * extent_blocks, extent_blocks as u16));
         assert_eq!(r.status(), 0);
         assert_eq!(r.data, pattern(EXTENT, 300 + u64::from(i)), "extent {i}");
+    }
+}
+
+#[test]
+fn deleting_the_snapshot_of_a_full_volume_gives_its_extra_reservation_back() {
+    // 64 extents; a 1 MiB full volume (16) written fully, then snapshotted: the snapshot shares
+    // all 16, so the volume reserves 16 more to be able to rewrite them. Deleting the snapshot
+    // makes them the volume's alone again: the extra 16 go back to the pool.
+    let t = Target::start(&["--size", "1M", "--pool-size", "4M"]);
+    post(
+        &t,
+        "/v1/volumes",
+        json!({"name": "thick", "size_bytes": MIB, "full": true}),
+    );
+    let mut ini = support::initiator::RawInitiator::login_as(
+        t.addr,
+        "iqn.2026-11.dev.shoal:test-initiator",
+        [0x80, 0, 0, 0, 0, 8],
+        "iqn.2026-11.dev.shoal:thick",
+        &[],
+    );
+    assert_eq!(ini.test_unit_ready(), 0);
+    let extent_blocks = (EXTENT / 512) as u32;
+    for i in 0..16u32 {
+        let r = ini.write10(i * extent_blocks, &pattern(EXTENT, u64::from(i)));
+        assert_eq!(r.status(), 0, "extent {i}");
+    }
+    assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], 0);
+    post(&t, "/v1/snapshots", json!({"volume": "thick", "name": "s"}));
+    assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], MIB);
+    assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], MIB);
+    // Two rewritten extents are the volume's own; the other 14 are still shared.
+    for i in 0..2u32 {
+        let r = ini.write10(i * extent_blocks, &pattern(EXTENT, 100 + u64::from(i)));
+        assert_eq!(r.status(), 0, "copy-on-write of extent {i}");
+    }
+    assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], 14 * EXTENT);
+    delete(&t, "/v1/snapshots/thick@s");
+    assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], 0);
+    assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 0);
+    // Still a full volume: every extent rewritable, data intact.
+    for i in 0..16u32 {
+        let r = ini.write10(i * extent_blocks, &pattern(EXTENT, 200 + u64::from(i)));
+        assert_eq!(r.status(), 0, "rewrite {i}");
+        let back = ini.read10(i * extent_blocks, extent_blocks as u16);
+        assert_eq!(back.data, pattern(EXTENT, 200 + u64::from(i)));
     }
 }

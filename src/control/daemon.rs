@@ -12,11 +12,11 @@ use super::api::*;
 use super::metrics;
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
-use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError};
+use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport};
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::stats::{LunSnapshot, MAX_WINDOW_SECS, Window};
 use crate::storage::pool::catalog::{Pool, PoolError};
-use crate::storage::pool::extent_map::{ExtentMap, UsageSource, UsageWalk, exclusive_extents};
+use crate::storage::pool::extent_map::{ExtentMap, UsageSource, exclusive_extents};
 use crate::storage::pool::format::{ImageKind, ImageMeta};
 use crate::storage::pool::thin::ThinVolume;
 use crossbeam::channel::{Receiver, bounded};
@@ -327,6 +327,30 @@ impl Daemon {
             .ok_or_else(|| not_found("snapshot", &full))
     }
 
+    /// Gives back the part of full volume `volume`'s reservation it no longer needs, measured
+    /// now (best effort: a failure leaves the volume over-reserved, which is safe).
+    fn trim_reservation(&self, st: &State, volume: &ImageMeta) {
+        let Some(served) = st.served.get(&volume.image) else {
+            return;
+        };
+        let usage = self.usage(st);
+        let Some(u) = usage.get(&volume.image) else {
+            return;
+        };
+        let Some(marks) = u.marks else { return };
+        let target = served.target.clone();
+        let owned = u.exclusive;
+        let trimmed = self.ask(served.shard, |reply| ShardMsg::TrimReservation {
+            target,
+            owned,
+            marks,
+            reply,
+        });
+        if let Err(e) = trimmed {
+            eprintln!("shoal: trimming the reservation of {}: {e}", volume.name);
+        }
+    }
+
     /// Mapped and exclusive extents of every image (see [`exclusive_extents`]). Served volumes
     /// are walked by their shards in small steps (their I/O never waits long); everything else
     /// here, in one visit of each distinct node of the pool.
@@ -345,10 +369,10 @@ impl Daemon {
                 }
             }
         }
-        let walks: Vec<(u64, UsageWalk, u64)> = walking
+        let walks: Vec<(u64, UsageReport)> = walking
             .into_iter()
             .filter_map(|(image, rx)| match rx.recv_timeout(SHARD_TIMEOUT) {
-                Ok(Ok((walk, reserved))) => Some((image, walk, reserved)),
+                Ok(Ok(report)) => Some((image, report)),
                 Ok(Err(e)) => {
                     eprintln!("shoal: usage of image {image}: {e}");
                     None
@@ -356,16 +380,17 @@ impl Daemon {
                 Err(_) => None,
             })
             .collect();
-        let walked: HashMap<u64, (&UsageWalk, u64)> =
-            walks.iter().map(|(i, w, r)| (*i, (w, *r))).collect();
+        let walked: HashMap<u64, &UsageReport> = walks.iter().map(|(i, r)| (*i, r)).collect();
         let mut sources = Vec::new();
         let mut partial = HashMap::new();
+        let mut marks = HashMap::new();
         for meta in st.pool.images() {
             let served = meta.kind == ImageKind::Volume && st.served.contains_key(&meta.image);
             if served {
-                if let Some(&(walk, reserved)) = walked.get(&meta.image) {
-                    sources.push((meta.image, UsageSource::Walked(walk)));
-                    partial.insert(meta.image, (walk.mapped(), reserved));
+                if let Some(report) = walked.get(&meta.image) {
+                    sources.push((meta.image, UsageSource::Walked(&report.walk)));
+                    partial.insert(meta.image, (report.walk.mapped(), report.reserved));
+                    marks.insert(meta.image, report.marks);
                 }
             } else if let Some(map) = st.pool.map(meta.image) {
                 sources.push((meta.image, UsageSource::Map(map)));
@@ -381,6 +406,7 @@ impl Daemon {
                     mapped,
                     exclusive,
                     reserved,
+                    marks: marks.get(&image).copied(),
                 };
                 (image, usage)
             })
@@ -529,6 +555,8 @@ struct ImageUsage {
     exclusive: u64,
     /// Extents the pool holds in reserve for it (a full volume).
     reserved: u64,
+    /// For a served volume: where its shard's measurement started (for a reservation trim).
+    marks: Option<(u64, u64)>,
 }
 
 impl ImageUsage {
@@ -776,6 +804,16 @@ impl AdminBackend for Daemon {
         let meta = Self::snapshot_meta(&st, volume, snapshot)?;
         self.unserve(&mut st, meta.image, false)?;
         st.pool.delete(meta.image).map_err(pool_error)?;
+        // The snapshot may have pinned a full volume's data: what the volume owns alone again
+        // no longer needs reserved space.
+        if let Ok(volume) = Self::volume_meta(&st, volume) {
+            if !volume.thin {
+                // The snapshot's references are released at publication (after the journals
+                // are synced): publish them, so that the measurement sees them gone.
+                st.pool.publish_frees().map_err(pool_error)?;
+                self.trim_reservation(&st, &volume);
+            }
+        }
         Ok(())
     }
 

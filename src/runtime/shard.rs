@@ -18,6 +18,7 @@ use super::buf::BufPool;
 use super::sync::GroupSync;
 use super::text::SessionDirectory;
 use super::tx::Tx;
+pub use super::volumes::UsageReport;
 use super::volumes::{PendingRemoval, PendingSnapshot, PendingUsage};
 use crate::control::Registry;
 use crate::iscsi::connection::{
@@ -31,7 +32,7 @@ use crate::iscsi::pdu::target::TmfResponse;
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::slow::{SlowCommand, SlowLog};
 use crate::stats::{LunSnapshot, LunStats, PhaseTimes, Stamps, StatsConfig, Window, second_of};
-use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
+use crate::storage::pool::extent_map::ExtentMap;
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
@@ -146,8 +147,20 @@ pub enum ShardMsg {
     Usage {
         /// The target.
         target: String,
-        /// The walk and the volume's reserved extents, or why not.
-        reply: Sender<Result<(UsageWalk, u64), String>>,
+        /// The walk and what it needs to trim the volume's reservation, or why not.
+        reply: Sender<Result<UsageReport, String>>,
+    },
+    /// Give back the part of a full volume's reservation it no longer needs (see
+    /// `ThinVolume::trim_reservation`).
+    TrimReservation {
+        /// The target.
+        target: String,
+        /// Extents it owns alone, from a [`UsageReport`].
+        owned: u64,
+        /// The report's marks.
+        marks: (u64, u64),
+        /// Extents given back, or why not.
+        reply: Sender<Result<u64, String>>,
     },
     /// Checkpoint cut: every writable thin volume continues its journal in a file of
     /// `generation` and reports (image, map, cut sequence number).
@@ -496,11 +509,18 @@ impl Shard {
                 } => {
                     let _ = reply.send(self.resize(&target, size, reserved));
                 }
-                ShardMsg::Usage { target, reply } => self.pending_usage.push(PendingUsage {
+                ShardMsg::Usage { target, reply } => self.start_usage(target, reply),
+                ShardMsg::TrimReservation {
                     target,
-                    walk: UsageWalk::new(),
+                    owned,
+                    marks,
                     reply,
-                }),
+                } => {
+                    let trimmed = self
+                        .thin_of(&target)
+                        .map(|t| t.trim_reservation(owned, marks));
+                    let _ = reply.send(trimmed);
+                }
                 ShardMsg::Rotate { generation, reply } => {
                     let _ = reply.send(self.rotate(generation));
                 }

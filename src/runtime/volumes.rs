@@ -18,9 +18,21 @@ const USAGE_STEP: usize = 32;
 
 /// A usage walk in progress.
 pub(super) struct PendingUsage {
-    pub(super) target: String,
-    pub(super) walk: UsageWalk,
-    pub(super) reply: Sender<Result<(UsageWalk, u64), String>>,
+    target: String,
+    walk: UsageWalk,
+    marks: (u64, u64),
+    reply: Sender<Result<UsageReport, String>>,
+}
+
+/// A served volume's space, measured by its shard.
+#[derive(Debug)]
+pub struct UsageReport {
+    /// The walk of its map (finish it with `exclusive_extents`).
+    pub walk: UsageWalk,
+    /// Extents reserved for it (a full volume).
+    pub reserved: u64,
+    /// `ThinVolume::usage_marks` when the walk started, for `ShardMsg::TrimReservation`.
+    pub marks: (u64, u64),
 }
 
 /// A snapshot waiting for the writes that were in flight when its map was shared, then for
@@ -41,6 +53,25 @@ pub(super) struct PendingRemoval {
 }
 
 impl Shard {
+    /// Starts a stepwise usage walk of `target`'s map (answered by `advance_usage`).
+    pub(super) fn start_usage(
+        &mut self,
+        target: String,
+        reply: Sender<Result<UsageReport, String>>,
+    ) {
+        match self.thin_of(&target).map(|t| t.usage_marks()) {
+            Ok(marks) => self.pending_usage.push(PendingUsage {
+                target,
+                walk: UsageWalk::new(),
+                marks,
+                reply,
+            }),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
     /// One step of every usage walk in progress; finished ones are answered.
     pub(super) fn advance_usage(&mut self) {
         let mut jobs = std::mem::take(&mut self.pending_usage);
@@ -55,9 +86,12 @@ impl Shard {
             match step {
                 Ok((false, _)) => true,
                 Ok((true, reserved)) => {
-                    let _ = job
-                        .reply
-                        .send(Ok((std::mem::take(&mut job.walk), reserved)));
+                    let report = UsageReport {
+                        walk: std::mem::take(&mut job.walk),
+                        reserved,
+                        marks: job.marks,
+                    };
+                    let _ = job.reply.send(Ok(report));
                     false
                 }
                 Err(e) => {

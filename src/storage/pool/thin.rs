@@ -79,6 +79,12 @@ pub struct ThinVolume {
     full: bool,
     /// Extents the current write plan took from the reservation (to give back on failure).
     reserved_in_plan: smallvec::SmallVec<[u64; 4]>,
+    /// Extents this volume stopped owning alone by its own doing (unmapped while exclusive):
+    /// lets a reservation trim account for changes made while its usage was measured.
+    owned_lost: u64,
+    /// Times the map was shared (snapshots, checkpoint cuts): a trim measured before the
+    /// latest share is void.
+    share_epoch: u64,
 }
 
 impl ThinVolume {
@@ -110,6 +116,8 @@ impl ThinVolume {
             reserved_left: 0,
             full: false,
             reserved_in_plan: smallvec::SmallVec::new(),
+            owned_lost: 0,
+            share_epoch: 0,
         })
     }
 
@@ -143,6 +151,8 @@ impl ThinVolume {
     /// alone ≥ its logical extents). `Err(needed)` when the pool cannot reserve that much
     /// (nothing changed).
     pub fn reserve_for_snapshot(&mut self) -> Result<u64, u64> {
+        // Whatever happens next, everything this volume maps is about to be shared.
+        self.share_epoch += 1;
         if !self.full {
             return Ok(0);
         }
@@ -152,6 +162,33 @@ impl ThinVolume {
         }
         self.reserved_left += need;
         Ok(need)
+    }
+
+    /// Where a space measurement starts: (extents lost by own unmaps, share epoch), for
+    /// [`ThinVolume::trim_reservation`].
+    pub fn usage_marks(&self) -> (u64, u64) {
+        (self.owned_lost, self.share_epoch)
+    }
+
+    /// Gives back the part of a full volume's reservation it no longer needs (after snapshots
+    /// that pinned its data went away), given `owned`: the extents it owned alone according
+    /// to a measurement that started at `marks` ([`ThinVolume::usage_marks`]). Conservative
+    /// under concurrent writes: copies and first writes only add owned extents; the volume's
+    /// own unmaps since the marks are added back; a share since the marks voids the trim.
+    /// Returns the extents given back.
+    pub fn trim_reservation(&mut self, owned: u64, marks: (u64, u64)) -> u64 {
+        let (lost_at, epoch_at) = marks;
+        if !self.full || self.share_epoch != epoch_at {
+            return 0;
+        }
+        let owned_now_at_least = owned.saturating_sub(self.owned_lost - lost_at);
+        let need = self.map.len().saturating_sub(owned_now_at_least);
+        let excess = self.reserved_left.saturating_sub(need);
+        if excess > 0 {
+            self.pool.refs.unreserve(excess);
+            self.reserved_left -= excess;
+        }
+        excess
     }
 
     /// A new extent. Every allocation of a full volume — a first write or a copy-on-write of an
@@ -223,6 +260,7 @@ impl ThinVolume {
             )
         })?;
         self.journal_sync = File::open(&path).map_err(|e| io("open journal", &path, e))?;
+        self.share_epoch += 1;
         Ok(self.share())
     }
 
@@ -263,6 +301,9 @@ impl ThinVolume {
         for lext in first..end {
             if self.busy.contains(&lext) || self.map.get(lext).is_none() {
                 continue;
+            }
+            if self.map.is_exclusive(lext) {
+                self.owned_lost += 1;
             }
             self.map.set(lext, None);
             self.journal_map(lext, 0)?;
