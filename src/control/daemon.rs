@@ -556,7 +556,7 @@ struct ImageUsage {
     /// Extents the pool holds in reserve for it (a full volume).
     reserved: u64,
     /// For a served volume: where its shard's measurement started (for a reservation trim).
-    marks: Option<(u64, u64)>,
+    marks: Option<u64>,
 }
 
 impl ImageUsage {

@@ -158,7 +158,7 @@ pub enum ShardMsg {
         /// Extents it owns alone, from a [`UsageReport`].
         owned: u64,
         /// The report's marks.
-        marks: (u64, u64),
+        marks: u64,
         /// Extents given back, or why not.
         reply: Sender<Result<u64, String>>,
     },

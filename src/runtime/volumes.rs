@@ -20,7 +20,7 @@ const USAGE_STEP: usize = 32;
 pub(super) struct PendingUsage {
     target: String,
     walk: UsageWalk,
-    marks: (u64, u64),
+    marks: u64,
     reply: Sender<Result<UsageReport, String>>,
 }
 
@@ -32,7 +32,7 @@ pub struct UsageReport {
     /// Extents reserved for it (a full volume).
     pub reserved: u64,
     /// `ThinVolume::usage_marks` when the walk started, for `ShardMsg::TrimReservation`.
-    pub marks: (u64, u64),
+    pub marks: u64,
 }
 
 /// A snapshot waiting for the writes that were in flight when its map was shared, then for

@@ -79,9 +79,6 @@ pub struct ThinVolume {
     full: bool,
     /// Extents the current write plan took from the reservation (to give back on failure).
     reserved_in_plan: smallvec::SmallVec<[u64; 4]>,
-    /// Extents this volume stopped owning alone by its own doing (unmapped while exclusive):
-    /// lets a reservation trim account for changes made while its usage was measured.
-    owned_lost: u64,
     /// Times the map was shared (snapshots, checkpoint cuts): a trim measured before the
     /// latest share is void.
     share_epoch: u64,
@@ -116,7 +113,6 @@ impl ThinVolume {
             reserved_left: 0,
             full: false,
             reserved_in_plan: smallvec::SmallVec::new(),
-            owned_lost: 0,
             share_epoch: 0,
         })
     }
@@ -164,25 +160,24 @@ impl ThinVolume {
         Ok(need)
     }
 
-    /// Where a space measurement starts: (extents lost by own unmaps, share epoch), for
+    /// Where a space measurement starts (the share epoch), for
     /// [`ThinVolume::trim_reservation`].
-    pub fn usage_marks(&self) -> (u64, u64) {
-        (self.owned_lost, self.share_epoch)
+    pub fn usage_marks(&self) -> u64 {
+        self.share_epoch
     }
 
     /// Gives back the part of a full volume's reservation it no longer needs (after snapshots
     /// that pinned its data went away), given `owned`: the extents it owned alone according
     /// to a measurement that started at `marks` ([`ThinVolume::usage_marks`]). Conservative
-    /// under concurrent writes: copies and first writes only add owned extents; the volume's
-    /// own unmaps since the marks are added back; a share since the marks voids the trim.
-    /// Returns the extents given back.
-    pub fn trim_reservation(&mut self, owned: u64, marks: (u64, u64)) -> u64 {
-        let (lost_at, epoch_at) = marks;
-        if !self.full || self.share_epoch != epoch_at {
+    /// under concurrent writes: a full volume only gains extents it owns alone (first writes
+    /// and copies; it never unmaps), so `owned` is a lower bound at any later moment, unless
+    /// the map was shared since the marks — then the trim is void. Returns the extents given
+    /// back.
+    pub fn trim_reservation(&mut self, owned: u64, marks: u64) -> u64 {
+        if !self.full || self.share_epoch != marks {
             return 0;
         }
-        let owned_now_at_least = owned.saturating_sub(self.owned_lost - lost_at);
-        let need = self.map.len().saturating_sub(owned_now_at_least);
+        let need = self.map.len().saturating_sub(owned);
         let excess = self.reserved_left.saturating_sub(need);
         if excess > 0 {
             self.pool.refs.unreserve(excess);
@@ -293,7 +288,15 @@ impl ThinVolume {
     /// Unmaps every extent fully inside `[offset, offset + len)` (UNMAP, WRITE SAME with
     /// UNMAP): their references are dropped and the change journaled. Partial extents keep
     /// their data (they are not zeroed: LBPRZ is reported for unmapped extents only).
+    ///
+    /// A full volume unmaps nothing (returns 0): it is not thin provisioned (LBPME=0), so the
+    /// SCSI layer refuses UNMAP and WRITE SAME with UNMAP for it, and giving an extent back
+    /// would break its guarantee (the extent's space is only free again once the release is
+    /// published, too late to re-reserve it in a full pool).
     pub fn unmap(&mut self, offset: u64, len: u64) -> Result<u64, StorageError> {
+        if self.full {
+            return Ok(0);
+        }
         let es = self.pool.extent_size;
         let first = offset.div_ceil(es);
         let end = (offset + len) / es;
@@ -302,16 +305,9 @@ impl ThinVolume {
             if self.busy.contains(&lext) || self.map.get(lext).is_none() {
                 continue;
             }
-            if self.map.is_exclusive(lext) {
-                self.owned_lost += 1;
-            }
             self.map.set(lext, None);
             self.journal_map(lext, 0)?;
             freed += 1;
-            // A full volume's unwritten extent is backed by its reservation again.
-            if self.full && self.pool.refs.reserve(1) {
-                self.reserved_left += 1;
-            }
         }
         Ok(freed)
     }
