@@ -35,7 +35,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct AdminArgs {
     /// Admin API URL of the running daemon, e.g. http://127.0.0.1:7000 (default: read from
-    /// <DIR>/admin.addr).
+    /// `<DIR>/admin.addr`).
     #[arg(long, global = true, value_name = "URL")]
     pub admin: Option<String>,
     /// Print the admin API's JSON instead of tables (admin commands).

@@ -143,7 +143,7 @@ pub enum ShardMsg {
         reply: Sender<Result<(), String>>,
     },
     /// Space usage of a volume: its map walked in small steps between I/O completions (see
-    /// [`UsageWalk`]); the answer comes when the walk is complete.
+    /// [`UsageWalk`](crate::storage::pool::extent_map::UsageWalk)); the answer comes when the walk is complete.
     Usage {
         /// The target.
         target: String,

@@ -3,7 +3,7 @@
 //!
 //! Recovery: the newest valid superblock → its checkpoint (if any) → every journal record newer
 //! than the checkpoint, in sequence order, replayed onto plain copy-on-write leaf tables
-//! ([`ReplayMap`]) → those leaves become the live [`ExtentMap`]s (sharing preserved by leaf
+//! (`ReplayMap`) → those leaves become the live [`ExtentMap`]s (sharing preserved by leaf
 //! identity) over a fresh [`RefTable`] whose counts are recomputed from the maps
 //! ([`adopt_loaded`]), so no extent is both free and mapped and no count is wrong, by
 //! construction.
