@@ -876,8 +876,8 @@ impl Harness {
         let short = self.name("s");
         let name = format!("{}@{short}", self.model[&vol].name);
         // The shard: a full volume's reservation is topped up first (or the snapshot is refused
-        // with nothing changed); then the volume's journal is made durable and the map shared
-        // at this instant (runtime/shard.rs `snapshot`, docs/format.md).
+        // with nothing changed); then the map is shared at this instant and the volume's
+        // journal made durable (runtime/shard.rs `snapshot`, a group sync round; docs/format.md).
         let served = self.vols.get_mut(&vol).expect("served");
         if let Err(needed) = served.reserve_for_snapshot() {
             self.log.push(format!(
@@ -885,13 +885,8 @@ impl Harness {
             ));
             return Ok(());
         }
+        let (map, seq) = self.vols[&vol].share();
         self.sync_volume(vol)?;
-        let (map, seq) = self
-            .vols
-            .get_mut(&vol)
-            .expect("served")
-            .share_durable()
-            .map_err(|e| format!("snapshot {name}: {e}"))?;
         let meta = self
             .pool()
             .add_snapshot(vol, &name, map, seq)

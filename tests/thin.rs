@@ -43,15 +43,7 @@ fn used(t: &Target) -> u64 {
 }
 
 fn pattern(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    support::scsi::pattern(seed, len as usize)
 }
 
 /// Writes `data` at offset 0 of the target's volume with qemu-img.
@@ -352,14 +344,7 @@ fn full_pool_fails_new_extents_keeps_overwrites_and_resumes_when_space_is_freed(
     let r = ureq::post(&format!("{}/v1/volumes", t.admin()))
         .send_json(json!({"name": "scratch", "size_bytes": MIB}));
     assert!(r.is_ok(), "a thin volume can be created in a full pool");
-    let mut ini2 = support::initiator::RawInitiator::login_as(
-        t.addr,
-        "iqn.2026-11.dev.shoal:test-initiator",
-        [0x80, 0, 0, 0, 0, 9],
-        "iqn.2026-11.dev.shoal:scratch",
-        &[],
-    );
-    assert_eq!(ini2.test_unit_ready(), 0);
+    let mut ini2 = session_on(&t, "scratch", 9);
     assert_eq!(ini2.write10(0, &block(1)).sense(), Some((0x07, 0x27, 0x07)));
     drop(ini2);
     std::thread::sleep(Duration::from_millis(200));
@@ -486,6 +471,34 @@ fn past_soft_threshold_ua(
     r
 }
 
+/// Logs in to volume `name` (ISID ending in `isid`) and clears the power-on unit attention.
+fn session_on(t: &Target, name: &str, isid: u8) -> support::initiator::RawInitiator {
+    let mut ini = support::initiator::RawInitiator::login_as(
+        t.addr,
+        "iqn.2026-11.dev.shoal:test-initiator",
+        [0x80, 0, 0, 0, 0, isid],
+        &format!("iqn.2026-11.dev.shoal:{name}"),
+        &[],
+    );
+    assert_eq!(ini.test_unit_ready(), 0);
+    ini
+}
+
+/// Writes whole extents `extents` with `pattern(EXTENT, seed + i)`, each one required to
+/// succeed (a soft-threshold unit attention on the way is retried).
+fn write_extents(
+    ini: &mut support::initiator::RawInitiator,
+    extents: std::ops::Range<u32>,
+    seed: u64,
+) {
+    let extent_blocks = (EXTENT / 512) as u32;
+    for i in extents {
+        let data = pattern(EXTENT, seed + u64::from(i));
+        let r = past_soft_threshold_ua(|| ini.write10(i * extent_blocks, &data));
+        assert_eq!(r.status(), 0, "extent {i}: {:?}", r.sense());
+    }
+}
+
 #[test]
 fn full_volume_with_snapshots_never_runs_out_of_space() {
     // 2 MiB pool = 32 extents; a 1 MiB full volume (16 extents) and the thin default volume.
@@ -495,28 +508,9 @@ fn full_volume_with_snapshots_never_runs_out_of_space() {
         "/v1/volumes",
         json!({"name": "thick", "size_bytes": MIB, "full": true}),
     );
-    let mut ini = support::initiator::RawInitiator::login_as(
-        t.addr,
-        "iqn.2026-11.dev.shoal:test-initiator",
-        [0x80, 0, 0, 0, 0, 7],
-        "iqn.2026-11.dev.shoal:thick",
-        &[],
-    );
-    assert_eq!(ini.test_unit_ready(), 0);
+    let mut ini = session_on(&t, "thick", 7);
     let extent_blocks = (EXTENT / 512) as u32;
-    let write_all = |ini: &mut support::initiator::RawInitiator, seed: u64| {
-        for i in 0..16u32 {
-            let data = pattern(EXTENT, seed + u64::from(i));
-            let r = past_soft_threshold_ua(|| ini.write10(i * extent_blocks, &data));
-            assert_eq!(
-                r.status(),
-                0,
-                "extent {i} of the full volume: {:?}",
-                r.sense()
-            );
-        }
-    };
-    write_all(&mut ini, 100);
+    write_extents(&mut ini, 0..16, 100);
     assert_eq!(
         get(&t, "/v1/pool")["reserved_bytes"],
         0,
@@ -536,7 +530,7 @@ fn full_volume_with_snapshots_never_runs_out_of_space() {
         Some((0x07, 0x27, 0x07))
     );
     // ...but the full volume rewrites every shared extent (copy-on-write) without failing.
-    write_all(&mut ini, 200);
+    write_extents(&mut ini, 0..16, 200);
     // Another snapshot would need 16 more extents: refused with a clear error, nothing made.
     match ureq::post(&format!("{}/v1/snapshots", t.admin()))
         .send_json(json!({"volume": "thick", "name": "b"}))
@@ -564,7 +558,7 @@ fn full_volume_with_snapshots_never_runs_out_of_space() {
     );
     std::thread::sleep(Duration::from_millis(300));
     post(&t, "/v1/snapshots", json!({"volume": "thick", "name": "b"}));
-    write_all(&mut ini, 300);
+    write_extents(&mut ini, 0..16, 300);
     for i in 0..16u32 {
         let r = past_soft_threshold_ua(|| ini.read10(i * extent_blocks, extent_blocks as u16));
         assert_eq!(r.status(), 0);
@@ -583,37 +577,23 @@ fn deleting_the_snapshot_of_a_full_volume_gives_its_extra_reservation_back() {
         "/v1/volumes",
         json!({"name": "thick", "size_bytes": MIB, "full": true}),
     );
-    let mut ini = support::initiator::RawInitiator::login_as(
-        t.addr,
-        "iqn.2026-11.dev.shoal:test-initiator",
-        [0x80, 0, 0, 0, 0, 8],
-        "iqn.2026-11.dev.shoal:thick",
-        &[],
-    );
-    assert_eq!(ini.test_unit_ready(), 0);
+    let mut ini = session_on(&t, "thick", 8);
     let extent_blocks = (EXTENT / 512) as u32;
-    for i in 0..16u32 {
-        let r = ini.write10(i * extent_blocks, &pattern(EXTENT, u64::from(i)));
-        assert_eq!(r.status(), 0, "extent {i}");
-    }
+    write_extents(&mut ini, 0..16, 0);
     assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], 0);
     post(&t, "/v1/snapshots", json!({"volume": "thick", "name": "s"}));
     assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], MIB);
     assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], MIB);
     // Two rewritten extents are the volume's own; the other 14 are still shared.
-    for i in 0..2u32 {
-        let r = ini.write10(i * extent_blocks, &pattern(EXTENT, 100 + u64::from(i)));
-        assert_eq!(r.status(), 0, "copy-on-write of extent {i}");
-    }
+    write_extents(&mut ini, 0..2, 100);
     assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], 14 * EXTENT);
     delete(&t, "/v1/snapshots/thick@s");
     assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], 0);
     assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 0);
     // Still a full volume: every extent rewritable, data intact.
+    write_extents(&mut ini, 0..16, 200);
     for i in 0..16u32 {
-        let r = ini.write10(i * extent_blocks, &pattern(EXTENT, 200 + u64::from(i)));
-        assert_eq!(r.status(), 0, "rewrite {i}");
         let back = ini.read10(i * extent_blocks, extent_blocks as u16);
-        assert_eq!(back.data, pattern(EXTENT, 200 + u64::from(i)));
+        assert_eq!(back.data, pattern(EXTENT, 200 + u64::from(i)), "extent {i}");
     }
 }

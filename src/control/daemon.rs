@@ -123,26 +123,8 @@ impl Daemon {
                 .iter()
                 .find(|v| v.name == meta.name)
                 .is_none_or(|v| v.write_cache);
-            // A full volume gets back a reservation for every logical extent it does not own
-            // alone (unwritten, or shared with a snapshot).
-            let reserved = if meta.thin {
-                0
-            } else {
-                let es = st.pool.shared().extent_size;
-                let extents = meta.size_bytes.div_ceil(es);
-                let owned = exclusive.get(&meta.image).copied().unwrap_or(0);
-                let want = extents.saturating_sub(owned);
-                if st.pool.shared().refs.reserve(want) {
-                    want
-                } else {
-                    eprintln!(
-                        "shoal: full volume {}: the pool cannot reserve its {want} extents not \
-                         owned alone: writes may fail when the pool is full",
-                        meta.name
-                    );
-                    0
-                }
-            };
+            let owned = exclusive.get(&meta.image).copied().unwrap_or(0);
+            let reserved = reserve_full_volume(&st, &meta, owned);
             let target = target_name(&meta.name);
             self.serve_reserved(&mut st, &meta, target, false, write_cache, reserved)?;
         }
@@ -369,7 +351,7 @@ impl Daemon {
                 }
             }
         }
-        let walks: Vec<(u64, UsageReport)> = walking
+        let reports: HashMap<u64, UsageReport> = walking
             .into_iter()
             .filter_map(|(image, rx)| match rx.recv_timeout(SHARD_TIMEOUT) {
                 Ok(Ok(report)) => Some((image, report)),
@@ -380,44 +362,39 @@ impl Daemon {
                 Err(_) => None,
             })
             .collect();
-        let walked: HashMap<u64, &UsageReport> = walks.iter().map(|(i, r)| (*i, r)).collect();
         let mut sources = Vec::new();
-        let mut partial = HashMap::new();
-        let mut marks = HashMap::new();
+        let mut usage = HashMap::new();
         for meta in st.pool.images() {
             let served = meta.kind == ImageKind::Volume && st.served.contains_key(&meta.image);
             if served {
-                if let Some(report) = walked.get(&meta.image) {
-                    sources.push((meta.image, UsageSource::Walked(&report.walk)));
-                    partial.insert(meta.image, (report.walk.mapped(), report.reserved));
-                    marks.insert(meta.image, report.marks);
+                if let Some(r) = reports.get(&meta.image) {
+                    sources.push((meta.image, UsageSource::Walked(&r.walk)));
+                    let u = ImageUsage {
+                        mapped: r.walk.mapped(),
+                        exclusive: 0,
+                        reserved: r.reserved,
+                        marks: Some(r.marks),
+                    };
+                    usage.insert(meta.image, u);
                 }
             } else if let Some(map) = st.pool.map(meta.image) {
                 sources.push((meta.image, UsageSource::Map(map)));
-                partial.insert(meta.image, (map.mapped(), 0));
+                usage.insert(meta.image, ImageUsage::fresh(map.mapped()));
             }
         }
-        let exclusive = exclusive_extents(&sources, &st.pool.shared().refs);
-        partial
-            .into_iter()
-            .map(|(image, (mapped, reserved))| {
-                let exclusive = exclusive.get(&image).copied().unwrap_or(0);
-                let usage = ImageUsage {
-                    mapped,
-                    exclusive,
-                    reserved,
-                    marks: marks.get(&image).copied(),
-                };
-                (image, usage)
-            })
-            .collect()
+        for (image, owned) in exclusive_extents(&sources, &st.pool.shared().refs) {
+            if let Some(u) = usage.get_mut(&image) {
+                u.exclusive = owned;
+            }
+        }
+        usage
     }
 
-    /// Usage of an image just created from another (a snapshot or clone): it maps what its
-    /// source maps and owns nothing alone yet, so the answer costs one walk of its own map —
-    /// not of every image, which would make creation O(pool).
-    fn fresh_usage(st: &State, image: u64) -> HashMap<u64, ImageUsage> {
-        let mapped = st.pool.map(image).map_or(0, ExtentMap::mapped);
+    /// Usage of `image`, just created from `source` (a snapshot of a volume: itself; a clone:
+    /// its snapshot): it maps what `source` maps and owns nothing alone yet — O(1), where the
+    /// whole pool's usage would make creation O(pool).
+    fn fresh_usage(st: &State, image: u64, source: u64) -> HashMap<u64, ImageUsage> {
+        let mapped = st.pool.map(source).map_or(0, ExtentMap::mapped);
         HashMap::from([(image, ImageUsage::fresh(mapped))])
     }
 
@@ -568,6 +545,30 @@ impl ImageUsage {
             ..ImageUsage::default()
         }
     }
+}
+
+/// The reservation a full volume (served again: start-up, rollback) needs: one extent for every
+/// logical extent it does not own alone (`owned`). 0 for a thin volume, and 0 with a warning
+/// when the pool cannot hold it (snapshots pin the old data): the volume then allocates like a
+/// thin one until space frees.
+fn reserve_full_volume(st: &State, meta: &ImageMeta, owned: u64) -> u64 {
+    if meta.thin {
+        return 0;
+    }
+    let shared = st.pool.shared();
+    let want = meta
+        .size_bytes
+        .div_ceil(shared.extent_size)
+        .saturating_sub(owned);
+    if shared.refs.reserve(want) {
+        return want;
+    }
+    eprintln!(
+        "shoal: full volume {}: the pool cannot reserve the {want} extents it does not own \
+         alone: writes may fail when the pool is full",
+        meta.name
+    );
+    0
 }
 
 /// Mapped, exclusive and reserved bytes of `image` from a usage table.
@@ -795,7 +796,7 @@ impl AdminBackend for Daemon {
         let mut st = self.lock();
         let volume = Self::volume_meta(&st, &req.volume)?;
         let meta = self.take_snapshot(&mut st, &volume, &req.name)?;
-        let usage = Self::fresh_usage(&st, meta.image);
+        let usage = Self::fresh_usage(&st, meta.image, meta.image);
         Ok(self.snapshot_info_with(&st, &meta, &usage))
     }
 
@@ -845,29 +846,12 @@ impl AdminBackend for Daemon {
             .ok_or_else(|| internal("volume vanished"))?;
         // A full volume's reservation follows the rolled-back map: one extent per logical
         // extent (all it maps is shared with the snapshot).
-        let refs = Arc::clone(&st.pool.shared().refs);
-        refs.unreserve(old_reserved);
+        st.pool.shared().refs.unreserve(old_reserved);
         // The old map's extents count until published: publish them before reserving.
         st.pool.publish_frees().map_err(pool_error)?;
-        let reserved = if meta.thin {
-            0
-        } else {
-            let es = st.pool.shared().extent_size;
-            // Every extent the rolled-back map holds is shared with the snapshot: a full volume
-            // must be able to rewrite them all (see `ThinVolume::reserve_for_snapshot`).
-            let want = meta.size_bytes.div_ceil(es);
-            if refs.reserve(want) {
-                want
-            } else {
-                // Snapshots still pin the old data: the pool cannot back every unwritten
-                // extent of the rolled-back volume. It keeps working as thin until space frees.
-                eprintln!(
-                    "shoal: full volume {volume} rolled back, but the pool cannot reserve its {want} \
-                     unwritten extents: writes may now fail when the pool is full"
-                );
-                0
-            }
-        };
+        // Everything the rolled-back map holds is shared with the snapshot: it owns nothing
+        // alone.
+        let reserved = reserve_full_volume(&st, &meta, 0);
         st.pool.put_map(vol.image, map);
         self.serve_reserved(
             &mut st,
@@ -914,8 +898,7 @@ impl AdminBackend for Daemon {
             .map_err(pool_error)?;
         self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
         // The clone is served now (its map on a shard): it maps what its snapshot maps.
-        let mapped = st.pool.map(snap.image).map_or(0, ExtentMap::mapped);
-        let usage = HashMap::from([(meta.image, ImageUsage::fresh(mapped))]);
+        let usage = Self::fresh_usage(&st, meta.image, snap.image);
         Ok(self.volume_info_with(&st, &meta, &usage))
     }
 

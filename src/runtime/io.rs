@@ -11,7 +11,7 @@
 //! Invariant: every buffer an SQE points at (read buffer, bounce buffers, the task's Data-Out)
 //! is owned by the op or its task until the op's last completion arrives.
 
-use super::buf::AlignedBuf;
+use super::buf::{AlignedBuf, BufPool};
 use super::shard::{Accounting, KIND_IO, Shard, user_data};
 use super::sync::SyncWaiter;
 use crate::iscsi::connection::{DataInSource, TaskId};
@@ -336,22 +336,15 @@ impl Shard {
         let mut sqes = std::mem::take(&mut self.sqes);
         let extents: SmallVec<[NewExtent; 4]> = op.new_extents().copied().collect();
         for e in &extents {
-            if covers_whole(e) {
-                op.bounce.push(None);
-                continue;
-            }
-            let mut bounce = self.pool.take(e.extent_len as usize);
-            if let Some(old) = e.copy_from {
-                let ptr = bounce.as_mut_ptr();
+            let mut bounce = bounce_for(&mut self.pool, e, e.copy_from.is_none());
+            if let (Some(b), Some(old)) = (bounce.as_mut(), e.copy_from) {
                 sqes.push(
-                    opcode::Read::new(types::Fd(e.fd), ptr, e.extent_len as u32)
+                    opcode::Read::new(types::Fd(e.fd), b.as_mut_ptr(), e.extent_len as u32)
                         .offset(old)
                         .build(),
                 );
-            } else {
-                bounce.fill(0);
             }
-            op.bounce.push(Some(bounce));
+            op.bounce.push(bounce);
         }
         self.submit_all(slot, &mut sqes);
         self.sqes = sqes;
@@ -377,23 +370,13 @@ impl Shard {
         // A durable write that remaps extents is made durable by the group sync that follows
         // (data store and journal together); one that only overwrites owned extents has no
         // metadata to sync, and RWF_DSYNC makes its data durable in the same operation.
-        let remaps = op
-            .plan
-            .iter()
-            .any(|p| matches!(p, WritePiece::NewExtent(_)));
-        let dsync = op.durable(write_cache) && !remaps;
+        let dsync = op.durable(write_cache) && op.new_extents().next().is_none();
         let mut sqes = std::mem::take(&mut self.sqes);
         let mut bounce_index = 0;
         if op.bounce.is_empty() {
             for e in op.plan.iter() {
                 if let WritePiece::NewExtent(e) = e {
-                    if covers_whole(e) {
-                        op.bounce.push(None);
-                    } else {
-                        let mut b = self.pool.take(e.extent_len as usize);
-                        b.fill(0);
-                        op.bounce.push(Some(b));
-                    }
+                    op.bounce.push(bounce_for(&mut self.pool, e, true));
                 }
             }
         }
@@ -661,9 +644,18 @@ impl Shard {
     }
 }
 
-/// Whether a new extent is entirely overwritten by the command (no old contents, no zeros).
-fn covers_whole(e: &NewExtent) -> bool {
-    e.within == 0 && e.len == e.extent_len
+/// The buffer a new extent is assembled in (zeroed when `zeroed`, else about to receive its
+/// old contents), or `None` when the command overwrites the whole extent: it is then written
+/// straight from the command's data, no merge, no copy.
+fn bounce_for(pool: &mut BufPool, e: &NewExtent, zeroed: bool) -> Option<AlignedBuf> {
+    if e.within == 0 && e.len == e.extent_len {
+        return None;
+    }
+    let mut b = pool.take(e.extent_len as usize);
+    if zeroed {
+        b.fill(0);
+    }
+    Some(b)
 }
 
 fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {

@@ -115,9 +115,6 @@ pub struct Pool {
     /// Maps the control plane holds: snapshots, and volumes not handed to a shard.
     maps: HashMap<u64, ExtentMap>,
     next_image: u64,
-    /// Journals created ahead of serving their volume (a clone's, created while its catalog
-    /// record commits), taken by [`Pool::volume_journal`].
-    prepared_journals: HashMap<u64, JournalWriter>,
 }
 
 /// The control journal of superblock generation `generation`.
@@ -222,7 +219,6 @@ impl Pool {
             images,
             maps,
             next_image,
-            prepared_journals: HashMap::new(),
         })
     }
 
@@ -272,15 +268,10 @@ impl Pool {
     }
 
     /// Opens the journal a shard writes `image`'s mapping records to.
-    pub fn volume_journal(&mut self, image: u64) -> Result<JournalWriter, PoolError> {
-        if let Some(journal) = self.prepared_journals.remove(&image) {
-            return Ok(journal);
-        }
-        Ok(JournalWriter::open(&self.volume_journal_path(image))?)
-    }
-
-    fn volume_journal_path(&self, image: u64) -> PathBuf {
-        format::journal_dir(&self.dir).join(journal_file_name(image, self.sb.generation))
+    pub fn volume_journal(&self, image: u64) -> Result<JournalWriter, PoolError> {
+        let path =
+            format::journal_dir(&self.dir).join(journal_file_name(image, self.sb.generation));
+        Ok(JournalWriter::open(&path)?)
     }
 
     /// The superblock generation the next checkpoint will write (new journal files are named
@@ -530,20 +521,7 @@ impl Pool {
             true,
         );
         let seq = self.next_seq();
-        // The clone's journal file is created (and its directory entry made durable) while the
-        // catalog record commits: two syncs in parallel, not one after the other. Should the
-        // record not commit, the empty file is harmless: a later image with this id (ids are
-        // only consumed by committed records) continues it, a checkpoint retires it otherwise.
-        let path = self.volume_journal_path(meta.image);
-        let (committed, journal) = std::thread::scope(|s| {
-            let creating = s.spawn(|| JournalWriter::open(&path));
-            let committed = self.commit(seq, Op::CreateImage(Box::new(meta.clone())));
-            (committed, creating.join())
-        });
-        committed?;
-        if let Ok(Ok(journal)) = journal {
-            self.prepared_journals.insert(meta.image, journal);
-        }
+        self.commit(seq, Op::CreateImage(Box::new(meta.clone())))?;
         self.maps.insert(meta.image, map);
         self.images.insert(meta.image, meta.clone());
         Ok(meta)

@@ -125,17 +125,6 @@ impl ThinVolume {
         self
     }
 
-    /// Shares the map as a snapshot after making the volume's journal durable: the snapshot's
-    /// record is synced by the control plane, so the mapping records it depends on must be too.
-    pub fn share_durable(&mut self) -> Result<(ExtentMap, u64), StorageError> {
-        self.journal.sync().map_err(|e| StorageError::Io {
-            what: "sync journal",
-            path: self.journal.path().display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        Ok(self.share())
-    }
-
     /// Extents still reserved for this volume (given back with `unreserve` when it goes).
     pub fn reserved_left(&self) -> u64 {
         self.reserved_left
