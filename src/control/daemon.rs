@@ -116,8 +116,13 @@ impl Daemon {
             .filter(|m| m.kind == ImageKind::Volume)
             .cloned()
             .collect();
-        // Every map is still here: what each volume owns alone, for full volumes' reservations.
-        let exclusive = st.pool.exclusive_extents();
+        // Every map is still here: what each full volume owns alone, for its reservation (one
+        // visit of the pool's nodes, skipped when every volume is thin).
+        let exclusive = if volumes.iter().any(|m| !m.thin) {
+            st.pool.exclusive_extents()
+        } else {
+            HashMap::new()
+        };
         for meta in volumes {
             let write_cache = wanted
                 .iter()
