@@ -999,6 +999,7 @@ fn show_volume(v: &VolumeInfo) -> String {
         ("origin", dash(v.origin.as_deref())),
         ("snapshots", v.snapshots.to_string()),
         ("sessions", v.sessions.to_string()),
+        ("shard", dash(v.shard.map(|s| s.to_string()).as_deref())),
         ("created", format_time(v.created)),
     ])
 }

@@ -107,6 +107,7 @@ impl Model {
             mapped_bytes: 0,
             exclusive_bytes: 0,
             reserved_bytes: if thin { 0 } else { size },
+            shard: Some(0),
             origin: None,
             snapshots: 0,
             sessions: 0,

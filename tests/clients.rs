@@ -213,6 +213,47 @@ fn fio_random_writes_verify_with_crc32c() {
     );
 }
 
+/// Threads of process `pid` that io_uring started to run operations it could not do
+/// without blocking (`iou-wrk-*`).
+fn io_uring_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("iou-wrk"))
+        .count()
+}
+
+/// A pool on tmpfs (/dev/shm): tmpfs has no non-blocking read or write, so io_uring would hand
+/// every transfer to a worker thread; the shard copies inline with pread/pwrite instead. fio
+/// verifies random writes, then copy-on-write after a snapshot (old extents read inline too).
+#[test]
+fn fio_verify_on_a_memory_backed_pool() {
+    let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) for a memory pool");
+    let data = dir.path().to_path_buf();
+    let t = Target::start_in(dir, &[]);
+    let job = [
+        "--name=mem",
+        "--rw=randwrite",
+        "--bsrange=4k-128k",
+        "--iodepth=16",
+        "--size=32m",
+    ];
+    fio_verify(&t, &job);
+    assert_eq!(
+        io_uring_workers(t.pid()),
+        0,
+        "data transfers of a tmpfs pool went through io_uring worker threads"
+    );
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--data")
+            .arg(&data)
+            .args(["snapshot", "create", "default@before"]),
+        T,
+    );
+    fio_verify(&t, &job);
+}
+
 /// The suites of libiscsi's conformance suite that cover the target core, run fast in CI. The
 /// full suite runs with `tools/conformance` (see README.md).
 const FAST_SUITES: &[&str] = &[

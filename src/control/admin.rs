@@ -986,6 +986,7 @@ mod tests {
             mapped_bytes: 0,
             exclusive_bytes: 0,
             reserved_bytes: 0,
+            shard: Some(0),
             origin: None,
             snapshots: 0,
             sessions: 0,

@@ -109,6 +109,10 @@ pub struct VolumeInfo {
     /// logical extent it does not own alone); 0 for thin volumes.
     #[serde(default)]
     pub reserved_bytes: u64,
+    /// The shard thread serving it (its I/O and its connections run there); `None` when not
+    /// served.
+    #[serde(default)]
+    pub shard: Option<usize>,
     /// `VOLUME@SNAP` it was cloned from, if it is a clone.
     pub origin: Option<String>,
     /// Number of snapshots of this volume.

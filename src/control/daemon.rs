@@ -194,7 +194,7 @@ impl Daemon {
             write_cache,
             max_transfer_blocks: (self.max_transfer_bytes / u64::from(meta.block_size)) as u32,
         };
-        let shard = st.next_shard % self.shards.len().max(1);
+        let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);
         st.next_shard += 1;
         let slot = LunSlot {
             target: target.clone(),
@@ -432,6 +432,7 @@ impl Daemon {
             mapped_bytes: mapped,
             exclusive_bytes: exclusive,
             reserved_bytes: reserved,
+            shard: st.served.get(&meta.image).map(|s| s.shard),
             origin,
             snapshots: st
                 .pool
@@ -550,6 +551,23 @@ impl ImageUsage {
             ..ImageUsage::default()
         }
     }
+}
+
+/// The shard a newly served image goes to: the one serving the fewest images, so that volumes
+/// created after deletions still spread evenly; ties go round-robin from `turn` (every served
+/// image advances it), so that N images on N idle shards land one per shard.
+fn least_loaded_shard(served: &HashMap<u64, Served>, shards: usize, turn: usize) -> usize {
+    let shards = shards.max(1);
+    let mut load = vec![0usize; shards];
+    for s in served.values() {
+        if let Some(n) = load.get_mut(s.shard) {
+            *n += 1;
+        }
+    }
+    (0..shards)
+        .map(|i| (turn + i) % shards)
+        .min_by_key(|&i| load[i])
+        .unwrap_or(0)
 }
 
 /// The reservation a full volume (served again: start-up, rollback) needs: one extent for every
@@ -1027,5 +1045,48 @@ impl Daemon {
         luns.iter_mut().for_each(LunSnapshot::merge_slots);
         luns.sort_by(|a, b| a.volume.cmp(&b.volume));
         Ok(luns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(shards: &[usize]) -> HashMap<u64, Served> {
+        shards
+            .iter()
+            .enumerate()
+            .map(|(i, &shard)| {
+                let target = format!("t{i}");
+                (i as u64, Served { shard, target })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_images_spread_one_per_idle_shard() {
+        let mut placed = Vec::new();
+        for turn in 0..4 {
+            let shard = least_loaded_shard(&served(&placed), 4, turn);
+            placed.push(shard);
+        }
+        placed.sort_unstable();
+        assert_eq!(placed, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_new_image_goes_to_the_shard_that_lost_one() {
+        // Shards 0..3 serve 2, 1, 2, 2 images (one of shard 1's was deleted): whatever the
+        // rotation, the next image goes to shard 1.
+        let map = served(&[0, 0, 1, 2, 2, 3, 3]);
+        for turn in 0..8 {
+            assert_eq!(least_loaded_shard(&map, 4, turn), 1);
+        }
+    }
+
+    #[test]
+    fn one_shard_takes_everything() {
+        assert_eq!(least_loaded_shard(&served(&[0, 0]), 1, 7), 0);
+        assert_eq!(least_loaded_shard(&HashMap::new(), 0, 3), 0);
     }
 }

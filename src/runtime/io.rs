@@ -10,6 +10,11 @@
 //!
 //! Invariant: every buffer an SQE points at (read buffer, bounce buffers, the task's Data-Out)
 //! is owned by the op or its task until the op's last completion arrives.
+//!
+//! A volume whose data store is in memory (tmpfs) has its transfers done at once with plain
+//! `pread`/`pwrite` ([`Transfer::run_inline`]): such a file system has no non-blocking path, so
+//! io_uring would hand every one to a kernel worker thread, which costs more than the copy. Their
+//! results go through the same completion path as the ring's, in the shard's next round.
 
 use super::buf::{AlignedBuf, BufPool};
 use super::shard::{Accounting, KIND_IO, Shard, user_data};
@@ -19,8 +24,113 @@ use crate::scsi::{self, IoResult, OpClass, Outcome};
 use crate::storage::{NewExtent, Piece, PlanError, WritePiece};
 use io_uring::{opcode, squeue::Entry, types};
 use smallvec::SmallVec;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
+
+/// One transfer between a buffer and a volume's backing store.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Transfer {
+    Read {
+        fd: RawFd,
+        offset: u64,
+        ptr: *mut u8,
+        len: u32,
+    },
+    Write {
+        fd: RawFd,
+        offset: u64,
+        ptr: *const u8,
+        len: u32,
+        /// RWF_DSYNC: durable when it completes.
+        dsync: bool,
+    },
+}
+
+impl Transfer {
+    /// The ring's SQE for it (user data still to be set).
+    fn sqe(self) -> Entry {
+        match self {
+            Transfer::Read {
+                fd,
+                offset,
+                ptr,
+                len,
+            } => opcode::Read::new(types::Fd(fd), ptr, len)
+                .offset(offset)
+                .build(),
+            Transfer::Write {
+                fd,
+                offset,
+                ptr,
+                len,
+                dsync,
+            } => {
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                opcode::Write::new(types::Fd(fd), ptr, len)
+                    .offset(offset)
+                    .rw_flags(flags)
+                    .build()
+            }
+        }
+    }
+
+    /// Does it now with plain system calls (for memory-backed stores); the result as a
+    /// completion would carry it: bytes moved, or `-errno`.
+    fn run_inline(self) -> i32 {
+        let (len, mut done) = match self {
+            Transfer::Read { len, .. } | Transfer::Write { len, .. } => (len as usize, 0usize),
+        };
+        while done < len {
+            let n = match self {
+                Transfer::Read {
+                    fd, offset, ptr, ..
+                } => {
+                    // SAFETY: `ptr..ptr + len` is a buffer the op owns (module invariant); the
+                    // call writes into its unfinished tail only.
+                    unsafe {
+                        libc::pread(
+                            fd,
+                            ptr.add(done).cast(),
+                            len - done,
+                            (offset + done as u64) as libc::off_t,
+                        )
+                    }
+                }
+                Transfer::Write {
+                    fd,
+                    offset,
+                    ptr,
+                    dsync,
+                    ..
+                } => {
+                    let iov = libc::iovec {
+                        // SAFETY: as above; pwritev2 only reads the buffer.
+                        iov_base: unsafe { ptr.add(done) } as *mut libc::c_void,
+                        iov_len: len - done,
+                    };
+                    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                    // SAFETY: one valid iovec, as above.
+                    unsafe {
+                        libc::pwritev2(fd, &iov, 1, (offset + done as u64) as libc::off_t, flags)
+                    }
+                }
+            };
+            match n {
+                n if n > 0 => done += n as usize,
+                // End of file: what a ring read would report.
+                0 => break,
+                _ => {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() != std::io::ErrorKind::Interrupted {
+                        return -err.raw_os_error().unwrap_or(libc::EIO);
+                    }
+                }
+            }
+        }
+        done as i32
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -196,14 +306,24 @@ impl Shard {
         self.conns.get(op.conn)?.as_deref().map(|c| c.lun)
     }
 
-    /// Pushes the op's SQEs; ends the phase at once when there are none.
-    fn submit_all(&mut self, slot: usize, sqes: &mut Vec<Entry>) {
+    /// Starts the op's transfers (on the ring, or at once for a memory-backed volume); ends
+    /// the phase at once when there are none.
+    fn submit_all(&mut self, slot: usize, transfers: &mut Vec<Transfer>) {
         if let Some(op) = self.ops[slot].as_mut() {
-            op.pending = sqes.len() as u32;
+            op.pending = transfers.len() as u32;
         }
-        let empty = sqes.is_empty();
-        for sqe in sqes.drain(..) {
-            self.push(sqe.user_data(user_data(KIND_IO, slot)));
+        let empty = transfers.is_empty();
+        let inline = self
+            .lun_of(slot)
+            .is_some_and(|lun| self.luns[lun].volume.data_in_memory());
+        let ud = user_data(KIND_IO, slot);
+        for t in transfers.drain(..) {
+            if inline {
+                let res = t.run_inline();
+                self.inline_done.push((ud, res));
+            } else {
+                self.push(t.sqe().user_data(ud));
+            }
         }
         if empty {
             self.end_phase(slot);
@@ -234,11 +354,12 @@ impl Shard {
                     // SAFETY: `at + len <= buf.len()` (the pieces cover exactly `len` bytes);
                     // the buffer stays in the op until every SQE of this phase completes.
                     let ptr = unsafe { buf.as_mut_ptr().add(at) };
-                    sqes.push(
-                        opcode::Read::new(types::Fd(fd), ptr, len as u32)
-                            .offset(offset)
-                            .build(),
-                    );
+                    sqes.push(Transfer::Read {
+                        fd,
+                        offset,
+                        ptr,
+                        len: len as u32,
+                    });
                     at += len as usize;
                 }
                 Piece::Zero { len } => {
@@ -338,11 +459,12 @@ impl Shard {
         for e in &extents {
             let mut bounce = bounce_for(&mut self.pool, e, e.copy_from.is_none());
             if let (Some(b), Some(old)) = (bounce.as_mut(), e.copy_from) {
-                sqes.push(
-                    opcode::Read::new(types::Fd(e.fd), b.as_mut_ptr(), e.extent_len as u32)
-                        .offset(old)
-                        .build(),
-                );
+                sqes.push(Transfer::Read {
+                    fd: e.fd,
+                    offset: old,
+                    ptr: b.as_mut_ptr(),
+                    len: e.extent_len as u32,
+                });
             }
             op.bounce.push(bounce);
         }
@@ -405,11 +527,13 @@ impl Shard {
                     }
                 }
             };
-            let mut w = opcode::Write::new(types::Fd(fd), ptr, len as u32).offset(offset);
-            if dsync {
-                w = w.rw_flags(libc::RWF_DSYNC);
-            }
-            sqes.push(w.build());
+            sqes.push(Transfer::Write {
+                fd,
+                offset,
+                ptr,
+                len: len as u32,
+                dsync,
+            });
         }
         self.submit_all(slot, &mut sqes);
         self.sqes = sqes;
@@ -684,4 +808,54 @@ fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
         }
     }
     IoResult::Ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Transfer;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn inline_transfers_write_and_read_back_at_their_offsets() {
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let write = Transfer::Write {
+            fd,
+            offset: 4096,
+            ptr: data.as_ptr(),
+            len: data.len() as u32,
+            dsync: true,
+        };
+        assert_eq!(write.run_inline(), 8192);
+        let mut back = vec![0u8; 8192];
+        let read = Transfer::Read {
+            fd,
+            offset: 4096,
+            ptr: back.as_mut_ptr(),
+            len: back.len() as u32,
+        };
+        assert_eq!(read.run_inline(), 8192);
+        assert_eq!(back, data);
+        // Past the end of the file a read stops short, as a ring read would.
+        let read_tail = Transfer::Read {
+            fd,
+            offset: 8192,
+            ptr: back.as_mut_ptr(),
+            len: back.len() as u32,
+        };
+        assert_eq!(read_tail.run_inline(), 4096);
+    }
+
+    #[test]
+    fn inline_transfer_errors_come_back_as_negative_errno() {
+        let mut buf = [0u8; 512];
+        let read = Transfer::Read {
+            fd: -1,
+            offset: 0,
+            ptr: buf.as_mut_ptr(),
+            len: 512,
+        };
+        assert_eq!(read.run_inline(), -libc::EBADF);
+    }
 }

@@ -304,7 +304,9 @@ pub struct Shard {
     pub(super) pieces: Vec<Piece>,
     /// Scratch for completions and submissions (reused: no allocation per round or per I/O).
     pub(super) cqes: Vec<(u64, i32)>,
-    pub(super) sqes: Vec<io_uring::squeue::Entry>,
+    pub(super) sqes: Vec<super::io::Transfer>,
+    /// Completions of transfers done inline (memory-backed volumes), handled next round.
+    pub(super) inline_done: Vec<(u64, i32)>,
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
     pub(super) pending_snapshots: Vec<PendingSnapshot>,
@@ -361,6 +363,7 @@ impl Shard {
             pieces: Vec::new(),
             cqes: Vec::with_capacity(1024),
             sqes: Vec::with_capacity(64),
+            inline_done: Vec::with_capacity(64),
             portals,
             registry,
             pending_snapshots: Vec::new(),
@@ -394,7 +397,8 @@ impl Shard {
             // With a usage walk in progress, or within the busy-poll window, poll instead of
             // sleeping.
             let polling = !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll;
-            let want = usize::from(self.pending_usage.is_empty() && !polling);
+            let idle = self.pending_usage.is_empty() && self.inline_done.is_empty();
+            let want = usize::from(idle && !polling);
             match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
@@ -403,6 +407,7 @@ impl Shard {
                 Err(e) => return Err(e),
             }
             let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.append(&mut self.inline_done);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             let now = Instant::now();
             self.round_now = now;

@@ -17,6 +17,8 @@ pub struct FileVolume {
     path: PathBuf,
     capacity: u64,
     block_size: u32,
+    /// On tmpfs (see [`Volume::data_in_memory`]).
+    in_memory: bool,
 }
 
 impl FileVolume {
@@ -50,6 +52,7 @@ impl FileVolume {
             file.set_len(capacity).map_err(|e| io("resize", e))?;
         }
         Ok(FileVolume {
+            in_memory: super::in_memory_fs(&file),
             file,
             path: path.to_path_buf(),
             capacity,
@@ -104,6 +107,10 @@ impl Volume for FileVolume {
 
     fn sync_fds(&self, out: &mut Vec<RawFd>) {
         out.push(self.file.as_raw_fd());
+    }
+
+    fn data_in_memory(&self) -> bool {
+        self.in_memory
     }
 }
 

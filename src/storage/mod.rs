@@ -153,8 +153,28 @@ pub trait Volume {
     fn metadata_fds(&self, out: &mut Vec<RawFd>) {
         self.sync_fds(out);
     }
+    /// Whether the data lives in memory (tmpfs): transfers are then plain copies that never
+    /// wait for a device, and the shard does them inline rather than on its ring.
+    fn data_in_memory(&self) -> bool {
+        false
+    }
     /// The thin volume behind this seam, for control operations (snapshot, resize, removal).
     fn as_thin(&mut self) -> Option<&mut pool::thin::ThinVolume> {
         None
     }
+}
+
+/// Whether `file` lives on a memory file system (tmpfs, ramfs): reading and writing it copies
+/// memory and never waits for a device (see [`Volume::data_in_memory`]).
+pub fn in_memory_fs(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: an all-zero statfs is a valid out-parameter; fstatfs writes it on success.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid pointer to `st`.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }

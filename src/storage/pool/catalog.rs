@@ -196,7 +196,9 @@ impl Pool {
         seq: u64,
     ) -> Result<Pool, PoolError> {
         refs.defer_frees();
+        let in_memory = crate::storage::in_memory_fs(&data);
         let shared = Arc::new(PoolShared {
+            in_memory,
             data,
             extent_size: u64::from(sb.extent_size),
             refs,

@@ -38,6 +38,8 @@ pub struct PoolShared {
     ///
     /// [`Pool::set_soft_threshold`]: super::catalog::Pool::set_soft_threshold
     pub soft_threshold_pct: AtomicU8,
+    /// The data store is on a memory file system (see [`Volume::data_in_memory`]).
+    pub in_memory: bool,
 }
 
 impl PoolShared {
@@ -449,6 +451,10 @@ impl Volume for ThinVolume {
 
     fn metadata_fds(&self, out: &mut Vec<RawFd>) {
         out.push(self.journal_sync.as_raw_fd());
+    }
+
+    fn data_in_memory(&self) -> bool {
+        self.pool.in_memory
     }
 
     fn as_thin(&mut self) -> Option<&mut ThinVolume> {
