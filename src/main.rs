@@ -73,6 +73,10 @@ struct ServeArgs {
     /// before sleeping (0, the default: off). Cuts the wake-up latency; costs a busy core.
     #[arg(long, value_name = "US")]
     busy_poll_us: Option<u64>,
+    /// Bytes read ahead of each sequential reader (e.g. 1M, the default; 0 turns read-ahead
+    /// off; at most 16M).
+    #[arg(long, value_name = "SIZE")]
+    read_ahead: Option<String>,
     /// Do not measure command latencies (no histograms; counts are kept).
     #[arg(long)]
     no_latency_stats: bool,
@@ -131,6 +135,9 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if let Some(us) = args.busy_poll_us {
         cfg.busy_poll = Duration::from_micros(us);
+    }
+    if let Some(size) = &args.read_ahead {
+        cfg.read_ahead = config::read_ahead_value(config::parse_size(size)?)?;
     }
     if args.no_latency_stats {
         cfg.latency_stats = false;

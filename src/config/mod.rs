@@ -90,6 +90,20 @@ pub struct Config {
     pub latency_stats: bool,
     /// Log commands slower than this on stderr (off when None).
     pub slow_command: Option<Duration>,
+    /// Bytes each shard reads ahead of a sequential reader (0: off; at most
+    /// [`MAX_READ_AHEAD`]).
+    pub read_ahead: u64,
+}
+
+/// Largest read-ahead window (a shard holds at most this much read ahead in all).
+pub const MAX_READ_AHEAD: u64 = 16 << 20;
+
+/// Checks a read-ahead window.
+pub fn read_ahead_value(bytes: u64) -> Result<u64, ConfigError> {
+    if bytes > MAX_READ_AHEAD {
+        return Err(invalid("read-ahead", bytes, "at most 16M (0 turns it off)"));
+    }
+    Ok(bytes)
 }
 
 impl Default for Config {
@@ -115,6 +129,7 @@ impl Default for Config {
             busy_poll: Duration::ZERO,
             latency_stats: true,
             slow_command: None,
+            read_ahead: 1 << 20,
         }
     }
 }
@@ -137,6 +152,7 @@ struct FileConfig {
     busy_poll_us: Option<u64>,
     latency_stats: Option<bool>,
     slow_command_ms: Option<f64>,
+    read_ahead: Option<SizeValue>,
     #[serde(default, rename = "volume")]
     volumes: Vec<FileVolume>,
 }
@@ -225,6 +241,9 @@ impl Config {
         }
         if let Some(ms) = file.slow_command_ms {
             self.slow_command = Some(parse_millis("slow_command_ms", ms)?);
+        }
+        if let Some(v) = file.read_ahead {
+            self.read_ahead = read_ahead_value(size_value(v)?)?;
         }
         if !file.volumes.is_empty() {
             self.volumes = file
@@ -461,6 +480,19 @@ mod tests {
         assert_eq!(c.slow_command, Some(Duration::from_micros(2500)));
         assert!(c.apply_toml("slow_command_ms = -1").is_err());
         assert_eq!(parse_millis("x", 0.0).unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn toml_read_ahead() {
+        let mut c = Config::default();
+        assert_eq!(c.read_ahead, 1 << 20);
+        c.apply_toml("read_ahead = \"4M\"").unwrap();
+        assert_eq!(c.read_ahead, 4 << 20);
+        c.apply_toml("read_ahead = 0").unwrap();
+        assert_eq!(c.read_ahead, 0);
+        let err = c.apply_toml("read_ahead = \"32M\"").unwrap_err();
+        assert!(err.to_string().contains("read-ahead"), "{err}");
+        assert_eq!(c.read_ahead, 0, "a bad value changes nothing");
     }
 
     #[test]

@@ -305,6 +305,20 @@ pub struct LunStatsReport {
     pub write: ClassStats,
     /// Everything else.
     pub other: ClassStats,
+    /// Sequential read-ahead since the volume was served.
+    #[serde(default)]
+    pub read_ahead: ReadAheadStats,
+}
+
+/// What sequential read-ahead did for a LUN since it was served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReadAheadStats {
+    /// Chunks read ahead of sequential readers.
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// READ commands answered from a chunk instead of their own device read.
+    pub hits: u64,
 }
 
 /// `GET /v1/stats`.

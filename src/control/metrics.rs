@@ -4,7 +4,7 @@
 
 use super::api::{
     ClassStats, EncodedHistogram, LifetimeStats, LunStatsReport, Percentiles, PhasePercentiles,
-    PhaseSums, PoolStatus, StatsReport,
+    PhaseSums, PoolStatus, ReadAheadStats, StatsReport,
 };
 use crate::stats::export::{self, ExportError, Interval};
 use crate::stats::{CLASSES, ClassSnapshot, LunSnapshot, Phase, class_name};
@@ -78,6 +78,11 @@ pub fn lun_report(s: &LunSnapshot) -> LunStatsReport {
         read: class_stats(&s.classes[0], s.seconds),
         write: class_stats(&s.classes[1], s.seconds),
         other: class_stats(&s.classes[2], s.seconds),
+        read_ahead: ReadAheadStats {
+            chunks: s.read_ahead.chunks,
+            bytes: s.read_ahead.bytes,
+            hits: s.read_ahead.hits,
+        },
     }
 }
 
@@ -208,6 +213,37 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
     for (labels, c) in &rows {
         let _ = writeln!(out, "shoal_bytes_total{{{labels}}} {}", c.lifetime.bytes);
     }
+    let luns: Vec<(String, &ReadAheadStats)> = stats
+        .luns
+        .iter()
+        .map(|l| {
+            let labels = format!(
+                "volume=\"{}\",target=\"{}\",lun=\"{}\"",
+                escape_label(&l.volume),
+                escape_label(&l.target),
+                l.lun
+            );
+            (labels, &l.read_ahead)
+        })
+        .collect();
+    header(
+        &mut out,
+        "shoal_read_ahead_bytes_total",
+        "counter",
+        "Bytes read ahead of sequential readers since the volume was served.",
+    );
+    for (labels, r) in &luns {
+        let _ = writeln!(out, "shoal_read_ahead_bytes_total{{{labels}}} {}", r.bytes);
+    }
+    header(
+        &mut out,
+        "shoal_read_ahead_hits_total",
+        "counter",
+        "READ commands answered from read-ahead instead of their own device read.",
+    );
+    for (labels, r) in &luns {
+        let _ = writeln!(out, "shoal_read_ahead_hits_total{{{labels}}} {}", r.hits);
+    }
     header(
         &mut out,
         "shoal_command_latency_seconds",
@@ -335,6 +371,11 @@ mod tests {
             seconds: 2.0,
             since_reset,
             classes,
+            read_ahead: crate::stats::ReadAheadCounters {
+                chunks: 3,
+                bytes: 3 << 17,
+                hits: 2,
+            },
         }
     }
 
@@ -450,6 +491,8 @@ mod tests {
             [
                 "shoal_commands_total",
                 "shoal_bytes_total",
+                "shoal_read_ahead_bytes_total",
+                "shoal_read_ahead_hits_total",
                 "shoal_command_latency_seconds",
                 "shoal_command_phase_seconds",
                 "shoal_pool_size_bytes",
@@ -463,6 +506,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("shoal_bytes_total{{{labels}}} 16384\n")));
+        let lun_labels = labels.rsplit_once(",class=").map_or(labels, |(l, _)| l);
+        assert!(text.contains(&format!(
+            "shoal_read_ahead_bytes_total{{{lun_labels}}} 393216\n"
+        )));
+        assert!(text.contains(&format!("shoal_read_ahead_hits_total{{{lun_labels}}} 2\n")));
         assert!(text.contains(&format!(
             "shoal_command_latency_seconds_count{{{labels}}} 4\n"
         )));

@@ -17,7 +17,8 @@
 //! results go through the same completion path as the ring's, in the shard's next round.
 
 use super::buf::{AlignedBuf, BufPool};
-use super::shard::{Accounting, KIND_IO, Shard, user_data};
+use super::readahead::Lookup;
+use super::shard::{Accounting, KIND_IO, KIND_READAHEAD, Shard, user_data};
 use super::sync::SyncWaiter;
 use crate::iscsi::connection::{DataInSource, TaskId};
 use crate::scsi::{self, IoResult, OpClass, Outcome};
@@ -235,6 +236,7 @@ impl Shard {
                 }
             }
             _ => {
+                self.invalidate_read_ahead(slot);
                 if write_same {
                     self.prepare_write_same(slot);
                 }
@@ -306,8 +308,7 @@ impl Shard {
         self.conns.get(op.conn)?.as_deref().map(|c| c.lun)
     }
 
-    /// Starts the op's transfers (on the ring, or at once for a memory-backed volume); ends
-    /// the phase at once when there are none.
+    /// Starts the op's transfers; ends the phase at once when there are none.
     fn submit_all(&mut self, slot: usize, transfers: &mut Vec<Transfer>) {
         if let Some(op) = self.ops[slot].as_mut() {
             op.pending = transfers.len() as u32;
@@ -316,7 +317,15 @@ impl Shard {
         let inline = self
             .lun_of(slot)
             .is_some_and(|lun| self.luns[lun].volume.data_in_memory());
-        let ud = user_data(KIND_IO, slot);
+        self.start_transfers(transfers, user_data(KIND_IO, slot), inline);
+        if empty {
+            self.end_phase(slot);
+        }
+    }
+
+    /// Starts transfers whose completions carry `ud`: on the ring, or at once (`inline`, a
+    /// memory-backed volume) with their results queued for the next round.
+    fn start_transfers(&mut self, transfers: &mut Vec<Transfer>, ud: u64, inline: bool) {
         for t in transfers.drain(..) {
             if inline {
                 let res = t.run_inline();
@@ -325,14 +334,11 @@ impl Shard {
                 self.push(t.sqe().user_data(ud));
             }
         }
-        if empty {
-            self.end_phase(slot);
-        }
     }
 
     fn submit_read(&mut self, slot: usize) {
         let Some(lun) = self.lun_of(slot) else { return };
-        let Some(op) = self.ops[slot].as_mut() else {
+        let Some(op) = self.ops[slot].as_ref() else {
             return;
         };
         let (offset, len) = match op.outcome {
@@ -341,20 +347,53 @@ impl Shard {
             | Outcome::WriteVerify { offset, len, .. } => (offset, len),
             _ => return,
         };
+        // READ commands (not the reads of VERIFY) use and drive the read-ahead.
+        let sequential = matches!(op.outcome, Outcome::Read { .. })
+            && self.readahead.enabled()
+            && !self.luns[lun].volume.data_in_memory();
+        if sequential {
+            let served = self.read_from_chunk(slot, lun, offset, len);
+            self.read_ahead(lun, offset, len);
+            if served {
+                return;
+            }
+        }
+        self.submit_device_read(slot, lun, offset, len);
+    }
+
+    /// Reads `len` bytes at `offset` of `lun` from the device into a new buffer of op `slot`.
+    fn submit_device_read(&mut self, slot: usize, lun: usize, offset: u64, len: u64) {
         let mut buf = self.pool.take(len as usize);
+        let mut sqes = std::mem::take(&mut self.sqes);
+        self.read_transfers(lun, offset, &mut buf, &mut sqes);
+        if let Some(op) = self.ops[slot].as_mut() {
+            op.buf = Some(buf);
+        }
+        self.submit_all(slot, &mut sqes);
+        self.sqes = sqes;
+    }
+
+    /// The transfers that fill `buf` with its length of `lun` at `offset` (unmapped pieces are
+    /// zeroed here).
+    fn read_transfers(
+        &mut self,
+        lun: usize,
+        offset: u64,
+        buf: &mut AlignedBuf,
+        out: &mut Vec<Transfer>,
+    ) {
         self.pieces.clear();
         self.luns[lun]
             .volume
-            .map_read(offset, len, &mut self.pieces);
-        let mut sqes = std::mem::take(&mut self.sqes);
+            .map_read(offset, buf.len() as u64, &mut self.pieces);
         let mut at = 0usize;
         for piece in &self.pieces {
             match *piece {
                 Piece::File { fd, offset, len } => {
-                    // SAFETY: `at + len <= buf.len()` (the pieces cover exactly `len` bytes);
-                    // the buffer stays in the op until every SQE of this phase completes.
+                    // SAFETY: `at + len <= buf.len()` (the pieces cover exactly its length);
+                    // the buffer stays with its op or chunk until every transfer completes.
                     let ptr = unsafe { buf.as_mut_ptr().add(at) };
-                    sqes.push(Transfer::Read {
+                    out.push(Transfer::Read {
                         fd,
                         offset,
                         ptr,
@@ -368,9 +407,121 @@ impl Shard {
                 }
             }
         }
-        op.buf = Some(buf);
-        self.submit_all(slot, &mut sqes);
-        self.sqes = sqes;
+    }
+
+    /// Serves op `slot` from a read-ahead chunk of exactly its range, if there is one: takes a
+    /// ready chunk's buffer (completing next round), or waits for one in flight.
+    fn read_from_chunk(&mut self, slot: usize, lun: usize, offset: u64, len: u64) -> bool {
+        let lookup = self.readahead.lookup(lun, offset, len);
+        let Some(op) = self.ops[slot].as_mut() else {
+            return false;
+        };
+        if !matches!(lookup, Lookup::Miss) {
+            self.luns[lun].stats.read_ahead.hits += 1;
+        }
+        match lookup {
+            Lookup::Ready(buf) => {
+                op.buf = Some(buf);
+                op.pending = 1;
+                self.inline_done
+                    .push((user_data(KIND_IO, slot), len as i32));
+                true
+            }
+            Lookup::InFlight(chunk) => {
+                op.pending = 1;
+                if let Some(c) = self.readahead.chunk_mut(chunk) {
+                    c.waiters.push(slot);
+                }
+                true
+            }
+            Lookup::Miss => false,
+        }
+    }
+
+    /// Tells the read-ahead about a READ of `lun` and submits the chunks it wants read.
+    fn read_ahead(&mut self, lun: usize, offset: u64, len: u64) {
+        let capacity = self.luns[lun].volume.capacity();
+        let chunks = self.readahead.advance(lun, offset, len, capacity);
+        for (chunk, offset, len) in chunks {
+            let counters = &mut self.luns[lun].stats.read_ahead;
+            counters.chunks += 1;
+            counters.bytes += len;
+            let mut buf = self.pool.take(len as usize);
+            let mut sqes = std::mem::take(&mut self.sqes);
+            self.read_transfers(lun, offset, &mut buf, &mut sqes);
+            if let Some(c) = self.readahead.chunk_mut(chunk) {
+                c.pending = sqes.len() as u32;
+                c.buf = Some(buf);
+            }
+            self.start_transfers(&mut sqes, user_data(KIND_READAHEAD, chunk), false);
+            self.sqes = sqes;
+        }
+    }
+
+    /// A completion of a read-ahead chunk's read: once all are in, the commands waiting for
+    /// it get its data (the first its buffer, any other a copy), or read the device after an
+    /// error.
+    pub(super) fn on_readahead(&mut self, chunk: usize, res: i32) {
+        let Some(c) = self.readahead.chunk_mut(chunk) else {
+            return;
+        };
+        c.error |= res < 0;
+        c.pending = c.pending.saturating_sub(1);
+        if c.pending > 0 {
+            return;
+        }
+        let Some(mut done) = self.readahead.complete(chunk) else {
+            return;
+        };
+        for (i, &slot) in done.waiters.iter().enumerate() {
+            let Some(lun) = self.lun_of(slot) else {
+                continue;
+            };
+            if done.error {
+                self.submit_device_read(slot, lun, done.offset, done.len);
+                continue;
+            }
+            let buf = if i + 1 == done.waiters.len() {
+                done.buf.take()
+            } else {
+                done.buf.as_ref().map(|b| {
+                    let mut copy = self.pool.take(b.len());
+                    copy.copy_from_slice(b);
+                    copy
+                })
+            };
+            if let Some(op) = self.ops[slot].as_mut() {
+                op.buf = buf;
+            }
+            self.on_io(slot, done.len as i32);
+        }
+    }
+
+    /// A write-type command (write, UNMAP, WRITE SAME) of op `slot` starts or ends: read-ahead
+    /// chunks it overlaps turn stale (see `runtime::readahead`).
+    fn invalidate_read_ahead(&mut self, slot: usize) {
+        if self.readahead.chunks() == 0 {
+            return;
+        }
+        let Some(lun) = self.lun_of(slot) else { return };
+        let Some(op) = self.ops[slot].as_ref() else {
+            return;
+        };
+        match &op.outcome {
+            Outcome::Write { offset, len, .. }
+            | Outcome::WriteVerify { offset, len, .. }
+            | Outcome::WriteSame { offset, len, .. } => {
+                let (offset, len) = (*offset, *len);
+                self.readahead.invalidate(lun, offset, len);
+            }
+            Outcome::Unmap { ranges } => {
+                let ranges = ranges.clone();
+                for (offset, len) in ranges {
+                    self.readahead.invalidate(lun, offset, len);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// A group sync round this op waited for is done (`failed`: an `fdatasync` failed).
@@ -696,6 +847,7 @@ impl Shard {
 
     /// Reports the op's result to the SCSI layer and the connection.
     fn finish_op(&mut self, slot: usize) {
+        self.invalidate_read_ahead(slot);
         let Some(op) = self.ops[slot].take() else {
             return;
         };

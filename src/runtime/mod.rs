@@ -4,6 +4,7 @@
 pub mod buf;
 pub mod io;
 pub mod login;
+mod readahead;
 pub mod server;
 pub mod shard;
 mod sync;

@@ -107,6 +107,7 @@ fn start_shards(
         ..ConnConfig::default()
     };
     let busy_poll = cfg.busy_poll;
+    let read_ahead = cfg.read_ahead;
     let stats_config = crate::stats::StatsConfig {
         latency: cfg.latency_stats,
         slow_command: cfg.slow_command,
@@ -142,7 +143,7 @@ fn start_shards(
                 );
                 match shard {
                     Ok(shard) => {
-                        let shard = shard.with_busy_poll(busy_poll);
+                        let shard = shard.with_busy_poll(busy_poll).with_read_ahead(read_ahead);
                         if let Err(e) = shard.run() {
                             eprintln!("shoal: shard {id} stopped: {e}");
                         }

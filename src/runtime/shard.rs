@@ -15,6 +15,7 @@
 //! remove LUN, snapshot, grow, checkpoint cut, space-usage walk).
 
 use super::buf::BufPool;
+use super::readahead::ReadAhead;
 use super::sync::GroupSync;
 use super::text::SessionDirectory;
 use super::tx::Tx;
@@ -47,6 +48,7 @@ const KIND_SEND: u64 = 2;
 pub(super) const KIND_IO: u64 = 3;
 const KIND_WAKE: u64 = 4;
 pub(super) const KIND_SYNC: u64 = 5;
+pub(super) const KIND_READAHEAD: u64 = 6;
 const TICK: Duration = Duration::from_millis(100);
 const RX_CAPACITY: usize = 512 * 1024;
 
@@ -307,6 +309,8 @@ pub struct Shard {
     pub(super) sqes: Vec<super::io::Transfer>,
     /// Completions of transfers done inline (memory-backed volumes), handled next round.
     pub(super) inline_done: Vec<(u64, i32)>,
+    /// Sequential read-ahead of the shard's LUNs.
+    pub(super) readahead: ReadAhead,
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
     pub(super) pending_snapshots: Vec<PendingSnapshot>,
@@ -364,6 +368,7 @@ impl Shard {
             cqes: Vec::with_capacity(1024),
             sqes: Vec::with_capacity(64),
             inline_done: Vec::with_capacity(64),
+            readahead: ReadAhead::new(0),
             portals,
             registry,
             pending_snapshots: Vec::new(),
@@ -383,6 +388,13 @@ impl Shard {
     /// Polls the ring for `window` after the last completion before sleeping (zero: off).
     pub fn with_busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// Reads up to `window` bytes ahead of each sequential reader (zero: off); see
+    /// `runtime::readahead`.
+    pub fn with_read_ahead(mut self, window: u64) -> Self {
+        self.readahead = ReadAhead::new(window);
         self
     }
 
@@ -459,6 +471,7 @@ impl Shard {
             KIND_SEND => self.on_send(index, res),
             KIND_IO => self.on_io(index, res),
             KIND_SYNC => self.on_sync(res),
+            KIND_READAHEAD => self.on_readahead(index, res),
             KIND_WAKE => {
                 self.drain_inbox();
                 if !self.stopping {
@@ -562,6 +575,7 @@ impl Shard {
                     seconds,
                     since_reset,
                     classes,
+                    read_ahead: l.stats.read_ahead,
                 }
             })
             .collect()

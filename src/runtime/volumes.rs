@@ -124,7 +124,10 @@ impl Shard {
     pub(super) fn add_lun(&mut self, slot: LunSlot) {
         // Reuse the slot of a removed LUN (indexes are stable while connections use them).
         match self.luns.iter().position(|l| l.target.is_empty()) {
-            Some(i) => self.luns[i] = slot,
+            Some(i) => {
+                self.readahead.forget_lun(i);
+                self.luns[i] = slot;
+            }
             None => self.luns.push(slot),
         }
     }
@@ -171,6 +174,7 @@ impl Shard {
                 .as_thin()
                 .map(|t| (t.take_map(), t.reserved_left()));
             slot.target.clear();
+            self.readahead.forget_lun(lun);
             let _ = p.reply.send(Ok(map));
         }
     }

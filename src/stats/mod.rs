@@ -443,6 +443,19 @@ pub struct LunStats {
     pub other: OpStats,
     /// When the since-reset figures started.
     pub reset_at: Instant,
+    /// Sequential read-ahead since the volume was served.
+    pub read_ahead: ReadAheadCounters,
+}
+
+/// What read-ahead did for one LUN (lifetime counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadAheadCounters {
+    /// Chunks read ahead.
+    pub chunks: u64,
+    /// Bytes read ahead.
+    pub bytes: u64,
+    /// READ commands served from a chunk (ready, or waited for) instead of their own read.
+    pub hits: u64,
 }
 
 impl Default for LunStats {
@@ -452,6 +465,7 @@ impl Default for LunStats {
             write: OpStats::default(),
             other: OpStats::default(),
             reset_at: Instant::now(),
+            read_ahead: ReadAheadCounters::default(),
         }
     }
 }
@@ -472,6 +486,8 @@ pub struct LunSnapshot {
     pub since_reset: f64,
     /// Read, write and other, in [`CLASSES`] order.
     pub classes: [ClassSnapshot; 3],
+    /// Read-ahead counters (lifetime).
+    pub read_ahead: ReadAheadCounters,
 }
 
 impl LunSnapshot {
