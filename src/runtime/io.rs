@@ -520,7 +520,13 @@ impl Shard {
                     self.readahead.invalidate(lun, offset, len);
                 }
             }
-            _ => {}
+            // No data changes (listed one by one: a new command that changes data must be
+            // added above, or read-ahead could serve what it overwrote).
+            Outcome::Done(_)
+            | Outcome::Read { .. }
+            | Outcome::Verify { .. }
+            | Outcome::Flush
+            | Outcome::GetLbaStatus { .. } => {}
         }
     }
 
