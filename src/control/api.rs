@@ -253,7 +253,7 @@ pub struct PhaseSums {
 }
 
 /// Figures that never reset while the volume is served (what Prometheus counters report).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LifetimeStats {
     /// Commands completed.
     pub ops: u64,
@@ -265,6 +265,31 @@ pub struct LifetimeStats {
     pub latency_ns_sum: u64,
     /// Sum of their phases, ns.
     pub phase_ns_sum: PhaseSums,
+    /// Their count by total latency: one count per bound of `latency_bucket_bounds_ns` (above
+    /// the previous bound, at most this one), then one for those above every bound.
+    #[serde(default)]
+    pub latency_buckets: [u64; crate::stats::LATENCY_BUCKETS_NS.len() + 1],
+    /// The bucket bounds, ns.
+    #[serde(default = "latency_bucket_bounds")]
+    pub latency_bucket_bounds_ns: [u64; crate::stats::LATENCY_BUCKETS_NS.len()],
+}
+
+fn latency_bucket_bounds() -> [u64; crate::stats::LATENCY_BUCKETS_NS.len()] {
+    crate::stats::LATENCY_BUCKETS_NS
+}
+
+impl Default for LifetimeStats {
+    fn default() -> Self {
+        LifetimeStats {
+            ops: 0,
+            bytes: 0,
+            timed: 0,
+            latency_ns_sum: 0,
+            phase_ns_sum: PhaseSums::default(),
+            latency_buckets: Default::default(),
+            latency_bucket_bounds_ns: latency_bucket_bounds(),
+        }
+    }
 }
 
 /// One op class of one LUN over the window.

@@ -62,6 +62,8 @@ fn class_stats(c: &ClassSnapshot, seconds: f64) -> ClassStats {
                 backend: l.phase_ns_sum[2],
                 send: l.phase_ns_sum[3],
             },
+            latency_buckets: l.latency_buckets,
+            latency_bucket_bounds_ns: crate::stats::LATENCY_BUCKETS_NS,
         },
     }
 }
@@ -243,6 +245,40 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
     );
     for (labels, r) in &luns {
         let _ = writeln!(out, "shoal_read_ahead_hits_total{{{labels}}} {}", r.hits);
+    }
+    header(
+        &mut out,
+        "shoal_command_duration_seconds",
+        "histogram",
+        "Command latency, SCSI Command PDU received to response sent, since the volume was \
+         served (the same as shoal_command_latency_seconds, as a histogram that aggregates).",
+    );
+    for (labels, c) in &rows {
+        let l = &c.lifetime;
+        let mut cumulative = 0u64;
+        for (bound, count) in l.latency_bucket_bounds_ns.iter().zip(&l.latency_buckets) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "shoal_command_duration_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                seconds(*bound)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "shoal_command_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+            l.timed
+        );
+        let _ = writeln!(
+            out,
+            "shoal_command_duration_seconds_sum{{{labels}}} {}",
+            seconds(l.latency_ns_sum)
+        );
+        let _ = writeln!(
+            out,
+            "shoal_command_duration_seconds_count{{{labels}}} {}",
+            l.timed
+        );
     }
     header(
         &mut out,
@@ -429,6 +465,17 @@ mod tests {
     /// Checks the text format line by line: comments, then `name{labels} value` samples whose
     /// names match the last TYPE line's family, every label value quoted and escaped.
     #[test]
+    fn latency_buckets_take_their_upper_bound() {
+        use crate::stats::{LATENCY_BUCKETS_NS, latency_bucket};
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(10_000), 0);
+        assert_eq!(latency_bucket(10_001), 1);
+        assert_eq!(latency_bucket(10_000_000_000), LATENCY_BUCKETS_NS.len() - 1);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS_NS.len());
+        assert!(LATENCY_BUCKETS_NS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
     fn prometheus_text_format() {
         let report = StatsReport {
             window_seconds: Some(60),
@@ -443,7 +490,10 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, k) = rest.split_once(' ').unwrap();
-                assert!(["counter", "gauge", "summary"].contains(&k), "{line}");
+                assert!(
+                    ["counter", "gauge", "summary", "histogram"].contains(&k),
+                    "{line}"
+                );
                 assert!(
                     !types.contains(&name.to_string()),
                     "family declared twice: {name}"
@@ -474,6 +524,12 @@ mod tests {
                     format!("{family}_count"),
                 ]
                 .contains(&name.to_string()),
+                "histogram" => [
+                    format!("{family}_bucket"),
+                    format!("{family}_sum"),
+                    format!("{family}_count"),
+                ]
+                .contains(&name.to_string()),
                 _ => name == family,
             };
             assert!(ok, "sample {name} outside its family {family}");
@@ -493,6 +549,7 @@ mod tests {
                 "shoal_bytes_total",
                 "shoal_read_ahead_bytes_total",
                 "shoal_read_ahead_hits_total",
+                "shoal_command_duration_seconds",
                 "shoal_command_latency_seconds",
                 "shoal_command_phase_seconds",
                 "shoal_pool_size_bytes",
@@ -513,6 +570,25 @@ mod tests {
         assert!(text.contains(&format!("shoal_read_ahead_hits_total{{{lun_labels}}} 2\n")));
         assert!(text.contains(&format!(
             "shoal_command_latency_seconds_count{{{labels}}} 4\n"
+        )));
+        // Totals of 110, 210, 310 and 410 us: cumulative buckets.
+        for (le, n) in [
+            ("0.0001", 0),
+            ("0.00015", 1),
+            ("0.00025", 2),
+            ("0.0005", 4),
+            ("10", 4),
+            ("+Inf", 4),
+        ] {
+            let line =
+                format!("shoal_command_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert!(text.contains(&format!(
+            "shoal_command_duration_seconds_count{{{labels}}} 4\n"
+        )));
+        assert!(text.contains(&format!(
+            "shoal_command_duration_seconds_sum{{{labels}}} 0.00104\n"
         )));
         assert!(text.contains(&format!(
             "shoal_command_phase_seconds_sum{{{labels},phase=\"backend\"}} 0.001\n"

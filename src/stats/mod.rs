@@ -246,6 +246,10 @@ impl HistSet<u64> {
 /// Prometheus counters and summaries report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lifetime {
+    /// Timed commands by total latency: `latency_buckets[i]` counts those at most
+    /// [`LATENCY_BUCKETS_NS`]`[i]` and above the bound before; the last one, those above every
+    /// bound (Prometheus's histogram, made cumulative at export).
+    pub latency_buckets: [u64; LATENCY_BUCKETS_NS.len() + 1],
     /// Commands completed.
     pub ops: u64,
     /// Bytes moved (Data-In + Data-Out).
@@ -256,6 +260,38 @@ pub struct Lifetime {
     pub phase_ns_sum: [u64; 4],
     /// Commands whose latency was measured (all of them while latency statistics are on).
     pub timed: u64,
+}
+
+/// Upper bounds (ns) of the lifetime latency buckets: 10 µs to 10 s, 1-2.5-5 steps (finer
+/// below 1 ms, where storage latencies live).
+pub const LATENCY_BUCKETS_NS: [u64; 22] = [
+    10_000,
+    25_000,
+    50_000,
+    75_000,
+    100_000,
+    150_000,
+    250_000,
+    500_000,
+    750_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The lifetime bucket of a total latency of `ns`.
+pub fn latency_bucket(ns: u64) -> usize {
+    LATENCY_BUCKETS_NS.partition_point(|&bound| bound < ns)
 }
 
 /// One second of a window ring.
@@ -357,6 +393,7 @@ impl OpStats {
         let Some(t) = times else { return };
         l.timed += 1;
         l.latency_ns_sum = l.latency_ns_sum.saturating_add(t.total());
+        l.latency_buckets[latency_bucket(t.total())] += 1;
         for (sum, p) in l.phase_ns_sum.iter_mut().zip(Phase::ALL) {
             *sum = sum.saturating_add(t.get(p));
         }
