@@ -38,7 +38,6 @@ pub const MAX_REQUEST: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 struct Stream {
-    lun: usize,
     id: u64,
     /// Where the next read of the stream starts.
     next: u64,
@@ -100,7 +99,8 @@ pub enum Lookup {
 pub struct ReadAhead {
     /// Bytes to keep read ahead of a stream (0: read-ahead off).
     window: u64,
-    streams: Vec<Stream>,
+    /// Streams by LUN index (a READ looks only at its own LUN's few).
+    streams: Vec<SmallVec<[Stream; STREAMS_PER_LUN]>>,
     chunks: Vec<Option<Chunk>>,
     free: Vec<usize>,
     live: usize,
@@ -173,25 +173,21 @@ impl ReadAhead {
         }
         self.clock += 1;
         let clock = self.clock;
-        let i = match self
-            .streams
+        if self.streams.len() <= lun {
+            self.streams.resize_with(lun + 1, SmallVec::new);
+        }
+        let found = self.streams[lun]
             .iter()
-            .position(|s| s.lun == lun && s.next == offset && s.len == len)
-        {
-            Some(i) => {
-                let s = &mut self.streams[i];
-                s.run += 1;
-                s.next = offset + len;
-                s.last_use = clock;
-                s.ahead = s.ahead.max(s.next);
-                i
-            }
-            None => {
-                self.start_stream(lun, offset, len);
-                return out;
-            }
+            .position(|s| s.next == offset && s.len == len);
+        let Some(i) = found else {
+            self.start_stream(lun, offset, len);
+            return out;
         };
-        let s = &self.streams[i];
+        let s = &mut self.streams[lun][i];
+        s.run += 1;
+        s.next = offset + len;
+        s.last_use = clock;
+        s.ahead = s.ahead.max(s.next);
         if s.run < MIN_RUN {
             return out;
         }
@@ -217,7 +213,7 @@ impl ReadAhead {
             out.push((slot, ahead, len));
             ahead += len;
         }
-        self.streams[i].ahead = ahead;
+        self.streams[lun][i].ahead = ahead;
         out
     }
 
@@ -239,7 +235,9 @@ impl ReadAhead {
 
     /// The LUN at `lun` was removed, resized or replaced: forget its streams and chunks.
     pub fn forget_lun(&mut self, lun: usize) {
-        self.streams.retain(|s| s.lun != lun);
+        if let Some(streams) = self.streams.get_mut(lun) {
+            streams.clear();
+        }
         self.invalidate(lun, 0, u64::MAX / 2);
     }
 
@@ -285,10 +283,10 @@ impl ReadAhead {
         if !short(self) {
             return;
         }
-        let last_use = |id: u64| {
+        let last_use = |lun: usize, id: u64| {
             self.streams
-                .iter()
-                .find(|s| s.id == id)
+                .get(lun)
+                .and_then(|streams| streams.iter().find(|s| s.id == id))
                 .map_or(0, |s| s.last_use)
         };
         let mut victims: Vec<(u64, usize)> = self
@@ -298,7 +296,7 @@ impl ReadAhead {
             .filter_map(|(slot, c)| {
                 let c = c.as_ref()?;
                 (c.stream != keep && c.ready() && c.waiters.is_empty())
-                    .then(|| (last_use(c.stream), slot))
+                    .then(|| (last_use(c.lun, c.stream), slot))
             })
             .collect();
         victims.sort_unstable();
@@ -328,7 +326,6 @@ impl ReadAhead {
     fn start_stream(&mut self, lun: usize, offset: u64, len: u64) {
         self.next_stream += 1;
         let stream = Stream {
-            lun,
             id: self.next_stream,
             next: offset + len,
             len,
@@ -336,22 +333,23 @@ impl ReadAhead {
             ahead: offset + len,
             last_use: self.clock,
         };
-        let mine: Vec<usize> = (0..self.streams.len())
-            .filter(|&i| self.streams[i].lun == lun)
-            .collect();
+        let mine = &mut self.streams[lun];
         if mine.len() < STREAMS_PER_LUN {
-            self.streams.push(stream);
+            mine.push(stream);
             return;
         }
-        let Some(&oldest) = mine.iter().min_by_key(|&&i| self.streams[i].last_use) else {
+        let Some(oldest) = (0..mine.len()).min_by_key(|&i| mine[i].last_use) else {
             return;
         };
-        let old = std::mem::replace(&mut self.streams[oldest], stream);
+        let old = std::mem::replace(&mut mine[oldest], stream);
         self.drop_stream_chunks(old.id);
     }
 
     /// A replaced stream's chunks: the ready ones go; those in flight go when they complete.
     fn drop_stream_chunks(&mut self, id: u64) {
+        if self.live == 0 {
+            return;
+        }
         for slot in 0..self.chunks.len() {
             if let Some(c) = self.chunks[slot].as_mut() {
                 if c.stream == id && c.waiters.is_empty() {
@@ -525,7 +523,7 @@ mod tests {
         );
         ra.forget_lun(0);
         assert!(matches!(ra.lookup(0, 3 * K128, K128), Lookup::Miss));
-        assert!(ra.streams.is_empty());
+        assert!(ra.streams[0].is_empty());
     }
 
     #[test]
