@@ -49,6 +49,20 @@ pub(super) enum Transfer {
 }
 
 impl Transfer {
+    /// The same transfer through descriptor `new`.
+    fn through(mut self, new: RawFd) -> Self {
+        match &mut self {
+            Transfer::Read { fd, .. } | Transfer::Write { fd, .. } => *fd = new,
+        }
+        self
+    }
+
+    fn fd(&self) -> RawFd {
+        match *self {
+            Transfer::Read { fd, .. } | Transfer::Write { fd, .. } => fd,
+        }
+    }
+
     /// The ring's SQE for it (user data still to be set).
     fn sqe(self) -> Entry {
         match self {
@@ -327,6 +341,7 @@ impl Shard {
     /// memory-backed volume) with their results queued for the next round.
     fn start_transfers(&mut self, transfers: &mut Vec<Transfer>, ud: u64, inline: bool) {
         for t in transfers.drain(..) {
+            let t = t.through(self.own_files.get(t.fd()));
             if inline {
                 let res = t.run_inline();
                 self.inline_done.push((ud, res));

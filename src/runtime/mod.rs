@@ -2,6 +2,7 @@
 //! the listener and the login threads.
 
 pub mod buf;
+mod files;
 pub mod io;
 pub mod login;
 mod readahead;

@@ -15,6 +15,7 @@
 //! remove LUN, snapshot, grow, checkpoint cut, space-usage walk).
 
 use super::buf::BufPool;
+use super::files::OwnFiles;
 use super::readahead::ReadAhead;
 use super::sync::GroupSync;
 use super::text::SessionDirectory;
@@ -311,6 +312,8 @@ pub struct Shard {
     pub(super) inline_done: Vec<(u64, i32)>,
     /// Sequential read-ahead of the shard's LUNs.
     pub(super) readahead: ReadAhead,
+    /// This shard's own descriptions of the volumes' data files (see `runtime::files`).
+    pub(super) own_files: OwnFiles,
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
     pub(super) pending_snapshots: Vec<PendingSnapshot>,
@@ -369,6 +372,7 @@ impl Shard {
             sqes: Vec::with_capacity(64),
             inline_done: Vec::with_capacity(64),
             readahead: ReadAhead::new(0),
+            own_files: OwnFiles::default(),
             portals,
             registry,
             pending_snapshots: Vec::new(),

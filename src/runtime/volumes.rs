@@ -123,6 +123,7 @@ impl Shard {
 
     pub(super) fn add_lun(&mut self, slot: LunSlot) {
         // Reuse the slot of a removed LUN (indexes are stable while connections use them).
+        self.own_files.clear();
         match self.luns.iter().position(|l| l.target.is_empty()) {
             Some(i) => {
                 self.readahead.forget_lun(i);
@@ -175,6 +176,7 @@ impl Shard {
                 .map(|t| (t.take_map(), t.reserved_left()));
             slot.target.clear();
             self.readahead.forget_lun(lun);
+            self.own_files.clear();
             let _ = p.reply.send(Ok(map));
         }
     }
