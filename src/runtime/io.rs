@@ -4,7 +4,11 @@
 //! Read / Verify:      Read ─────────────────────────────────────────────▶ done (compare)
 //! Write:              plan ─▶ CopyOld? ─▶ WriteData ─▶ commit ─▶ SyncMeta? ─▶ VerifyRead? ─▶ done
 //! Flush:              Flush (group sync: fdatasync data store + journals) ────────────────▶ done
+//! Compare and write:  [range free] ─▶ Read ─▶ compare ─▶ (equal) plan ─▶ … as Write ─▶ done
 //! ```
+//! COMPARE AND WRITE is atomic with respect to every other write of its LUN: it starts only when
+//! no write overlapping its range is in flight, and until it ends, writes overlapping its range
+//! wait (`range_waiters`) — they are retried whenever an op finishes.
 //! A write whose plan hits a logical extent being copied by another write is parked and
 //! re-planned when that copy commits (writes to one extent are serialised while it is remapped).
 //!
@@ -180,6 +184,9 @@ pub(super) struct IoOp {
     no_space: bool,
     /// Already waited once for released extents to be published.
     waited_for_space: bool,
+    /// Waiting in `range_waiters` for an overlapping COMPARE AND WRITE (or, for one, for the
+    /// writes it overlaps) to end: not started.
+    waiting_for_range: bool,
     /// When the shard executed the command (latency statistics on).
     submitted: Option<Instant>,
 }
@@ -196,8 +203,28 @@ impl IoOp {
         !write_cache
             || matches!(
                 self.outcome,
-                Outcome::Write { fua: true, .. } | Outcome::WriteVerify { .. }
+                Outcome::Write { fua: true, .. }
+                    | Outcome::WriteVerify { .. }
+                    | Outcome::CompareAndWrite { fua: true, .. }
             )
+    }
+
+    /// The byte ranges a data-changing command writes (empty for the others).
+    fn written_ranges(&self) -> SmallVec<[(u64, u64); 2]> {
+        match &self.outcome {
+            Outcome::Write { offset, len, .. }
+            | Outcome::WriteVerify { offset, len, .. }
+            | Outcome::WriteSame { offset, len, .. }
+            | Outcome::CompareAndWrite { offset, len, .. } => {
+                SmallVec::from_slice(&[(*offset, *len)])
+            }
+            Outcome::Unmap { ranges } => ranges.iter().copied().collect(),
+            Outcome::Done(_)
+            | Outcome::Read { .. }
+            | Outcome::Verify { .. }
+            | Outcome::Flush
+            | Outcome::GetLbaStatus { .. } => SmallVec::new(),
+        }
     }
 }
 
@@ -218,11 +245,12 @@ impl Shard {
             }
         };
         let phase = match outcome {
-            Outcome::Read { .. } | Outcome::Verify { .. } => Phase::Read,
+            Outcome::Read { .. } | Outcome::Verify { .. } | Outcome::CompareAndWrite { .. } => {
+                Phase::Read
+            }
             Outcome::Flush => Phase::Flush,
             _ => Phase::WriteData,
         };
-        let write_same = matches!(outcome, Outcome::WriteSame { .. } | Outcome::Unmap { .. });
         self.ops[slot] = Some(IoOp {
             conn: index,
             task: id,
@@ -237,10 +265,38 @@ impl Shard {
             error: false,
             no_space: false,
             waited_for_space: false,
+            waiting_for_range: false,
             submitted,
         });
         if let Some(sc) = self.conn_mut(index) {
             sc.io_in_flight += 1;
+        }
+        self.dispatch(slot);
+    }
+
+    /// Starts op `slot`'s first phase, or parks it in `range_waiters` while a COMPARE AND
+    /// WRITE holds a range it writes (or, for a COMPARE AND WRITE, while writes it overlaps run).
+    fn dispatch(&mut self, slot: usize) {
+        if self.must_wait_for_range(slot) {
+            if let Some(op) = self.ops[slot].as_mut() {
+                op.waiting_for_range = true;
+            }
+            self.range_waiters.push(slot);
+            return;
+        }
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        op.waiting_for_range = false;
+        let phase = op.phase;
+        let write_same = matches!(
+            op.outcome,
+            Outcome::WriteSame { .. } | Outcome::Unmap { .. }
+        );
+        let compare_and_write = matches!(op.outcome, Outcome::CompareAndWrite { .. });
+        if compare_and_write {
+            self.caw_active += 1;
+            self.invalidate_read_ahead(slot);
         }
         match phase {
             Phase::Read => self.submit_read(slot),
@@ -359,7 +415,8 @@ impl Shard {
         let (offset, len) = match op.outcome {
             Outcome::Read { offset, len, .. }
             | Outcome::Verify { offset, len, .. }
-            | Outcome::WriteVerify { offset, len, .. } => (offset, len),
+            | Outcome::WriteVerify { offset, len, .. }
+            | Outcome::CompareAndWrite { offset, len, .. } => (offset, len),
             _ => return,
         };
         // READ commands (not the reads of VERIFY) use and drive the read-ahead.
@@ -512,8 +569,8 @@ impl Shard {
         }
     }
 
-    /// A write-type command (write, UNMAP, WRITE SAME) of op `slot` starts or ends: read-ahead
-    /// chunks it overlaps turn stale (see `runtime::readahead`).
+    /// A data-changing command (write, UNMAP, WRITE SAME, COMPARE AND WRITE) of op `slot` starts
+    /// or ends: read-ahead chunks it overlaps turn stale (see `runtime::readahead`).
     fn invalidate_read_ahead(&mut self, slot: usize) {
         if self.readahead.chunks() == 0 {
             return;
@@ -522,26 +579,80 @@ impl Shard {
         let Some(op) = self.ops[slot].as_ref() else {
             return;
         };
-        match &op.outcome {
-            Outcome::Write { offset, len, .. }
-            | Outcome::WriteVerify { offset, len, .. }
-            | Outcome::WriteSame { offset, len, .. } => {
-                let (offset, len) = (*offset, *len);
-                self.readahead.invalidate(lun, offset, len);
-            }
-            Outcome::Unmap { ranges } => {
-                let ranges = ranges.clone();
-                for (offset, len) in ranges {
-                    self.readahead.invalidate(lun, offset, len);
-                }
-            }
-            // No data changes (listed one by one: a new command that changes data must be
-            // added above, or read-ahead could serve what it overwrote).
-            Outcome::Done(_)
-            | Outcome::Read { .. }
-            | Outcome::Verify { .. }
-            | Outcome::Flush
-            | Outcome::GetLbaStatus { .. } => {}
+        for (offset, len) in op.written_ranges() {
+            self.readahead.invalidate(lun, offset, len);
+        }
+    }
+
+    /// Whether op `slot` must wait: a write overlapping a COMPARE AND WRITE in progress, or a
+    /// COMPARE AND WRITE overlapping a write in flight (on the same LUN).
+    fn must_wait_for_range(&self, slot: usize) -> bool {
+        let Some(op) = self.ops[slot].as_ref() else {
+            return false;
+        };
+        let caw = matches!(op.outcome, Outcome::CompareAndWrite { .. });
+        if !caw && self.caw_active == 0 {
+            return false;
+        }
+        let mine = op.written_ranges();
+        if mine.is_empty() {
+            return false;
+        }
+        let lun = self.lun_of(slot);
+        self.ops.iter().enumerate().any(|(other, o)| {
+            let Some(o) = o.as_ref() else { return false };
+            let relevant = other != slot
+                && !o.waiting_for_range
+                && (caw || matches!(o.outcome, Outcome::CompareAndWrite { .. }))
+                && self.lun_of(other) == lun;
+            relevant
+                && o.written_ranges()
+                    .iter()
+                    .any(|&(b, bl)| mine.iter().any(|&(a, al)| a < b + bl && b < a + al))
+        })
+    }
+
+    /// COMPARE AND WRITE read its range: on a match, writes the second half of the Data-Out
+    /// there (as a WRITE would); on a difference, ends with MISCOMPARE (see `io_result`).
+    fn compare_then_write(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].as_ref() else {
+            return;
+        };
+        let Outcome::CompareAndWrite { len, .. } = op.outcome else {
+            return;
+        };
+        let len = len as usize;
+        let Some(task) = self
+            .conns
+            .get(op.conn)
+            .and_then(|c| c.as_deref())
+            .and_then(|sc| sc.conn.task(op.task))
+        else {
+            return self.finish_op(slot);
+        };
+        let data = task.data_out();
+        let equal =
+            data.len() >= 2 * len && op.buf.as_deref().is_some_and(|b| b[..] == data[..len]);
+        if !equal {
+            return self.finish_op(slot);
+        }
+        let mut source = self.pool.take(len);
+        source.copy_from_slice(&data[len..2 * len]);
+        if let Some(op) = self.ops[slot].as_mut() {
+            op.source = Some(source);
+            op.phase = Phase::WriteData;
+        }
+        self.plan_write(slot);
+    }
+
+    /// Ops that waited for a range get another try (an op just ended).
+    fn retry_range_waiters(&mut self) {
+        if self.range_waiters.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.range_waiters);
+        for slot in waiting {
+            self.dispatch(slot);
         }
     }
 
@@ -560,7 +671,9 @@ impl Shard {
             return;
         };
         let ranges: SmallVec<[(u64, u64); 2]> = match op.outcome {
-            Outcome::Write { offset, len, .. } | Outcome::WriteVerify { offset, len, .. } => {
+            Outcome::Write { offset, len, .. }
+            | Outcome::WriteVerify { offset, len, .. }
+            | Outcome::CompareAndWrite { offset, len, .. } => {
                 SmallVec::from_slice(&[(offset, len)])
             }
             Outcome::WriteSame { .. } | Outcome::Unmap { .. } => op.ranges.clone(),
@@ -761,7 +874,9 @@ impl Shard {
                 let op = op.as_ref()?;
                 let writes = matches!(
                     op.outcome,
-                    Outcome::Write { .. } | Outcome::WriteVerify { .. }
+                    Outcome::Write { .. }
+                        | Outcome::WriteVerify { .. }
+                        | Outcome::CompareAndWrite { .. }
                 );
                 let on_lun = self
                     .conns
@@ -792,7 +907,9 @@ impl Shard {
             return;
         };
         let (phase, error) = (op.phase, op.error);
+        let compare_and_write = matches!(op.outcome, Outcome::CompareAndWrite { .. });
         match phase {
+            Phase::Read if compare_and_write && !error => self.compare_then_write(slot),
             Phase::CopyOld if !error => {
                 op.phase = Phase::WriteData;
                 self.submit_write_data(slot);
@@ -873,6 +990,10 @@ impl Shard {
             return;
         };
         self.free_ops.push(slot);
+        if matches!(op.outcome, Outcome::CompareAndWrite { .. }) && !op.waiting_for_range {
+            self.caw_active -= 1;
+        }
+        self.retry_range_waiters();
         // A snapshot waiting for the writes in flight when it was taken may answer now.
         self.finish_snapshots(Some(slot));
         let index = op.conn;
@@ -911,6 +1032,7 @@ impl Shard {
                     .map_or(0, |t| scsi::cdb::data_out_length(&t.cmd.cdb, block_size));
                 (OpClass::Write, len, wanted)
             }
+            Outcome::CompareAndWrite { len, .. } => (OpClass::Other, 2 * len, 2 * len),
             _ => (OpClass::Other, 0, 0),
         };
         let extent = match op.outcome {
@@ -966,6 +1088,7 @@ fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
     let compare = match op.outcome {
         Outcome::Verify { compare, .. } => compare,
         Outcome::WriteVerify { verify, .. } => verify,
+        Outcome::CompareAndWrite { .. } => true,
         _ => false,
     };
     if compare {

@@ -310,6 +310,11 @@ pub struct Shard {
     pub(super) sqes: Vec<super::io::Transfer>,
     /// Completions of transfers done inline (memory-backed volumes), handled next round.
     pub(super) inline_done: Vec<(u64, i32)>,
+    /// Ops waiting for a COMPARE AND WRITE's range (or one waiting for writes), retried when
+    /// an op ends (see `runtime::io`).
+    pub(super) range_waiters: Vec<usize>,
+    /// COMPARE AND WRITE ops started and not ended.
+    pub(super) caw_active: usize,
     /// Sequential read-ahead of the shard's LUNs.
     pub(super) readahead: ReadAhead,
     /// This shard's own descriptions of the volumes' data files (see `runtime::files`).
@@ -371,6 +376,8 @@ impl Shard {
             cqes: Vec::with_capacity(1024),
             sqes: Vec::with_capacity(64),
             inline_done: Vec::with_capacity(64),
+            range_waiters: Vec::new(),
+            caw_active: 0,
             readahead: ReadAhead::new(0),
             own_files: OwnFiles::default(),
             portals,

@@ -17,7 +17,7 @@
 //!   that it matches [`parse`] exactly.
 //! - [`data_out_length`] and [`op_class`], which the iSCSI layer uses before executing.
 //!
-//! Anything not listed (COMPARE AND WRITE, EXTENDED COPY, PERSISTENT RESERVE, RESERVE/RELEASE,
+//! Anything not listed (EXTENDED COPY, PERSISTENT RESERVE, RESERVE/RELEASE,
 //! WRITE SAME (32)...) is answered with INVALID COMMAND OPERATION CODE. The logical block
 //! provisioning commands UNMAP and GET LBA STATUS are listed (the table is static) but are
 //! [`CommandInfo::thin_only`]: a fully provisioned LU answers them with INVALID COMMAND
@@ -82,6 +82,8 @@ pub mod opcode {
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     /// WRITE SAME (16) (SBC-3 5.46).
     pub const WRITE_SAME_16: u8 = 0x93;
+    /// COMPARE AND WRITE (SBC-3 5.2).
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
     /// SERVICE ACTION IN (16) (SPC-4 annex E).
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     /// REPORT LUNS (SPC-4 6.33).
@@ -130,6 +132,7 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         PRE_FETCH_16 => "PRE-FETCH(16)",
         SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE CACHE(16)",
         WRITE_SAME_16 => "WRITE SAME(16)",
+        COMPARE_AND_WRITE => "COMPARE AND WRITE",
         SERVICE_ACTION_IN_16 => "SERVICE ACTION IN(16)",
         REPORT_LUNS => "REPORT LUNS",
         MAINTENANCE_IN => "MAINTENANCE IN",
@@ -337,6 +340,10 @@ pub enum Command {
     },
     /// WRITE SAME (10) / (16) (SBC-3 5.45, 5.46).
     WriteSame(WriteSame),
+    /// COMPARE AND WRITE (SBC-3 5.2); WRPROTECT already checked to be zero. `blocks` is the
+    /// NUMBER OF LOGICAL BLOCKS (0..=255); the Data-Out holds twice that: the verify data, then
+    /// the write data.
+    CompareAndWrite(BlockIo),
     /// GET LBA STATUS (SBC-3 5.9).
     GetLbaStatus {
         /// STARTING LOGICAL BLOCK ADDRESS.
@@ -445,6 +452,13 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
         &[0x5A, 0x18, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
     ),
     cmd(opcode::READ_16, &READ_16_USAGE),
+    cmd(
+        opcode::COMPARE_AND_WRITE,
+        &[
+            0x89, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF,
+            0x00, 0x04,
+        ],
+    ),
     cmd(opcode::WRITE_16, &WRITE_16_USAGE),
     cmd(opcode::WRITE_AND_VERIFY_16, &WRITE_AND_VERIFY_16_USAGE),
     cmd(opcode::VERIFY_16, &VERIFY_16_USAGE),
@@ -662,6 +676,7 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         }),
         UNMAP => parse_unmap(cdb),
         WRITE_SAME_10 | WRITE_SAME_16 => parse_write_same(cdb),
+        COMPARE_AND_WRITE => parse_compare_and_write(cdb),
         REPORT_LUNS => parse_report_luns(cdb),
         MAINTENANCE_IN => parse_rsoc(cdb),
         _ => Err(Sense::invalid_opcode()),
@@ -862,6 +877,20 @@ fn parse_write_same(cdb: &[u8]) -> Result<Command, Sense> {
     }))
 }
 
+/// COMPARE AND WRITE (SBC-3 5.2): WRPROTECT zero (no protection information); LBA in bytes
+/// 2-9, NUMBER OF LOGICAL BLOCKS in byte 13.
+fn parse_compare_and_write(cdb: &[u8]) -> Result<Command, Sense> {
+    check_protect(cdb)?;
+    let b1 = byte(cdb, 1);
+    Ok(Command::CompareAndWrite(BlockIo {
+        lba: be(cdb, 2, 8),
+        blocks: u32::from(byte(cdb, 13)),
+        dpo: b1 & 0x10 != 0,
+        fua: b1 & 0x08 != 0,
+        length_field: 13,
+    }))
+}
+
 /// REPORT LUNS (SPC-4 6.33): SELECT REPORT 0, 1 or 2 and an ALLOCATION LENGTH of at least 16.
 fn parse_report_luns(cdb: &[u8]) -> Result<Command, Sense> {
     let select_report = byte(cdb, 2);
@@ -938,6 +967,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
         WRITE_SAME_10 => bs,
         WRITE_SAME_16 if byte(cdb, 1) & 0x01 != 0 => 0,
         WRITE_SAME_16 => bs,
+        COMPARE_AND_WRITE => 2 * u64::from(byte(cdb, 13)) * bs,
         _ => 0,
     }
 }
@@ -1078,7 +1108,7 @@ mod tests {
     #[test]
     fn unsupported_opcodes_rejected() {
         for op in [
-            0x89u8, 0x83, 0x5E, 0x5F, 0x16, 0x17, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
+            0x8Bu8, 0x83, 0x5E, 0x5F, 0x16, 0x17, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
         ] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
@@ -1184,6 +1214,28 @@ mod tests {
         assert_eq!(
             (m.ten, m.llbaa, m.pc, m.page_code, m.alloc_len),
             (true, true, PageControl::Changeable, 0x08, 256)
+        );
+    }
+
+    #[test]
+    fn compare_and_write_fields() {
+        let mut c = cdb(&[0x89, 0x08]);
+        c[2..10].copy_from_slice(&0x1234u64.to_be_bytes());
+        c[13] = 3;
+        let Command::CompareAndWrite(io) = parse(&c).unwrap() else {
+            panic!("{:?}", parse(&c))
+        };
+        assert_eq!(
+            (io.lba, io.blocks, io.fua, io.length_field),
+            (0x1234, 3, true, 13)
+        );
+        assert_eq!(data_out_length(&c, 512), 3 * 1024);
+        assert_eq!(op_class(&c), OpClass::Other);
+        // WRPROTECT: no protection information.
+        c[1] = 0x20;
+        assert_eq!(
+            parse(&c).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(7))
         );
     }
 

@@ -301,6 +301,9 @@ impl LogicalUnit {
             Command::SynchronizeCache { io, .. } => return sbc::synchronize_cache(info, &io),
             Command::Unmap { param_len } => return sbc::unmap(info, param_len, data_out),
             Command::WriteSame(ref ws) => return sbc::write_same(info, ws, data_out),
+            Command::CompareAndWrite(io) => {
+                return sbc::compare_and_write(info, self.mode.wce, &io, data_out);
+            }
             Command::GetLbaStatus { lba, alloc_len } => {
                 return sbc::get_lba_status(info, lba, alloc_len);
             }
@@ -723,7 +726,8 @@ mod tests {
                 0x93 => bytes[13] = 1, // WSNZ
                 _ => {}
             }
-            let data = vec![0u8; 512];
+            // COMPARE AND WRITE of zero blocks does nothing, and takes no Data-Out.
+            let data = vec![0u8; if c.opcode == 0x89 { 0 } else { 512 }];
             let out = lu.execute(A, &bytes, &data);
             if let Outcome::Done(done) = &out {
                 assert_eq!(

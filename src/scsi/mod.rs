@@ -134,6 +134,20 @@ pub enum Outcome {
         /// NDOB bit: no Data-Out, the block is all zeros.
         ndob: bool,
     },
+    /// COMPARE AND WRITE (SBC-3 §5.2), as one atomic operation with respect to every other
+    /// command of the LU: read `len` bytes at `offset` and compare them with the first `len`
+    /// bytes of the Data-Out; if equal, write the next `len` bytes of the Data-Out there (durably
+    /// before GOOD when `fua`), else report MISCOMPARE with the offset of the first differing
+    /// byte and write nothing. `len` is at most [`sbc::MAX_COMPARE_AND_WRITE_BLOCKS`] blocks; the
+    /// Data-Out was checked to hold `2 * len` bytes.
+    CompareAndWrite {
+        /// Byte offset on the volume.
+        offset: u64,
+        /// Bytes compared, and then written (> 0).
+        len: u64,
+        /// Force Unit Access (or write cache off): the write must be durable before status.
+        fua: bool,
+    },
     /// GET LBA STATUS (SBC-3 §5.9): report mapped / deallocated extents starting at `lba`; the
     /// runtime asks the storage which extents are mapped and completes the command with
     /// [`LogicalUnit::lba_status`] (or [`sbc::lba_status_descriptors`] and

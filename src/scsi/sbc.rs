@@ -200,6 +200,44 @@ pub fn write(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &[u8]) -
     }
 }
 
+/// Largest COMPARE AND WRITE, in blocks (VPD B0h MAXIMUM COMPARE AND WRITE LENGTH). VMware's ATS
+/// uses one block; the whole range stays locked against other writes while it runs.
+pub const MAX_COMPARE_AND_WRITE_BLOCKS: u32 = 64;
+
+/// COMPARE AND WRITE (SBC-3 5.2): write protection, NUMBER OF LOGICAL BLOCKS 0 (nothing to do,
+/// GOOD, unless Data-Out came with it: INVALID FIELD IN CDB) or at most [`MAX_COMPARE_AND_WRITE_BLOCKS`] (else INVALID FIELD IN CDB on byte 13),
+/// the range, and a Data-Out of verify data plus write data.
+pub fn compare_and_write(
+    info: &LunInfo,
+    write_cache: bool,
+    io: &BlockIo,
+    data_out: &[u8],
+) -> Outcome {
+    if info.read_only {
+        return fail(Sense::write_protected());
+    }
+    if io.blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
+        return fail(Sense::invalid_field_in_cdb(io.length_field, None));
+    }
+    match byte_range(info, io, MAX_COMPARE_AND_WRITE_BLOCKS) {
+        Err(sense) => fail(sense),
+        // Data-Out for zero blocks: the CDB and the transfer disagree (as a 256-block request
+        // wrapped to 0 in the one-byte field would).
+        Ok((_, 0)) if !data_out.is_empty() => {
+            fail(Sense::invalid_field_in_cdb(io.length_field, None))
+        }
+        Ok((_, 0)) => done_good(),
+        Ok((_, len)) if (data_out.len() as u64) < 2 * len => {
+            fail(Sense::invalid_field_in_information_unit())
+        }
+        Ok((offset, len)) => Outcome::CompareAndWrite {
+            offset,
+            len,
+            fua: io.fua || !write_cache,
+        },
+    }
+}
+
 /// VERIFY (10/12/16): range check, then a verify request; with BYTCHK=01b the Data-Out must
 /// hold every block to compare.
 pub fn verify(info: &LunInfo, io: &BlockIo, compare: bool, data_out: &[u8]) -> Outcome {
@@ -514,6 +552,62 @@ mod tests {
             Outcome::Done(c) => c.sense,
             _ => None,
         }
+    }
+
+    #[test]
+    fn compare_and_write_checks() {
+        let i = info();
+        let caw = |lba, blocks| BlockIo {
+            length_field: 13,
+            ..io(lba, blocks)
+        };
+        assert_eq!(
+            compare_and_write(&i, true, &caw(10, 2), &[0; 2048]),
+            Outcome::CompareAndWrite {
+                offset: 5120,
+                len: 1024,
+                fua: false
+            }
+        );
+        // Write cache off: the write must be durable before GOOD.
+        assert!(matches!(
+            compare_and_write(&i, false, &caw(10, 1), &[0; 1024]),
+            Outcome::CompareAndWrite { fua: true, .. }
+        ));
+        // Zero blocks: nothing to do, not an error; but not with Data-Out.
+        assert_eq!(
+            compare_and_write(&i, true, &caw(10, 0), &[]),
+            Outcome::Done(Completion::good(Vec::new()))
+        );
+        assert_eq!(
+            sense_of(&compare_and_write(&i, true, &caw(10, 0), &[0; 1024])),
+            Some(Sense::invalid_field_in_cdb(13, None))
+        );
+        assert_eq!(
+            sense_of(&compare_and_write(&i, true, &caw(0, 65), &[0; 65 * 1024])),
+            Some(Sense::invalid_field_in_cdb(13, None))
+        );
+        assert_eq!(
+            sense_of(&compare_and_write(&i, true, &caw(999, 2), &[0; 2048])),
+            Some(Sense::lba_out_of_range())
+        );
+        // The Data-Out must hold the verify data and the write data.
+        assert_eq!(
+            sense_of(&compare_and_write(&i, true, &caw(0, 2), &[0; 1024])),
+            Some(Sense::invalid_field_in_information_unit())
+        );
+        let ro = LunInfo {
+            read_only: true,
+            ..info()
+        };
+        assert_eq!(
+            sense_of(&compare_and_write(&ro, true, &caw(0, 1), &[0; 1024])),
+            Some(Sense::write_protected())
+        );
+        // A miscompare reports the offset of the first differing byte.
+        let o = compare_and_write(&i, true, &caw(0, 1), &[0; 1024]);
+        let c = complete(&o, IoResult::Miscompare { at: 300 });
+        assert_eq!(c.sense, Some(Sense::miscompare(300)));
     }
 
     #[test]

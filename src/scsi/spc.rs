@@ -225,7 +225,8 @@ fn extended_inquiry() -> Vec<u8> {
 }
 
 /// Block Limits (B0h) body, PAGE LENGTH 3Ch (SBC-3 6.5.3; SBC-4 field names): WSNZ=1 (a WRITE
-/// SAME of zero blocks is rejected), no COMPARE AND WRITE, OPTIMAL TRANSFER LENGTH GRANULARITY =
+/// SAME of zero blocks is rejected), MAXIMUM COMPARE AND WRITE LENGTH
+/// ([`sbc::MAX_COMPARE_AND_WRITE_BLOCKS`]), OPTIMAL TRANSFER LENGTH GRANULARITY =
 /// logical blocks per physical block, MAXIMUM TRANSFER LENGTH from the LU, MAXIMUM WRITE SAME
 /// LENGTH ([`sbc::max_write_same_length`]); for a thin LU the unmap limits: MAXIMUM UNMAP LBA COUNT
 /// ([`sbc::max_unmap_lba_count`]), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
@@ -235,6 +236,7 @@ fn extended_inquiry() -> Vec<u8> {
 fn block_limits(info: &LunInfo) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0] = 0x01; // byte 4: WSNZ
+    b[1] = sbc::MAX_COMPARE_AND_WRITE_BLOCKS as u8; // byte 5: MAXIMUM COMPARE AND WRITE LENGTH
     let granularity = u16::try_from(info.logical_per_physical()).unwrap_or(1);
     b[2..4].copy_from_slice(&granularity.to_be_bytes()); // bytes 6-7
     b[4..8].copy_from_slice(&info.max_transfer_blocks.to_be_bytes()); // bytes 8-11
@@ -813,6 +815,7 @@ mod tests {
         let mut want = vec![0u8; 64];
         want[..4].copy_from_slice(&[0x00, 0xB0, 0x00, 0x3C]);
         want[4] = 0x01; // WSNZ
+        want[5] = 64; // MAXIMUM COMPARE AND WRITE LENGTH
         want[6..8].copy_from_slice(&[0, 8]); // 4096 / 512
         want[8..12].copy_from_slice(&2048u32.to_be_bytes());
         // MAXIMUM WRITE SAME LENGTH: 16 MiB of 512-byte blocks. No unmap limits: not thin.
@@ -826,6 +829,7 @@ mod tests {
         let mut want = vec![0u8; 64];
         want[..4].copy_from_slice(&[0x00, 0xB0, 0x00, 0x3C]);
         want[4] = 0x01; // WSNZ
+        want[5] = 64; // MAXIMUM COMPARE AND WRITE LENGTH
         want[6..8].copy_from_slice(&[0, 8]);
         want[8..12].copy_from_slice(&2048u32.to_be_bytes());
         want[20..24].copy_from_slice(&(512u32 << 10).to_be_bytes()); // 256 MiB of blocks
@@ -1280,7 +1284,7 @@ mod tests {
         assert_eq!(d[1], 0x83);
         assert_eq!(d.len(), 4 + 10 + 12);
         // Unsupported opcode: SUPPORT 001b.
-        assert_eq!(rsoc(false, 1, 0x89, 0, 65535).data, vec![0, 0x01, 0, 0]);
+        assert_eq!(rsoc(false, 1, 0x8B, 0, 65535).data, vec![0, 0x01, 0, 0]);
         // Opcode with service actions asked without one.
         assert_eq!(
             rsoc(false, 1, 0x9E, 0x10, 65535).sense,
