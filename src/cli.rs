@@ -855,6 +855,16 @@ pub fn stats_table(r: &StatsReport) -> String {
         &[false, false, true, true, true, true, true, true, true],
         &rows,
     ));
+    for l in r.luns.iter().filter(|l| l.read_ahead.chunks > 0) {
+        let ra = &l.read_ahead;
+        out.push_str(&format!(
+            "read-ahead {}: {} READs answered from {} chunks read ahead ({}), since served\n",
+            l.volume,
+            ra.hits,
+            ra.chunks,
+            human_size(ra.bytes)
+        ));
+    }
     out
 }
 
@@ -1122,6 +1132,35 @@ mod tests {
             Command::Admin(cmd) => Ok((cli.admin, cmd)),
             Command::Serve => panic!("serve"),
         }
+    }
+
+    #[test]
+    fn stats_table_reports_read_ahead_of_the_volumes_that_used_it() {
+        use crate::control::api::{ClassStats, LunStatsReport, ReadAheadStats};
+        let lun = |volume: &str, chunks, hits| LunStatsReport {
+            volume: volume.into(),
+            read: ClassStats {
+                ops: 10,
+                ..Default::default()
+            },
+            read_ahead: ReadAheadStats {
+                chunks,
+                bytes: chunks << 17,
+                hits,
+            },
+            ..Default::default()
+        };
+        let report = StatsReport {
+            window_seconds: None,
+            latency_stats: true,
+            luns: vec![lun("seq", 8, 7), lun("random", 0, 0)],
+        };
+        let text = stats_table(&report);
+        assert!(
+            text.contains("read-ahead seq: 7 READs answered from 8 chunks read ahead (1.0 MiB)"),
+            "{text}"
+        );
+        assert!(!text.contains("read-ahead random"), "{text}");
     }
 
     #[test]
