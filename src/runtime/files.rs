@@ -7,9 +7,11 @@
 //! file once (`/proc/self/fd/N`, same access mode and O_DIRECT) and does its transfers through
 //! its own description, which no other core touches.
 //!
-//! Invariant: the map is cleared whenever a LUN is added or removed, the only times a volume (and
+//! Invariants: the map is cleared whenever a LUN is added or removed, the only times a volume (and
 //! so a descriptor the map was built from) can be dropped, so a descriptor number reused for
-//! another file is never translated to the old one.
+//! another file is never translated to the old one. The descriptions it held stay open until
+//! [`OwnFiles::release_retired`], which the shard calls once its submission queue is empty: an
+//! SQE already queued with one of their numbers is resolved by the kernel at submission.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,6 +21,8 @@ use std::os::unix::fs::OpenOptionsExt;
 #[derive(Debug, Default)]
 pub struct OwnFiles {
     map: Vec<(RawFd, Option<File>)>,
+    /// Taken out of the map, closed by [`OwnFiles::release_retired`].
+    retired: Vec<File>,
 }
 
 impl OwnFiles {
@@ -33,9 +37,17 @@ impl OwnFiles {
         raw
     }
 
-    /// Forgets every translation (a LUN was added or removed).
+    /// Forgets every translation (a LUN was added or removed); the descriptions stay open until
+    /// [`OwnFiles::release_retired`].
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.retired
+            .extend(self.map.drain(..).filter_map(|(_, own)| own));
+    }
+
+    /// Closes the descriptions [`OwnFiles::clear`] retired. Call only when no queued SQE can
+    /// still name them (the submission queue is empty).
+    pub fn release_retired(&mut self) {
+        self.retired.clear();
     }
 }
 
@@ -99,7 +111,15 @@ mod tests {
         shared.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(&back, b"sharedown!");
         files.clear();
-        assert_ne!(files.get(shared.as_raw_fd()), shared.as_raw_fd());
+        // Retired, not closed: a queued SQE may still name it.
+        // SAFETY: as above.
+        let n = unsafe { libc::pread(own, buf.as_mut_ptr().cast(), 6, 0) };
+        assert_eq!(n, 6);
+        let fresh = files.get(shared.as_raw_fd());
+        assert!(fresh != shared.as_raw_fd() && fresh != own);
+        assert_eq!(files.retired.len(), 1);
+        files.release_retired();
+        assert!(files.retired.is_empty());
     }
 
     #[test]

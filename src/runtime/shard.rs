@@ -429,6 +429,9 @@ impl Shard {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
+            if self.ring.submission().is_empty() {
+                self.own_files.release_retired();
+            }
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.append(&mut self.inline_done);
             cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
