@@ -22,8 +22,9 @@ use super::pdu::{Bhs, Framing};
 use super::serial;
 use super::session::{Admission, CmdWindow};
 use crate::runtime::buf::{AlignedBuf, BufPool};
+use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -288,7 +289,9 @@ pub struct Connection {
     window: CmdWindow<Ordered>,
     tasks: Vec<Option<Task>>,
     free_slots: Vec<usize>,
-    by_itt: HashMap<u32, TaskId>,
+    /// Task by Initiator Task Tag. Fx hashing: a tag is a u32 the initiator picks, and a session
+    /// holds at most its queue depth of them, so collisions can cost little.
+    by_itt: FxHashMap<u32, TaskId>,
     outbox: VecDeque<OutPdu>,
     actions: VecDeque<Action>,
     pending_tmfs: Vec<PendingTmf>,
@@ -323,7 +326,7 @@ impl Connection {
             window: CmdWindow::new(exp_cmd_sn, config.queue_depth),
             tasks: Vec::new(),
             free_slots: Vec::new(),
-            by_itt: HashMap::new(),
+            by_itt: FxHashMap::default(),
             outbox: VecDeque::new(),
             actions: VecDeque::new(),
             pending_tmfs: Vec::new(),

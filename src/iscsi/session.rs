@@ -7,7 +7,7 @@
 //! - Immediate commands bypass the queue and do not advance `exp_cmd_sn`.
 
 use super::serial;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// What the window decided about an arriving command.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct CmdWindow<T> {
     exp_cmd_sn: u32,
     depth: u32,
     /// Commands waiting for their turn, keyed by absolute CmdSN.
-    held: HashMap<u32, T>,
+    held: FxHashMap<u32, T>,
 }
 
 impl<T> CmdWindow<T> {
@@ -35,7 +35,7 @@ impl<T> CmdWindow<T> {
         CmdWindow {
             exp_cmd_sn,
             depth: depth.max(1),
-            held: HashMap::new(),
+            held: FxHashMap::default(),
         }
     }
 
@@ -75,6 +75,9 @@ impl<T> CmdWindow<T> {
 
     /// The held command whose turn has come, if any (advances ExpCmdSN past it).
     pub fn pop_ready(&mut self) -> Option<T> {
+        if self.held.is_empty() {
+            return None;
+        }
         let item = self.held.remove(&self.exp_cmd_sn)?;
         self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
         Some(item)

@@ -15,7 +15,7 @@ use super::extent_map::ExtentMap;
 use super::journal::{JournalWriter, Op, Record};
 use super::refs::RefTable;
 use crate::storage::{NewExtent, Piece, PlanError, StorageError, Volume, WritePiece};
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -72,7 +72,7 @@ pub struct ThinVolume {
     journal_sync: File,
     capacity: u64,
     block_size: u32,
-    busy: HashSet<u64>,
+    busy: FxHashSet<u64>,
     read_only: bool,
     /// Extents still reserved for this volume (a full volume's space, promised at creation);
     /// its first writes draw from the reservation.
@@ -110,7 +110,7 @@ impl ThinVolume {
             journal_sync,
             capacity,
             block_size,
-            busy: HashSet::new(),
+            busy: FxHashSet::default(),
             read_only,
             reserved_left: 0,
             full: false,
