@@ -282,6 +282,7 @@ const FAST_SUITES: &[&str] = &[
     "WriteSame16",
     "GetLBAStatus",
     "CompareAndWrite",
+    "Reserve6",
 ];
 
 /// CUnit's "tests" summary line: (ran, passed, failed).

@@ -17,7 +17,7 @@
 //!   that it matches [`parse`] exactly.
 //! - [`data_out_length`] and [`op_class`], which the iSCSI layer uses before executing.
 //!
-//! Anything not listed (EXTENDED COPY, PERSISTENT RESERVE, RESERVE/RELEASE,
+//! Anything not listed (EXTENDED COPY, PERSISTENT RESERVE, RESERVE/RELEASE (10),
 //! WRITE SAME (32)...) is answered with INVALID COMMAND OPERATION CODE. The logical block
 //! provisioning commands UNMAP and GET LBA STATUS are listed (the table is static) but are
 //! [`CommandInfo::thin_only`]: a fully provisioned LU answers them with INVALID COMMAND
@@ -38,6 +38,10 @@ pub mod opcode {
     pub const WRITE_6: u8 = 0x0A;
     /// INQUIRY (SPC-4 6.6).
     pub const INQUIRY: u8 = 0x12;
+    /// RESERVE (6) (SPC-2 7.21).
+    pub const RESERVE_6: u8 = 0x16;
+    /// RELEASE (6) (SPC-2 7.16).
+    pub const RELEASE_6: u8 = 0x17;
     /// MODE SELECT (6) (SPC-4 6.9).
     pub const MODE_SELECT_6: u8 = 0x15;
     /// MODE SENSE (6) (SPC-4 6.11).
@@ -110,6 +114,8 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         READ_6 => "READ(6)",
         WRITE_6 => "WRITE(6)",
         INQUIRY => "INQUIRY",
+        RESERVE_6 => "RESERVE(6)",
+        RELEASE_6 => "RELEASE(6)",
         MODE_SELECT_6 => "MODE SELECT(6)",
         MODE_SENSE_6 => "MODE SENSE(6)",
         START_STOP_UNIT => "START STOP UNIT",
@@ -340,6 +346,11 @@ pub enum Command {
     },
     /// WRITE SAME (10) / (16) (SBC-3 5.45, 5.46).
     WriteSame(WriteSame),
+    /// RESERVE (6) (SPC-2 7.21): a logical-unit reservation for the sending I_T nexus (third-party
+    /// reservations, which SPC-2 made obsolete, are not supported).
+    Reserve6,
+    /// RELEASE (6) (SPC-2 7.16): releases the sender's reservation, if it holds one.
+    Release6,
     /// COMPARE AND WRITE (SBC-3 5.2); WRPROTECT already checked to be zero. `blocks` is the
     /// NUMBER OF LOGICAL BLOCKS (0..=255); the Data-Out holds twice that: the verify data, then
     /// the write data.
@@ -398,6 +409,8 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(opcode::WRITE_6, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x04]),
     cmd(opcode::INQUIRY, &[0x12, 0x03, 0xFF, 0xFF, 0xFF, 0x04]),
     cmd(opcode::MODE_SELECT_6, &[0x15, 0x11, 0x00, 0x00, 0xFF, 0x04]),
+    cmd(opcode::RESERVE_6, &[0x16, 0x00, 0x00, 0x00, 0x00, 0x04]),
+    cmd(opcode::RELEASE_6, &[0x17, 0x00, 0x00, 0x00, 0x00, 0x04]),
     cmd(opcode::MODE_SENSE_6, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x04]),
     cmd(
         opcode::START_STOP_UNIT,
@@ -637,6 +650,8 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
             alloc_len: u32::from(byte(cdb, 4)),
         }),
         INQUIRY => parse_inquiry(cdb),
+        RESERVE_6 => Ok(Command::Reserve6),
+        RELEASE_6 => Ok(Command::Release6),
         MODE_SENSE_6 | MODE_SENSE_10 => parse_mode_sense(cdb, op == MODE_SENSE_10),
         MODE_SELECT_6 | MODE_SELECT_10 => parse_mode_select(cdb, op == MODE_SELECT_10),
         START_STOP_UNIT => Ok(Command::StartStopUnit {
@@ -1108,7 +1123,7 @@ mod tests {
     #[test]
     fn unsupported_opcodes_rejected() {
         for op in [
-            0x8Bu8, 0x83, 0x5E, 0x5F, 0x16, 0x17, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
+            0x8Bu8, 0x83, 0x5E, 0x5F, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
         ] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),

@@ -124,6 +124,9 @@ pub struct LogicalUnit {
     /// The nexuses that were given THIN PROVISIONING SOFT THRESHOLD REACHED since the last
     /// [`reset_soft_threshold`](Self::reset_soft_threshold).
     soft_threshold_told: BTreeSet<NexusId>,
+    /// The I_T nexus holding a RESERVE (6) reservation of the whole logical unit. Released by
+    /// RELEASE (6) from it, its logout or connection loss, and LOGICAL UNIT / TARGET RESET.
+    reserved_by: Option<NexusId>,
 }
 
 impl LogicalUnit {
@@ -138,6 +141,7 @@ impl LogicalUnit {
             default_mode,
             nexuses: BTreeMap::new(),
             soft_threshold_told: BTreeSet::new(),
+            reserved_by: None,
         }
     }
 
@@ -167,6 +171,9 @@ impl LogicalUnit {
     pub fn remove_nexus(&mut self, n: NexusId) {
         self.nexuses.remove(&n);
         self.soft_threshold_told.remove(&n);
+        if self.reserved_by == Some(n) {
+            self.reserved_by = None;
+        }
     }
 
     /// Queues a unit attention for one nexus (ignored for an unknown nexus or a condition that
@@ -208,12 +215,14 @@ impl LogicalUnit {
     /// checks every path). Mode parameters are kept. Aborting the tasks is the caller's job.
     pub fn lun_reset(&mut self, _from: NexusId) {
         self.queue_unit_attention_all(Sense::bus_device_reset(), None);
+        self.reserved_by = None;
     }
 
     /// TARGET WARM/COLD RESET: queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for every
     /// nexus, the sender's included.
     pub fn target_reset(&mut self, _from: NexusId) {
         self.queue_unit_attention_all(Sense::target_reset(), None);
+        self.reserved_by = None;
     }
 
     /// Tasks of `n` were aborted by a task management function from another nexus (TAS=0 in the
@@ -264,9 +273,24 @@ impl LogicalUnit {
             return Outcome::Done(Completion::check(ua));
         }
         match cdb::parse(cdb) {
+            Ok(cmd) if self.conflicts(n, &cmd) => Outcome::Done(Completion::reservation_conflict()),
             Ok(cmd) => self.dispatch(n, &cmd, data_out),
             Err(sense) => Outcome::Done(Completion::check(sense)),
         }
+    }
+
+    /// Whether another nexus's RESERVE (6) reservation forbids `cmd` from `n`: everything does
+    /// but INQUIRY, REQUEST SENSE, REPORT LUNS and RELEASE (a no-op for a non-holder), as SPC-2
+    /// 5.5.1 and other targets do.
+    fn conflicts(&self, n: NexusId, cmd: &Command) -> bool {
+        let allowed = matches!(
+            cmd,
+            Command::Inquiry { .. }
+                | Command::RequestSense { .. }
+                | Command::ReportLuns { .. }
+                | Command::Release6
+        );
+        !allowed && self.reserved_by.is_some_and(|holder| holder != n)
     }
 
     /// Runs a parsed command.
@@ -276,6 +300,17 @@ impl LogicalUnit {
             Command::TestUnitReady
             | Command::StartStopUnit { .. }
             | Command::PreventAllowMediumRemoval { .. } => Completion::good(Vec::new()),
+            // Another holder was answered RESERVATION CONFLICT above; re-reserving is fine.
+            Command::Reserve6 => {
+                self.reserved_by = Some(n);
+                Completion::good(Vec::new())
+            }
+            Command::Release6 => {
+                if self.reserved_by == Some(n) {
+                    self.reserved_by = None;
+                }
+                Completion::good(Vec::new())
+            }
             Command::RequestSense { desc, alloc_len } => {
                 let sense = self.pop_unit_attention(n).unwrap_or(Sense::no_sense());
                 spc::request_sense(desc, alloc_len, &sense)
@@ -702,6 +737,52 @@ mod tests {
         lu.execute(A, &TUR, &[]);
         lu.execute(B, &TUR, &[]);
         lu
+    }
+
+    #[test]
+    fn reserve6_holds_the_lu_for_one_nexus_until_released_or_reset() {
+        let reserve = cdb(&[0x16]);
+        let release = cdb(&[0x17]);
+        let read = cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let status = |lu: &mut LogicalUnit, n, c: &[u8; 16]| match lu.execute(n, c, &[]) {
+            Outcome::Done(c) => c.status,
+            _ => Status::Good, // a storage request: not refused
+        };
+        let fresh = lu;
+        let mut lu = fresh();
+        assert_eq!(status(&mut lu, A, &reserve), Status::Good);
+        assert_eq!(
+            status(&mut lu, A, &reserve),
+            Status::Good,
+            "the holder may re-reserve"
+        );
+        for c in [TUR, read, reserve] {
+            assert_eq!(status(&mut lu, B, &c), Status::ReservationConflict);
+        }
+        // INQUIRY, REQUEST SENSE, REPORT LUNS go through; RELEASE is a no-op for a non-holder.
+        for c in [
+            cdb(&[0x12, 0, 0, 0, 36]),
+            cdb(&[0x03, 0, 0, 0, 18]),
+            cdb(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16]),
+        ] {
+            assert_eq!(status(&mut lu, B, &c), Status::Good, "{c:02x?}");
+        }
+        assert_eq!(status(&mut lu, B, &release), Status::Good);
+        assert_eq!(status(&mut lu, B, &TUR), Status::ReservationConflict);
+        assert_eq!(status(&mut lu, A, &read), Status::Good);
+        assert_eq!(status(&mut lu, A, &release), Status::Good);
+        assert_eq!(status(&mut lu, B, &reserve), Status::Good);
+        // The holder's logout or connection loss releases it.
+        lu.remove_nexus(B);
+        assert_eq!(status(&mut lu, A, &TUR), Status::Good);
+        // So do LOGICAL UNIT RESET and TARGET RESET (after their unit attentions).
+        for reset in [LogicalUnit::lun_reset, LogicalUnit::target_reset] {
+            let mut lu = fresh();
+            assert_eq!(status(&mut lu, A, &reserve), Status::Good);
+            reset(&mut lu, A);
+            lu.execute(B, &TUR, &[]);
+            assert_eq!(status(&mut lu, B, &TUR), Status::Good);
+        }
     }
 
     #[test]

@@ -56,6 +56,15 @@ impl Completion {
             data: Vec::new(),
         }
     }
+
+    /// RESERVATION CONFLICT: another I_T nexus holds the logical unit (no sense, no data).
+    pub fn reservation_conflict() -> Self {
+        Completion {
+            status: Status::ReservationConflict,
+            sense: None,
+            data: Vec::new(),
+        }
+    }
 }
 
 /// The result of [`LogicalUnit::execute`]: done, or a storage request for the shard to perform.
