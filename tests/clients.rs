@@ -283,6 +283,13 @@ const FAST_SUITES: &[&str] = &[
     "GetLBAStatus",
     "CompareAndWrite",
     "Reserve6",
+    "PrinReadKeys",
+    "PrinServiceactionRange",
+    "PrinReportCapabilities",
+    "ProutRegister",
+    "ProutReserve",
+    "ProutClear",
+    "ProutPreempt",
 ];
 
 /// CUnit's "tests" summary line: (ran, passed, failed).

@@ -50,9 +50,17 @@ pub struct SessionEntry {
 #[derive(Debug, Default)]
 struct RegistryInner {
     sessions: HashMap<NexusKey, SessionEntry>,
+    /// The id of every I_T nexus ever seen: the same initiator port logging in again gets its
+    /// id back, so what SCSI keeps for it beyond a session (persistent reservation
+    /// registrations) is found again.
+    ids: HashMap<NexusKey, NexusId>,
     next_nexus: u64,
     next_tsih: u16,
 }
+
+/// Initiator ports whose nexus id is remembered after their session ended (beyond it, only
+/// those with a session are kept).
+const MAX_REMEMBERED_NEXUSES: usize = 65_536;
 
 /// The session registry (login path only).
 #[derive(Debug, Default)]
@@ -74,11 +82,18 @@ impl Registry {
     pub fn register(&self, key: NexusKey, shard: usize) -> Registration {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let replaced = inner.sessions.get(&key).copied();
-        let nexus = match replaced {
-            Some(old) => old.nexus,
+        let nexus = match inner.ids.get(&key) {
+            Some(&id) => id,
             None => {
+                if inner.ids.len() >= MAX_REMEMBERED_NEXUSES {
+                    // Bounded: forget the ports that have no session now.
+                    let RegistryInner { ids, sessions, .. } = &mut *inner;
+                    ids.retain(|k, _| sessions.contains_key(k));
+                }
                 inner.next_nexus += 1;
-                NexusId(inner.next_nexus)
+                let id = NexusId(inner.next_nexus);
+                inner.ids.insert(key.clone(), id);
+                id
             }
         };
         inner.next_tsih = inner.next_tsih.wrapping_add(1).max(1);
@@ -135,6 +150,17 @@ mod tests {
             isid: [isid; 6],
             target: "iqn.t".into(),
         }
+    }
+
+    #[test]
+    fn a_returning_initiator_port_gets_its_nexus_id_back() {
+        let r = Registry::default();
+        let a = r.register(key(1), 0);
+        r.unregister(a.entry.tsih);
+        let again = r.register(key(1), 0);
+        assert!(again.replaced.is_none());
+        assert_eq!(again.entry.nexus, a.entry.nexus);
+        assert_ne!(r.register(key(2), 0).entry.nexus, a.entry.nexus);
     }
 
     #[test]

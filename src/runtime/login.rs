@@ -292,12 +292,19 @@ fn finish_login(
         exp_cmd_sn: h.cmd_sn,
         stat_sn: wire.stat_sn,
         nexus: reg.entry.nexus,
+        initiator_port: initiator_port_name(&params.initiator_name, &h.isid),
         tsih: reg.entry.tsih,
         session: params,
     };
     if let Some(handle) = ctx.shards.get(shard) {
         handle.send(ShardMsg::Connection(Box::new(conn)));
     }
+}
+
+/// The iSCSI initiator port name (RFC 7143 / SPC-4 7.6.4.6): `NAME,i,0xISID`.
+fn initiator_port_name(initiator: &str, isid: &[u8; 6]) -> String {
+    let hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{initiator},i,0x{hex}")
 }
 
 /// The parameters the full-feature connection needs.

@@ -85,6 +85,8 @@ pub struct NewConnection {
     pub stat_sn: u32,
     /// The I_T nexus.
     pub nexus: NexusId,
+    /// Its initiator port name (`NAME,i,0xISID`), for PERSISTENT RESERVE IN's TransportIDs.
+    pub initiator_port: String,
     /// Its TSIH (to unregister the session when it ends).
     pub tsih: u16,
     /// The negotiated session parameters (for full-feature renegotiation).
@@ -608,6 +610,9 @@ impl Shard {
         };
         let _ = nc.stream.set_nodelay(true);
         self.luns[lun].lu.add_nexus(nc.nexus);
+        self.luns[lun]
+            .lu
+            .name_nexus(nc.nexus, nc.initiator_port.clone());
         let conn = Connection::new(
             nc.params,
             self.config,

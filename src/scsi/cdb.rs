@@ -17,7 +17,7 @@
 //!   that it matches [`parse`] exactly.
 //! - [`data_out_length`] and [`op_class`], which the iSCSI layer uses before executing.
 //!
-//! Anything not listed (EXTENDED COPY, PERSISTENT RESERVE, RESERVE/RELEASE (10),
+//! Anything not listed (EXTENDED COPY, RESERVE/RELEASE (10),
 //! WRITE SAME (32)...) is answered with INVALID COMMAND OPERATION CODE. The logical block
 //! provisioning commands UNMAP and GET LBA STATUS are listed (the table is static) but are
 //! [`CommandInfo::thin_only`]: a fully provisioned LU answers them with INVALID COMMAND
@@ -72,6 +72,10 @@ pub mod opcode {
     pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE (10) (SPC-4 6.12).
     pub const MODE_SENSE_10: u8 = 0x5A;
+    /// PERSISTENT RESERVE IN (SPC-4 6.15).
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    /// PERSISTENT RESERVE OUT (SPC-4 6.16).
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
     /// READ (16) (SBC-3 5.13).
     pub const READ_16: u8 = 0x88;
     /// WRITE (16) (SBC-3 5.35).
@@ -142,6 +146,8 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         SERVICE_ACTION_IN_16 => "SERVICE ACTION IN(16)",
         REPORT_LUNS => "REPORT LUNS",
         MAINTENANCE_IN => "MAINTENANCE IN",
+        PERSISTENT_RESERVE_IN => "PERSISTENT RESERVE IN",
+        PERSISTENT_RESERVE_OUT => "PERSISTENT RESERVE OUT",
         READ_12 => "READ(12)",
         WRITE_12 => "WRITE(12)",
         WRITE_AND_VERIFY_12 => "WRITE AND VERIFY(12)",
@@ -351,6 +357,22 @@ pub enum Command {
     Reserve6,
     /// RELEASE (6) (SPC-2 7.16): releases the sender's reservation, if it holds one.
     Release6,
+    /// PERSISTENT RESERVE IN (SPC-4 6.15).
+    PersistentReserveIn {
+        /// SERVICE ACTION.
+        action: u8,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
+    /// PERSISTENT RESERVE OUT (SPC-4 6.16); the parameter list is in the Data-Out.
+    PersistentReserveOut {
+        /// SERVICE ACTION.
+        action: u8,
+        /// SCOPE (high nibble) and TYPE (low nibble).
+        scope_type: u8,
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
+    },
     /// COMPARE AND WRITE (SBC-3 5.2); WRPROTECT already checked to be zero. `blocks` is the
     /// NUMBER OF LOGICAL BLOCKS (0..=255); the Data-Out holds twice that: the verify data, then
     /// the write data.
@@ -464,6 +486,56 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
         opcode::MODE_SENSE_10,
         &[0x5A, 0x18, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
     ),
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_IN,
+        service_action: Some(0x00),
+        usage: &[0x5E, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_IN,
+        service_action: Some(0x01),
+        usage: &[0x5E, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_IN,
+        service_action: Some(0x02),
+        usage: &[0x5E, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_IN,
+        service_action: Some(0x03),
+        usage: &[0x5E, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_OUT,
+        service_action: Some(0x00),
+        usage: &[0x5F, 0x00, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_OUT,
+        service_action: Some(0x01),
+        usage: &[0x5F, 0x01, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_OUT,
+        service_action: Some(0x02),
+        usage: &[0x5F, 0x02, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_OUT,
+        service_action: Some(0x03),
+        usage: &[0x5F, 0x03, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_OUT,
+        service_action: Some(0x04),
+        usage: &[0x5F, 0x04, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+    },
+    CommandInfo {
+        opcode: opcode::PERSISTENT_RESERVE_OUT,
+        service_action: Some(0x06),
+        usage: &[0x5F, 0x06, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
+    },
     cmd(opcode::READ_16, &READ_16_USAGE),
     cmd(
         opcode::COMPARE_AND_WRITE,
@@ -616,6 +688,14 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
         return Err(Sense::invalid_opcode());
     };
     if !is_supported_opcode(op, cdb) {
+        // PERSISTENT RESERVE IN/OUT with a service action we lack: INVALID FIELD IN CDB on the
+        // SERVICE ACTION field (SPC-4 4.3.5.5), which initiators tell from "not implemented".
+        if matches!(
+            op,
+            opcode::PERSISTENT_RESERVE_IN | opcode::PERSISTENT_RESERVE_OUT
+        ) {
+            return Err(Sense::invalid_field_in_cdb(1, Some(4)));
+        }
         return Err(Sense::invalid_opcode());
     }
     let Some(cdb) = cdb.get(..len) else {
@@ -651,6 +731,15 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         }),
         INQUIRY => parse_inquiry(cdb),
         RESERVE_6 => Ok(Command::Reserve6),
+        PERSISTENT_RESERVE_IN => Ok(Command::PersistentReserveIn {
+            action: byte(cdb, 1) & 0x1F,
+            alloc_len: be32(cdb, 7, 2),
+        }),
+        PERSISTENT_RESERVE_OUT => Ok(Command::PersistentReserveOut {
+            action: byte(cdb, 1) & 0x1F,
+            scope_type: byte(cdb, 2),
+            param_len: be32(cdb, 5, 4),
+        }),
         RELEASE_6 => Ok(Command::Release6),
         MODE_SENSE_6 | MODE_SENSE_10 => parse_mode_sense(cdb, op == MODE_SENSE_10),
         MODE_SELECT_6 | MODE_SELECT_10 => parse_mode_select(cdb, op == MODE_SELECT_10),
@@ -979,6 +1068,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
         }
         MODE_SELECT_6 => u64::from(byte(cdb, 4)),
         MODE_SELECT_10 | UNMAP => be(cdb, 7, 2),
+        PERSISTENT_RESERVE_OUT => be(cdb, 5, 4),
         WRITE_SAME_10 => bs,
         WRITE_SAME_16 if byte(cdb, 1) & 0x01 != 0 => 0,
         WRITE_SAME_16 => bs,
@@ -1123,7 +1213,7 @@ mod tests {
     #[test]
     fn unsupported_opcodes_rejected() {
         for op in [
-            0x8Bu8, 0x83, 0x5E, 0x5F, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
+            0x8Bu8, 0x83, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
         ] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
@@ -1697,14 +1787,22 @@ mod tests {
     #[test]
     fn supported_table_matches_parser_exactly() {
         for op in 0..=255u8 {
-            let sas: Vec<u8> = if op == 0x9E || op == 0xA3 {
+            let sas: Vec<u8> = if matches!(op, 0x9E | 0xA3 | 0x5E | 0x5F) {
                 (0..32).collect()
             } else {
                 vec![0]
             };
             for sa in sas {
                 let c = cdb(&[op, sa]);
-                let accepted = parse(&c) != Err(Sense::invalid_opcode());
+                let refused = match parse(&c) {
+                    Err(e) if e == Sense::invalid_opcode() => true,
+                    // PERSISTENT RESERVE IN/OUT: an unsupported service action.
+                    Err(e) => {
+                        matches!(op, 0x5E | 0x5F) && e == Sense::invalid_field_in_cdb(1, Some(4))
+                    }
+                    Ok(_) => false,
+                };
+                let accepted = !refused;
                 let listed =
                     supported_command(op, has_service_actions(op).then_some(u16::from(sa)))
                         .is_some();

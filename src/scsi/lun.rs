@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::cdb::{self, Command, ModeSelect};
+use super::pr::{self, Access, PrError, PrState, PrType};
 use super::sense::Sense;
 use super::spc::ModeState;
 use super::{Completion, IoResult, NexusId, Outcome, sbc, spc};
@@ -127,6 +128,11 @@ pub struct LogicalUnit {
     /// The I_T nexus holding a RESERVE (6) reservation of the whole logical unit. Released by
     /// RELEASE (6) from it, its logout or connection loss, and LOGICAL UNIT / TARGET RESET.
     reserved_by: Option<NexusId>,
+    /// Persistent reservations (registrations survive the nexus's logout: they belong to the
+    /// initiator port, which the session registry keeps the same id for).
+    pr: PrState,
+    /// Initiator port names of the nexuses (connected or registered), for READ FULL STATUS.
+    port_names: BTreeMap<NexusId, String>,
 }
 
 impl LogicalUnit {
@@ -142,6 +148,8 @@ impl LogicalUnit {
             nexuses: BTreeMap::new(),
             soft_threshold_told: BTreeSet::new(),
             reserved_by: None,
+            pr: PrState::default(),
+            port_names: BTreeMap::new(),
         }
     }
 
@@ -167,9 +175,17 @@ impl LogicalUnit {
         self.soft_threshold_told.remove(&n);
     }
 
+    /// Names nexus `n` by its initiator port (`NAME,i,0xISID`), which READ FULL STATUS reports.
+    pub fn name_nexus(&mut self, n: NexusId, port: String) {
+        self.port_names.insert(n, port);
+    }
+
     /// Forgets an I_T nexus (logout, connection loss) and its pending unit attentions.
     pub fn remove_nexus(&mut self, n: NexusId) {
         self.nexuses.remove(&n);
+        if !self.pr.is_registered(n) {
+            self.port_names.remove(&n);
+        }
         self.soft_threshold_told.remove(&n);
         if self.reserved_by == Some(n) {
             self.reserved_by = None;
@@ -290,7 +306,67 @@ impl LogicalUnit {
                 | Command::ReportLuns { .. }
                 | Command::Release6
         );
-        !allowed && self.reserved_by.is_some_and(|holder| holder != n)
+        if !allowed && self.reserved_by.is_some_and(|holder| holder != n) {
+            return true;
+        }
+        // RESERVE / RELEASE (6) while persistent reservations are in use (SPC-4 5.9.1).
+        if matches!(cmd, Command::Reserve6 | Command::Release6) && self.pr.active() {
+            return true;
+        }
+        self.pr.conflicts(n, access_of(cmd))
+    }
+
+    /// PERSISTENT RESERVE IN.
+    fn persistent_reserve_in(&self, action: u8, alloc_len: u32) -> Completion {
+        let mut data = match action {
+            pr::action::READ_KEYS => self.pr.read_keys(),
+            pr::action::READ_RESERVATION => self.pr.read_reservation(),
+            pr::action::REPORT_CAPABILITIES => PrState::report_capabilities(),
+            pr::action::READ_FULL_STATUS => self.pr.read_full_status(&self.port_names),
+            _ => return Completion::check(Sense::invalid_field_in_cdb(1, Some(4))),
+        };
+        data.truncate(alloc_len as usize);
+        Completion::good(data)
+    }
+
+    /// PERSISTENT RESERVE OUT: the service action, then the unit attentions it causes.
+    fn persistent_reserve_out(
+        &mut self,
+        n: NexusId,
+        action: u8,
+        scope_type: u8,
+        param_len: u32,
+        data_out: &[u8],
+    ) -> Completion {
+        use pr::action::*;
+        let needs_type = matches!(action, RESERVE | RELEASE | PREEMPT);
+        let kind = PrType::from_code(scope_type & 0x0F);
+        let result = match (needs_type, scope_type >> 4, kind) {
+            (true, scope, _) if scope != 0 => {
+                Err(PrError::Check(Sense::invalid_field_in_cdb(2, Some(7))))
+            }
+            (true, _, None) => Err(PrError::Check(Sense::invalid_field_in_cdb(2, Some(3)))),
+            _ => pr::parse_params(param_len, data_out),
+        }
+        .and_then(|p| match (action, kind) {
+            (REGISTER, _) => self.pr.register(n, p, false),
+            (REGISTER_AND_IGNORE, _) => self.pr.register(n, p, true),
+            (RESERVE, Some(t)) => self.pr.reserve(n, p, t),
+            (RELEASE, Some(t)) => self.pr.release(n, p, t),
+            (CLEAR, _) => self.pr.clear(n, p),
+            (PREEMPT, Some(t)) => self.pr.preempt(n, p, t),
+            _ => Err(PrError::Check(Sense::invalid_field_in_cdb(1, Some(4)))),
+        });
+        match result {
+            Ok(notices) => {
+                for (to, ua) in notices {
+                    self.queue_unit_attention(to, ua);
+                }
+                Completion::good(Vec::new())
+            }
+            Err(PrError::Conflict) => Completion::reservation_conflict(),
+            Err(PrError::Check(sense)) => Completion::check(sense),
+        }
     }
 
     /// Runs a parsed command.
@@ -311,6 +387,14 @@ impl LogicalUnit {
                 }
                 Completion::good(Vec::new())
             }
+            Command::PersistentReserveIn { action, alloc_len } => {
+                self.persistent_reserve_in(action, alloc_len)
+            }
+            Command::PersistentReserveOut {
+                action,
+                scope_type,
+                param_len,
+            } => self.persistent_reserve_out(n, action, scope_type, param_len, data_out),
             Command::RequestSense { desc, alloc_len } => {
                 let sense = self.pop_unit_attention(n).unwrap_or(Sense::no_sense());
                 spc::request_sense(desc, alloc_len, &sense)
@@ -408,6 +492,37 @@ fn push_ua(queue: &mut VecDeque<Sense>, ua: Sense) {
 
 /// INQUIRY, REPORT LUNS and REQUEST SENSE are executed despite a pending unit attention
 /// (SAM-5 5.14, SPC-4 5.12).
+/// How a command touches the medium, for persistent reservations (SPC-4 table 63, simplified).
+fn access_of(cmd: &Command) -> Access {
+    match cmd {
+        Command::Inquiry { .. }
+        | Command::RequestSense { .. }
+        | Command::ReportLuns { .. }
+        | Command::TestUnitReady
+        | Command::ReadCapacity10
+        | Command::ReadCapacity16 { .. }
+        | Command::ReportSupportedOpcodes(_)
+        | Command::PersistentReserveIn { .. }
+        | Command::PersistentReserveOut { .. } => Access::Always,
+        Command::Read(_)
+        | Command::Verify { .. }
+        | Command::PreFetch { .. }
+        | Command::GetLbaStatus { .. }
+        | Command::ModeSense(_) => Access::Read,
+        Command::Write(_)
+        | Command::WriteAndVerify { .. }
+        | Command::WriteSame(_)
+        | Command::CompareAndWrite(_)
+        | Command::Unmap { .. }
+        | Command::SynchronizeCache { .. }
+        | Command::ModeSelect(_)
+        | Command::StartStopUnit { .. }
+        | Command::PreventAllowMediumRemoval { .. }
+        | Command::Reserve6
+        | Command::Release6 => Access::Write,
+    }
+}
+
 fn reports_no_unit_attention(cdb: &[u8]) -> bool {
     matches!(
         cdb.first().copied(),
@@ -805,12 +920,20 @@ mod tests {
                 0xA0 => bytes[9] = 16,
                 0x41 => bytes[8] = 1,  // WSNZ
                 0x93 => bytes[13] = 1, // WSNZ
+                0x5F => {
+                    bytes[2] = 0x01; // LU scope, Write Exclusive
+                    bytes[8] = 24; // the basic parameter list
+                }
                 _ => {}
             }
             // COMPARE AND WRITE of zero blocks does nothing, and takes no Data-Out.
             let data = vec![0u8; if c.opcode == 0x89 { 0 } else { 512 }];
             let out = lu.execute(A, &bytes, &data);
             if let Outcome::Done(done) = &out {
+                // PERSISTENT RESERVE OUT from an unregistered nexus: a conflict, not an error.
+                if c.opcode == 0x5F && done.status == Status::ReservationConflict {
+                    continue;
+                }
                 assert_eq!(
                     done.status,
                     Status::Good,

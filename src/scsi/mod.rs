@@ -13,6 +13,7 @@
 
 pub mod cdb;
 pub mod lun;
+pub mod pr;
 pub mod sbc;
 pub mod sense;
 pub mod spc;

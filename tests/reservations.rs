@@ -1,0 +1,93 @@
+//! Persistent reservations against the real binary with the raw initiator: a registration
+//! belongs to the initiator port and survives its session, READ FULL STATUS names that port, and
+//! a reservation holds off another initiator's writes until it is released. (libiscsi's
+//! Prin*/Prout*/Reserve6 suites run in tests/clients.rs.)
+
+mod support;
+
+use support::Target;
+use support::initiator::{RawInitiator, Reply};
+
+const WRITE_EXCLUSIVE: u8 = 1;
+
+fn session(t: &Target, isid: u16) -> RawInitiator {
+    let mut ini = RawInitiator::login_default(t.addr, isid, &[]);
+    assert_eq!(ini.test_unit_ready(), 0);
+    ini
+}
+
+/// PERSISTENT RESERVE OUT with the basic 24-byte parameter list.
+fn prout(ini: &mut RawInitiator, action: u8, kind: u8, key: u64, sa_key: u64) -> Reply {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5F;
+    cdb[1] = action;
+    cdb[2] = kind;
+    cdb[8] = 24;
+    let mut param = [0u8; 24];
+    param[..8].copy_from_slice(&key.to_be_bytes());
+    param[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    ini.command(&cdb, 24, false, &param)
+}
+
+/// PERSISTENT RESERVE IN: the parameter data.
+fn prin(ini: &mut RawInitiator, action: u8) -> Vec<u8> {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5E;
+    cdb[1] = action;
+    cdb[7..9].copy_from_slice(&1024u16.to_be_bytes());
+    let r = ini.command(&cdb, 1024, true, &[]);
+    assert_eq!(r.status(), 0, "PRIN {action}: {:?}", r.sense());
+    r.data
+}
+
+fn keys(data: &[u8]) -> Vec<u64> {
+    let len = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
+    data[8..8 + len]
+        .chunks(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers() {
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    assert_eq!(prout(&mut a, 0x00, 0, 0, 0xA1).status(), 0, "REGISTER");
+    assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
+    drop(a); // connection lost: the registration stays with the initiator port
+    // Let the target end that session first (a login meanwhile would reinstate it instead).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut a = session(&t, 1);
+    assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
+    let full = prin(&mut a, 0x03);
+    let text = String::from_utf8_lossy(&full);
+    assert!(
+        text.contains(",i,0x"),
+        "READ FULL STATUS names the initiator port: {text:?}"
+    );
+    // Write Exclusive by A: B (another port, unregistered) may read but not write.
+    assert_eq!(
+        prout(&mut a, 0x01, WRITE_EXCLUSIVE, 0xA1, 0).status(),
+        0,
+        "RESERVE"
+    );
+    let mut b = session(&t, 2);
+    assert_eq!(b.read10(0, 1).status(), 0);
+    assert_eq!(
+        b.write10(0, &[7u8; 512]).status(),
+        0x18,
+        "RESERVATION CONFLICT"
+    );
+    assert_eq!(a.write10(0, &[8u8; 512]).status(), 0);
+    // B cannot release or take it with a key it does not hold.
+    assert_eq!(prout(&mut b, 0x02, WRITE_EXCLUSIVE, 0xA1, 0).status(), 0x18);
+    assert_eq!(
+        prout(&mut a, 0x02, WRITE_EXCLUSIVE, 0xA1, 0).status(),
+        0,
+        "RELEASE"
+    );
+    assert_eq!(b.write10(0, &[7u8; 512]).status(), 0);
+    // CLEAR drops every registration.
+    assert_eq!(prout(&mut a, 0x03, 0, 0xA1, 0).status(), 0, "CLEAR");
+    assert!(keys(&prin(&mut a, 0x00)).is_empty());
+}
