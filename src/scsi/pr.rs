@@ -575,6 +575,43 @@ mod tests {
         assert!(n.is_empty() && !s.active());
     }
 
+    /// The module invariants hold after any sequence of service actions from three nexuses
+    /// with a few keys: keys are never 0, the reservation's holder is registered, and an
+    /// all-registrants reservation exists only while someone is registered.
+    #[test]
+    fn invariants_hold_under_random_service_actions() {
+        use proptest::prelude::*;
+        let nexus = prop::sample::select(vec![A, B, C]);
+        let key = prop::sample::select(vec![0u64, 1, 2, 3]);
+        let kind = prop::sample::select(vec![1u8, 3, 5, 6, 7, 8]);
+        let op = (0u8..6, nexus, key.clone(), key, kind);
+        proptest!(|(ops in prop::collection::vec(op, 1..60))| {
+            let mut s = PrState::default();
+            for (action, n, k, sa, t) in ops {
+                let params = p(k, sa);
+                let t = PrType::from_code(t).unwrap();
+                let _ = match action {
+                    0 => s.register(n, params, false),
+                    1 => s.register(n, params, true),
+                    2 => s.reserve(n, params, t),
+                    3 => s.release(n, params, t),
+                    4 => s.clear(n, params),
+                    _ => s.preempt(n, params, t),
+                };
+                prop_assert!(s.keys.values().all(|&k| k != 0));
+                if let Some((holder, t)) = s.reservation {
+                    if t.all_registrants() {
+                        prop_assert!(!s.keys.is_empty());
+                    } else {
+                        prop_assert!(s.keys.contains_key(&holder), "holder {holder:?} unregistered");
+                    }
+                }
+                let data = s.read_keys();
+                prop_assert_eq!(data.len(), 8 + 8 * s.keys.len());
+            }
+        });
+    }
+
     #[test]
     fn parameter_list_checks() {
         let mut data = [0u8; 24];
