@@ -17,8 +17,8 @@ use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
     AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode, Export,
-    PoolSettings, PoolStatus, ResetReport, Resize, SnapshotInfo, StatsQuery, StatsReport,
-    VolumeInfo,
+    PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, SnapshotInfo, StatsQuery,
+    StatsReport, VolumeInfo,
 };
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
@@ -104,6 +104,13 @@ pub enum VolumeCommand {
     List,
     /// Show one volume.
     Show {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Show the SCSI reservations on a served volume: persistent reservation registrations,
+    /// the reservation and its holder, a RESERVE (6) holder.
+    Reservations {
         /// Volume name.
         #[arg(value_name = "NAME")]
         name: String,
@@ -468,6 +475,12 @@ impl AdminClient {
         self.fetch("POST", "/v1/volumes", Some(req))
     }
 
+    /// `GET /v1/volumes/{name}/reservations`.
+    pub fn reservations(&self, name: &str) -> Result<Fetched<ReservationsInfo>, CliError> {
+        let path = format!("/v1/volumes/{}/reservations", encode(name));
+        self.fetch("GET", &path, None)
+    }
+
     /// `POST /v1/volumes/{name}/resize`.
     pub fn resize_volume(&self, name: &str, req: &Resize) -> Result<Fetched<VolumeInfo>, CliError> {
         let path = format!("/v1/volumes/{}/resize", encode(name));
@@ -661,6 +674,9 @@ pub fn execute(
             }
             VolumeCommand::List => render(json, &client.list_volumes()?, |v| volume_table(v)),
             VolumeCommand::Show { name } => render(json, &client.volume(name)?, show_volume),
+            VolumeCommand::Reservations { name } => {
+                render(json, &client.reservations(name)?, show_reservations)
+            }
             VolumeCommand::Resize { name, size } => {
                 let req = Resize { size_bytes: *size };
                 render(json, &client.resize_volume(name, &req)?, show_volume)
@@ -995,6 +1011,34 @@ fn dash(s: Option<&str>) -> String {
     s.unwrap_or("-").to_string()
 }
 
+fn show_reservations(r: &ReservationsInfo) -> String {
+    let mut out = key_values(&[
+        ("volume", r.volume.clone()),
+        ("generation", r.generation.to_string()),
+        (
+            "reservation",
+            match &r.reservation {
+                None => "-".into(),
+                Some(p) => format!(
+                    "{} by {}",
+                    p.kind,
+                    p.holder.as_deref().unwrap_or("every registrant")
+                ),
+            },
+        ),
+        ("reserve(6)", dash(r.scsi2_holder.as_deref())),
+    ]);
+    if !r.registrations.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .registrations
+            .iter()
+            .map(|g| vec![g.initiator_port.clone(), g.key.clone()])
+            .collect();
+        out.push_str(&table(&["INITIATOR PORT", "KEY"], &[false, false], &rows));
+    }
+    out
+}
+
 fn show_volume(v: &VolumeInfo) -> String {
     key_values(&[
         ("name", v.name.clone()),
@@ -1161,6 +1205,28 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("read-ahead random"), "{text}");
+    }
+
+    #[test]
+    fn reservations_are_shown_with_their_holder_and_keys() {
+        use crate::control::api::{PersistentReservation, Registration};
+        let r = ReservationsInfo {
+            volume: "db".into(),
+            generation: 3,
+            registrations: vec![Registration {
+                initiator_port: "iqn.a,i,0x0001".into(),
+                key: "0x00000000000000a1".into(),
+            }],
+            reservation: Some(PersistentReservation {
+                kind: "Write Exclusive".into(),
+                holder: Some("iqn.a,i,0x0001".into()),
+            }),
+            scsi2_holder: None,
+        };
+        let text = show_reservations(&r);
+        assert!(text.contains("Write Exclusive by iqn.a,i,0x0001"), "{text}");
+        assert!(text.contains("0x00000000000000a1"), "{text}");
+        assert!(text.contains("reserve(6):"), "{text}");
     }
 
     #[test]

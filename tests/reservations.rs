@@ -81,6 +81,26 @@ fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers
     assert_eq!(a.write10(0, &[8u8; 512]).status(), 0);
     // B cannot release or take it with a key it does not hold.
     assert_eq!(prout(&mut b, 0x02, WRITE_EXCLUSIVE, 0xA1, 0).status(), 0x18);
+    // The administrator sees who holds what.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--data")
+        .arg(t.dir.path())
+        .args(["volume", "reservations", "default", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["reservation"]["type"], "Write Exclusive", "{info}");
+    let holder = info["reservation"]["holder"].as_str().unwrap_or_default();
+    assert!(holder.contains(",i,0x"), "{info}");
+    assert_eq!(
+        info["registrations"][0]["key"], "0x00000000000000a1",
+        "{info}"
+    );
     assert_eq!(
         prout(&mut a, 0x02, WRITE_EXCLUSIVE, 0xA1, 0).status(),
         0,

@@ -569,6 +569,7 @@ enum Route {
     Volumes,
     Volume(String),
     VolumeResize(String),
+    VolumeReservations(String),
     Snapshots,
     Snapshot(String),
     SnapshotRollback(String),
@@ -587,7 +588,10 @@ impl Route {
     fn allow(&self) -> &'static str {
         match self {
             Route::Pool => "GET, PATCH",
-            Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
+            Route::Stats
+            | Route::StatsHistogram(_)
+            | Route::Metrics
+            | Route::VolumeReservations(_) => "GET",
             Route::StatsEntry(name) if name == "reset" => "GET, POST",
             Route::StatsEntry(_) => "GET",
             Route::StatsVolumeReset(_) => "POST",
@@ -652,6 +656,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "volumes"] => Route::Volumes,
         ["v1", "volumes", name] => Route::Volume(name.to_string()),
         ["v1", "volumes", name, "resize"] => Route::VolumeResize(name.to_string()),
+        ["v1", "volumes", name, "reservations"] => Route::VolumeReservations(name.to_string()),
         ["v1", "snapshots"] => Route::Snapshots,
         ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
         ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
@@ -883,6 +888,9 @@ fn route_and_call(
             };
             backend.delete_volume(name, force).map_err(err)?;
             Reply::no_content()
+        }
+        ("GET", Route::VolumeReservations(name)) => {
+            Reply::json(200, &backend.reservations(name).map_err(err)?)
         }
         ("POST", Route::VolumeResize(name)) => {
             let req: Resize = parse_body(body).map_err(err)?;

@@ -346,6 +346,41 @@ pub struct ReadAheadStats {
     pub hits: u64,
 }
 
+/// `GET /v1/volumes/{name}/reservations`: SCSI reservations held on a volume's LUN.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationsInfo {
+    /// The volume.
+    pub volume: String,
+    /// PRgeneration (counts registration changes).
+    pub generation: u32,
+    /// Persistent reservation registrations.
+    pub registrations: Vec<Registration>,
+    /// The persistent reservation, if any.
+    pub reservation: Option<PersistentReservation>,
+    /// The initiator port holding a SCSI-2 RESERVE (6) reservation, if any.
+    pub scsi2_holder: Option<String>,
+}
+
+/// One registration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Initiator port (`NAME,i,0xISID`).
+    pub initiator_port: String,
+    /// Reservation key, as hex (`0x...`).
+    pub key: String,
+}
+
+/// The persistent reservation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistentReservation {
+    /// Type, as SPC-4 names it.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The holder's initiator port; null for the all-registrants types (every registrant holds
+    /// it).
+    pub holder: Option<String>,
+}
+
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReport {
@@ -444,6 +479,13 @@ pub trait AdminBackend: Send + Sync {
     fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError>;
     /// Grows a volume online.
     fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError>;
+    /// The SCSI reservations on a volume's LUN (not found when it is not served).
+    fn reservations(&self, name: &str) -> Result<ReservationsInfo, AdminError> {
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no reservation state for volume {name}"),
+        ))
+    }
     /// Deletes a volume (refused while sessions use it unless `force`).
     fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError>;
     /// Snapshots, of one volume or all.

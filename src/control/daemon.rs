@@ -729,6 +729,40 @@ impl AdminBackend for Daemon {
         Ok(self.volume_info(&st, &meta))
     }
 
+    fn reservations(&self, name: &str) -> Result<ReservationsInfo, AdminError> {
+        let (shard, target) = {
+            let st = self.lock();
+            let meta = Self::volume_meta(&st, name)?;
+            let served = st.served.get(&meta.image).cloned().ok_or_else(|| {
+                AdminError::new(
+                    ErrorCode::Conflict,
+                    format!("volume {name} is not served, so it holds no reservation"),
+                )
+            })?;
+            (served.shard, served.target)
+        };
+        let r = self
+            .ask(shard, |reply| ShardMsg::Reservations { target, reply })
+            .map_err(internal)?;
+        Ok(ReservationsInfo {
+            volume: name.to_string(),
+            generation: r.generation,
+            registrations: r
+                .registrations
+                .into_iter()
+                .map(|(initiator_port, key)| Registration {
+                    initiator_port,
+                    key: format!("{key:#018x}"),
+                })
+                .collect(),
+            reservation: r.reservation.map(|(holder, kind)| PersistentReservation {
+                kind: kind.to_string(),
+                holder,
+            }),
+            scsi2_holder: r.scsi2_holder,
+        })
+    }
+
     fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError> {
         let mut st = self.lock();
         let mut meta = Self::volume_meta(&st, name)?;

@@ -136,6 +136,13 @@ pub enum ShardMsg {
         /// The snapshot's map and the sequence number of the instant it was taken.
         reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
     },
+    /// The reservations of the LUN exported as `target`.
+    Reservations {
+        /// The target.
+        target: String,
+        /// Where the answer goes.
+        reply: Sender<Result<crate::scsi::lun::Reservations, String>>,
+    },
     /// Grow a volume online (CAPACITY DATA HAS CHANGED for every nexus).
     Resize {
         /// The target.
@@ -535,6 +542,15 @@ impl Shard {
                     reply,
                 } => self.remove_lun(&target, force, reply),
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
+                ShardMsg::Reservations { target, reply } => {
+                    let answer = self
+                        .luns
+                        .iter()
+                        .find(|l| l.target == target)
+                        .map(|l| l.lu.reservations())
+                        .ok_or_else(|| format!("target {target} is not served here"));
+                    let _ = reply.send(answer);
+                }
                 ShardMsg::Resize {
                     target,
                     size,

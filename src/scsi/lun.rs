@@ -175,6 +175,29 @@ impl LogicalUnit {
         self.soft_threshold_told.remove(&n);
     }
 
+    /// The LU's reservations, initiator ports named (for the admin API).
+    pub fn reservations(&self) -> Reservations {
+        let port = |n: &NexusId| {
+            self.port_names
+                .get(n)
+                .cloned()
+                .unwrap_or_else(|| format!("nexus {}", n.0))
+        };
+        let report = self.pr.report();
+        Reservations {
+            generation: report.generation,
+            registrations: report
+                .registrations
+                .iter()
+                .map(|(n, k)| (port(n), *k))
+                .collect(),
+            reservation: report
+                .reservation
+                .map(|(holder, t)| (holder.as_ref().map(port), t.name())),
+            scsi2_holder: self.reserved_by.as_ref().map(port),
+        }
+    }
+
     /// Names nexus `n` by its initiator port (`NAME,i,0xISID`), which READ FULL STATUS reports.
     pub fn name_nexus(&mut self, n: NexusId, port: String) {
         self.port_names.insert(n, port);
@@ -492,6 +515,19 @@ fn push_ua(queue: &mut VecDeque<Sense>, ua: Sense) {
 
 /// INQUIRY, REPORT LUNS and REQUEST SENSE are executed despite a pending unit attention
 /// (SAM-5 5.14, SPC-4 5.12).
+/// What [`LogicalUnit::reservations`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservations {
+    /// PRgeneration.
+    pub generation: u32,
+    /// (initiator port, reservation key) of each registration.
+    pub registrations: Vec<(String, u64)>,
+    /// The persistent reservation: its holder's port (None: every registrant) and type name.
+    pub reservation: Option<(Option<String>, &'static str)>,
+    /// The port holding a RESERVE (6) reservation.
+    pub scsi2_holder: Option<String>,
+}
+
 /// How a command touches the medium, for persistent reservations (SPC-4 table 63, simplified).
 fn access_of(cmd: &Command) -> Access {
     match cmd {

@@ -57,6 +57,18 @@ pub enum PrType {
 }
 
 impl PrType {
+    /// Its name as SPC-4 writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrType::WriteExclusive => "Write Exclusive",
+            PrType::ExclusiveAccess => "Exclusive Access",
+            PrType::WriteExclusiveRegistrantsOnly => "Write Exclusive - Registrants Only",
+            PrType::ExclusiveAccessRegistrantsOnly => "Exclusive Access - Registrants Only",
+            PrType::WriteExclusiveAllRegistrants => "Write Exclusive - All Registrants",
+            PrType::ExclusiveAccessAllRegistrants => "Exclusive Access - All Registrants",
+        }
+    }
+
     /// The type of a TYPE field, if supported.
     pub fn from_code(code: u8) -> Option<PrType> {
         Some(match code {
@@ -165,6 +177,17 @@ pub struct PrState {
     keys: BTreeMap<NexusId, u64>,
     reservation: Option<(NexusId, PrType)>,
     generation: u32,
+}
+
+/// What [`PrState::report`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrReport {
+    /// PRgeneration.
+    pub generation: u32,
+    /// (nexus, key) of each registration.
+    pub registrations: Vec<(NexusId, u64)>,
+    /// The reservation: its holder (None for the all-registrants types) and type.
+    pub reservation: Option<(Option<NexusId>, PrType)>,
 }
 
 /// Unit attentions a service action queues: (nexus, condition).
@@ -346,6 +369,17 @@ impl PrState {
             d.extend_from_slice(&k.to_be_bytes());
         }
         d
+    }
+
+    /// PRgeneration, the registrations and the reservation.
+    pub fn report(&self) -> PrReport {
+        PrReport {
+            generation: self.generation,
+            registrations: self.keys.iter().map(|(&n, &k)| (n, k)).collect(),
+            reservation: self
+                .reservation
+                .map(|(holder, t)| ((!t.all_registrants()).then_some(holder), t)),
+        }
     }
 
     /// Whether `n` is registered.
