@@ -114,6 +114,10 @@ pub enum VolumeCommand {
         /// Volume name.
         #[arg(value_name = "NAME")]
         name: String,
+        /// Clear them all first (for a dead host's reservation; registrants are told
+        /// RESERVATIONS PREEMPTED).
+        #[arg(long)]
+        clear: bool,
     },
     /// Grow a volume online.
     Resize {
@@ -475,10 +479,14 @@ impl AdminClient {
         self.fetch("POST", "/v1/volumes", Some(req))
     }
 
-    /// `GET /v1/volumes/{name}/reservations`.
-    pub fn reservations(&self, name: &str) -> Result<Fetched<ReservationsInfo>, CliError> {
+    /// `GET` (or with `clear`, `DELETE`) `/v1/volumes/{name}/reservations`.
+    pub fn reservations(
+        &self,
+        name: &str,
+        clear: bool,
+    ) -> Result<Fetched<ReservationsInfo>, CliError> {
         let path = format!("/v1/volumes/{}/reservations", encode(name));
-        self.fetch("GET", &path, None)
+        self.fetch(if clear { "DELETE" } else { "GET" }, &path, None)
     }
 
     /// `POST /v1/volumes/{name}/resize`.
@@ -674,8 +682,8 @@ pub fn execute(
             }
             VolumeCommand::List => render(json, &client.list_volumes()?, |v| volume_table(v)),
             VolumeCommand::Show { name } => render(json, &client.volume(name)?, show_volume),
-            VolumeCommand::Reservations { name } => {
-                render(json, &client.reservations(name)?, show_reservations)
+            VolumeCommand::Reservations { name, clear } => {
+                render(json, &client.reservations(name, *clear)?, show_reservations)
             }
             VolumeCommand::Resize { name, size } => {
                 let req = Resize { size_bytes: *size };

@@ -111,3 +111,41 @@ fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers
     assert_eq!(prout(&mut a, 0x03, 0, 0xA1, 0).status(), 0, "CLEAR");
     assert!(keys(&prin(&mut a, 0x00)).is_empty());
 }
+
+#[test]
+fn the_administrator_can_clear_a_dead_hosts_reservation() {
+    const EXCLUSIVE_ACCESS: u8 = 3;
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    assert_eq!(prout(&mut a, 0x00, 0, 0, 0xA1).status(), 0, "REGISTER");
+    assert_eq!(
+        prout(&mut a, 0x01, EXCLUSIVE_ACCESS, 0xA1, 0).status(),
+        0,
+        "RESERVE"
+    );
+    let mut b = session(&t, 2);
+    assert_eq!(b.read10(0, 1).status(), 0x18, "B is locked out");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--data")
+        .arg(t.dir.path())
+        .args(["volume", "reservations", "default", "--clear", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(info["reservation"].is_null(), "{info}");
+    assert_eq!(
+        info["registrations"].as_array().map(Vec::len),
+        Some(0),
+        "{info}"
+    );
+    assert_eq!(b.read10(0, 1).status(), 0, "B reads again");
+    // A learns that its reservation was preempted.
+    let r = a.read10(0, 1);
+    assert_eq!((r.status(), r.sense()), (0x02, Some((0x06, 0x2A, 0x03))));
+    assert!(keys(&prin(&mut a, 0x00)).is_empty());
+}

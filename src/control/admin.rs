@@ -588,10 +588,8 @@ impl Route {
     fn allow(&self) -> &'static str {
         match self {
             Route::Pool => "GET, PATCH",
-            Route::Stats
-            | Route::StatsHistogram(_)
-            | Route::Metrics
-            | Route::VolumeReservations(_) => "GET",
+            Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
+            Route::VolumeReservations(_) => "GET, DELETE",
             Route::StatsEntry(name) if name == "reset" => "GET, POST",
             Route::StatsEntry(_) => "GET",
             Route::StatsVolumeReset(_) => "POST",
@@ -890,7 +888,10 @@ fn route_and_call(
             Reply::no_content()
         }
         ("GET", Route::VolumeReservations(name)) => {
-            Reply::json(200, &backend.reservations(name).map_err(err)?)
+            Reply::json(200, &backend.reservations(name, false).map_err(err)?)
+        }
+        ("DELETE", Route::VolumeReservations(name)) => {
+            Reply::json(200, &backend.reservations(name, true).map_err(err)?)
         }
         ("POST", Route::VolumeResize(name)) => {
             let req: Resize = parse_body(body).map_err(err)?;

@@ -479,8 +479,10 @@ pub trait AdminBackend: Send + Sync {
     fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError>;
     /// Grows a volume online.
     fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError>;
-    /// The SCSI reservations on a volume's LUN (not found when it is not served).
-    fn reservations(&self, name: &str) -> Result<ReservationsInfo, AdminError> {
+    /// The SCSI reservations on a volume's LUN, after clearing them all when `clear`
+    /// (administrator override: registrants are told RESERVATIONS PREEMPTED).
+    fn reservations(&self, name: &str, clear: bool) -> Result<ReservationsInfo, AdminError> {
+        let _ = clear;
         Err(AdminError::new(
             ErrorCode::NotFound,
             format!("no reservation state for volume {name}"),

@@ -729,7 +729,7 @@ impl AdminBackend for Daemon {
         Ok(self.volume_info(&st, &meta))
     }
 
-    fn reservations(&self, name: &str) -> Result<ReservationsInfo, AdminError> {
+    fn reservations(&self, name: &str, clear: bool) -> Result<ReservationsInfo, AdminError> {
         let (shard, target) = {
             let st = self.lock();
             let meta = Self::volume_meta(&st, name)?;
@@ -742,7 +742,11 @@ impl AdminBackend for Daemon {
             (served.shard, served.target)
         };
         let r = self
-            .ask(shard, |reply| ShardMsg::Reservations { target, reply })
+            .ask(shard, |reply| ShardMsg::Reservations {
+                target,
+                clear,
+                reply,
+            })
             .map_err(internal)?;
         Ok(ReservationsInfo {
             volume: name.to_string(),

@@ -136,10 +136,12 @@ pub enum ShardMsg {
         /// The snapshot's map and the sequence number of the instant it was taken.
         reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
     },
-    /// The reservations of the LUN exported as `target`.
+    /// The reservations of the LUN exported as `target`, after clearing them all when `clear`.
     Reservations {
         /// The target.
         target: String,
+        /// Clear them first (administrator override).
+        clear: bool,
         /// Where the answer goes.
         reply: Sender<Result<crate::scsi::lun::Reservations, String>>,
     },
@@ -542,12 +544,21 @@ impl Shard {
                     reply,
                 } => self.remove_lun(&target, force, reply),
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
-                ShardMsg::Reservations { target, reply } => {
+                ShardMsg::Reservations {
+                    target,
+                    clear,
+                    reply,
+                } => {
                     let answer = self
                         .luns
-                        .iter()
+                        .iter_mut()
                         .find(|l| l.target == target)
-                        .map(|l| l.lu.reservations())
+                        .map(|l| {
+                            if clear {
+                                l.lu.clear_reservations();
+                            }
+                            l.lu.reservations()
+                        })
                         .ok_or_else(|| format!("target {target} is not served here"));
                     let _ = reply.send(answer);
                 }

@@ -175,6 +175,15 @@ impl LogicalUnit {
         self.soft_threshold_told.remove(&n);
     }
 
+    /// The administrator clears every reservation of the LU (persistent ones, their
+    /// registrations, and a RESERVE (6) one); registrants get RESERVATIONS PREEMPTED.
+    pub fn clear_reservations(&mut self) {
+        for (n, ua) in self.pr.admin_clear() {
+            self.queue_unit_attention(n, ua);
+        }
+        self.reserved_by = None;
+    }
+
     /// The LU's reservations, initiator ports named (for the admin API).
     pub fn reservations(&self) -> Reservations {
         let port = |n: &NexusId| {

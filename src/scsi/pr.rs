@@ -330,6 +330,18 @@ impl PrState {
         Ok(notices)
     }
 
+    /// The administrator clears everything (as a CLEAR would): every registrant is told
+    /// RESERVATIONS PREEMPTED.
+    pub fn admin_clear(&mut self) -> Notices {
+        let notices = self.keys.keys().map(|&r| (r, ua(0x03))).collect();
+        if self.active() {
+            self.generation = self.generation.wrapping_add(1);
+        }
+        self.keys.clear();
+        self.reservation = None;
+        notices
+    }
+
     /// PREEMPT with type `t` (SPC-4 5.9.11.4).
     pub fn preempt(&mut self, n: NexusId, p: ProutParams, t: PrType) -> Result<Notices, PrError> {
         self.check_key(n, p.key)?;
