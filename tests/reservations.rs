@@ -40,6 +40,23 @@ fn prin(ini: &mut RawInitiator, action: u8) -> Vec<u8> {
     r.data
 }
 
+/// `shoal volume reservations default --json` plus `extra`, as JSON.
+fn reservations_cli(t: &Target, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--data")
+        .arg(t.dir.path())
+        .args(["volume", "reservations", "default", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn keys(data: &[u8]) -> Vec<u64> {
     let len = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
     data[8..8 + len]
@@ -82,18 +99,7 @@ fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers
     // B cannot release or take it with a key it does not hold.
     assert_eq!(prout(&mut b, 0x02, WRITE_EXCLUSIVE, 0xA1, 0).status(), 0x18);
     // The administrator sees who holds what.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(t.dir.path())
-        .args(["volume", "reservations", "default", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = reservations_cli(&t, &[]);
     assert_eq!(info["reservation"]["type"], "Write Exclusive", "{info}");
     let holder = info["reservation"]["holder"].as_str().unwrap_or_default();
     assert!(holder.contains(",i,0x"), "{info}");
@@ -125,18 +131,7 @@ fn the_administrator_can_clear_a_dead_hosts_reservation() {
     );
     let mut b = session(&t, 2);
     assert_eq!(b.read10(0, 1).status(), 0x18, "B is locked out");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(t.dir.path())
-        .args(["volume", "reservations", "default", "--clear", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = reservations_cli(&t, &["--clear"]);
     assert!(info["reservation"].is_null(), "{info}");
     assert_eq!(
         info["registrations"].as_array().map(Vec::len),

@@ -486,56 +486,16 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
         opcode::MODE_SENSE_10,
         &[0x5A, 0x18, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
     ),
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_IN,
-        service_action: Some(0x00),
-        usage: &[0x5E, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_IN,
-        service_action: Some(0x01),
-        usage: &[0x5E, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_IN,
-        service_action: Some(0x02),
-        usage: &[0x5E, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_IN,
-        service_action: Some(0x03),
-        usage: &[0x5E, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_OUT,
-        service_action: Some(0x00),
-        usage: &[0x5F, 0x00, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_OUT,
-        service_action: Some(0x01),
-        usage: &[0x5F, 0x01, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_OUT,
-        service_action: Some(0x02),
-        usage: &[0x5F, 0x02, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_OUT,
-        service_action: Some(0x03),
-        usage: &[0x5F, 0x03, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_OUT,
-        service_action: Some(0x04),
-        usage: &[0x5F, 0x04, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-    },
-    CommandInfo {
-        opcode: opcode::PERSISTENT_RESERVE_OUT,
-        service_action: Some(0x06),
-        usage: &[0x5F, 0x06, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04],
-    },
+    sa_cmd(opcode::PERSISTENT_RESERVE_IN, 0x00, &prin_usage(0x00)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_IN, 0x01, &prin_usage(0x01)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_IN, 0x02, &prin_usage(0x02)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_IN, 0x03, &prin_usage(0x03)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x00, &prout_usage(0x00)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x01, &prout_usage(0x01)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x02, &prout_usage(0x02)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x03, &prout_usage(0x03)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x04, &prout_usage(0x04)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x06, &prout_usage(0x06)),
     cmd(opcode::READ_16, &READ_16_USAGE),
     cmd(
         opcode::COMPARE_AND_WRITE,
@@ -592,6 +552,26 @@ const fn cmd(opcode: u8, usage: &'static [u8]) -> CommandInfo {
         service_action: None,
         usage,
     }
+}
+
+/// One service action of a command that has several.
+const fn sa_cmd(opcode: u8, service_action: u16, usage: &'static [u8]) -> CommandInfo {
+    CommandInfo {
+        opcode,
+        service_action: Some(service_action),
+        usage,
+    }
+}
+
+/// CDB usage data of PERSISTENT RESERVE IN: SERVICE ACTION, ALLOCATION LENGTH, CONTROL.
+const fn prin_usage(sa: u8) -> [u8; 10] {
+    [0x5E, sa, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04]
+}
+
+/// CDB usage data of PERSISTENT RESERVE OUT: SERVICE ACTION, SCOPE and TYPE, PARAMETER LIST
+/// LENGTH, CONTROL.
+const fn prout_usage(sa: u8) -> [u8; 10] {
+    [0x5F, sa, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04]
 }
 
 /// CDB usage data of a 16-byte block command: byte 1 mask, LBA, length, GROUP NUMBER ignored,
