@@ -64,19 +64,8 @@ fn reopen(fd: RawFd) -> Option<File> {
     opts.read(access == libc::O_RDONLY || access == libc::O_RDWR)
         .write(access == libc::O_WRONLY || access == libc::O_RDWR)
         .custom_flags(flags & libc::O_DIRECT);
-    let file = opts.open(format!("/proc/self/fd/{fd}")).ok()?;
-    same_file(fd, &file).then_some(file)
-}
-
-/// Whether `fd` and `file` are the same inode.
-fn same_file(fd: RawFd, file: &File) -> bool {
-    let ids = |fd: RawFd| {
-        // SAFETY: an all-zero stat is a valid out-parameter; fstat writes it on success.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid pointer to `st`; an invalid descriptor only makes fstat fail.
-        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-    };
-    matches!((ids(fd), ids(file.as_raw_fd())), (Some(a), Some(b)) if a == b)
+    // /proc/self/fd/N names the open file itself (even renamed or unlinked): the same inode.
+    opts.open(format!("/proc/self/fd/{fd}")).ok()
 }
 
 #[cfg(test)]
