@@ -93,6 +93,25 @@ pub struct Config {
     /// Bytes each shard reads ahead of a sequential reader (0: off; at most
     /// [`MAX_READ_AHEAD`]).
     pub read_ahead: u64,
+    /// Bytes of I/O buffers each shard registers with its ring (0: none; at most
+    /// [`MAX_REGISTERED_BUFFERS`]): O_DIRECT transfers from and into them skip the kernel's
+    /// per-I/O page pinning. The memory stays pinned while the target runs.
+    pub registered_buffers: u64,
+}
+
+/// Most buffer memory one shard registers.
+pub const MAX_REGISTERED_BUFFERS: u64 = 1 << 30;
+
+/// Checks a registered-buffer budget.
+pub fn registered_buffers_value(bytes: u64) -> Result<u64, ConfigError> {
+    if bytes > MAX_REGISTERED_BUFFERS {
+        return Err(invalid(
+            "registered-buffers",
+            bytes,
+            "at most 1G per shard (0 turns it off)",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Largest read-ahead window (a shard holds at most this much read ahead in all).
@@ -130,6 +149,7 @@ impl Default for Config {
             latency_stats: true,
             slow_command: None,
             read_ahead: 1 << 20,
+            registered_buffers: 32 << 20,
         }
     }
 }
@@ -153,6 +173,7 @@ struct FileConfig {
     latency_stats: Option<bool>,
     slow_command_ms: Option<f64>,
     read_ahead: Option<SizeValue>,
+    registered_buffers: Option<SizeValue>,
     #[serde(default, rename = "volume")]
     volumes: Vec<FileVolume>,
 }
@@ -244,6 +265,9 @@ impl Config {
         }
         if let Some(v) = file.read_ahead {
             self.read_ahead = read_ahead_value(size_value(v)?)?;
+        }
+        if let Some(v) = file.registered_buffers {
+            self.registered_buffers = registered_buffers_value(size_value(v)?)?;
         }
         if !file.volumes.is_empty() {
             self.volumes = file
@@ -480,6 +504,19 @@ mod tests {
         assert_eq!(c.slow_command, Some(Duration::from_micros(2500)));
         assert!(c.apply_toml("slow_command_ms = -1").is_err());
         assert_eq!(parse_millis("x", 0.0).unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn toml_registered_buffers() {
+        let mut c = Config::default();
+        assert_eq!(c.registered_buffers, 32 << 20);
+        c.apply_toml("registered_buffers = \"64M\"").unwrap();
+        assert_eq!(c.registered_buffers, 64 << 20);
+        c.apply_toml("registered_buffers = 0").unwrap();
+        assert_eq!(c.registered_buffers, 0);
+        let err = c.apply_toml("registered_buffers = \"2G\"").unwrap_err();
+        assert!(err.to_string().contains("registered-buffers"), "{err}");
+        assert_eq!(c.registered_buffers, 0, "a bad value changes nothing");
     }
 
     #[test]

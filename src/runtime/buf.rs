@@ -4,11 +4,22 @@
 //! here is aligned to 4 KiB and sized to a power-of-two class (4 KiB .. 64 MiB). A dropped
 //! [`AlignedBuf`] goes back to its pool's free list, so steady-state I/O allocates nothing.
 //!
+//! Registered buffers: a pool whose shard has a ring buffer table
+//! ([`BufPool::enable_registration`]) registers the buffers parked in it, within a byte budget,
+//! when the shard asks ([`BufPool::register_parked`], before it enters the ring). A registered
+//! buffer knows its table slot ([`AlignedBuf::reg_index`]), so its O_DIRECT transfers can be
+//! `READ_FIXED` / `WRITE_FIXED`: the kernel then skips pinning and unpinning its pages on every
+//! I/O. A buffer is registered on its first return to the pool, so the slot of any buffer in use
+//! is already in the kernel's table.
+//!
 //! Invariants: every byte of a buffer is initialised (fresh memory is zeroed), so handing out
-//! `&[u8]` over its full capacity is sound. The pool is single-threaded (`Rc`), like the shard.
+//! `&[u8]` over its full capacity is sound. A registered buffer is never given back to the
+//! allocator while its pool lives (the kernel's table points at it; the shard drops its ring
+//! before its pool). The pool is single-threaded (`Rc`), like the shard.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::RefCell;
+use std::io;
 use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
 
@@ -26,6 +37,8 @@ pub const MAX_BUF: usize = 1 << MAX_CLASS_SHIFT;
 struct Raw {
     ptr: NonNull<u8>,
     cap: usize,
+    /// Slot in the ring's buffer table, once registered.
+    reg: Option<u16>,
 }
 
 impl Raw {
@@ -34,7 +47,11 @@ impl Raw {
         // SAFETY: `layout` has a non-zero size (cap >= 4096) and a power-of-two alignment.
         let ptr = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Raw { ptr, cap }
+        Raw {
+            ptr,
+            cap,
+            reg: None,
+        }
     }
 
     fn release(self) {
@@ -61,6 +78,23 @@ fn class_of(len: usize) -> usize {
 #[derive(Default)]
 struct FreeLists {
     lists: [Vec<Raw>; CLASSES],
+    reg: Registration,
+}
+
+/// What is left of the ring's buffer table and of the pinned-memory budget.
+#[derive(Debug, Default)]
+struct Registration {
+    next_slot: u16,
+    slots: u16,
+    bytes_left: usize,
+    /// Unregistered buffers parked since the last [`BufPool::register_parked`].
+    waiting: usize,
+}
+
+impl Registration {
+    fn active(&self) -> bool {
+        self.next_slot < self.slots && self.bytes_left >= ALIGN
+    }
 }
 
 /// A pool of aligned buffers owned by one shard.
@@ -98,6 +132,67 @@ impl BufPool {
     /// Buffers currently parked in the pool (for tests and stats).
     pub fn parked(&self) -> usize {
         self.free.borrow().lists.iter().map(Vec::len).sum()
+    }
+
+    /// Lets [`BufPool::register_parked`] fill slots `0..slots` of the ring's (sparse) buffer
+    /// table with up to `budget` bytes of buffers.
+    pub fn enable_registration(&self, slots: u16, budget: usize) {
+        let mut free = self.free.borrow_mut();
+        free.reg = Registration {
+            next_slot: 0,
+            slots,
+            bytes_left: budget,
+            waiting: free.lists.iter().map(Vec::len).sum(),
+        };
+    }
+
+    /// Whether parked buffers wait for [`BufPool::register_parked`].
+    pub fn wants_registration(&self) -> bool {
+        let free = self.free.borrow();
+        free.reg.waiting > 0 && free.reg.active()
+    }
+
+    /// Registers the unregistered parked buffers that fit what is left of the table and budget:
+    /// `register(first_slot, iovecs)` puts them in consecutive slots of the ring's table. On
+    /// success they carry their slots from then on; on failure registration stops for good
+    /// (the buffers keep working unregistered) and the error is returned.
+    pub fn register_parked(
+        &self,
+        register: impl FnOnce(u16, &[libc::iovec]) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let mut guard = self.free.borrow_mut();
+        let FreeLists { lists, reg } = &mut *guard;
+        reg.waiting = 0;
+        let mut chosen: Vec<(usize, usize)> = Vec::new();
+        let mut iovecs: Vec<libc::iovec> = Vec::new();
+        let (mut slots, mut bytes) = (reg.slots - reg.next_slot, reg.bytes_left);
+        for (class, list) in lists.iter().enumerate() {
+            for (i, raw) in list.iter().enumerate() {
+                if raw.reg.is_some() || raw.cap > bytes || slots == 0 {
+                    continue;
+                }
+                slots -= 1;
+                bytes -= raw.cap;
+                chosen.push((class, i));
+                iovecs.push(libc::iovec {
+                    iov_base: raw.ptr.as_ptr().cast(),
+                    iov_len: raw.cap,
+                });
+            }
+        }
+        if iovecs.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = register(reg.next_slot, &iovecs) {
+            reg.slots = 0;
+            return Err(e);
+        }
+        for (class, i) in chosen.iter().copied() {
+            lists[class][i].reg = Some(reg.next_slot);
+            reg.next_slot += 1;
+        }
+        reg.bytes_left = bytes;
+        Ok(chosen.len())
     }
 }
 
@@ -143,6 +238,12 @@ impl AlignedBuf {
     pub fn as_ptr(&self) -> *const u8 {
         self.raw().ptr.as_ptr()
     }
+
+    /// Its slot in the ring's buffer table, if registered (see the module doc): the whole
+    /// capacity is registered, so any transfer within it can name the slot.
+    pub fn reg_index(&self) -> Option<u16> {
+        self.raw().reg
+    }
 }
 
 impl std::ops::Deref for AlignedBuf {
@@ -169,8 +270,15 @@ impl Drop for AlignedBuf {
         let Some(raw) = self.raw.take() else { return };
         if let Some(pool) = self.pool.upgrade() {
             let mut free = pool.borrow_mut();
-            let list = &mut free.lists[class_of(raw.cap)];
-            if list.len() < KEEP_PER_CLASS {
+            let FreeLists { lists, reg } = &mut *free;
+            let list = &mut lists[class_of(raw.cap)];
+            // A registered buffer stays with its pool: the kernel's table points at it.
+            if raw.reg.is_some() || list.len() < KEEP_PER_CLASS {
+                // Each flush it triggers registers something, so the scans stay bounded by
+                // the table's size.
+                if raw.reg.is_none() && reg.active() && raw.cap <= reg.bytes_left {
+                    reg.waiting += 1;
+                }
                 list.push(raw);
                 return;
             }
@@ -210,6 +318,69 @@ mod tests {
         let b = pool.take(100);
         assert_eq!(b.as_ptr(), ptr);
         assert_eq!(pool.parked(), 0);
+    }
+
+    #[test]
+    fn parked_buffers_register_within_slots_and_budget() {
+        let pool = BufPool::new();
+        let bufs: Vec<AlignedBuf> = [4096, 4096, 8192, 65536]
+            .iter()
+            .map(|&n| pool.take(n))
+            .collect();
+        pool.enable_registration(8, 16384);
+        assert!(!pool.wants_registration(), "nothing parked yet");
+        drop(bufs);
+        assert!(pool.wants_registration());
+        let mut seen = Vec::new();
+        let n = pool
+            .register_parked(|first, iovecs| {
+                seen.push((first, iovecs.iter().map(|v| v.iov_len).collect::<Vec<_>>()));
+                Ok(())
+            })
+            .unwrap();
+        // 4k + 4k + 8k fill the 16 KiB budget; the 64k buffer stays unregistered.
+        assert_eq!(n, 3);
+        assert_eq!(seen, vec![(0, vec![4096, 4096, 8192])]);
+        assert!(!pool.wants_registration(), "budget spent");
+        let a = pool.take(4096);
+        let b = pool.take(4096);
+        let c = pool.take(8192);
+        let d = pool.take(65536);
+        let mut slots: Vec<u16> = [&a, &b, &c].iter().filter_map(|x| x.reg_index()).collect();
+        slots.sort();
+        assert_eq!(slots, vec![0, 1, 2]);
+        assert_eq!(d.reg_index(), None);
+    }
+
+    #[test]
+    fn registered_buffers_are_kept_past_the_park_limit() {
+        let pool = BufPool::new();
+        pool.enable_registration(1, 1 << 20);
+        drop(pool.take(4096));
+        pool.register_parked(|_, _| Ok(())).unwrap();
+        let registered = pool.take(4096);
+        assert_eq!(registered.reg_index(), Some(0));
+        let others: Vec<AlignedBuf> = (0..KEEP_PER_CLASS).map(|_| pool.take(4096)).collect();
+        drop(others);
+        assert_eq!(pool.parked(), KEEP_PER_CLASS);
+        drop(registered);
+        assert_eq!(
+            pool.parked(),
+            KEEP_PER_CLASS + 1,
+            "never released to the allocator"
+        );
+    }
+
+    #[test]
+    fn a_failed_registration_turns_it_off() {
+        let pool = BufPool::new();
+        pool.enable_registration(4, 1 << 20);
+        drop(pool.take(4096));
+        let err = pool.register_parked(|_, _| Err(io::Error::from_raw_os_error(libc::ENOMEM)));
+        assert!(err.is_err());
+        drop(pool.take(8192));
+        assert!(!pool.wants_registration());
+        assert_eq!(pool.take(4096).reg_index(), None);
     }
 
     #[test]

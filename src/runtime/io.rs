@@ -21,6 +21,7 @@
 //! results go through the same completion path as the ring's, in the shard's next round.
 
 use super::buf::{AlignedBuf, BufPool};
+use super::files::OwnFile;
 use super::readahead::Lookup;
 use super::shard::{Accounting, KIND_IO, KIND_READAHEAD, Shard, user_data};
 use super::sync::SyncWaiter;
@@ -35,104 +36,142 @@ use std::time::Instant;
 
 /// One transfer between a buffer and a volume's backing store.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Transfer {
-    Read {
-        fd: RawFd,
-        offset: u64,
-        ptr: *mut u8,
-        len: u32,
-    },
+pub(super) struct Transfer {
+    dir: Direction,
+    fd: RawFd,
+    /// `fd`'s slot in the ring's file table (see `runtime::files`).
+    fixed_file: Option<u32>,
+    offset: u64,
+    ptr: *mut u8,
+    len: u32,
+    /// The buffer's slot in the ring's buffer table (see `runtime::buf`).
+    buf_index: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    /// `dsync`: RWF_DSYNC, durable when it completes.
     Write {
-        fd: RawFd,
-        offset: u64,
-        ptr: *const u8,
-        len: u32,
-        /// RWF_DSYNC: durable when it completes.
         dsync: bool,
     },
 }
 
-impl Transfer {
-    /// The same transfer through descriptor `new`.
-    fn through(mut self, new: RawFd) -> Self {
-        match &mut self {
-            Transfer::Read { fd, .. } | Transfer::Write { fd, .. } => *fd = new,
+/// Runs `$body` with `$file` bound to the transfer's file as the ring names it: its fixed slot
+/// or its descriptor (two types, hence a macro).
+macro_rules! with_ring_file {
+    ($t:expr, $file:ident => $body:expr) => {
+        match $t.fixed_file {
+            Some(slot) => {
+                let $file = types::Fixed(slot);
+                $body
+            }
+            None => {
+                let $file = types::Fd($t.fd);
+                $body
+            }
         }
+    };
+}
+
+impl Transfer {
+    /// Reads `len` bytes at `offset` of `fd` into `ptr`.
+    pub(super) fn read(fd: RawFd, offset: u64, ptr: *mut u8, len: u32) -> Self {
+        Transfer {
+            dir: Direction::Read,
+            fd,
+            fixed_file: None,
+            offset,
+            ptr,
+            len,
+            buf_index: None,
+        }
+    }
+
+    /// Writes `len` bytes from `ptr` at `offset` of `fd`; `dsync`: durable when it completes.
+    pub(super) fn write(fd: RawFd, offset: u64, ptr: *const u8, len: u32, dsync: bool) -> Self {
+        Transfer {
+            dir: Direction::Write { dsync },
+            // Never written through: the ring and pwritev2 only read a write's buffer.
+            ptr: ptr.cast_mut(),
+            ..Transfer::read(fd, offset, std::ptr::null_mut(), len)
+        }
+    }
+
+    /// The same transfer from or into a registered buffer (its slot, if any).
+    pub(super) fn in_buffer(mut self, buf_index: Option<u16>) -> Self {
+        self.buf_index = buf_index;
         self
     }
 
-    fn fd(&self) -> RawFd {
-        match *self {
-            Transfer::Read { fd, .. } | Transfer::Write { fd, .. } => fd,
-        }
+    /// The same transfer through this shard's own description of the file.
+    fn through(mut self, file: OwnFile) -> Self {
+        self.fd = file.fd;
+        self.fixed_file = file.fixed;
+        self
     }
 
-    /// The ring's SQE for it (user data still to be set).
+    /// The ring's SQE for it (user data still to be set): `READ_FIXED` / `WRITE_FIXED` from a
+    /// registered buffer, through the fixed file slot when there is one.
     fn sqe(self) -> Entry {
-        match self {
-            Transfer::Read {
-                fd,
-                offset,
-                ptr,
-                len,
-            } => opcode::Read::new(types::Fd(fd), ptr, len)
-                .offset(offset)
-                .build(),
-            Transfer::Write {
-                fd,
-                offset,
-                ptr,
-                len,
-                dsync,
-            } => {
-                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-                opcode::Write::new(types::Fd(fd), ptr, len)
-                    .offset(offset)
-                    .rw_flags(flags)
-                    .build()
+        let Transfer {
+            dir,
+            offset,
+            ptr,
+            len,
+            buf_index,
+            ..
+        } = self;
+        let flags = match dir {
+            Direction::Write { dsync: true } => libc::RWF_DSYNC,
+            _ => 0,
+        };
+        with_ring_file!(self, file => match (dir, buf_index) {
+            (Direction::Read, None) => opcode::Read::new(file, ptr, len).offset(offset).build(),
+            (Direction::Read, Some(i)) => {
+                opcode::ReadFixed::new(file, ptr, len, i).offset(offset).build()
             }
-        }
+            (Direction::Write { .. }, None) => opcode::Write::new(file, ptr, len)
+                .offset(offset)
+                .rw_flags(flags)
+                .build(),
+            (Direction::Write { .. }, Some(i)) => opcode::WriteFixed::new(file, ptr, len, i)
+                .offset(offset)
+                .rw_flags(flags)
+                .build(),
+        })
     }
 
     /// Does it now with plain system calls (for memory-backed stores); the result as a
     /// completion would carry it: bytes moved, or `-errno`.
     fn run_inline(self) -> i32 {
-        let (len, mut done) = match self {
-            Transfer::Read { len, .. } | Transfer::Write { len, .. } => (len as usize, 0usize),
-        };
+        let Transfer {
+            dir,
+            fd,
+            offset,
+            ptr,
+            len,
+            ..
+        } = self;
+        let len = len as usize;
+        let mut done = 0usize;
         while done < len {
-            let n = match self {
-                Transfer::Read {
-                    fd, offset, ptr, ..
-                } => {
+            let at = (offset + done as u64) as libc::off_t;
+            let n = match dir {
+                Direction::Read => {
                     // SAFETY: `ptr..ptr + len` is a buffer the op owns (module invariant); the
                     // call writes into its unfinished tail only.
-                    unsafe {
-                        libc::pread(
-                            fd,
-                            ptr.add(done).cast(),
-                            len - done,
-                            (offset + done as u64) as libc::off_t,
-                        )
-                    }
+                    unsafe { libc::pread(fd, ptr.add(done).cast(), len - done, at) }
                 }
-                Transfer::Write {
-                    fd,
-                    offset,
-                    ptr,
-                    dsync,
-                    ..
-                } => {
+                Direction::Write { dsync } => {
                     let iov = libc::iovec {
                         // SAFETY: as above; pwritev2 only reads the buffer.
-                        iov_base: unsafe { ptr.add(done) } as *mut libc::c_void,
+                        iov_base: unsafe { ptr.add(done) }.cast(),
                         iov_len: len - done,
                     };
                     let flags = if dsync { libc::RWF_DSYNC } else { 0 };
                     // SAFETY: one valid iovec, as above.
-                    unsafe {
-                        libc::pwritev2(fd, &iov, 1, (offset + done as u64) as libc::off_t, flags)
-                    }
+                    unsafe { libc::pwritev2(fd, &iov, 1, at, flags) }
                 }
             };
             match n {
@@ -397,7 +436,13 @@ impl Shard {
     /// memory-backed volume) with their results queued for the next round.
     fn start_transfers(&mut self, transfers: &mut Vec<Transfer>, ud: u64, inline: bool) {
         for t in transfers.drain(..) {
-            let t = t.through(self.own_files.get(t.fd()));
+            let ring = &self.ring;
+            let own = self.own_files.get(t.fd, |slot, fd| {
+                ring.submitter()
+                    .register_files_update(slot, &[fd])
+                    .map(drop)
+            });
+            let t = t.through(own);
             if inline {
                 let res = t.run_inline();
                 self.inline_done.push((ud, res));
@@ -465,12 +510,9 @@ impl Shard {
                     // SAFETY: `at + len <= buf.len()` (the pieces cover exactly its length);
                     // the buffer stays with its op or chunk until every transfer completes.
                     let ptr = unsafe { buf.as_mut_ptr().add(at) };
-                    out.push(Transfer::Read {
-                        fd,
-                        offset,
-                        ptr,
-                        len: len as u32,
-                    });
+                    out.push(
+                        Transfer::read(fd, offset, ptr, len as u32).in_buffer(buf.reg_index()),
+                    );
                     at += len as usize;
                 }
                 Piece::Zero { len } => {
@@ -744,12 +786,8 @@ impl Shard {
         for e in &extents {
             let mut bounce = bounce_for(&mut self.pool, e, e.copy_from.is_none());
             if let (Some(b), Some(old)) = (bounce.as_mut(), e.copy_from) {
-                sqes.push(Transfer::Read {
-                    fd: e.fd,
-                    offset: old,
-                    ptr: b.as_mut_ptr(),
-                    len: e.extent_len as u32,
-                });
+                let read = Transfer::read(e.fd, old, b.as_mut_ptr(), e.extent_len as u32);
+                sqes.push(read.in_buffer(b.reg_index()));
             }
             op.bounce.push(bounce);
         }
@@ -770,9 +808,12 @@ impl Shard {
         let Some(task) = sc.conn.task(op.task) else {
             return;
         };
-        let data: &[u8] = match &op.source {
-            Some(source) => source,
-            None => task.data_out(),
+        let (data, data_index): (&[u8], Option<u16>) = match &op.source {
+            Some(source) => (source, source.reg_index()),
+            None => (
+                task.data_out(),
+                task.data_out.as_ref().and_then(AlignedBuf::reg_index),
+            ),
         };
         // A durable write that remaps extents is made durable by the group sync that follows
         // (data store and journal together); one that only overwrites owned extents has no
@@ -788,7 +829,7 @@ impl Shard {
             }
         }
         for piece in op.plan.iter() {
-            let (fd, offset, ptr, len) = match *piece {
+            let (fd, offset, ptr, len, buf_index) = match *piece {
                 WritePiece::InPlace {
                     fd,
                     offset,
@@ -796,7 +837,7 @@ impl Shard {
                     data_at,
                 } => {
                     let src = &data[data_at as usize..(data_at + len) as usize];
-                    (fd, offset, src.as_ptr(), len)
+                    (fd, offset, src.as_ptr(), len, data_index)
                 }
                 WritePiece::NewExtent(e) => {
                     let bounce = op.bounce.get_mut(bounce_index).and_then(Option::as_mut);
@@ -805,20 +846,14 @@ impl Shard {
                     match bounce {
                         Some(b) => {
                             b[e.within as usize..(e.within + e.len) as usize].copy_from_slice(src);
-                            (e.fd, e.offset, b.as_ptr(), e.extent_len)
+                            (e.fd, e.offset, b.as_ptr(), e.extent_len, b.reg_index())
                         }
                         // The command covers the whole extent: no merge, no copy.
-                        None => (e.fd, e.offset, src.as_ptr(), e.extent_len),
+                        None => (e.fd, e.offset, src.as_ptr(), e.extent_len, data_index),
                     }
                 }
             };
-            sqes.push(Transfer::Write {
-                fd,
-                offset,
-                ptr,
-                len: len as u32,
-                dsync,
-            });
+            sqes.push(Transfer::write(fd, offset, ptr, len as u32, dsync).in_buffer(buf_index));
         }
         self.submit_all(slot, &mut sqes);
         self.sqes = sqes;
@@ -1116,42 +1151,91 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_raw_fd();
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-        let write = Transfer::Write {
-            fd,
-            offset: 4096,
-            ptr: data.as_ptr(),
-            len: data.len() as u32,
-            dsync: true,
-        };
+        let write = Transfer::write(fd, 4096, data.as_ptr(), data.len() as u32, true);
         assert_eq!(write.run_inline(), 8192);
         let mut back = vec![0u8; 8192];
-        let read = Transfer::Read {
-            fd,
-            offset: 4096,
-            ptr: back.as_mut_ptr(),
-            len: back.len() as u32,
-        };
+        let read = Transfer::read(fd, 4096, back.as_mut_ptr(), back.len() as u32);
         assert_eq!(read.run_inline(), 8192);
         assert_eq!(back, data);
         // Past the end of the file a read stops short, as a ring read would.
-        let read_tail = Transfer::Read {
-            fd,
-            offset: 8192,
-            ptr: back.as_mut_ptr(),
-            len: back.len() as u32,
-        };
+        let read_tail = Transfer::read(fd, 8192, back.as_mut_ptr(), back.len() as u32);
         assert_eq!(read_tail.run_inline(), 4096);
+    }
+
+    #[test]
+    fn registered_buffers_and_fixed_files_make_fixed_transfers() {
+        use io_uring::opcode;
+        let read = Transfer::read(5, 0, std::ptr::null_mut(), 4096);
+        let write = Transfer::write(5, 0, std::ptr::null(), 4096, false);
+        assert_eq!(read.sqe().get_opcode(), u32::from(opcode::Read::CODE));
+        assert_eq!(write.sqe().get_opcode(), u32::from(opcode::Write::CODE));
+        let (read, write) = (read.in_buffer(Some(7)), write.in_buffer(Some(7)));
+        assert_eq!(read.sqe().get_opcode(), u32::from(opcode::ReadFixed::CODE));
+        assert_eq!(
+            write.sqe().get_opcode(),
+            u32::from(opcode::WriteFixed::CODE)
+        );
+    }
+
+    /// A write and a read through a real ring, from and into registered pool buffers, through a
+    /// fixed file slot: the kernel checks each buffer range against the slot it names.
+    #[test]
+    fn fixed_transfers_move_the_right_bytes() {
+        use crate::runtime::buf::BufPool;
+        use crate::runtime::files::OwnFiles;
+        let file = tempfile::tempfile().unwrap();
+        let mut ring = io_uring::IoUring::new(8).unwrap();
+        ring.submitter().register_buffers_sparse(16).unwrap();
+        ring.submitter().register_files_sparse(4).unwrap();
+        let pool = BufPool::new();
+        pool.enable_registration(16, 1 << 20);
+        drop((pool.take(8192), pool.take(8192)));
+        let submitter = ring.submitter();
+        // SAFETY: the pool's buffers outlive the ring (the ring is dropped first, below).
+        let n = pool
+            .register_parked(|first, iovecs| unsafe {
+                submitter.register_buffers_update(first.into(), iovecs, None)
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        let mut files = OwnFiles::default();
+        files.enable_fixed(4);
+        let own = files.get(file.as_raw_fd(), |slot, fd| {
+            ring.submitter()
+                .register_files_update(slot, &[fd])
+                .map(drop)
+        });
+        assert_eq!(own.fixed, Some(0));
+        let mut src = pool.take(8192);
+        let mut dst = pool.take(8192);
+        assert!(src.reg_index().is_some() && dst.reg_index().is_some());
+        for (i, b) in src.iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+        // The second half of the source buffer to offset 4096 of the file, then back into the
+        // first half of the destination.
+        // SAFETY: 4096 + 4096 <= 8192 bytes of each buffer.
+        let (from, into) = unsafe { (src.as_ptr().add(4096), dst.as_mut_ptr()) };
+        let transfers = [
+            Transfer::write(file.as_raw_fd(), 4096, from, 4096, false).in_buffer(src.reg_index()),
+            Transfer::read(file.as_raw_fd(), 4096, into, 4096).in_buffer(dst.reg_index()),
+        ];
+        for (i, t) in transfers.iter().enumerate() {
+            let sqe = t.through(own).sqe().user_data(i as u64);
+            // SAFETY: both buffers live until the completion is reaped below.
+            unsafe { ring.submission().push(&sqe).unwrap() };
+            ring.submit_and_wait(1).unwrap();
+            let cqe = ring.completion().next().unwrap();
+            assert_eq!(cqe.result(), 4096, "transfer {i}");
+        }
+        assert_eq!(&dst[..4096], &src[4096..]);
+        drop(ring);
     }
 
     #[test]
     fn inline_transfer_errors_come_back_as_negative_errno() {
         let mut buf = [0u8; 512];
-        let read = Transfer::Read {
-            fd: -1,
-            offset: 0,
-            ptr: buf.as_mut_ptr(),
-            len: 512,
-        };
+        let read = Transfer::read(-1, 0, buf.as_mut_ptr(), 512);
         assert_eq!(read.run_inline(), -libc::EBADF);
     }
 }

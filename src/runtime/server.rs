@@ -108,6 +108,7 @@ fn start_shards(
     };
     let busy_poll = cfg.busy_poll;
     let read_ahead = cfg.read_ahead;
+    let registered_buffers = cfg.registered_buffers as usize;
     let stats_config = crate::stats::StatsConfig {
         latency: cfg.latency_stats,
         slow_command: cfg.slow_command,
@@ -143,7 +144,10 @@ fn start_shards(
                 );
                 match shard {
                     Ok(shard) => {
-                        let shard = shard.with_busy_poll(busy_poll).with_read_ahead(read_ahead);
+                        let shard = shard
+                            .with_busy_poll(busy_poll)
+                            .with_read_ahead(read_ahead)
+                            .with_registered_buffers(registered_buffers);
                         if let Err(e) = shard.run() {
                             eprintln!("shoal: shard {id} stopped: {e}");
                         }

@@ -51,6 +51,11 @@ const KIND_WAKE: u64 = 4;
 pub(super) const KIND_SYNC: u64 = 5;
 pub(super) const KIND_READAHEAD: u64 = 6;
 const TICK: Duration = Duration::from_millis(100);
+/// Slots of the ring's file table: one per data file the shard's volumes use (more fall back
+/// to plain descriptors).
+const FILE_SLOTS: u32 = 64;
+/// Slots of the ring's buffer table (the byte budget usually runs out first).
+const BUFFER_SLOTS: u16 = 4096;
 const RX_CAPACITY: usize = 512 * 1024;
 
 pub(super) fn user_data(kind: u64, index: usize) -> u64 {
@@ -364,6 +369,10 @@ impl Shard {
         stats_config: StatsConfig,
     ) -> std::io::Result<Self> {
         let ring = new_ring()?;
+        let mut own_files = OwnFiles::default();
+        if ring.submitter().register_files_sparse(FILE_SLOTS).is_ok() {
+            own_files.enable_fixed(FILE_SLOTS);
+        }
         let slow = stats_config
             .slow_command
             .filter(|_| stats_config.latency)
@@ -390,7 +399,7 @@ impl Shard {
             range_waiters: Vec::new(),
             caw_active: 0,
             readahead: ReadAhead::new(0),
-            own_files: OwnFiles::default(),
+            own_files,
             portals,
             registry,
             pending_snapshots: Vec::new(),
@@ -410,6 +419,21 @@ impl Shard {
     /// Polls the ring for `window` after the last completion before sleeping (zero: off).
     pub fn with_busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// Registers up to `budget` bytes of its I/O buffers with the ring (zero: none); see
+    /// `runtime::buf`. Kernels without sparse buffer tables (before 5.13) do without.
+    pub fn with_registered_buffers(self, budget: usize) -> Self {
+        if budget > 0
+            && self
+                .ring
+                .submitter()
+                .register_buffers_sparse(BUFFER_SLOTS.into())
+                .is_ok()
+        {
+            self.pool.enable_registration(BUFFER_SLOTS, budget);
+        }
         self
     }
 
@@ -433,6 +457,9 @@ impl Shard {
             let polling = !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll;
             let idle = self.pending_usage.is_empty() && self.inline_done.is_empty();
             let want = usize::from(idle && !polling);
+            if self.pool.wants_registration() {
+                self.register_parked_buffers();
+            }
             match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
@@ -440,8 +467,13 @@ impl Shard {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
-            if self.ring.submission().is_empty() {
-                self.own_files.release_retired();
+            if self.own_files.has_retired() && self.ring.submission().is_empty() {
+                let (ring, id) = (&self.ring, self.id);
+                self.own_files.release_retired(|slot| {
+                    if let Err(e) = ring.submitter().register_files_update(slot, &[-1]) {
+                        log_error(id, "emptying a fixed file slot", &e);
+                    }
+                });
             }
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.append(&mut self.inline_done);
@@ -465,6 +497,20 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// Puts the buffers parked since the last round in the ring's buffer table (a failure turns
+    /// registration off: the buffers keep working unregistered).
+    fn register_parked_buffers(&mut self) {
+        let submitter = self.ring.submitter();
+        let result = self.pool.register_parked(|first, iovecs| {
+            // SAFETY: each iovec spans one of the pool's buffers, which stays allocated until
+            // the pool is dropped, after the ring (field order of `Shard`; see `runtime::buf`).
+            unsafe { submitter.register_buffers_update(first.into(), iovecs, None) }
+        });
+        if let Err(e) = result {
+            log_error(self.id, "registering I/O buffers (continuing without)", &e);
+        }
     }
 
     pub(super) fn push(&mut self, sqe: io_uring::squeue::Entry) {
