@@ -291,6 +291,8 @@ const FAST_SUITES: &[&str] = &[
     "ProutReserve",
     "ProutClear",
     "ProutPreempt",
+    "ExtendedCopy",
+    "ReceiveCopyResults",
 ];
 
 /// CUnit's "tests" summary line: (ran, passed, failed).

@@ -5,6 +5,8 @@
 //! Write:              plan ─▶ CopyOld? ─▶ WriteData ─▶ commit ─▶ SyncMeta? ─▶ VerifyRead? ─▶ done
 //! Flush:              Flush (group sync: fdatasync data store + journals) ────────────────▶ done
 //! Compare and write:  [range free] ─▶ Read ─▶ compare ─▶ (equal) plan ─▶ … as Write ─▶ done
+//! Extended copy:      per chunk (≤ COPY_CHUNK of a segment): Read (source) ─▶ plan (destination)
+//!                     ─▶ … as Write ─▶ next chunk, or done after the last
 //! ```
 //! COMPARE AND WRITE is atomic with respect to every other write of its LUN: it starts only when
 //! no write overlapping its range is in flight, and until it ends, writes overlapping its range
@@ -26,6 +28,7 @@ use super::readahead::Lookup;
 use super::shard::{Accounting, KIND_IO, KIND_READAHEAD, Shard, user_data};
 use super::sync::SyncWaiter;
 use crate::iscsi::connection::{DataInSource, TaskId};
+use crate::scsi::xcopy::CopySegment;
 use crate::scsi::{self, IoResult, OpClass, Outcome};
 use crate::storage::{NewExtent, Piece, PlanError, WritePiece};
 use io_uring::{opcode, squeue::Entry, types};
@@ -33,6 +36,9 @@ use smallvec::SmallVec;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
+
+/// Bytes an EXTENDED COPY moves per read and write.
+const COPY_CHUNK: u64 = 1 << 20;
 
 /// One transfer between a buffer and a volume's backing store.
 #[derive(Debug, Clone, Copy)]
@@ -228,9 +234,47 @@ pub(super) struct IoOp {
     waiting_for_range: bool,
     /// When the shard executed the command (latency statistics on).
     submitted: Option<Instant>,
+    /// EXTENDED COPY: bytes of the current segment copied.
+    copied: u64,
 }
 
 impl IoOp {
+    /// The part of the current EXTENDED COPY segment to copy next (from the segment's end when
+    /// it copies backwards), if any is left.
+    fn copy_chunk(&self) -> Option<CopySegment> {
+        let Outcome::Copy { segments, done, .. } = &self.outcome else {
+            return None;
+        };
+        let segment = segments.get(*done)?;
+        let len = (segment.len - self.copied).min(COPY_CHUNK);
+        let at = if segment.backwards() {
+            segment.len - self.copied - len
+        } else {
+            self.copied
+        };
+        Some(CopySegment {
+            src: segment.src + at,
+            dst: segment.dst + at,
+            len,
+        })
+    }
+
+    /// Counts the current chunk copied; whether another one is left.
+    fn advance_copy(&mut self) -> bool {
+        let Some(chunk) = self.copy_chunk() else {
+            return false;
+        };
+        let Outcome::Copy { segments, done, .. } = &mut self.outcome else {
+            return false;
+        };
+        self.copied += chunk.len;
+        if self.copied >= segments[*done].len {
+            *done += 1;
+            self.copied = 0;
+        }
+        *done < segments.len()
+    }
+
     fn new_extents(&self) -> impl Iterator<Item = &NewExtent> {
         self.plan.iter().filter_map(|p| match p {
             WritePiece::NewExtent(e) => Some(e),
@@ -258,6 +302,10 @@ impl IoOp {
                 SmallVec::from_slice(&[(*offset, *len)])
             }
             Outcome::Unmap { ranges } => ranges.iter().copied().collect(),
+            Outcome::Copy { .. } => self
+                .copy_chunk()
+                .map(|c| SmallVec::from_slice(&[(c.dst, c.len)]))
+                .unwrap_or_default(),
             Outcome::Done(_)
             | Outcome::Read { .. }
             | Outcome::Verify { .. }
@@ -284,9 +332,10 @@ impl Shard {
             }
         };
         let phase = match outcome {
-            Outcome::Read { .. } | Outcome::Verify { .. } | Outcome::CompareAndWrite { .. } => {
-                Phase::Read
-            }
+            Outcome::Read { .. }
+            | Outcome::Verify { .. }
+            | Outcome::CompareAndWrite { .. }
+            | Outcome::Copy { .. } => Phase::Read,
             Outcome::Flush => Phase::Flush,
             _ => Phase::WriteData,
         };
@@ -306,6 +355,7 @@ impl Shard {
             waited_for_space: false,
             waiting_for_range: false,
             submitted,
+            copied: 0,
         });
         if let Some(sc) = self.conn_mut(index) {
             sc.io_in_flight += 1;
@@ -462,6 +512,10 @@ impl Shard {
             | Outcome::Verify { offset, len, .. }
             | Outcome::WriteVerify { offset, len, .. }
             | Outcome::CompareAndWrite { offset, len, .. } => (offset, len),
+            Outcome::Copy { .. } => match op.copy_chunk() {
+                Some(chunk) => (chunk.src, chunk.len),
+                None => return,
+            },
             _ => return,
         };
         // READ commands (not the reads of VERIFY) use and drive the read-ahead.
@@ -687,6 +741,47 @@ impl Shard {
         self.plan_write(slot);
     }
 
+    /// EXTENDED COPY read a chunk: writes it at the destination (as a WRITE would).
+    fn copy_then_write(&mut self, slot: usize) {
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        op.source = op.buf.take();
+        op.phase = Phase::WriteData;
+        self.invalidate_read_ahead(slot);
+        self.plan_write(slot);
+    }
+
+    /// EXTENDED COPY wrote a chunk: starts the next one, if any is left and all went well.
+    /// Between chunks the op holds no extent and no range, so a snapshot or a COMPARE AND WRITE
+    /// waiting for it may go ahead (the next chunk is planned after them).
+    fn next_copy_chunk(&mut self, slot: usize) -> bool {
+        let Some(op) = self.ops[slot].as_mut() else {
+            return false;
+        };
+        if op.error || op.no_space || !matches!(op.outcome, Outcome::Copy { .. }) {
+            return false;
+        }
+        self.invalidate_read_ahead(slot);
+        let Some(op) = self.ops[slot].as_mut() else {
+            return false;
+        };
+        if !op.advance_copy() {
+            return false;
+        }
+        op.phase = Phase::Read;
+        op.plan.clear();
+        op.bounce.clear();
+        op.source = None;
+        op.buf = None;
+        op.pending = 0;
+        op.waited_for_space = false;
+        self.finish_snapshots(Some(slot));
+        self.retry_range_waiters();
+        self.dispatch(slot);
+        true
+    }
+
     /// Ops that waited for a range get another try (an op just ended).
     fn retry_range_waiters(&mut self) {
         if self.range_waiters.is_empty() {
@@ -719,6 +814,10 @@ impl Shard {
                 SmallVec::from_slice(&[(offset, len)])
             }
             Outcome::WriteSame { .. } | Outcome::Unmap { .. } => op.ranges.clone(),
+            Outcome::Copy { .. } => match op.copy_chunk() {
+                Some(chunk) => SmallVec::from_slice(&[(chunk.dst, chunk.len)]),
+                None => return,
+            },
             _ => return,
         };
         let mut plan = std::mem::take(&mut self.plan);
@@ -912,6 +1011,9 @@ impl Shard {
                     Outcome::Write { .. }
                         | Outcome::WriteVerify { .. }
                         | Outcome::CompareAndWrite { .. }
+                        | Outcome::WriteSame { .. }
+                        | Outcome::Unmap { .. }
+                        | Outcome::Copy { .. }
                 );
                 let on_lun = self
                     .conns
@@ -943,8 +1045,10 @@ impl Shard {
         };
         let (phase, error) = (op.phase, op.error);
         let compare_and_write = matches!(op.outcome, Outcome::CompareAndWrite { .. });
+        let copy = matches!(op.outcome, Outcome::Copy { .. });
         match phase {
             Phase::Read if compare_and_write && !error => self.compare_then_write(slot),
+            Phase::Read if copy && !error => self.copy_then_write(slot),
             Phase::CopyOld if !error => {
                 op.phase = Phase::WriteData;
                 self.submit_write_data(slot);
@@ -1020,6 +1124,9 @@ impl Shard {
 
     /// Reports the op's result to the SCSI layer and the connection.
     fn finish_op(&mut self, slot: usize) {
+        if self.next_copy_chunk(slot) {
+            return;
+        }
         self.invalidate_read_ahead(slot);
         let Some(op) = self.ops[slot].take() else {
             return;

@@ -76,6 +76,10 @@ pub mod opcode {
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
     /// PERSISTENT RESERVE OUT (SPC-4 6.16).
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    /// EXTENDED COPY (SPC-4 6.4; service action LID1, the SPC-3 command).
+    pub const EXTENDED_COPY: u8 = 0x83;
+    /// RECEIVE COPY RESULTS (SPC-4 6.22).
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     /// READ (16) (SBC-3 5.13).
     pub const READ_16: u8 = 0x88;
     /// WRITE (16) (SBC-3 5.35).
@@ -148,6 +152,8 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         MAINTENANCE_IN => "MAINTENANCE IN",
         PERSISTENT_RESERVE_IN => "PERSISTENT RESERVE IN",
         PERSISTENT_RESERVE_OUT => "PERSISTENT RESERVE OUT",
+        EXTENDED_COPY => "EXTENDED COPY",
+        RECEIVE_COPY_RESULTS => "RECEIVE COPY RESULTS",
         READ_12 => "READ(12)",
         WRITE_12 => "WRITE(12)",
         WRITE_AND_VERIFY_12 => "WRITE AND VERIFY(12)",
@@ -393,6 +399,20 @@ pub enum Command {
     },
     /// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
     ReportSupportedOpcodes(RsocRequest),
+    /// EXTENDED COPY (LID1) (SPC-4 6.4): see `scsi::xcopy`.
+    ExtendedCopy {
+        /// PARAMETER LIST LENGTH.
+        param_len: u32,
+    },
+    /// RECEIVE COPY RESULTS (SPC-4 6.22).
+    ReceiveCopyResults {
+        /// SERVICE ACTION (COPY STATUS or OPERATING PARAMETERS).
+        action: u8,
+        /// LIST IDENTIFIER (COPY STATUS).
+        list_id: u8,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
 }
 
 /// One supported command, as REPORT SUPPORTED OPERATION CODES describes it.
@@ -496,6 +516,24 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x03, &prout_usage(0x03)),
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x04, &prout_usage(0x04)),
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x06, &prout_usage(0x06)),
+    sa_cmd(
+        opcode::EXTENDED_COPY,
+        0x00,
+        &[
+            0x83, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x00, 0x04,
+        ],
+    ),
+    sa_cmd(
+        opcode::RECEIVE_COPY_RESULTS,
+        0x00,
+        &receive_copy_results_usage(0x00),
+    ),
+    sa_cmd(
+        opcode::RECEIVE_COPY_RESULTS,
+        0x03,
+        &receive_copy_results_usage(0x03),
+    ),
     cmd(opcode::READ_16, &READ_16_USAGE),
     cmd(
         opcode::COMPARE_AND_WRITE,
@@ -572,6 +610,15 @@ const fn prin_usage(sa: u8) -> [u8; 10] {
 /// LENGTH, CONTROL.
 const fn prout_usage(sa: u8) -> [u8; 10] {
     [0x5F, sa, 0xFF, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x04]
+}
+
+/// CDB usage data of RECEIVE COPY RESULTS: SERVICE ACTION, LIST IDENTIFIER, ALLOCATION LENGTH,
+/// CONTROL.
+const fn receive_copy_results_usage(sa: u8) -> [u8; 16] {
+    [
+        0x84, sa, 0xFF, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00,
+        0x04,
+    ]
 }
 
 /// CDB usage data of a 16-byte block command: byte 1 mask, LBA, length, GROUP NUMBER ignored,
@@ -668,11 +715,15 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
         return Err(Sense::invalid_opcode());
     };
     if !is_supported_opcode(op, cdb) {
-        // PERSISTENT RESERVE IN/OUT with a service action we lack: INVALID FIELD IN CDB on the
-        // SERVICE ACTION field (SPC-4 4.3.5.5), which initiators tell from "not implemented".
+        // PERSISTENT RESERVE IN/OUT and the copy commands with a service action we lack:
+        // INVALID FIELD IN CDB on the SERVICE ACTION field (SPC-4 4.3.5.5), which initiators
+        // tell from "not implemented".
         if matches!(
             op,
-            opcode::PERSISTENT_RESERVE_IN | opcode::PERSISTENT_RESERVE_OUT
+            opcode::PERSISTENT_RESERVE_IN
+                | opcode::PERSISTENT_RESERVE_OUT
+                | opcode::EXTENDED_COPY
+                | opcode::RECEIVE_COPY_RESULTS
         ) {
             return Err(Sense::invalid_field_in_cdb(1, Some(4)));
         }
@@ -721,6 +772,14 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
             param_len: be32(cdb, 5, 4),
         }),
         RELEASE_6 => Ok(Command::Release6),
+        EXTENDED_COPY => Ok(Command::ExtendedCopy {
+            param_len: be32(cdb, 10, 4),
+        }),
+        RECEIVE_COPY_RESULTS => Ok(Command::ReceiveCopyResults {
+            action: byte(cdb, 1) & 0x1F,
+            list_id: byte(cdb, 2),
+            alloc_len: be32(cdb, 10, 4),
+        }),
         MODE_SENSE_6 | MODE_SENSE_10 => parse_mode_sense(cdb, op == MODE_SENSE_10),
         MODE_SELECT_6 | MODE_SELECT_10 => parse_mode_select(cdb, op == MODE_SELECT_10),
         START_STOP_UNIT => Ok(Command::StartStopUnit {
@@ -1049,6 +1108,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
         MODE_SELECT_6 => u64::from(byte(cdb, 4)),
         MODE_SELECT_10 | UNMAP => be(cdb, 7, 2),
         PERSISTENT_RESERVE_OUT => be(cdb, 5, 4),
+        EXTENDED_COPY => be(cdb, 10, 4),
         WRITE_SAME_10 => bs,
         WRITE_SAME_16 if byte(cdb, 1) & 0x01 != 0 => 0,
         WRITE_SAME_16 => bs,
@@ -1193,7 +1253,7 @@ mod tests {
     #[test]
     fn unsupported_opcodes_rejected() {
         for op in [
-            0x8Bu8, 0x83, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
+            0x8Bu8, 0x8C, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
         ] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
@@ -1767,7 +1827,7 @@ mod tests {
     #[test]
     fn supported_table_matches_parser_exactly() {
         for op in 0..=255u8 {
-            let sas: Vec<u8> = if matches!(op, 0x9E | 0xA3 | 0x5E | 0x5F) {
+            let sas: Vec<u8> = if matches!(op, 0x9E | 0xA3 | 0x5E | 0x5F | 0x83 | 0x84) {
                 (0..32).collect()
             } else {
                 vec![0]
@@ -1776,9 +1836,10 @@ mod tests {
                 let c = cdb(&[op, sa]);
                 let refused = match parse(&c) {
                     Err(e) if e == Sense::invalid_opcode() => true,
-                    // PERSISTENT RESERVE IN/OUT: an unsupported service action.
+                    // PERSISTENT RESERVE IN/OUT, the copy commands: an unsupported service action.
                     Err(e) => {
-                        matches!(op, 0x5E | 0x5F) && e == Sense::invalid_field_in_cdb(1, Some(4))
+                        matches!(op, 0x5E | 0x5F | 0x83 | 0x84)
+                            && e == Sense::invalid_field_in_cdb(1, Some(4))
                     }
                     Ok(_) => false,
                 };

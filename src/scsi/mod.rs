@@ -17,6 +17,7 @@ pub mod pr;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
+pub mod xcopy;
 
 pub use cdb::{data_out_length, op_class};
 pub use lun::{LogicalUnit, LunInfo, decode_lun, encode_lun, lun_not_supported};
@@ -167,6 +168,20 @@ pub enum Outcome {
         lba: u64,
         /// Allocation length.
         alloc_len: u32,
+    },
+    /// EXTENDED COPY (SPC-4 6.4, see [`xcopy`]): copy each segment within this logical unit, in
+    /// order, as reads and writes (a write as WRITE would do it: durable before GOOD with the
+    /// write cache off), then GOOD; on a failure stop and report COPY ABORTED. The runtime
+    /// counts the segments it finished in `done` (what COPY STATUS reports).
+    Copy {
+        /// The segments with something to copy (at least one).
+        segments: Vec<xcopy::CopySegment>,
+        /// Segment descriptors in the parameter list.
+        segment_count: u16,
+        /// The list identifier whose results are held for RECEIVE COPY RESULTS.
+        held: Option<u8>,
+        /// Segments of `segments` copied so far.
+        done: usize,
     },
 }
 

@@ -245,6 +245,46 @@ impl Sense {
         Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
     }
 
+    /// TOO MANY TARGET DESCRIPTORS (05/26/06): an EXTENDED COPY names more copy targets (CSCD
+    /// descriptors) than the copy manager takes.
+    pub const fn too_many_target_descriptors() -> Self {
+        Sense::new(SenseKey::IllegalRequest, 0x26, 0x06)
+    }
+
+    /// UNSUPPORTED TARGET DESCRIPTOR TYPE CODE (05/26/07).
+    pub const fn unsupported_target_descriptor_type() -> Self {
+        Sense::new(SenseKey::IllegalRequest, 0x26, 0x07)
+    }
+
+    /// TOO MANY SEGMENT DESCRIPTORS (05/26/08).
+    pub const fn too_many_segment_descriptors() -> Self {
+        Sense::new(SenseKey::IllegalRequest, 0x26, 0x08)
+    }
+
+    /// UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE (05/26/09).
+    pub const fn unsupported_segment_descriptor_type() -> Self {
+        Sense::new(SenseKey::IllegalRequest, 0x26, 0x09)
+    }
+
+    // ---- COPY ABORTED (EXTENDED COPY) ----
+
+    /// COPY ABORTED with ASC/ASCQ `asc`/`ascq`; INFORMATION = the index of the segment
+    /// descriptor being processed.
+    pub const fn copy_aborted(asc: u8, ascq: u8, segment: u64) -> Self {
+        Sense::new(SenseKey::CopyAborted, asc, ascq).with_information(segment)
+    }
+
+    /// COPY TARGET DEVICE NOT REACHABLE (0A/0D/02): a segment names a copy target the copy
+    /// manager cannot reach.
+    pub const fn copy_target_not_reachable(segment: u64) -> Self {
+        Sense::copy_aborted(0x0D, 0x02, segment)
+    }
+
+    /// UNREACHABLE COPY TARGET (0A/08/04): a segment names a CSCD descriptor the list lacks.
+    pub const fn unreachable_copy_target(segment: u64) -> Self {
+        Sense::copy_aborted(0x08, 0x04, segment)
+    }
+
     /// LOGICAL BLOCK ADDRESS OUT OF RANGE (05/21/00).
     pub const fn lba_out_of_range() -> Self {
         Sense::new(SenseKey::IllegalRequest, 0x21, 0x00)

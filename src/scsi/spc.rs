@@ -37,7 +37,7 @@ pub const PERIPHERAL_DIRECT_ACCESS: u8 = 0x00;
 /// PERIPHERAL QUALIFIER 011b, DEVICE TYPE 1Fh: no logical unit at this LUN.
 pub const PERIPHERAL_NO_LUN: u8 = 0x7F;
 /// The VPD pages we implement, ascending.
-pub const SUPPORTED_VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+pub const SUPPORTED_VPD_PAGES: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// Mode page code: Caching (SBC-3 6.4.5).
 pub const MODE_PAGE_CACHING: u8 = 0x08;
@@ -88,7 +88,7 @@ fn put_ascii(dst: &mut [u8], src: &[u8]) {
 
 /// Standard INQUIRY data (SPC-4 6.6.2), 96 bytes, with the given PERIPHERAL QUALIFIER / DEVICE
 /// TYPE byte: SPC-4 (VERSION 06h), HiSup, RESPONSE DATA FORMAT 2, CmdQue, not removable, no
-/// protection, no TPGS, NormACA=0.
+/// protection, no TPGS, NormACA=0, 3PC (EXTENDED COPY, `scsi::xcopy`).
 pub fn standard_inquiry(peripheral: u8) -> Vec<u8> {
     let mut d = vec![0u8; STANDARD_INQUIRY_LEN];
     d[0] = peripheral;
@@ -96,6 +96,7 @@ pub fn standard_inquiry(peripheral: u8) -> Vec<u8> {
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x12; // HISUP | RESPONSE DATA FORMAT 2
     d[4] = (STANDARD_INQUIRY_LEN - 5) as u8; // ADDITIONAL LENGTH
+    d[5] = 0x08; // 3PC: EXTENDED COPY (scsi::xcopy)
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(VENDOR_ID);
     d[16..32].copy_from_slice(PRODUCT_ID);
@@ -125,6 +126,7 @@ pub fn vpd_page(info: &LunInfo, page_code: u8) -> Option<Vec<u8>> {
         0x80 => unit_serial_number(info),
         0x83 => device_identification(info),
         0x86 => extended_inquiry(),
+        0x8F => super::xcopy::third_party_copy_vpd(),
         0xB0 => block_limits(info),
         0xB1 => block_device_characteristics(),
         0xB2 => logical_block_provisioning(info),
@@ -213,6 +215,31 @@ fn device_identification(info: &LunInfo) -> Vec<u8> {
         &[0, 0, port[0], port[1]],
     ));
     body
+}
+
+/// Whether `descriptor` (a designation descriptor, SPC-4 7.8.6.1: CODE SET, ASSOCIATION and
+/// DESIGNATOR TYPE, DESIGNATOR LENGTH, designator) names this logical unit: it equals one of the
+/// logical-unit designators of its Device Identification page (EXTENDED COPY's identification
+/// CSCD descriptors name copy targets this way).
+pub fn designates_lu(info: &LunInfo, descriptor: &[u8]) -> bool {
+    let page = device_identification(info);
+    let mut rest = &page[..];
+    while let Some(&len) = rest.get(3) {
+        let Some(own) = rest.get(..4 + usize::from(len)) else {
+            break;
+        };
+        let is_lu = (own[1] >> 4) & 0x03 == ASSOC_LU;
+        let same = descriptor.len() >= own.len()
+            && own[0] & 0x0F == descriptor[0] & 0x0F
+            && own[1] & 0x3F == descriptor[1] & 0x3F
+            && own[3] == descriptor[3]
+            && own[4..] == descriptor[4..own.len()];
+        if is_lu && same {
+            return true;
+        }
+        rest = &rest[own.len()..];
+    }
+    false
 }
 
 /// Extended INQUIRY Data (86h) body, PAGE LENGTH 3Ch: SIMPSUP (we treat every task as SIMPLE;
@@ -705,7 +732,7 @@ mod tests {
     fn standard_inquiry_exact_bytes() {
         let d = standard_inquiry(PERIPHERAL_DIRECT_ACCESS);
         assert_eq!(d.len(), 96);
-        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x08, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"SHOAL   ");
         assert_eq!(&d[16..32], b"Shoal Volume    ");
         assert_eq!(&d[32..36], b"0001");
@@ -739,7 +766,7 @@ mod tests {
     fn supported_vpd_pages_sorted_and_all_readable() {
         let i = info();
         let d = inquiry(&i, true, 0x00, 255).data;
-        assert_eq!(&d[..4], &[0x00, 0x00, 0x00, 7]);
+        assert_eq!(&d[..4], &[0x00, 0x00, 0x00, 8]);
         assert_eq!(&d[4..], &SUPPORTED_VPD_PAGES);
         assert!(d[4..].windows(2).all(|w| w[0] < w[1]));
         for &p in &SUPPORTED_VPD_PAGES {
