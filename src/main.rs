@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use shoal::config::{self, Config};
+use shoal::iscsi::login::AuthPolicy;
 use shoal::runtime::Server;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,13 @@ struct ServeArgs {
     /// memory stays pinned (RLIMIT_MEMLOCK applies to non-root users).
     #[arg(long, value_name = "SIZE")]
     registered_buffers: Option<String>,
+    /// Require CHAP: the name initiators log in with (with --chap-secret-file; mutual CHAP is
+    /// set in the config file's [chap] table).
+    #[arg(long, value_name = "NAME", requires = "chap_secret_file")]
+    chap_user: Option<String>,
+    /// File holding the CHAP secret (12 to 255 bytes; one trailing newline is ignored).
+    #[arg(long, value_name = "FILE", requires = "chap_user")]
+    chap_secret_file: Option<PathBuf>,
     /// Do not measure command latencies (no histograms; counts are kept).
     #[arg(long)]
     no_latency_stats: bool,
@@ -143,6 +151,24 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if let Some(size) = &args.read_ahead {
         cfg.read_ahead = config::read_ahead_value(config::parse_size(size)?)?;
+    }
+    if let (Some(user), Some(file)) = (&args.chap_user, &args.chap_secret_file) {
+        let secret = std::fs::read_to_string(file).map_err(|source| config::ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let secret = secret.strip_suffix('\n').unwrap_or(&secret);
+        let target = match &cfg.auth {
+            AuthPolicy::Chap {
+                target: Some(t), ..
+            } => Some((
+                t.user.clone(),
+                String::from_utf8_lossy(&t.secret).into_owned(),
+            )),
+            _ => None,
+        };
+        let target = target.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
+        cfg.auth = config::chap_policy(user, secret, target)?;
     }
     if let Some(size) = &args.registered_buffers {
         cfg.registered_buffers = config::registered_buffers_value(config::parse_size(size)?)?;

@@ -2,6 +2,7 @@
 //!
 //! Precedence: built-in defaults < config file < command-line flags. See docs/config.md.
 
+use crate::iscsi::login::{AuthPolicy, ChapSecret};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,46 @@ pub struct Config {
     /// [`MAX_REGISTERED_BUFFERS`]): O_DIRECT transfers from and into them skip the kernel's
     /// per-I/O page pinning. The memory stays pinned while the target runs.
     pub registered_buffers: u64,
+    /// The authentication logins must pass (CHAP credentials, or none).
+    pub auth: AuthPolicy,
+}
+
+/// Shortest CHAP secret accepted (RFC 7143 §12.1.3 asks for at least 96 bits).
+pub const MIN_CHAP_SECRET: usize = 12;
+
+/// A CHAP policy from the initiator's name and secret and, for mutual CHAP, the target's: names
+/// of 1..=255 bytes, secrets of 12..=255 bytes, the two secrets different (RFC 7143 §12.1.3).
+pub fn chap_policy(
+    user: &str,
+    secret: &str,
+    target: Option<(&str, &str)>,
+) -> Result<AuthPolicy, ConfigError> {
+    let check = |what: &'static str, name: &str, secret: &str| {
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(what, name, "a CHAP name has 1 to 255 bytes"));
+        }
+        if secret.len() < MIN_CHAP_SECRET || secret.len() > 255 {
+            let shown = format!("<{} bytes>", secret.len());
+            return Err(invalid(what, shown, "a CHAP secret has 12 to 255 bytes"));
+        }
+        Ok(ChapSecret {
+            user: name.to_owned(),
+            secret: secret.as_bytes().to_vec(),
+        })
+    };
+    let initiator = check("CHAP user/secret", user, secret)?;
+    let target = match target {
+        None => None,
+        Some((name, s)) if s == secret => {
+            return Err(invalid(
+                "CHAP target secret",
+                name,
+                "must differ from the initiator secret",
+            ));
+        }
+        Some((name, s)) => Some(check("CHAP target user/secret", name, s)?),
+    };
+    Ok(AuthPolicy::Chap { initiator, target })
 }
 
 /// Most buffer memory one shard registers.
@@ -150,6 +191,7 @@ impl Default for Config {
             slow_command: None,
             read_ahead: 1 << 20,
             registered_buffers: 32 << 20,
+            auth: AuthPolicy::None,
         }
     }
 }
@@ -174,8 +216,19 @@ struct FileConfig {
     slow_command_ms: Option<f64>,
     read_ahead: Option<SizeValue>,
     registered_buffers: Option<SizeValue>,
+    chap: Option<FileChap>,
     #[serde(default, rename = "volume")]
     volumes: Vec<FileVolume>,
+}
+
+/// `[chap]`: the CHAP credentials initiators log in with, and the target's for mutual CHAP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChap {
+    user: String,
+    secret: String,
+    target_user: Option<String>,
+    target_secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +321,20 @@ impl Config {
         }
         if let Some(v) = file.registered_buffers {
             self.registered_buffers = registered_buffers_value(size_value(v)?)?;
+        }
+        if let Some(c) = file.chap {
+            let target = match (&c.target_user, &c.target_secret) {
+                (Some(u), Some(s)) => Some((u.as_str(), s.as_str())),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "[chap]",
+                        "target_user/target_secret",
+                        "give both or neither",
+                    ));
+                }
+            };
+            self.auth = chap_policy(&c.user, &c.secret, target)?;
         }
         if !file.volumes.is_empty() {
             self.volumes = file

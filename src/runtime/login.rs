@@ -38,6 +38,8 @@ pub struct LoginContext {
     pub shards: Vec<ShardHandle>,
     /// Session registry.
     pub registry: Arc<Registry>,
+    /// The authentication every login (discovery included) must pass.
+    pub auth: AuthPolicy,
 }
 
 impl LoginContext {
@@ -201,7 +203,7 @@ pub fn serve_login(stream: TcpStream, ctx: &LoginContext) {
         framing: Framing::default(),
         stat_sn: initial_stat_sn(),
     };
-    let mut machine = LoginMachine::new(TargetLimits::default(), AuthPolicy::None);
+    let mut machine = LoginMachine::new(TargetLimits::default(), ctx.auth.clone());
     let sessions = SingleConnectionSessions(&ctx.registry);
     loop {
         let Ok((bhs, data)) = wire.read_pdu() else {

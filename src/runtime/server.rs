@@ -176,6 +176,7 @@ impl Server {
             portals: portals.clone(),
             shards: shards.clone(),
             registry: Arc::clone(&registry),
+            auth: cfg.auth.clone(),
         });
         let daemon = Arc::new(
             Daemon::new(pool, shards.clone(), Arc::clone(&ctx), registry)

@@ -244,6 +244,12 @@ pub static KEYS: &[KeyDef] = &[
     key("TargetPortalGroupTag", Declarative, "", Some((0, 65535)), Phases::LOGIN, false, Target, Always, Handler::Ignore),
     // --- Security stage.
     key("AuthMethod", List, "None", None, Phases::SECURITY, false, Both, Always, Handler::Special),
+    // CHAP (RFC 7143 §12.1.3): the security stage runs the exchange (`login::security`).
+    key("CHAP_A", List, "", None, Phases::SECURITY, false, Both, Always, Handler::Special),
+    key("CHAP_I", Declarative, "", None, Phases::SECURITY, false, Both, Always, Handler::Special),
+    key("CHAP_C", Declarative, "", None, Phases::SECURITY, false, Both, Always, Handler::Special),
+    key("CHAP_N", Declarative, "", None, Phases::SECURITY, false, Both, Always, Handler::Special),
+    key("CHAP_R", Declarative, "", None, Phases::SECURITY, false, Both, Always, Handler::Special),
     // --- Full feature phase only.
     key("SendTargets", Declarative, "", None, Phases::FULL_FEATURE, false, Initiator, Always, Handler::Special),
     // --- Connection-scope operational keys (IO).

@@ -45,7 +45,7 @@ pub use directory::{
 };
 pub use keys::{NegotiationError, negotiate_full_feature};
 pub use params::{DigestSupport, SessionParams, SessionType, TargetLimits};
-pub use security::{AuthMethod, AuthPolicy};
+pub use security::{AuthMethod, AuthPolicy, ChapSecret};
 pub use stage::LoginStage;
 pub use status::{LoginError, LoginStatus};
 
@@ -455,6 +455,9 @@ impl LoginMachine {
             if key_def(key).is_some() {
                 self.negotiated.insert(key.clone());
             }
+        }
+        if current == LoginStage::SecurityNegotiation {
+            answers.extend(self.security.chap_step(pairs)?);
         }
         reconcile_bursts(&mut self.params, &mut answers);
         let complete = match current {

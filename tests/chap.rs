@@ -1,0 +1,150 @@
+//! CHAP against the real binary with libiscsi's clients (`iscsi-inq`, `iscsi-ls`): the right
+//! name and secret log in, a wrong secret, a wrong name or no credentials do not; with mutual
+//! CHAP the target proves it knows its own secret (libiscsi checks our answer); discovery asks
+//! for the same credentials; bad settings are refused at start with a clear message.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::{Target, run, tool};
+
+const T: Duration = Duration::from_secs(30);
+const SECRET: &str = "initiator-secret-1";
+const TARGET_SECRET: &str = "target-secret-22";
+
+/// A target requiring CHAP (`alice` / [`SECRET`]), with mutual credentials (`shoal` /
+/// [`TARGET_SECRET`]) when `mutual`.
+fn chap_target(mutual: bool) -> (Target, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = format!("[chap]\nuser = \"alice\"\nsecret = \"{SECRET}\"\n");
+    if mutual {
+        toml += &format!("target_user = \"shoal\"\ntarget_secret = \"{TARGET_SECRET}\"\n");
+    }
+    let path = dir.path().join("shoal.toml");
+    std::fs::write(&path, toml).unwrap();
+    let t = Target::start(&["--config", path.to_str().unwrap()]);
+    (t, dir)
+}
+
+/// `iscsi-inq` of the default volume as `user%password` (no credentials when None), with
+/// `env` set; whether it succeeded, and what it printed.
+fn inq(t: &Target, creds: Option<&str>, env: &[(&str, &str)]) -> (bool, String) {
+    let at = creds.map(|c| format!("{c}@")).unwrap_or_default();
+    let url = format!("iscsi://{at}{}/iqn.2026-11.dev.shoal:default/0", t.addr);
+    let out = run(
+        Command::new(tool("iscsi-inq"))
+            .arg(url)
+            .envs(env.iter().copied()),
+        T,
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn only_the_right_credentials_log_in() {
+    let (t, _dir) = chap_target(false);
+    let (ok, text) = inq(&t, Some(&format!("alice%{SECRET}")), &[]);
+    assert!(ok && text.contains("SHOAL"), "{text}");
+    for creds in [
+        Some("alice%wrong-secret-000".to_owned()),
+        Some(format!("mallory%{SECRET}")),
+        None,
+    ] {
+        let (ok, text) = inq(&t, creds.as_deref(), &[]);
+        assert!(!ok, "{creds:?} logged in: {text}");
+    }
+    // Discovery asks for them too.
+    let ls = |url: String| run(Command::new(tool("iscsi-ls")).arg(url), T);
+    let good = ls(format!("iscsi://alice%{SECRET}@{}/", t.addr));
+    let listed = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        good.status.success() && listed.contains("shoal:default"),
+        "{listed}"
+    );
+    assert!(!ls(format!("iscsi://{}/", t.addr)).status.success());
+}
+
+#[test]
+fn mutual_chap_proves_the_target() {
+    let (t, _dir) = chap_target(true);
+    let creds = format!("alice%{SECRET}");
+    let right = [
+        ("LIBISCSI_CHAP_TARGET_USERNAME", "shoal"),
+        ("LIBISCSI_CHAP_TARGET_PASSWORD", TARGET_SECRET),
+    ];
+    let (ok, text) = inq(&t, Some(&creds), &right);
+    assert!(ok && text.contains("SHOAL"), "{text}");
+    // The initiator expects another secret: our answer does not check out for it.
+    let wrong = [
+        ("LIBISCSI_CHAP_TARGET_USERNAME", "shoal"),
+        ("LIBISCSI_CHAP_TARGET_PASSWORD", "not-the-target-secret"),
+    ];
+    let (ok, text) = inq(&t, Some(&creds), &wrong);
+    assert!(
+        !ok,
+        "accepted a target that does not know the expected secret: {text}"
+    );
+    // Without target credentials configured, a request for mutual CHAP is refused.
+    let (t, _dir) = chap_target(false);
+    let (ok, _) = inq(&t, Some(&creds), &right);
+    assert!(!ok);
+}
+
+#[test]
+fn chap_flags_and_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let t = Target::start(&[
+        "--chap-user",
+        "alice",
+        "--chap-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    assert!(inq(&t, Some(&format!("alice%{SECRET}")), &[]).0);
+    assert!(!inq(&t, None, &[]).0);
+    // Too short a secret, and the same secret both ways: exit 2, the setting named, no secret
+    // printed.
+    let short = dir.path().join("short");
+    std::fs::write(&short, "tooshort").unwrap();
+    let same = dir.path().join("same.toml");
+    std::fs::write(
+        &same,
+        format!(
+            "[chap]\nuser = \"a\"\nsecret = \"{SECRET}\"\ntarget_user = \"t\"\n\
+             target_secret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let cases: [(Vec<&str>, &str); 2] = [
+        (
+            vec![
+                "--chap-user",
+                "alice",
+                "--chap-secret-file",
+                short.to_str().unwrap(),
+            ],
+            "12 to 255 bytes",
+        ),
+        (vec!["--config", same.to_str().unwrap()], "must differ"),
+    ];
+    for (args, why) in cases {
+        let out = run(
+            Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .arg("--data")
+                .arg(dir.path().join("data"))
+                .arg("serve")
+                .args(&args),
+            T,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(why) && !err.contains("tooshort") && !err.contains(SECRET),
+            "{err}"
+        );
+    }
+}
