@@ -16,9 +16,9 @@
 use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
-    AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode, Export,
-    PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, SnapshotInfo, StatsQuery,
-    StatsReport, VolumeInfo,
+    AccessInfo, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
+    Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, SnapshotInfo,
+    StatsQuery, StatsReport, VolumeInfo,
 };
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
@@ -118,6 +118,19 @@ pub enum VolumeCommand {
         /// RESERVATIONS PREEMPTED).
         #[arg(long)]
         clear: bool,
+    },
+    /// Show or set the initiators allowed to log in to a volume (LUN masking); without
+    /// --allow or --any, shows the list. Changes apply to new logins.
+    Access {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Allow only these initiators (repeatable; replaces the list).
+        #[arg(long, value_name = "IQN", conflicts_with = "any")]
+        allow: Vec<String>,
+        /// Allow every initiator (removes the list).
+        #[arg(long)]
+        any: bool,
     },
     /// Grow a volume online.
     Resize {
@@ -489,6 +502,25 @@ impl AdminClient {
         self.fetch(if clear { "DELETE" } else { "GET" }, &path, None)
     }
 
+    /// `GET /v1/volumes/{name}/access`, or with `set`, a `PUT` of that list first.
+    pub fn access(
+        &self,
+        name: &str,
+        set: Option<Vec<String>>,
+    ) -> Result<Fetched<AccessInfo>, CliError> {
+        let path = format!("/v1/volumes/{}/access", encode(name));
+        match set {
+            None => self.fetch("GET", &path, None),
+            Some(initiators) => {
+                let req = AccessInfo {
+                    volume: name.to_owned(),
+                    initiators,
+                };
+                self.fetch("PUT", &path, Some(&req))
+            }
+        }
+    }
+
     /// `POST /v1/volumes/{name}/resize`.
     pub fn resize_volume(&self, name: &str, req: &Resize) -> Result<Fetched<VolumeInfo>, CliError> {
         let path = format!("/v1/volumes/{}/resize", encode(name));
@@ -684,6 +716,10 @@ pub fn execute(
             VolumeCommand::Show { name } => render(json, &client.volume(name)?, show_volume),
             VolumeCommand::Reservations { name, clear } => {
                 render(json, &client.reservations(name, *clear)?, show_reservations)
+            }
+            VolumeCommand::Access { name, allow, any } => {
+                let set = (*any || !allow.is_empty()).then(|| allow.clone());
+                render(json, &client.access(name, set)?, show_access)
             }
             VolumeCommand::Resize { name, size } => {
                 let req = Resize { size_bytes: *size };
@@ -1017,6 +1053,15 @@ fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
 
 fn dash(s: Option<&str>) -> String {
     s.unwrap_or("-").to_string()
+}
+
+fn show_access(a: &AccessInfo) -> String {
+    let who = if a.initiators.is_empty() {
+        "any initiator".to_owned()
+    } else {
+        a.initiators.join("\n             ")
+    };
+    key_values(&[("volume", a.volume.clone()), ("initiators", who)])
 }
 
 fn show_reservations(r: &ReservationsInfo) -> String {

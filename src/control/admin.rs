@@ -14,8 +14,8 @@
 //! reads it back with [`read_addr_file`].
 
 use super::api::{
-    AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, PoolSettings, Resize, StatsClass, StatsQuery,
+    AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
+    ErrorCode, Export, PoolSettings, Resize, StatsClass, StatsQuery,
 };
 use super::metrics;
 use crate::cli::CliError;
@@ -570,6 +570,7 @@ enum Route {
     Volume(String),
     VolumeResize(String),
     VolumeReservations(String),
+    VolumeAccess(String),
     Snapshots,
     Snapshot(String),
     SnapshotRollback(String),
@@ -590,6 +591,7 @@ impl Route {
             Route::Pool => "GET, PATCH",
             Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
             Route::VolumeReservations(_) => "GET, DELETE",
+            Route::VolumeAccess(_) => "GET, PUT",
             Route::StatsEntry(name) if name == "reset" => "GET, POST",
             Route::StatsEntry(_) => "GET",
             Route::StatsVolumeReset(_) => "POST",
@@ -655,6 +657,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "volumes", name] => Route::Volume(name.to_string()),
         ["v1", "volumes", name, "resize"] => Route::VolumeResize(name.to_string()),
         ["v1", "volumes", name, "reservations"] => Route::VolumeReservations(name.to_string()),
+        ["v1", "volumes", name, "access"] => Route::VolumeAccess(name.to_string()),
         ["v1", "snapshots"] => Route::Snapshots,
         ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
         ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
@@ -886,6 +889,11 @@ fn route_and_call(
             };
             backend.delete_volume(name, force).map_err(err)?;
             Reply::no_content()
+        }
+        ("GET", Route::VolumeAccess(name)) => Reply::json(200, &backend.access(name).map_err(err)?),
+        ("PUT", Route::VolumeAccess(name)) => {
+            let req: AccessInfo = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.set_access(name, &req).map_err(err)?)
         }
         ("GET", Route::VolumeReservations(name)) => {
             Reply::json(200, &backend.reservations(name, false).map_err(err)?)

@@ -346,6 +346,17 @@ pub struct ReadAheadStats {
     pub hits: u64,
 }
 
+/// `GET` / `PUT /v1/volumes/{name}/access`: the initiators allowed to log in to a volume's
+/// target (empty: every initiator). A PUT replaces the list (new logins only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessInfo {
+    /// The volume (ignored in a PUT body).
+    #[serde(default)]
+    pub volume: String,
+    /// Allowed initiator names (iqn./eui./naa.).
+    pub initiators: Vec<String>,
+}
+
 /// `GET /v1/volumes/{name}/reservations`: SCSI reservations held on a volume's LUN.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationsInfo {
@@ -490,6 +501,18 @@ pub trait AdminBackend: Send + Sync {
     }
     /// Deletes a volume (refused while sessions use it unless `force`).
     fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError>;
+    /// The initiators allowed on a volume.
+    fn access(&self, name: &str) -> Result<AccessInfo, AdminError> {
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no access list for volume {name}"),
+        ))
+    }
+    /// Replaces the initiators allowed on a volume (stored durably before the answer).
+    fn set_access(&self, name: &str, req: &AccessInfo) -> Result<AccessInfo, AdminError> {
+        let _ = req;
+        self.access(name)
+    }
     /// Snapshots, of one volume or all.
     fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError>;
     /// Takes a snapshot.

@@ -8,6 +8,7 @@
 
 use super::Registry;
 use super::TargetEntry;
+use super::access::{AccessError, AccessLists};
 use super::api::*;
 use super::metrics;
 use crate::config::{self, target_name};
@@ -32,12 +33,16 @@ const SHARD_TIMEOUT: Duration = Duration::from_secs(30);
 struct Served {
     shard: usize,
     target: String,
+    /// The image's name (the target's alias, and the key of its access list).
+    alias: String,
 }
 
 struct State {
     pool: Pool,
     served: HashMap<u64, Served>,
     next_shard: usize,
+    /// Initiator access lists, by volume name.
+    access: AccessLists,
 }
 
 /// The control plane of a running target.
@@ -81,6 +86,7 @@ impl Daemon {
                 pool,
                 served: HashMap::new(),
                 next_shard: 0,
+                access: AccessLists::in_memory(),
             }),
             shards,
             login,
@@ -88,6 +94,12 @@ impl Daemon {
             max_transfer_bytes: 16 << 20,
             latency_stats: true,
         }
+    }
+
+    /// Keeps the initiator access lists in `access` (loaded from the data directory).
+    pub fn with_access(self, access: AccessLists) -> Self {
+        self.lock().access = access;
+        self
     }
 
     /// Tells whether the shards measure latencies (reported by the statistics API).
@@ -209,8 +221,17 @@ impl Daemon {
             name: target.clone(),
             alias: meta.name.clone(),
             shard,
+            initiators: st.access.get(&meta.name).to_vec(),
         });
-        st.served.insert(meta.image, Served { shard, target });
+        let alias = meta.name.clone();
+        st.served.insert(
+            meta.image,
+            Served {
+                shard,
+                target,
+                alias,
+            },
+        );
         Ok(())
     }
 
@@ -252,8 +273,9 @@ impl Daemon {
                 // Still served: export it again.
                 self.login.add_target(TargetEntry {
                     name: s.target.clone(),
-                    alias: s.target.clone(),
+                    alias: s.alias.clone(),
                     shard: s.shard,
+                    initiators: st.access.get(&s.alias).to_vec(),
                 });
                 Err(AdminError::new(
                     ErrorCode::InUse,
@@ -829,7 +851,37 @@ impl AdminBackend for Daemon {
             drop(map);
             st.pool.shared().refs.unreserve(reserved);
         }
+        // A new volume of the same name starts open, as any new volume.
+        st.access.remove(name).map_err(internal)?;
         Ok(())
+    }
+
+    fn access(&self, name: &str) -> Result<AccessInfo, AdminError> {
+        let st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        Ok(AccessInfo {
+            volume: meta.name.clone(),
+            initiators: st.access.get(&meta.name).to_vec(),
+        })
+    }
+
+    fn set_access(&self, name: &str, req: &AccessInfo) -> Result<AccessInfo, AdminError> {
+        let mut st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        st.access
+            .set(&meta.name, &req.initiators)
+            .map_err(|e| match e {
+                AccessError::BadName(_) | AccessError::TooMany(_) => {
+                    AdminError::new(ErrorCode::InvalidArgument, e.to_string())
+                }
+                other => internal(other),
+            })?;
+        let initiators = st.access.get(&meta.name).to_vec();
+        self.login.set_initiators(&meta.name, &initiators);
+        Ok(AccessInfo {
+            volume: meta.name.clone(),
+            initiators,
+        })
     }
 
     fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError> {
@@ -1096,7 +1148,15 @@ mod tests {
             .enumerate()
             .map(|(i, &shard)| {
                 let target = format!("t{i}");
-                (i as u64, Served { shard, target })
+                let alias = target.clone();
+                (
+                    i as u64,
+                    Served {
+                        shard,
+                        target,
+                        alias,
+                    },
+                )
             })
             .collect()
     }

@@ -48,7 +48,9 @@ pub fn send_targets(
 ) -> Vec<(String, String)> {
     match resolve_scope(value, session) {
         Resolution::Scope(scope) => {
-            records_to_pairs(&filter_records(scope, directory.send_targets(scope)))
+            let mut records = filter_records(scope, directory.send_targets(scope));
+            records.retain(|r| directory.may_access(&session.initiator_name, &r.name));
+            records_to_pairs(&records)
         }
         Resolution::Nothing => Vec::new(),
         Resolution::Reject => vec![pair("SendTargets", "Reject")],

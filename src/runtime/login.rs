@@ -56,6 +56,14 @@ impl LoginContext {
         targets.push(entry);
     }
 
+    /// Sets the initiators allowed on the targets of volume `alias` (new logins only).
+    pub fn set_initiators(&self, alias: &str, initiators: &[String]) {
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        for t in targets.iter_mut().filter(|t| t.alias == alias) {
+            t.initiators = initiators.to_vec();
+        }
+    }
+
     /// Stops exporting a target (new logins to it fail with "not found").
     pub fn remove_target(&self, name: &str) {
         let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
@@ -82,6 +90,11 @@ impl TargetDirectory for LoginContext {
 
     fn portal_group_tag(&self) -> u16 {
         1
+    }
+
+    fn may_access(&self, initiator: &str, target: &str) -> bool {
+        self.target(target)
+            .is_some_and(|t| crate::control::access::allows(&t.initiators, initiator))
     }
 
     fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {

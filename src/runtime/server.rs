@@ -178,9 +178,12 @@ impl Server {
             registry: Arc::clone(&registry),
             auth: cfg.auth.clone(),
         });
+        let access = crate::control::access::AccessLists::load(&cfg.data_dir)
+            .map_err(|e| StartError::Volumes(format!("access lists: {e}")))?;
         let daemon = Arc::new(
             Daemon::new(pool, shards.clone(), Arc::clone(&ctx), registry)
-                .with_latency_stats(cfg.latency_stats),
+                .with_latency_stats(cfg.latency_stats)
+                .with_access(access),
         );
         daemon
             .start(&cfg.volumes)

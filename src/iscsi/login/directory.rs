@@ -36,6 +36,12 @@ pub trait TargetDirectory {
     fn portal_group_tag(&self) -> u16;
     /// The records answering a SendTargets request.
     fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord>;
+    /// True when initiator `initiator` may log in to target `target` (and see it in discovery);
+    /// every initiator may by default.
+    fn may_access(&self, initiator: &str, target: &str) -> bool {
+        let _ = (initiator, target);
+        true
+    }
 }
 
 /// The answer to a connection login that names an existing session by its TSIH.

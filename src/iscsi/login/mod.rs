@@ -503,6 +503,12 @@ impl LoginMachine {
             (SessionType::Normal, None) => return Err(LoginError::MissingTargetName),
             (SessionType::Normal, Some(name)) => Some(check_target(name, directory)?),
         };
+        if let Some(name) = target.filter(|t| !directory.may_access(initiator, t)) {
+            return Err(LoginError::NotAuthorized {
+                initiator: initiator.to_owned(),
+                target: name.to_owned(),
+            });
+        }
         if self.joining {
             self.check_joining_identity(initiator, target, session_type)?;
         }

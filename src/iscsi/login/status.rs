@@ -96,6 +96,14 @@ pub enum LoginError {
     /// TargetName names no target here.
     #[error("target {0:?} not found")]
     TargetNotFound(String),
+    /// The target's access list does not name the initiator (status 0202).
+    #[error("initiator {initiator:?} may not access target {target:?}")]
+    NotAuthorized {
+        /// The InitiatorName.
+        initiator: String,
+        /// The TargetName.
+        target: String,
+    },
     /// A discovery session declared a TargetName.
     #[error("a discovery session must not carry TargetName")]
     TargetNameInDiscovery,
@@ -171,6 +179,7 @@ impl LoginError {
             Self::UnsupportedVersion { .. } => LoginStatus::UNSUPPORTED_VERSION,
             Self::MissingInitiatorName | Self::MissingTargetName => LoginStatus::MISSING_PARAMETER,
             Self::TargetNotFound(_) => LoginStatus::NOT_FOUND,
+            Self::NotAuthorized { .. } => LoginStatus::AUTHORIZATION_FAILURE,
             Self::UnsupportedSessionType(_) => LoginStatus::SESSION_TYPE_NOT_SUPPORTED,
             Self::SessionDoesNotExist(_) => LoginStatus::SESSION_DOES_NOT_EXIST,
             Self::TooManyConnections(_) => LoginStatus::TOO_MANY_CONNECTIONS,
