@@ -120,7 +120,8 @@ pub enum VolumeCommand {
         clear: bool,
     },
     /// Show or set the initiators allowed to log in to a volume (LUN masking); without
-    /// --allow or --any, shows the list. Changes apply to new logins.
+    /// --allow or --any, shows the list. Sessions of initiators a new list leaves out are
+    /// closed.
     Access {
         /// Volume name.
         #[arg(value_name = "NAME")]

@@ -1,37 +1,18 @@
 //! Initiator access lists (LUN masking) against the real binary: a volume restricted to some
 //! initiators logs in only those (libiscsi's `iscsi-inq -i NAME`), discovery shows it only to
-//! them (`iscsi-ls -i NAME`), the list survives a restart, `--any` opens the volume again, a bad
-//! name changes nothing, and a deleted volume's list goes with it.
+//! them (`iscsi-ls -i NAME`), revoking an initiator closes its session, the list survives a
+//! restart, `--any` opens the volume again, a bad name changes nothing, and a deleted volume's
+//! list goes with it.
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 use support::{Target, run, tool};
 
 const T: Duration = Duration::from_secs(30);
 const HOST1: &str = "iqn.2026-11.test:host1";
 const HOST2: &str = "iqn.2026-11.test:host2";
-
-fn cli(t: &Target, args: &[&str]) -> Output {
-    run(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("--data")
-            .arg(t.dir.path())
-            .args(args),
-        T,
-    )
-}
-
-fn cli_ok(t: &Target, args: &[&str]) -> String {
-    let out = cli(t, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Whether `initiator` can log in to volume `volume` (an INQUIRY through it succeeds).
 fn logs_in(t: &Target, initiator: &str, volume: &str) -> bool {
@@ -60,9 +41,9 @@ fn discovered(t: &Target, initiator: &str) -> String {
 #[test]
 fn only_listed_initiators_log_in_and_see_the_volume() {
     let t = Target::start(&[]);
-    cli_ok(&t, &["volume", "create", "open", "--size", "16M"]);
+    t.cli_ok(&["volume", "create", "open", "--size", "16M"]);
     assert!(logs_in(&t, HOST2, "default"), "no list: open to all");
-    let shown = cli_ok(&t, &["volume", "access", "default", "--allow", HOST1]);
+    let shown = t.cli_ok(&["volume", "access", "default", "--allow", HOST1]);
     assert!(shown.contains(HOST1), "{shown}");
     assert!(logs_in(&t, HOST1, "default"));
     assert!(!logs_in(&t, HOST2, "default"));
@@ -79,28 +60,46 @@ fn only_listed_initiators_log_in_and_see_the_volume() {
     let t = Target::start_in(data, &[]);
     assert!(logs_in(&t, HOST1, "default"));
     assert!(!logs_in(&t, HOST2, "default"));
-    let json = cli_ok(&t, &["volume", "access", "default", "--json"]);
+    let json = t.cli_ok(&["volume", "access", "default", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["initiators"], serde_json::json!([HOST1]));
 
     // A bad name is refused and changes nothing; --any opens the volume again.
-    let out = cli(&t, &["volume", "access", "default", "--allow", "host1"]);
+    let out = t.cli(&["volume", "access", "default", "--allow", "host1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an iSCSI initiator name"));
     assert!(!logs_in(&t, HOST2, "default"));
-    cli_ok(&t, &["volume", "access", "default", "--any"]);
+    t.cli_ok(&["volume", "access", "default", "--any"]);
     assert!(logs_in(&t, HOST2, "default"));
+}
+
+#[test]
+fn revoking_an_initiator_closes_its_session() {
+    use support::initiator::RawInitiator;
+    let t = Target::start(&[]);
+    let target = "iqn.2026-11.dev.shoal:default";
+    let mut kept = RawInitiator::login_as(t.addr, HOST1, support::initiator::isid(1), target, &[]);
+    let mut revoked =
+        RawInitiator::login_as(t.addr, HOST2, support::initiator::isid(2), target, &[]);
+    assert_eq!(kept.test_unit_ready(), 0);
+    assert_eq!(revoked.test_unit_ready(), 0);
+    t.cli_ok(&["volume", "access", "default", "--allow", HOST1]);
+    assert!(
+        revoked.closes_within(Duration::from_secs(5)),
+        "session left open"
+    );
+    assert_eq!(kept.test_unit_ready(), 0, "an allowed session goes on");
 }
 
 #[test]
 fn a_deleted_volume_takes_its_list_along() {
     let t = Target::start(&[]);
-    cli_ok(&t, &["volume", "create", "vm", "--size", "16M"]);
-    cli_ok(&t, &["volume", "access", "vm", "--allow", HOST1]);
+    t.cli_ok(&["volume", "create", "vm", "--size", "16M"]);
+    t.cli_ok(&["volume", "access", "vm", "--allow", HOST1]);
     assert!(!logs_in(&t, HOST2, "vm"));
-    cli_ok(&t, &["volume", "delete", "vm"]);
-    cli_ok(&t, &["volume", "create", "vm", "--size", "16M"]);
+    t.cli_ok(&["volume", "delete", "vm"]);
+    t.cli_ok(&["volume", "create", "vm", "--size", "16M"]);
     assert!(logs_in(&t, HOST2, "vm"), "a new volume starts open");
-    let out = cli(&t, &["volume", "access", "nosuch"]);
+    let out = t.cli(&["volume", "access", "nosuch"]);
     assert!(!out.status.success());
 }

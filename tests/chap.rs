@@ -23,7 +23,7 @@ fn chap_target(mutual: bool) -> (Target, tempfile::TempDir) {
     }
     let path = dir.path().join("shoal.toml");
     std::fs::write(&path, toml).unwrap();
-    let t = Target::start(&["--config", path.to_str().unwrap()]);
+    let t = Target::start_logged(&["--config", path.to_str().unwrap()]);
     (t, dir)
 }
 
@@ -56,6 +56,9 @@ fn only_the_right_credentials_log_in() {
         let (ok, text) = inq(&t, creds.as_deref(), &[]);
         assert!(!ok, "{creds:?} logged in: {text}");
     }
+    // The administrator sees why.
+    let log = t.wait_for_stderr("refused: authentication failed: wrong CHAP", T);
+    assert!(!log.contains(SECRET), "{log}");
     // Discovery asks for them too.
     let ls = |url: String| run(Command::new(tool("iscsi-ls")).arg(url), T);
     let good = ls(format!("iscsi://alice%{SECRET}@{}/", t.addr));

@@ -42,19 +42,8 @@ fn prin(ini: &mut RawInitiator, action: u8) -> Vec<u8> {
 
 /// `shoal volume reservations default --json` plus `extra`, as JSON.
 fn reservations_cli(t: &Target, extra: &[&str]) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(t.dir.path())
-        .args(["volume", "reservations", "default", "--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let args = [&["volume", "reservations", "default", "--json"][..], extra].concat();
+    serde_json::from_str(&t.cli_ok(&args)).unwrap()
 }
 
 fn keys(data: &[u8]) -> Vec<u64> {

@@ -131,22 +131,26 @@ fn segments_within_a_volume_are_copied_and_reported() {
     );
     let bytes = (blocks + 3000) * BLOCK;
     assert_eq!(copy_status(&mut ini, 5), (0x01, 2, 0x00, bytes as u32));
+    // Unwritten blocks copied over unwritten blocks allocate nothing (a thin copy stays thin);
+    // over written ones they write zeros.
+    let mapped = |t: &Target| {
+        let v: serde_json::Value =
+            serde_json::from_str(&t.cli_ok(&["volume", "show", "default", "--json"])).unwrap();
+        v["mapped_bytes"].as_u64().unwrap()
+    };
+    let before = mapped(&t);
+    let r = extended_copy(&mut ini, 6, &[cscd(&me)], &[segment(0, 4096, 20480, 24576)]);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(mapped(&t), before);
+    let r = extended_copy(&mut ini, 7, &[cscd(&me)], &[segment(0, 256, 20480, 0)]);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(read_blocks(&mut ini, 0, 256), vec![0u8; 256 * BLOCK]);
 }
 
 #[test]
 fn copies_to_another_volume_or_past_the_end_abort_and_write_nothing() {
     let t = Target::start(&["--size", "16M"]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(t.dir.path())
-        .args(["volume", "create", "other", "--size", "16M"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.cli_ok(&["volume", "create", "other", "--size", "16M"]);
     let mut other = RawInitiator::login(t.addr, &format!("{IQN}:other"), 2, &[]);
     assert_eq!(other.test_unit_ready(), 0);
     let theirs = naa_designator(&mut other);

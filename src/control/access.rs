@@ -3,7 +3,8 @@
 //! A volume without a list (or with an empty one) is open to every initiator that passes
 //! authentication, as before lists existed. A list names initiators by iSCSI name; logins from
 //! others fail with 0202 (authorization failure) and discovery does not show them the target.
-//! Lists change new logins only: sessions already logged in continue.
+//! A change applies at once: the control plane closes the sessions of initiators a new list
+//! leaves out.
 //!
 //! The lists live in `<data>/access.json`, written whole on every change (a temporary file,
 //! fsynced, renamed over the old one, then the directory fsynced), so a crash leaves the old or

@@ -347,7 +347,8 @@ pub struct ReadAheadStats {
 }
 
 /// `GET` / `PUT /v1/volumes/{name}/access`: the initiators allowed to log in to a volume's
-/// target (empty: every initiator). A PUT replaces the list (new logins only).
+/// target (empty: every initiator). A PUT replaces the list and closes the sessions of
+/// initiators it leaves out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessInfo {
     /// The volume (ignored in a PUT body).

@@ -8,7 +8,7 @@
 
 use super::Registry;
 use super::TargetEntry;
-use super::access::{AccessError, AccessLists};
+use super::access::{self, AccessError, AccessLists};
 use super::api::*;
 use super::metrics;
 use crate::config::{self, target_name};
@@ -878,6 +878,16 @@ impl AdminBackend for Daemon {
             })?;
         let initiators = st.access.get(&meta.name).to_vec();
         self.login.set_initiators(&meta.name, &initiators);
+        // Revocation takes effect now: the sessions of initiators the list no longer names
+        // are closed (they may not log in again).
+        let target = target_name(&meta.name);
+        for (initiator, session) in self.registry.sessions_of(&target) {
+            if !access::allows(&initiators, &initiator) {
+                if let Some(shard) = self.shards.get(session.shard) {
+                    shard.send(ShardMsg::DropNexus(session.nexus));
+                }
+            }
+        }
         Ok(AccessInfo {
             volume: meta.name.clone(),
             initiators,

@@ -122,6 +122,17 @@ impl Registry {
         inner.sessions.keys().filter(|k| k.target == target).count()
     }
 
+    /// The sessions logged in to `target`: (initiator name, session).
+    pub fn sessions_of(&self, target: &str) -> Vec<(String, SessionEntry)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .sessions
+            .iter()
+            .filter(|(k, _)| k.target == target)
+            .map(|(k, s)| (k.initiator.clone(), *s))
+            .collect()
+    }
+
     /// Whether a session with this TSIH exists.
     pub fn tsih_exists(&self, tsih: u16) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -742,7 +742,19 @@ impl Shard {
     }
 
     /// EXTENDED COPY read a chunk: writes it at the destination (as a WRITE would).
+    /// Unmapped source to unmapped destination writes nothing: the destination already reads as
+    /// zeros, and writing them would only allocate extents (a copy of a thin image stays thin).
     fn copy_then_write(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let Some(chunk) = self.ops[slot].as_ref().and_then(IoOp::copy_chunk) else {
+            return;
+        };
+        if self.unmapped(lun, chunk.src, chunk.len) && self.unmapped(lun, chunk.dst, chunk.len) {
+            if let Some(op) = self.ops[slot].as_mut() {
+                op.buf = None;
+            }
+            return self.finish_op(slot);
+        }
         let Some(op) = self.ops[slot].as_mut() else {
             return;
         };
@@ -750,6 +762,15 @@ impl Shard {
         op.phase = Phase::WriteData;
         self.invalidate_read_ahead(slot);
         self.plan_write(slot);
+    }
+
+    /// Whether `len` bytes at `offset` of `lun` are all unallocated (thin volumes only).
+    fn unmapped(&mut self, lun: usize, offset: u64, len: u64) -> bool {
+        self.pieces.clear();
+        self.luns[lun]
+            .volume
+            .map_read(offset, len, &mut self.pieces);
+        self.pieces.iter().all(|p| matches!(p, Piece::Zero { .. }))
     }
 
     /// EXTENDED COPY wrote a chunk: starts the next one, if any is left and all went well.

@@ -8,9 +8,9 @@ use crate::control::{NexusKey, Registry, TargetEntry};
 use crate::iscsi::connection::ConnParams;
 use crate::iscsi::discovery::{TextExchange, TextRequest as DiscoveryText};
 use crate::iscsi::login::{
-    AuthPolicy, LoginMachine, LoginOutcome, LoginRequest, LoginResponse, SendTargetsScope,
-    SessionJoin, SessionLookup, SessionParams, SessionType, TargetDirectory, TargetLimits,
-    TargetRecord,
+    AuthPolicy, LoginError, LoginMachine, LoginOutcome, LoginRequest, LoginResponse,
+    SendTargetsScope, SessionJoin, SessionLookup, SessionParams, SessionType, TargetDirectory,
+    TargetLimits, TargetRecord,
 };
 use crate::iscsi::pdu::frame::encode_pdu;
 use crate::iscsi::pdu::initiator::{self, InitiatorPdu, LoginRequestHeader};
@@ -56,7 +56,7 @@ impl LoginContext {
         targets.push(entry);
     }
 
-    /// Sets the initiators allowed on the targets of volume `alias` (new logins only).
+    /// Sets the initiators allowed on the targets of volume `alias` (checked at login).
     pub fn set_initiators(&self, alias: &str, initiators: &[String]) {
         let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
         for t in targets.iter_mut().filter(|t| t.alias == alias) {
@@ -238,7 +238,18 @@ pub fn serve_login(stream: TcpStream, ctx: &LoginContext) {
                     return;
                 }
             }
-            LoginOutcome::Failed(_) => {
+            LoginOutcome::Failed(e) => {
+                // What an administrator needs to see: refused credentials or access.
+                if matches!(
+                    e,
+                    LoginError::AuthenticationFailed(_) | LoginError::NotAuthorized { .. }
+                ) {
+                    let peer = wire.stream.peer_addr().map(|a| a.to_string());
+                    eprintln!(
+                        "shoal: login from {} refused: {e}",
+                        peer.as_deref().unwrap_or("?")
+                    );
+                }
                 let _ = send_login_response(&mut wire, &response, cmd_sn);
                 return;
             }

@@ -534,6 +534,41 @@ mod tests {
         assert_eq!(v.len() % 4, 0);
     }
 
+    proptest::proptest! {
+        /// Any parameter list, mostly well-formed ones with random fields: parsing never
+        /// panics, and an accepted copy stays inside the logical unit.
+        #[test]
+        fn accepted_copies_stay_inside_the_lu(
+            cscd_count in 0usize..6,
+            segments in proptest::collection::vec(
+                (0u16..3, 0u16..3, proptest::prelude::any::<u16>(), 0u64..5000, 0u64..5000),
+                0..20,
+            ),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let i = info();
+            let cscds = vec![cscd(&i.naa, 512); cscd_count];
+            let segs: Vec<Vec<u8>> = segments
+                .iter()
+                .map(|&(s, d, n, src, dst)| {
+                    let mut seg = segment(s, d, n, src, dst);
+                    seg[4..6].copy_from_slice(&s.to_be_bytes());
+                    seg
+                })
+                .collect();
+            let mut d = list(1, 0, &cscds, &segs);
+            d.extend(&noise);
+            let len = if noise.is_empty() { d.len() } else { cut % (d.len() + 1) };
+            if let Ok(Some(plan)) = parse(&i, len as u32, &d) {
+                let end = i.num_blocks * 512;
+                for s in &plan.segments {
+                    proptest::prop_assert!(s.len > 0 && s.src + s.len <= end && s.dst + s.len <= end);
+                }
+            }
+        }
+    }
+
     #[test]
     fn copy_status_is_held_per_nexus_and_list() {
         let mut r = CopyResults::default();

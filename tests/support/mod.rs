@@ -109,6 +109,28 @@ impl Target {
         self.url("default")
     }
 
+    /// `shoal --data <its data directory> ARGS` (the admin CLI), run to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(
+            Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .arg("--data")
+                .arg(self.dir.path())
+                .args(args),
+            Duration::from_secs(30),
+        )
+    }
+
+    /// [`Target::cli`], asserting success; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Kills the process with SIGKILL and waits for it.
     pub fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
