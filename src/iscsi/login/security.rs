@@ -224,31 +224,14 @@ impl SecurityStage {
                 false => Ok(Vec::new()),
             };
         };
-        match &self.chap {
-            ChapState::Idle | ChapState::Done if has_chap => Err(fail("CHAP keys out of sequence")),
+        let (answers, next) = match &self.chap {
+            ChapState::Idle | ChapState::Done if has_chap => {
+                return Err(fail("CHAP keys out of sequence"));
+            }
             ChapState::WantAlgorithm => match get("CHAP_A") {
-                None if has_chap => Err(fail("CHAP_A expected")),
-                None => Ok(Vec::new()),
-                Some(offer) => {
-                    let algorithm = select_from_list(offer, |v| ChapAlgorithm::parse(v).is_some())
-                        .and_then(ChapAlgorithm::parse)
-                        .ok_or_else(|| fail(&format!("no supported CHAP_A in {offer:?}")))?;
-                    let mut random = vec![0u8; 1 + algorithm.challenge_len()];
-                    getrandom::fill(&mut random)
-                        .map_err(|e| fail(&format!("no randomness for a challenge: {e}")))?;
-                    let (id, challenge) = (random[0], random[1..].to_vec());
-                    let answers = vec![
-                        ("CHAP_A".to_owned(), algorithm.code().to_owned()),
-                        ("CHAP_I".to_owned(), id.to_string()),
-                        ("CHAP_C".to_owned(), encode_hex(&challenge)),
-                    ];
-                    self.chap = ChapState::WantResponse {
-                        algorithm,
-                        id,
-                        challenge,
-                    };
-                    Ok(answers)
-                }
+                None if has_chap => return Err(fail("CHAP_A expected")),
+                None => return Ok(Vec::new()),
+                Some(offer) => challenge(offer)?,
             },
             ChapState::WantResponse {
                 algorithm,
@@ -261,37 +244,18 @@ impl SecurityStage {
                         false => Ok(Vec::new()),
                     };
                 };
-                let expected = algorithm.response(*id, &initiator.secret, challenge);
-                let response = decode_binary(response).ok_or_else(|| fail("malformed CHAP_R"))?;
-                if name != initiator.user || !constant_time_eq(&response, &expected) {
-                    return Err(fail(&format!("wrong CHAP name or response for {name:?}")));
-                }
-                let answers = match (get("CHAP_I"), get("CHAP_C")) {
-                    (None, None) => Vec::new(),
-                    (Some(their_id), Some(their_challenge)) => {
-                        let Some(target) = target else {
-                            return Err(fail("mutual CHAP asked, no target secret configured"));
-                        };
-                        let their_id: u8 =
-                            their_id.parse().map_err(|_| fail("malformed CHAP_I"))?;
-                        let their_challenge = decode_binary(their_challenge)
-                            .ok_or_else(|| fail("malformed CHAP_C"))?;
-                        if their_challenge.is_empty() || their_challenge == *challenge {
-                            return Err(fail("mutual CHAP challenge empty or reflected"));
-                        }
-                        let ours = algorithm.response(their_id, &target.secret, &their_challenge);
-                        vec![
-                            ("CHAP_N".to_owned(), target.user.clone()),
-                            ("CHAP_R".to_owned(), encode_hex(&ours)),
-                        ]
-                    }
-                    _ => return Err(fail("CHAP_I and CHAP_C come together")),
-                };
-                self.chap = ChapState::Done;
-                Ok(answers)
+                let sent = (*algorithm, *id, challenge.as_slice());
+                check_response(sent, initiator, name, response)?;
+                let mutual = (get("CHAP_I"), get("CHAP_C"));
+                (
+                    answer_mutual(sent, target.as_ref(), mutual)?,
+                    ChapState::Done,
+                )
             }
-            _ => Ok(Vec::new()),
-        }
+            _ => return Ok(Vec::new()),
+        };
+        self.chap = next;
+        Ok(answers)
     }
 
     /// True when the stage may be left: authentication (if any) has succeeded.
@@ -307,6 +271,71 @@ impl SecurityStage {
     pub(crate) fn method(&self) -> Option<AuthMethod> {
         self.method
     }
+}
+
+/// Answers CHAP_A: the first algorithm of the offer we implement, a random identifier and a
+/// random challenge; the state that waits for the response.
+fn challenge(offer: &str) -> Result<(Vec<(String, String)>, ChapState), LoginError> {
+    let algorithm = select_from_list(offer, |v| ChapAlgorithm::parse(v).is_some())
+        .and_then(ChapAlgorithm::parse)
+        .ok_or_else(|| fail(&format!("no supported CHAP_A in {offer:?}")))?;
+    let mut random = vec![0u8; 1 + algorithm.challenge_len()];
+    getrandom::fill(&mut random)
+        .map_err(|e| fail(&format!("no randomness for a challenge: {e}")))?;
+    let (id, challenge) = (random[0], random[1..].to_vec());
+    let answers = vec![
+        ("CHAP_A".to_owned(), algorithm.code().to_owned()),
+        ("CHAP_I".to_owned(), id.to_string()),
+        ("CHAP_C".to_owned(), encode_hex(&challenge)),
+    ];
+    let next = ChapState::WantResponse {
+        algorithm,
+        id,
+        challenge,
+    };
+    Ok((answers, next))
+}
+
+/// Checks the initiator's CHAP_N and CHAP_R against what we `sent` (algorithm, identifier,
+/// challenge) and its credentials.
+fn check_response(
+    (algorithm, id, challenge): (ChapAlgorithm, u8, &[u8]),
+    initiator: &ChapSecret,
+    name: &str,
+    response: &str,
+) -> Result<(), LoginError> {
+    let expected = algorithm.response(id, &initiator.secret, challenge);
+    let response = decode_binary(response).ok_or_else(|| fail("malformed CHAP_R"))?;
+    if name != initiator.user || !constant_time_eq(&response, &expected) {
+        return Err(fail(&format!("wrong CHAP name or response for {name:?}")));
+    }
+    Ok(())
+}
+
+/// Mutual CHAP: our CHAP_N and CHAP_R for the initiator's (CHAP_I, CHAP_C), if it sent them.
+fn answer_mutual(
+    (algorithm, _, ours): (ChapAlgorithm, u8, &[u8]),
+    target: Option<&ChapSecret>,
+    (their_id, their_challenge): (Option<&str>, Option<&str>),
+) -> Result<Vec<(String, String)>, LoginError> {
+    let (their_id, their_challenge) = match (their_id, their_challenge) {
+        (None, None) => return Ok(Vec::new()),
+        (Some(i), Some(c)) => (i, c),
+        _ => return Err(fail("CHAP_I and CHAP_C come together")),
+    };
+    let Some(target) = target else {
+        return Err(fail("mutual CHAP asked, no target secret configured"));
+    };
+    let their_id: u8 = their_id.parse().map_err(|_| fail("malformed CHAP_I"))?;
+    let their_challenge = decode_binary(their_challenge).ok_or_else(|| fail("malformed CHAP_C"))?;
+    if their_challenge.is_empty() || their_challenge == ours {
+        return Err(fail("mutual CHAP challenge empty or reflected"));
+    }
+    let response = algorithm.response(their_id, &target.secret, &their_challenge);
+    Ok(vec![
+        ("CHAP_N".to_owned(), target.user.clone()),
+        ("CHAP_R".to_owned(), encode_hex(&response)),
+    ])
 }
 
 fn fail(why: &str) -> LoginError {
