@@ -475,6 +475,8 @@ pub(crate) mod tests {
     pub(crate) struct FakeDirectory {
         pub targets: Vec<(String, Option<String>, Vec<String>)>,
         pub tpgt: u16,
+        /// (initiator, target) pairs an access list keeps apart.
+        pub denied: Vec<(String, String)>,
     }
 
     impl FakeDirectory {
@@ -493,6 +495,7 @@ pub(crate) mod tests {
                     ),
                 ],
                 tpgt: 1,
+                denied: Vec::new(),
             }
         }
     }
@@ -509,6 +512,12 @@ pub(crate) mod tests {
         }
         fn portal_group_tag(&self) -> u16 {
             self.tpgt
+        }
+        fn may_access(&self, initiator: &str, target: &str) -> bool {
+            !self
+                .denied
+                .iter()
+                .any(|(i, t)| i == initiator && t == target)
         }
         fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {
             self.targets
@@ -586,6 +595,27 @@ pub(crate) mod tests {
                 ("TargetAddress", "10.0.0.1:3260,1"),
             ])
         );
+    }
+
+    #[test]
+    fn send_targets_hides_targets_the_initiator_may_not_access() {
+        let session = discovery_session();
+        let dir = FakeDirectory {
+            denied: vec![(
+                session.initiator_name.clone(),
+                "iqn.2024-01.io.shoal:disk1".into(),
+            )],
+            ..FakeDirectory::two_targets()
+        };
+        let got = send_targets("All", &session, &dir);
+        assert_eq!(
+            got,
+            pairs(&[
+                ("TargetName", "iqn.2024-01.io.shoal:disk2"),
+                ("TargetAddress", "10.0.0.1:3260,1"),
+            ])
+        );
+        assert!(send_targets("iqn.2024-01.io.shoal:disk1", &session, &dir).is_empty());
     }
 
     #[test]
@@ -714,6 +744,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             tpgt: 1,
+            denied: Vec::new(),
         };
         let session = SessionParams {
             max_xmit_data_segment_length: 512,

@@ -920,30 +920,12 @@ fn non_login_pdu_during_login_fails_020b() {
     assert!(h.machine.is_finished());
 }
 
-/// A directory whose access lists keep [`INITIATOR`] out of every target.
-struct Masked(FakeDirectory);
-
-impl TargetDirectory for Masked {
-    fn target_exists(&self, name: &str) -> bool {
-        self.0.target_exists(name)
-    }
-    fn target_alias(&self, name: &str) -> Option<String> {
-        self.0.target_alias(name)
-    }
-    fn portal_group_tag(&self) -> u16 {
-        1
-    }
-    fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {
-        self.0.send_targets(scope)
-    }
-    fn may_access(&self, initiator: &str, _target: &str) -> bool {
-        initiator != INITIATOR
-    }
-}
-
 #[test]
 fn initiator_left_out_of_the_access_list_fails_0202() {
-    let dir = Masked(FakeDirectory::two_targets());
+    let dir = FakeDirectory {
+        denied: vec![(INITIATOR.into(), TARGET.into())],
+        ..FakeDirectory::two_targets()
+    };
     let login = |initiator: &str| {
         let mut m = LoginMachine::new(TargetLimits::default(), AuthPolicy::None);
         let data = text(&[("InitiatorName", initiator), ("TargetName", TARGET)]);
