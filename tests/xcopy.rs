@@ -100,8 +100,8 @@ fn segments_within_a_volume_are_copied_and_reported() {
     let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
     assert_eq!(ini.test_unit_ready(), 0);
     let me = naa_designator(&mut ini);
-    // 2.5 MiB of data at LBA 0: the first segment takes three chunks.
-    let blocks = 5120usize;
+    // 6 MiB of data at LBA 0: the first segment takes two of the copy engine's 4 MiB chunks.
+    let blocks = 12288usize;
     let mut disk = pattern(7, 16 << 20);
     let data = disk[..blocks * BLOCK].to_vec();
     write_blocks(&mut ini, 0, &data);
@@ -112,9 +112,10 @@ fn segments_within_a_volume_are_copied_and_reported() {
         5,
         &[cscd(&me)],
         &[
-            segment(0, blocks as u16, 0, 8192),
-            // Overlapping, destination after the source: as if copied through a buffer.
-            segment(0, 3000, 100, 1100),
+            segment(0, blocks as u16, 0, 16384),
+            // Overlapping, destination after the source, two chunks: as if copied through a
+            // buffer (the engine copies it from the end).
+            segment(0, 9000, 100, 1100),
         ],
     );
     assert_eq!(r.status(), 0, "{:?}", r.sense());
@@ -122,14 +123,14 @@ fn segments_within_a_volume_are_copied_and_reported() {
         let from = disk[src * BLOCK..(src + blocks) * BLOCK].to_vec();
         disk[dst * BLOCK..(dst + blocks) * BLOCK].copy_from_slice(&from);
     };
-    copy(&mut disk, blocks, 0, 8192);
-    copy(&mut disk, 3000, 100, 1100);
-    let got = read_blocks(&mut ini, 0, 8192 + blocks);
+    copy(&mut disk, blocks, 0, 16384);
+    copy(&mut disk, 9000, 100, 1100);
+    let got = read_blocks(&mut ini, 0, 16384 + blocks);
     assert!(
-        got == disk[..(8192 + blocks) * BLOCK],
+        got == disk[..(16384 + blocks) * BLOCK],
         "copied data differs"
     );
-    let bytes = (blocks + 3000) * BLOCK;
+    let bytes = (blocks + 9000) * BLOCK;
     assert_eq!(copy_status(&mut ini, 5), (0x01, 2, 0x00, bytes as u32));
     // Unwritten blocks copied over unwritten blocks allocate nothing (a thin copy stays thin);
     // over written ones they write zeros.
@@ -139,10 +140,10 @@ fn segments_within_a_volume_are_copied_and_reported() {
         v["mapped_bytes"].as_u64().unwrap()
     };
     let before = mapped(&t);
-    let r = extended_copy(&mut ini, 6, &[cscd(&me)], &[segment(0, 4096, 20480, 24576)]);
+    let r = extended_copy(&mut ini, 6, &[cscd(&me)], &[segment(0, 2048, 28672, 30720)]);
     assert_eq!(r.status(), 0, "{:?}", r.sense());
     assert_eq!(mapped(&t), before);
-    let r = extended_copy(&mut ini, 7, &[cscd(&me)], &[segment(0, 256, 20480, 0)]);
+    let r = extended_copy(&mut ini, 7, &[cscd(&me)], &[segment(0, 256, 28672, 0)]);
     assert_eq!(r.status(), 0, "{:?}", r.sense());
     assert_eq!(read_blocks(&mut ini, 0, 256), vec![0u8; 256 * BLOCK]);
 }

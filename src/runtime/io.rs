@@ -37,8 +37,10 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Bytes an EXTENDED COPY moves per read and write.
-const COPY_CHUNK: u64 = 1 << 20;
+/// Bytes an EXTENDED COPY moves per read and write: ESXi's transfer size, so its usual 4 MiB
+/// segment is one read and one write (`cargo bench --bench xcopy`: 1 MiB chunks copied 4 MiB
+/// commands at 519–548 MiB/s, 4 MiB chunks at 609–1119 MiB/s on the development VM).
+const COPY_CHUNK: u64 = 4 << 20;
 
 /// One transfer between a buffer and a volume's backing store.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,185 @@
+//! What EXTENDED COPY (VMware's XCOPY "full copy") saves: copying a region of a volume inside the
+//! target, against the host reading it and writing it back over iSCSI (what ESXi's software data
+//! mover does without XCOPY). One target on a pool under `target/bench` (the disk, as
+//! `bench/run`), one session, one command at a time:
+//!
+//! - `xcopy 4M`: EXTENDED COPY commands of one 4 MiB segment each (ESXi's default transfer size);
+//! - `xcopy 32M`: EXTENDED COPY commands of four 8 MiB segments;
+//! - `host copy`: READ (10) then WRITE (10) of 1 MiB each.
+//!
+//! Each copies `--size` bytes (default 512 MiB) of written data to an unwritten region, then the
+//! copies are checked against the source. Prints MiB/s per method and the ratio to the host copy.
+//!
+//! `cargo bench --bench xcopy [-- --size 1G]` (under `cargo test --all-targets`, without
+//! `--bench`, it copies 8 MiB as a smoke test).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+use support::Target;
+use support::initiator::RawInitiator;
+use support::scsi::pattern;
+
+const BLOCK: u64 = 512;
+const MIB: u64 = 1 << 20;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let size = args
+        .windows(2)
+        .find(|w| w[0] == "--size")
+        .map(|w| parse_size(&w[1]))
+        .unwrap_or(if full { 512 * MIB } else { 8 * MIB });
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&root).expect("target/bench");
+    let dir = tempfile::tempdir_in(&root).expect("data directory");
+    let volume = format!("{}", 4 * size + 64 * MIB);
+    let t = Target::start_in(dir, &["--size", &volume]);
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    assert_eq!(ini.test_unit_ready(), 0);
+    let me = naa_designator(&mut ini);
+
+    let source = pattern(11, size as usize);
+    let start = Instant::now();
+    for (i, chunk) in source.chunks(MIB as usize).enumerate() {
+        let r = ini.write10(lba(i as u64 * MIB), chunk);
+        assert_eq!(r.status(), 0, "writing the source");
+    }
+    let fill = mib_s(size, start.elapsed().as_secs_f64());
+    println!("source: {} MiB written at {fill:.0} MiB/s", size / MIB);
+
+    let methods: [(&str, u64); 3] = [
+        ("xcopy 4M", size),
+        ("xcopy 32M", 2 * size),
+        ("host copy", 3 * size),
+    ];
+    let mut rates = Vec::new();
+    for (name, dst) in methods {
+        let start = Instant::now();
+        match name {
+            "xcopy 4M" => xcopy(&mut ini, &me, size, dst, 4 * MIB, 1),
+            "xcopy 32M" => xcopy(&mut ini, &me, size, dst, 8 * MIB, 4),
+            _ => host_copy(&mut ini, size, dst),
+        }
+        let rate = mib_s(size, start.elapsed().as_secs_f64());
+        rates.push((name, rate));
+        check(&mut ini, &source, dst);
+    }
+    let host = rates.last().map_or(1.0, |r| r.1);
+    println!("| method | MiB/s | vs host copy |");
+    println!("|---|---:|---:|");
+    for (name, rate) in &rates {
+        println!("| {name} | {rate:.0} | {:.2} |", rate / host);
+    }
+}
+
+/// Copies `size` bytes from offset 0 to `dst` with EXTENDED COPY commands of `per_command`
+/// segments of `segment` bytes.
+fn xcopy(ini: &mut RawInitiator, me: &[u8], size: u64, dst: u64, segment: u64, per_command: u64) {
+    let mut at = 0;
+    while at < size {
+        let mut segments = Vec::new();
+        for _ in 0..per_command {
+            if at >= size {
+                break;
+            }
+            let len = segment.min(size - at);
+            segments.push(segment_descriptor(
+                len / BLOCK,
+                at / BLOCK,
+                (dst + at) / BLOCK,
+            ));
+            at += len;
+        }
+        let list = parameter_list(&cscd(me), &segments.concat());
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x83;
+        cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
+        let r = ini.command(&cdb, list.len() as u32, false, &list);
+        assert_eq!(r.status(), 0, "EXTENDED COPY: {:?}", r.sense());
+    }
+}
+
+/// Copies `size` bytes from offset 0 to `dst` by reading and writing 1 MiB at a time.
+fn host_copy(ini: &mut RawInitiator, size: u64, dst: u64) {
+    for at in (0..size).step_by(MIB as usize) {
+        let r = ini.read10(lba(at), (MIB / BLOCK) as u16);
+        assert_eq!(r.status(), 0);
+        let w = ini.write10(lba(dst + at), &r.data);
+        assert_eq!(w.status(), 0);
+    }
+}
+
+/// The copy at `dst` equals the source (every 1 MiB piece).
+fn check(ini: &mut RawInitiator, source: &[u8], dst: u64) {
+    for (i, want) in source.chunks(MIB as usize).enumerate() {
+        let r = ini.read10(
+            lba(dst + i as u64 * MIB),
+            (want.len() as u64 / BLOCK) as u16,
+        );
+        assert!(r.data == want, "copy at {dst} differs in MiB {i}");
+    }
+}
+
+/// The volume's NAA designation descriptor, from its Device Identification VPD page.
+fn naa_designator(ini: &mut RawInitiator) -> Vec<u8> {
+    let r = ini.command(&[0x12, 0x01, 0x83, 0x00, 0xFF, 0x00], 255, true, &[]);
+    assert_eq!(r.status(), 0);
+    let d = &r.data[4..];
+    d[..4 + usize::from(d[3])].to_vec()
+}
+
+/// An identification CSCD descriptor for a 512-byte block device named by `designator`.
+fn cscd(designator: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[0] = 0xE4;
+    d[4..4 + designator.len()].copy_from_slice(designator);
+    d[29..32].copy_from_slice(&(BLOCK as u32).to_be_bytes()[1..]);
+    d
+}
+
+/// A block-to-block segment descriptor within CSCD 0.
+fn segment_descriptor(blocks: u64, src: u64, dst: u64) -> Vec<u8> {
+    let mut d = vec![0u8; 28];
+    d[0] = 0x02;
+    d[3] = 0x18;
+    d[10..12].copy_from_slice(&(blocks as u16).to_be_bytes());
+    d[12..20].copy_from_slice(&src.to_be_bytes());
+    d[20..28].copy_from_slice(&dst.to_be_bytes());
+    d
+}
+
+/// A LID1 parameter list (LIST ID USAGE 11b: no results held).
+fn parameter_list(cscds: &[u8], segments: &[u8]) -> Vec<u8> {
+    let mut list = vec![0u8; 16];
+    list[1] = 0x18;
+    list[2..4].copy_from_slice(&(cscds.len() as u16).to_be_bytes());
+    list[8..12].copy_from_slice(&(segments.len() as u32).to_be_bytes());
+    list.extend_from_slice(cscds);
+    list.extend_from_slice(segments);
+    list
+}
+
+fn lba(offset: u64) -> u32 {
+    u32::try_from(offset / BLOCK).expect("LBA fits READ/WRITE (10)")
+}
+
+fn mib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB as f64 / secs.max(1e-9)
+}
+
+fn parse_size(s: &str) -> u64 {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .expect("--size: a number with an optional K/M/G");
+    n * match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => MIB,
+        "G" => 1 << 30,
+        _ => panic!("--size: unit K, M or G"),
+    }
+}
