@@ -92,6 +92,22 @@ fn revoking_an_initiator_closes_its_session() {
 }
 
 #[test]
+fn an_exported_snapshot_has_its_volumes_list() {
+    let t = Target::start(&[]);
+    t.cli_ok(&["snapshot", "create", "default@s1"]);
+    t.cli_ok(&["snapshot", "export", "default@s1"]);
+    assert!(logs_in(&t, HOST2, "default:s1"));
+    t.cli_ok(&["volume", "access", "default", "--allow", HOST1]);
+    assert!(logs_in(&t, HOST1, "default:s1"));
+    assert!(!logs_in(&t, HOST2, "default:s1"));
+    // Exported after the list was set: the same.
+    t.cli_ok(&["snapshot", "create", "default@s2"]);
+    t.cli_ok(&["snapshot", "export", "default@s2"]);
+    assert!(!logs_in(&t, HOST2, "default:s2"));
+    assert!(logs_in(&t, HOST1, "default:s2"));
+}
+
+#[test]
 fn a_deleted_volume_takes_its_list_along() {
     let t = Target::start(&[]);
     t.cli_ok(&["volume", "create", "vm", "--size", "16M"]);

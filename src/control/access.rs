@@ -1,7 +1,8 @@
 //! Initiator access lists: which initiators may log in to a volume's target (LUN masking).
 //!
 //! A volume without a list (or with an empty one) is open to every initiator that passes
-//! authentication, as before lists existed. A list names initiators by iSCSI name; logins from
+//! authentication, as before lists existed. An exported snapshot (`volume@snap`) has its
+//! volume's list. A list names initiators by iSCSI name; logins from
 //! others fail with 0202 (authorization failure) and discovery does not show them the target.
 //! A change applies at once: the control plane closes the sessions of initiators a new list
 //! leaves out.
@@ -173,6 +174,12 @@ pub fn check_name(name: &str) -> Result<(), AccessError> {
     Ok(())
 }
 
+/// The volume whose list applies to image `name`: the volume itself, or for a snapshot
+/// (`volume@snap`, served when exported) the volume it was taken of.
+pub fn volume_of(name: &str) -> &str {
+    name.split_once('@').map_or(name, |(volume, _)| volume)
+}
+
 /// Whether `initiator` may access a target whose list is `allowed` (empty: anyone). iSCSI
 /// names compare case-insensitively (they are normalised to lower case, RFC 7143 §4.2.7.2).
 pub fn allows(allowed: &[String], initiator: &str) -> bool {
@@ -240,6 +247,12 @@ mod tests {
         ));
         std::fs::write(dir.path().join(ACCESS_FILE), "not json").unwrap();
         assert!(AccessLists::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_has_its_volumes_list() {
+        assert_eq!(volume_of("golden@v1"), "golden");
+        assert_eq!(volume_of("golden"), "golden");
     }
 
     #[test]

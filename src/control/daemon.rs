@@ -221,7 +221,7 @@ impl Daemon {
             name: target.clone(),
             alias: meta.name.clone(),
             shard,
-            initiators: st.access.get(&meta.name).to_vec(),
+            initiators: st.access.get(access::volume_of(&meta.name)).to_vec(),
         });
         let alias = meta.name.clone();
         st.served.insert(
@@ -275,7 +275,7 @@ impl Daemon {
                     name: s.target.clone(),
                     alias: s.alias.clone(),
                     shard: s.shard,
-                    initiators: st.access.get(&s.alias).to_vec(),
+                    initiators: st.access.get(access::volume_of(&s.alias)).to_vec(),
                 });
                 Err(AdminError::new(
                     ErrorCode::InUse,
@@ -877,14 +877,14 @@ impl AdminBackend for Daemon {
                 other => internal(other),
             })?;
         let initiators = st.access.get(&meta.name).to_vec();
-        self.login.set_initiators(&meta.name, &initiators);
-        // Revocation takes effect now: the sessions of initiators the list no longer names
-        // are closed (they may not log in again).
-        let target = target_name(&meta.name);
-        for (initiator, session) in self.registry.sessions_of(&target) {
-            if !access::allows(&initiators, &initiator) {
-                if let Some(shard) = self.shards.get(session.shard) {
-                    shard.send(ShardMsg::DropNexus(session.nexus));
+        // The volume's target and its exported snapshots'. Revocation takes effect now: the
+        // sessions of initiators the list no longer names are closed (they may not log in again).
+        for target in self.login.set_initiators(&meta.name, &initiators) {
+            for (initiator, session) in self.registry.sessions_of(&target) {
+                if !access::allows(&initiators, &initiator) {
+                    if let Some(shard) = self.shards.get(session.shard) {
+                        shard.send(ShardMsg::DropNexus(session.nexus));
+                    }
                 }
             }
         }

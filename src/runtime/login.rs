@@ -56,12 +56,19 @@ impl LoginContext {
         targets.push(entry);
     }
 
-    /// Sets the initiators allowed on the targets of volume `alias` (checked at login).
-    pub fn set_initiators(&self, alias: &str, initiators: &[String]) {
+    /// Sets the initiators allowed on the targets of volume `volume` — its own and those of its
+    /// exported snapshots (checked at login); returns their names.
+    pub fn set_initiators(&self, volume: &str, initiators: &[String]) -> Vec<String> {
         let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
-        for t in targets.iter_mut().filter(|t| t.alias == alias) {
+        let mut names = Vec::new();
+        for t in targets
+            .iter_mut()
+            .filter(|t| crate::control::access::volume_of(&t.alias) == volume)
+        {
             t.initiators = initiators.to_vec();
+            names.push(t.name.clone());
         }
+        names
     }
 
     /// Stops exporting a target (new logins to it fail with "not found").
