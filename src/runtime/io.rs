@@ -18,7 +18,7 @@
 //! is owned by the op or its task until the op's last completion arrives.
 //!
 //! A volume whose data store is in memory (tmpfs) has its transfers done at once with plain
-//! `pread`/`pwrite` ([`Transfer::run_inline`]): such a file system has no non-blocking path, so
+//! `pread`/`pwrite` (`Transfer::run_inline`): such a file system has no non-blocking path, so
 //! io_uring would hand every one to a kernel worker thread, which costs more than the copy. Their
 //! results go through the same completion path as the ring's, in the shard's next round.
 
