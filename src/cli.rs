@@ -1109,6 +1109,13 @@ fn show_volume(v: &VolumeInfo) -> String {
         ("sessions", v.sessions.to_string()),
         ("shard", dash(v.shard.map(|s| s.to_string()).as_deref())),
         ("created", format_time(v.created)),
+        (
+            "initiators",
+            match v.initiators.is_empty() {
+                true => "any".to_owned(),
+                false => v.initiators.join(", "),
+            },
+        ),
     ])
 }
 

@@ -63,6 +63,9 @@ fn only_listed_initiators_log_in_and_see_the_volume() {
     let json = t.cli_ok(&["volume", "access", "default", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["initiators"], serde_json::json!([HOST1]));
+    let show = t.cli_ok(&["volume", "show", "default", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["initiators"], serde_json::json!([HOST1]), "shown with the volume");
 
     // A bad name is refused and changes nothing; --any opens the volume again.
     let out = t.cli(&["volume", "access", "default", "--allow", "host1"]);

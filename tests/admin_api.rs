@@ -113,6 +113,7 @@ impl Model {
             sessions: 0,
             naa: format!("6001405{:025x}", self.next_naa),
             created: CREATED,
+            initiators: Vec::new(),
         }
     }
 

@@ -1009,6 +1009,7 @@ mod tests {
             sessions: 0,
             naa: "6".into(),
             created: 0,
+            initiators: Vec::new(),
         }
     }
 

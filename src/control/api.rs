@@ -123,6 +123,9 @@ pub struct VolumeInfo {
     pub naa: String,
     /// Creation time, seconds since the epoch.
     pub created: u64,
+    /// Initiators allowed to log in (empty: every initiator; see `/v1/volumes/{name}/access`).
+    #[serde(default)]
+    pub initiators: Vec<String>,
 }
 
 /// A snapshot.

@@ -466,6 +466,7 @@ impl Daemon {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             created: meta.created_unix_secs,
+            initiators: st.access.get(&meta.name).to_vec(),
         }
     }
 
