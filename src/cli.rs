@@ -1259,6 +1259,7 @@ mod tests {
             window_seconds: None,
             latency_stats: true,
             luns: vec![lun("seq", 8, 7), lun("random", 0, 0)],
+            logins: Default::default(),
         };
         let text = stats_table(&report);
         assert!(

@@ -54,6 +54,13 @@ fn only_listed_initiators_log_in_and_see_the_volume() {
         "{seen}"
     );
     assert!(discovered(&t, HOST1).contains("shoal:default"));
+    // Counted for monitoring (also `shoal_logins_total` in /metrics).
+    let stats: serde_json::Value = serde_json::from_str(&t.cli_ok(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["logins"]["not_authorized"], 1, "{stats}");
+    assert!(
+        stats["logins"]["accepted"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
 
     // Kept across a restart.
     let data = t.kill();
@@ -65,7 +72,11 @@ fn only_listed_initiators_log_in_and_see_the_volume() {
     assert_eq!(v["initiators"], serde_json::json!([HOST1]));
     let show = t.cli_ok(&["volume", "show", "default", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
-    assert_eq!(v["initiators"], serde_json::json!([HOST1]), "shown with the volume");
+    assert_eq!(
+        v["initiators"],
+        serde_json::json!([HOST1]),
+        "shown with the volume"
+    );
 
     // A bad name is refused and changes nothing; --any opens the volume again.
     let out = t.cli(&["volume", "access", "default", "--allow", "host1"]);

@@ -377,6 +377,7 @@ impl AdminBackend for Fake {
                 window_seconds: query.window,
                 latency_stats: true,
                 luns,
+                logins: Default::default(),
             })
         })
     }

@@ -406,6 +406,22 @@ pub struct StatsReport {
     pub latency_stats: bool,
     /// One entry per served LUN, by volume name.
     pub luns: Vec<LunStatsReport>,
+    /// Logins since the target started, by how they ended.
+    #[serde(default)]
+    pub logins: LoginCounts,
+}
+
+/// Logins since the target started (normal and discovery sessions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginCounts {
+    /// Reached full feature phase.
+    pub accepted: u64,
+    /// Refused for their credentials (CHAP; status 0201).
+    pub authentication_failed: u64,
+    /// Refused by an access list (status 0202).
+    pub not_authorized: u64,
+    /// Failed for any other reason (a protocol error, an unknown target...).
+    pub failed: u64,
 }
 
 /// Which op classes a histogram request wants.

@@ -1033,6 +1033,7 @@ impl AdminBackend for Daemon {
             window_seconds: query.window,
             latency_stats: self.latency_stats,
             luns: luns.iter().map(metrics::lun_report).collect(),
+            logins: self.login.counts.snapshot(),
         })
     }
 

@@ -376,6 +376,21 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
     );
     let _ = writeln!(out, "shoal_volumes{{kind=\"volume\"}} {}", pool.volumes);
     let _ = writeln!(out, "shoal_volumes{{kind=\"snapshot\"}} {}", pool.snapshots);
+    header(
+        &mut out,
+        "shoal_logins_total",
+        "counter",
+        "iSCSI logins since start, by result (refused credentials and access lists apart).",
+    );
+    let l = &stats.logins;
+    for (result, n) in [
+        ("accepted", l.accepted),
+        ("authentication_failed", l.authentication_failed),
+        ("not_authorized", l.not_authorized),
+        ("failed", l.failed),
+    ] {
+        let _ = writeln!(out, "shoal_logins_total{{result=\"{result}\"}} {n}");
+    }
     out
 }
 
@@ -481,8 +496,18 @@ mod tests {
             window_seconds: Some(60),
             latency_stats: true,
             luns: vec![lun_report(&snapshot())],
+            logins: crate::control::api::LoginCounts {
+                accepted: 3,
+                not_authorized: 2,
+                ..Default::default()
+            },
         };
         let text = prometheus(&report, &pool());
+        assert!(
+            text.contains("shoal_logins_total{result=\"accepted\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("shoal_logins_total{result=\"not_authorized\"} 2\n"));
         assert!(text.ends_with('\n'));
         let mut family = String::new();
         let mut kind = String::new();
@@ -554,7 +579,8 @@ mod tests {
                 "shoal_command_phase_seconds",
                 "shoal_pool_size_bytes",
                 "shoal_pool_bytes",
-                "shoal_volumes"
+                "shoal_volumes",
+                "shoal_logins_total"
             ]
         );
         let labels = r#"volume="vm\"1",target="iqn.2026-11.dev.shoal:vm\"1",lun="0",class="read""#;

@@ -18,6 +18,7 @@ use crate::iscsi::pdu::target::{self, LoginResponseHeader, RESERVED_TAG, RejectR
 use crate::iscsi::pdu::{BHS_LEN, Bhs, Framing, Opcode};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,6 +41,38 @@ pub struct LoginContext {
     pub registry: Arc<Registry>,
     /// The authentication every login (discovery included) must pass.
     pub auth: AuthPolicy,
+    /// How logins ended, counted for the statistics.
+    pub counts: LoginCounters,
+}
+
+/// Login outcomes since start (atomics: login threads count, the control plane reads).
+#[derive(Debug, Default)]
+pub struct LoginCounters {
+    accepted: AtomicU64,
+    authentication_failed: AtomicU64,
+    not_authorized: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl LoginCounters {
+    fn count_failure(&self, e: &LoginError) {
+        let counter = match e {
+            LoginError::AuthenticationFailed(_) => &self.authentication_failed,
+            LoginError::NotAuthorized { .. } => &self.not_authorized,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> crate::control::api::LoginCounts {
+        crate::control::api::LoginCounts {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            authentication_failed: self.authentication_failed.load(Ordering::Relaxed),
+            not_authorized: self.not_authorized.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl LoginContext {
@@ -246,6 +279,7 @@ pub fn serve_login(stream: TcpStream, ctx: &LoginContext) {
                 }
             }
             LoginOutcome::Failed(e) => {
+                ctx.counts.count_failure(&e);
                 // What an administrator needs to see: refused credentials or access.
                 if matches!(
                     e,
@@ -261,6 +295,7 @@ pub fn serve_login(stream: TcpStream, ctx: &LoginContext) {
                 return;
             }
             LoginOutcome::Complete(params) => {
+                ctx.counts.accepted.fetch_add(1, Ordering::Relaxed);
                 let Some(h) = header else { return };
                 finish_login(wire, ctx, &mut response, params, &h);
                 return;

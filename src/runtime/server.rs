@@ -177,6 +177,7 @@ impl Server {
             shards: shards.clone(),
             registry: Arc::clone(&registry),
             auth: cfg.auth.clone(),
+            counts: Default::default(),
         });
         let access = crate::control::access::AccessLists::load(&cfg.data_dir)
             .map_err(|e| StartError::Volumes(format!("access lists: {e}")))?;
