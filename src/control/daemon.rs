@@ -43,6 +43,17 @@ struct State {
     next_shard: usize,
     /// Initiator access lists, by volume name.
     access: AccessLists,
+    /// The write cache setting of the volumes the configuration declares (others: on).
+    declared_write_cache: HashMap<String, bool>,
+}
+
+impl State {
+    /// Whether volume `name` is served with its write cache on (WCE): as the configuration
+    /// declares it, else on. Every serve (start, create, clone, rollback) uses this, so a
+    /// rollback keeps the setting.
+    fn write_cache(&self, name: &str) -> bool {
+        self.declared_write_cache.get(name).copied().unwrap_or(true)
+    }
 }
 
 /// The control plane of a running target.
@@ -87,6 +98,7 @@ impl Daemon {
                 served: HashMap::new(),
                 next_shard: 0,
                 access: AccessLists::in_memory(),
+                declared_write_cache: HashMap::new(),
             }),
             shards,
             login,
@@ -135,11 +147,12 @@ impl Daemon {
         } else {
             HashMap::new()
         };
+        st.declared_write_cache = wanted
+            .iter()
+            .map(|v| (v.name.clone(), v.write_cache))
+            .collect();
         for meta in volumes {
-            let write_cache = wanted
-                .iter()
-                .find(|v| v.name == meta.name)
-                .is_none_or(|v| v.write_cache);
+            let write_cache = st.write_cache(&meta.name);
             let owned = exclusive.get(&meta.image).copied().unwrap_or(0);
             let reserved = reserve_full_volume(&st, &meta, owned);
             let target = target_name(&meta.name);
@@ -741,12 +754,13 @@ impl AdminBackend for Daemon {
                 st.pool.shared().refs.unreserve(reserved);
                 pool_error(e)
             })?;
+        let write_cache = st.write_cache(&meta.name);
         self.serve_reserved(
             &mut st,
             &meta,
             target_name(&meta.name),
             false,
-            true,
+            write_cache,
             reserved,
         )?;
         Ok(self.volume_info(&st, &meta))
@@ -977,12 +991,13 @@ impl AdminBackend for Daemon {
         // alone.
         let reserved = reserve_full_volume(&st, &meta, 0);
         st.pool.put_map(vol.image, map);
+        let write_cache = st.write_cache(&meta.name);
         self.serve_reserved(
             &mut st,
             &meta,
             target_name(&meta.name),
             false,
-            true,
+            write_cache,
             reserved,
         )?;
         Ok(self.volume_info(&st, &meta))
@@ -1020,7 +1035,8 @@ impl AdminBackend for Daemon {
             .pool
             .add_clone(snap.image, &req.name)
             .map_err(pool_error)?;
-        self.serve(&mut st, &meta, target_name(&meta.name), false, true)?;
+        let write_cache = st.write_cache(&meta.name);
+        self.serve(&mut st, &meta, target_name(&meta.name), false, write_cache)?;
         // The clone is served now (its map on a shard): it maps what its snapshot maps.
         let usage = Self::fresh_usage(&st, meta.image, snap.image);
         Ok(self.volume_info_with(&st, &meta, &usage))
