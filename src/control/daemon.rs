@@ -8,9 +8,9 @@
 
 use super::Registry;
 use super::TargetEntry;
-use super::access::{self, AccessError, AccessLists};
 use super::api::*;
 use super::metrics;
+use super::settings::{self, SettingsError, VolumeSettings};
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport};
@@ -41,18 +41,21 @@ struct State {
     pool: Pool,
     served: HashMap<u64, Served>,
     next_shard: usize,
-    /// Initiator access lists, by volume name.
-    access: AccessLists,
+    /// Access lists and write cache settings, by volume name.
+    settings: VolumeSettings,
     /// The write cache setting of the volumes the configuration declares (others: on).
     declared_write_cache: HashMap<String, bool>,
 }
 
 impl State {
-    /// Whether volume `name` is served with its write cache on (WCE): as the configuration
-    /// declares it, else on. Every serve (start, create, clone, rollback) uses this, so a
-    /// rollback keeps the setting.
+    /// Whether volume `name` is served with its write cache on (WCE): as set through the admin
+    /// API, else as the configuration declares it, else on. Every serve (start, create, clone,
+    /// rollback) uses this, so a rollback keeps the setting.
     fn write_cache(&self, name: &str) -> bool {
-        self.declared_write_cache.get(name).copied().unwrap_or(true)
+        self.settings
+            .write_cache(name)
+            .or_else(|| self.declared_write_cache.get(name).copied())
+            .unwrap_or(true)
     }
 }
 
@@ -97,7 +100,7 @@ impl Daemon {
                 pool,
                 served: HashMap::new(),
                 next_shard: 0,
-                access: AccessLists::in_memory(),
+                settings: VolumeSettings::in_memory(),
                 declared_write_cache: HashMap::new(),
             }),
             shards,
@@ -108,9 +111,9 @@ impl Daemon {
         }
     }
 
-    /// Keeps the initiator access lists in `access` (loaded from the data directory).
-    pub fn with_access(self, access: AccessLists) -> Self {
-        self.lock().access = access;
+    /// Keeps the volumes' settings in `settings` (loaded from the data directory).
+    pub fn with_settings(self, settings: VolumeSettings) -> Self {
+        self.lock().settings = settings;
         self
     }
 
@@ -234,7 +237,10 @@ impl Daemon {
             name: target.clone(),
             alias: meta.name.clone(),
             shard,
-            initiators: st.access.get(access::volume_of(&meta.name)).to_vec(),
+            initiators: st
+                .settings
+                .initiators(settings::volume_of(&meta.name))
+                .to_vec(),
         });
         let alias = meta.name.clone();
         st.served.insert(
@@ -288,7 +294,10 @@ impl Daemon {
                     name: s.target.clone(),
                     alias: s.alias.clone(),
                     shard: s.shard,
-                    initiators: st.access.get(access::volume_of(&s.alias)).to_vec(),
+                    initiators: st
+                        .settings
+                        .initiators(settings::volume_of(&s.alias))
+                        .to_vec(),
                 });
                 Err(AdminError::new(
                     ErrorCode::InUse,
@@ -479,7 +488,7 @@ impl Daemon {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             created: meta.created_unix_secs,
-            initiators: st.access.get(&meta.name).to_vec(),
+            initiators: st.settings.initiators(&meta.name).to_vec(),
         }
     }
 
@@ -867,7 +876,7 @@ impl AdminBackend for Daemon {
             st.pool.shared().refs.unreserve(reserved);
         }
         // A new volume of the same name starts open, as any new volume.
-        st.access.remove(name).map_err(internal)?;
+        st.settings.remove(name).map_err(internal)?;
         Ok(())
     }
 
@@ -876,27 +885,27 @@ impl AdminBackend for Daemon {
         let meta = Self::volume_meta(&st, name)?;
         Ok(AccessInfo {
             volume: meta.name.clone(),
-            initiators: st.access.get(&meta.name).to_vec(),
+            initiators: st.settings.initiators(&meta.name).to_vec(),
         })
     }
 
     fn set_access(&self, name: &str, req: &AccessInfo) -> Result<AccessInfo, AdminError> {
         let mut st = self.lock();
         let meta = Self::volume_meta(&st, name)?;
-        st.access
-            .set(&meta.name, &req.initiators)
+        st.settings
+            .set_initiators(&meta.name, &req.initiators)
             .map_err(|e| match e {
-                AccessError::BadName(_) | AccessError::TooMany(_) => {
+                SettingsError::BadName(_) | SettingsError::TooMany(_) => {
                     AdminError::new(ErrorCode::InvalidArgument, e.to_string())
                 }
                 other => internal(other),
             })?;
-        let initiators = st.access.get(&meta.name).to_vec();
+        let initiators = st.settings.initiators(&meta.name).to_vec();
         // The volume's target and its exported snapshots'. Revocation takes effect now: the
         // sessions of initiators the list no longer names are closed (they may not log in again).
         for target in self.login.set_initiators(&meta.name, &initiators) {
             for (initiator, session) in self.registry.sessions_of(&target) {
-                if !access::allows(&initiators, &initiator) {
+                if !settings::allows(&initiators, &initiator) {
                     if let Some(shard) = self.shards.get(session.shard) {
                         shard.send(ShardMsg::DropNexus(session.nexus));
                     }

@@ -5,11 +5,11 @@
 //! session reinstatement (RFC 7143 §6.3.5: a login with a known ISID and TSIH 0 replaces the old
 //! session). It is used only on the login path, never by shards on the I/O path.
 
-pub mod access;
 pub mod admin;
 pub mod api;
 pub mod daemon;
 pub mod metrics;
+pub mod settings;
 
 use crate::scsi::NexusId;
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ pub struct TargetEntry {
     pub alias: String,
     /// Shard that owns its LUN.
     pub shard: usize,
-    /// Initiators allowed to log in (empty: every initiator; see [`access`]).
+    /// Initiators allowed to log in (empty: every initiator; see [`settings`]).
     pub initiators: Vec<String>,
 }
 

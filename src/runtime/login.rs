@@ -96,7 +96,7 @@ impl LoginContext {
         let mut names = Vec::new();
         for t in targets
             .iter_mut()
-            .filter(|t| crate::control::access::volume_of(&t.alias) == volume)
+            .filter(|t| crate::control::settings::volume_of(&t.alias) == volume)
         {
             t.initiators = initiators.to_vec();
             names.push(t.name.clone());
@@ -134,7 +134,7 @@ impl TargetDirectory for LoginContext {
 
     fn may_access(&self, initiator: &str, target: &str) -> bool {
         self.target(target)
-            .is_some_and(|t| crate::control::access::allows(&t.initiators, initiator))
+            .is_some_and(|t| crate::control::settings::allows(&t.initiators, initiator))
     }
 
     fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {

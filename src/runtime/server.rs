@@ -179,12 +179,12 @@ impl Server {
             auth: cfg.auth.clone(),
             counts: Default::default(),
         });
-        let access = crate::control::access::AccessLists::load(&cfg.data_dir)
-            .map_err(|e| StartError::Volumes(format!("access lists: {e}")))?;
+        let settings = crate::control::settings::VolumeSettings::load(&cfg.data_dir)
+            .map_err(|e| StartError::Volumes(format!("volume settings: {e}")))?;
         let daemon = Arc::new(
             Daemon::new(pool, shards.clone(), Arc::clone(&ctx), registry)
                 .with_latency_stats(cfg.latency_stats)
-                .with_access(access),
+                .with_settings(settings),
         );
         daemon
             .start(&cfg.volumes)

@@ -1,0 +1,327 @@
+//! Per-volume settings the control plane keeps: initiator access lists (LUN masking) and the
+//! write cache.
+//!
+//! Access lists: a volume without a list (or with an empty one) is open to every initiator that
+//! passes authentication. A list names initiators by iSCSI name; logins from others fail with
+//! 0202 (authorization failure) and discovery does not show them the target. A change applies at
+//! once: the control plane closes the sessions of initiators a new list leaves out. An exported
+//! snapshot (`volume@snap`) has its volume's list.
+//!
+//! Write cache: set through the admin API, it overrides the configuration's `[[volume]]`
+//! `write_cache` (and the default, on).
+//!
+//! The settings live in `<data>/settings.json`, written whole on every change (a temporary file,
+//! fsynced, renamed over the old one, then the directory fsynced), so a crash leaves the old or
+//! the new settings, never a mix. Invariant: every stored name is a valid iSCSI name, and a volume
+//! with no list and no write cache setting has no entry.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// File name of the settings inside the data directory.
+pub const SETTINGS_FILE: &str = "settings.json";
+
+/// Most initiators in one list.
+pub const MAX_INITIATORS: usize = 256;
+
+/// A settings problem.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not what this module writes.
+    #[error("{path}: not a volume settings file: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A name in a new list is not an iSCSI name.
+    #[error("{0:?} is not an iSCSI initiator name (iqn., eui. or naa., 4 to 223 bytes)")]
+    BadName(String),
+    /// A new list is too long.
+    #[error("{0} initiators: at most {MAX_INITIATORS} per volume")]
+    TooMany(usize),
+}
+
+/// One volume's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    /// Allowed initiator names (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    initiators: Vec<String>,
+    /// The write cache, when set through the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    write_cache: Option<bool>,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.initiators.is_empty() && self.write_cache.is_none()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    /// Volume name → its settings.
+    volumes: BTreeMap<String, Entry>,
+}
+
+/// The settings of every volume, and where they are kept.
+#[derive(Debug)]
+pub struct VolumeSettings {
+    path: PathBuf,
+    volumes: BTreeMap<String, Entry>,
+}
+
+impl VolumeSettings {
+    /// The settings kept in `<data_dir>/settings.json` (none when the file does not exist).
+    pub fn load(data_dir: &Path) -> Result<Self, SettingsError> {
+        let path = data_dir.join(SETTINGS_FILE);
+        let corrupt = |message: String| SettingsError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        let volumes = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let file: SettingsFile =
+                    serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+                for name in file.volumes.values().flat_map(|e| &e.initiators) {
+                    check_name(name).map_err(|e| corrupt(e.to_string()))?;
+                }
+                file.volumes
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => return Err(SettingsError::Io { path, source }),
+        };
+        Ok(VolumeSettings { path, volumes })
+    }
+
+    /// Settings kept nowhere (tests, and daemons without a data directory).
+    pub fn in_memory() -> Self {
+        VolumeSettings {
+            path: PathBuf::new(),
+            volumes: BTreeMap::new(),
+        }
+    }
+
+    /// The initiators allowed on `volume` (empty: every initiator).
+    pub fn initiators(&self, volume: &str) -> &[String] {
+        self.volumes
+            .get(volume)
+            .map_or(&[], |e| e.initiators.as_slice())
+    }
+
+    /// The write cache set for `volume` through the admin API, if any.
+    pub fn write_cache(&self, volume: &str) -> Option<bool> {
+        self.volumes.get(volume).and_then(|e| e.write_cache)
+    }
+
+    /// Sets `volume`'s access list (empty: open to every initiator), durably; duplicates are
+    /// dropped. On an error nothing changes.
+    pub fn set_initiators(
+        &mut self,
+        volume: &str,
+        initiators: &[String],
+    ) -> Result<(), SettingsError> {
+        if initiators.len() > MAX_INITIATORS {
+            return Err(SettingsError::TooMany(initiators.len()));
+        }
+        for name in initiators {
+            check_name(name)?;
+        }
+        let mut list: Vec<String> = Vec::new();
+        for name in initiators {
+            if !list.contains(name) {
+                list.push(name.clone());
+            }
+        }
+        self.update(volume, |e| e.initiators = list)
+    }
+
+    /// Sets `volume`'s write cache, durably.
+    pub fn set_write_cache(&mut self, volume: &str, on: bool) -> Result<(), SettingsError> {
+        self.update(volume, |e| e.write_cache = Some(on))
+    }
+
+    /// Forgets `volume`'s settings (the volume was deleted).
+    pub fn remove(&mut self, volume: &str) -> Result<(), SettingsError> {
+        if self.volumes.contains_key(volume) {
+            self.update(volume, |e| *e = Entry::default())?;
+        }
+        Ok(())
+    }
+
+    /// Changes `volume`'s entry, stores every setting, and only then keeps the change.
+    fn update(
+        &mut self,
+        volume: &str,
+        change: impl FnOnce(&mut Entry),
+    ) -> Result<(), SettingsError> {
+        let mut next = self.volumes.clone();
+        let mut entry = next.remove(volume).unwrap_or_default();
+        change(&mut entry);
+        if !entry.is_empty() {
+            next.insert(volume.to_owned(), entry);
+        }
+        self.save(&next)?;
+        self.volumes = next;
+        Ok(())
+    }
+
+    fn save(&self, volumes: &BTreeMap<String, Entry>) -> Result<(), SettingsError> {
+        if self.path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let io = |source| SettingsError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = SettingsFile {
+            volumes: volumes.clone(),
+        };
+        let text = serde_json::to_string_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` may appear in a list: an iSCSI name (RFC 7143 §4.2.7), `iqn.`, `eui.` or
+/// `naa.` form, 4 to 223 bytes, no spaces or control characters.
+pub fn check_name(name: &str) -> Result<(), SettingsError> {
+    let form = ["iqn.", "eui.", "naa."].iter().any(|p| name.starts_with(p));
+    let clean = name.chars().all(|c| c.is_ascii_graphic());
+    if !form || !clean || name.len() < 5 || name.len() > 223 {
+        return Err(SettingsError::BadName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The volume whose list applies to image `name`: the volume itself, or for a snapshot
+/// (`volume@snap`, served when exported) the volume it was taken of.
+pub fn volume_of(name: &str) -> &str {
+    name.split_once('@').map_or(name, |(volume, _)| volume)
+}
+
+/// Whether `initiator` may access a target whose list is `allowed` (empty: anyone). iSCSI
+/// names compare case-insensitively (they are normalised to lower case, RFC 7143 §4.2.7.2).
+pub fn allows(allowed: &[String], initiator: &str) -> bool {
+    allowed.is_empty() || allowed.iter().any(|a| a.eq_ignore_ascii_case(initiator))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lists_survive_a_reload_and_empty_means_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = VolumeSettings::load(dir.path()).unwrap();
+        assert!(a.initiators("vm1").is_empty());
+        let esx = names(&["iqn.1998-01.com.vmware:esx1", "iqn.1998-01.com.vmware:esx2"]);
+        a.set_initiators("vm1", &[esx.clone(), esx.clone()].concat())
+            .unwrap();
+        assert_eq!(a.initiators("vm1"), &esx[..], "duplicates dropped");
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        assert_eq!(b.initiators("vm1"), &esx[..]);
+        a.set_initiators("vm1", &[]).unwrap();
+        assert!(
+            VolumeSettings::load(dir.path())
+                .unwrap()
+                .initiators("vm1")
+                .is_empty()
+        );
+        a.set_initiators("vm2", &esx).unwrap();
+        a.set_write_cache("vm2", false).unwrap();
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        assert_eq!(
+            (b.initiators("vm2"), b.write_cache("vm2")),
+            (&esx[..], Some(false))
+        );
+        assert_eq!(b.write_cache("vm1"), None);
+        a.remove("vm2").unwrap();
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        assert!(b.initiators("vm2").is_empty() && b.write_cache("vm2").is_none());
+    }
+
+    #[test]
+    fn bad_names_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = VolumeSettings::load(dir.path()).unwrap();
+        a.set_initiators("vm1", &names(&["iqn.2026-11.host:a"]))
+            .unwrap();
+        for bad in [
+            "",
+            "host1",
+            "iqn.",
+            "iqn.with space",
+            &format!("iqn.{}", "x".repeat(220)),
+        ] {
+            let err = a
+                .set_initiators("vm1", &names(&["iqn.2026-11.host:b", bad]))
+                .unwrap_err();
+            assert!(matches!(err, SettingsError::BadName(_)), "{bad:?}");
+        }
+        assert_eq!(a.initiators("vm1"), &names(&["iqn.2026-11.host:a"])[..]);
+        let many: Vec<String> = (0..=MAX_INITIATORS).map(|i| format!("iqn.x:{i}")).collect();
+        assert!(matches!(
+            a.set_initiators("vm1", &many),
+            Err(SettingsError::TooMany(_))
+        ));
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            "{\"volumes\": {\"v\": {\"initiators\": [\"bad\"]}}}",
+        )
+        .unwrap();
+        assert!(matches!(
+            VolumeSettings::load(dir.path()),
+            Err(SettingsError::Corrupt { .. })
+        ));
+        std::fs::write(dir.path().join(SETTINGS_FILE), "not json").unwrap();
+        assert!(VolumeSettings::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_has_its_volumes_list() {
+        assert_eq!(volume_of("golden@v1"), "golden");
+        assert_eq!(volume_of("golden"), "golden");
+    }
+
+    #[test]
+    fn matching_ignores_case_and_empty_allows_all() {
+        let allowed = names(&["iqn.1998-01.com.vmware:ESX1"]);
+        assert!(allows(&allowed, "iqn.1998-01.com.vmware:esx1"));
+        assert!(!allows(&allowed, "iqn.1998-01.com.vmware:esx2"));
+        assert!(allows(&[], "anyone"));
+    }
+}
