@@ -18,7 +18,7 @@ use crate::control::admin;
 use crate::control::api::{
     AccessInfo, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
     Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, SnapshotInfo,
-    StatsQuery, StatsReport, VolumeInfo,
+    StatsQuery, StatsReport, VolumeInfo, VolumePatch,
 };
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
@@ -99,6 +99,19 @@ pub enum VolumeCommand {
         /// Logical block size in bytes: 512 (default) or 4096.
         #[arg(long, value_name = "BYTES", value_parser = parse_block_size_arg)]
         block_size: Option<u32>,
+        /// Write cache off: every write durable before its status (for hosts that never flush,
+        /// such as ESXi; see docs/vmware.md).
+        #[arg(long)]
+        no_write_cache: bool,
+    },
+    /// Change a volume's settings, live (hosts are told MODE PARAMETERS CHANGED).
+    Set {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Write cache on or off.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        write_cache: Option<bool>,
     },
     /// List volumes (and clones).
     List,
@@ -258,6 +271,14 @@ fn size_reason(e: ConfigError) -> String {
 /// clap parser for sizes (`10G`...), with `config::parse_size`'s rules.
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     config::parse_size(s).map_err(size_reason)
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".to_string()),
+    }
 }
 
 fn parse_block_size_arg(s: &str) -> Result<u32, String> {
@@ -503,6 +524,16 @@ impl AdminClient {
         self.fetch(if clear { "DELETE" } else { "GET" }, &path, None)
     }
 
+    /// `PATCH /v1/volumes/{name}`.
+    pub fn update_volume(
+        &self,
+        name: &str,
+        req: &VolumePatch,
+    ) -> Result<Fetched<VolumeInfo>, CliError> {
+        let path = format!("/v1/volumes/{}", encode(name));
+        self.fetch("PATCH", &path, Some(req))
+    }
+
     /// `GET /v1/volumes/{name}/access`, or with `set`, a `PUT` of that list first.
     pub fn access(
         &self,
@@ -704,14 +735,22 @@ pub fn execute(
                 size,
                 full,
                 block_size,
+                no_write_cache,
             } => {
                 let req = CreateVolume {
                     name: name.clone(),
                     size_bytes: *size,
                     full: *full,
                     block_size: *block_size,
+                    write_cache: no_write_cache.then_some(false),
                 };
                 render(json, &client.create_volume(&req)?, show_volume)
+            }
+            VolumeCommand::Set { name, write_cache } => {
+                let req = VolumePatch {
+                    write_cache: *write_cache,
+                };
+                render(json, &client.update_volume(name, &req)?, show_volume)
             }
             VolumeCommand::List => render(json, &client.list_volumes()?, |v| volume_table(v)),
             VolumeCommand::Show { name } => render(json, &client.volume(name)?, show_volume),
@@ -1110,6 +1149,10 @@ fn show_volume(v: &VolumeInfo) -> String {
         ("shard", dash(v.shard.map(|s| s.to_string()).as_deref())),
         ("created", format_time(v.created)),
         (
+            "write cache",
+            if v.write_cache { "on" } else { "off" }.into(),
+        ),
+        (
             "initiators",
             match v.initiators.is_empty() {
                 true => "any".to_owned(),
@@ -1306,9 +1349,19 @@ mod tests {
                 name: "vm1".into(),
                 size: 10 << 30,
                 full: true,
-                block_size: None
+                block_size: None,
+                no_write_cache: false,
             })
         );
+        let (_, c) = parse(&["volume", "set", "vm1", "--write-cache", "off"]).unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Volume(VolumeCommand::Set {
+                name: "vm1".into(),
+                write_cache: Some(false),
+            })
+        );
+        assert!(parse(&["volume", "set", "vm1", "--write-cache", "maybe"]).is_err());
         let (_, c) = parse(&[
             "volume",
             "create",

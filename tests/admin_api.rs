@@ -114,6 +114,7 @@ impl Model {
             naa: format!("6001405{:025x}", self.next_naa),
             created: CREATED,
             initiators: Vec::new(),
+            write_cache: true,
         }
     }
 

@@ -15,7 +15,7 @@
 
 use super::api::{
     AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, Resize, StatsClass, StatsQuery,
+    ErrorCode, Export, PoolSettings, Resize, StatsClass, StatsQuery, VolumePatch,
 };
 use super::metrics;
 use crate::cli::CliError;
@@ -596,7 +596,8 @@ impl Route {
             Route::StatsEntry(_) => "GET",
             Route::StatsVolumeReset(_) => "POST",
             Route::Volumes | Route::Snapshots => "GET, POST",
-            Route::Volume(_) | Route::Snapshot(_) => "GET, DELETE",
+            Route::Volume(_) => "GET, PATCH, DELETE",
+            Route::Snapshot(_) => "GET, DELETE",
             Route::VolumeResize(_)
             | Route::SnapshotRollback(_)
             | Route::SnapshotExport(_)
@@ -882,6 +883,10 @@ fn route_and_call(
             Reply::json(201, &backend.create_volume(&req).map_err(err)?)
         }
         ("GET", Route::Volume(name)) => Reply::json(200, &backend.volume(name).map_err(err)?),
+        ("PATCH", Route::Volume(name)) => {
+            let req: VolumePatch = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.update_volume(name, &req).map_err(err)?)
+        }
         ("DELETE", Route::Volume(name)) => {
             let force = match param("force") {
                 Some(v) => parse_bool("force", v).map_err(err)?,
@@ -1010,6 +1015,7 @@ mod tests {
             naa: "6".into(),
             created: 0,
             initiators: Vec::new(),
+            write_cache: true,
         }
     }
 

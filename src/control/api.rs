@@ -126,6 +126,14 @@ pub struct VolumeInfo {
     /// Initiators allowed to log in (empty: every initiator; see `/v1/volumes/{name}/access`).
     #[serde(default)]
     pub initiators: Vec<String>,
+    /// Write cache (WCE): on, writes are durable after SYNCHRONIZE CACHE or FUA; off, before
+    /// their status.
+    #[serde(default = "default_true")]
+    pub write_cache: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A snapshot.
@@ -160,6 +168,17 @@ pub struct CreateVolume {
     /// Logical block size (default 512).
     #[serde(default)]
     pub block_size: Option<u32>,
+    /// Write cache (WCE; default: the configuration's `[[volume]]` setting, else on).
+    #[serde(default)]
+    pub write_cache: Option<bool>,
+}
+
+/// `PATCH /v1/volumes/{name}`: the settings to change (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumePatch {
+    /// Write cache (WCE), changed live: the hosts are told MODE PARAMETERS CHANGED.
+    pub write_cache: Option<bool>,
 }
 
 /// `PATCH /v1/pool`: the settings to change (absent: unchanged).
@@ -521,6 +540,11 @@ pub trait AdminBackend: Send + Sync {
     }
     /// Deletes a volume (refused while sessions use it unless `force`).
     fn delete_volume(&self, name: &str, force: bool) -> Result<(), AdminError>;
+    /// Changes a volume's settings (stored durably, applied live).
+    fn update_volume(&self, name: &str, req: &VolumePatch) -> Result<VolumeInfo, AdminError> {
+        let _ = req;
+        self.volume(name)
+    }
     /// The initiators allowed on a volume.
     fn access(&self, name: &str) -> Result<AccessInfo, AdminError> {
         Err(AdminError::new(

@@ -489,6 +489,7 @@ impl Daemon {
                 .collect(),
             created: meta.created_unix_secs,
             initiators: st.settings.initiators(&meta.name).to_vec(),
+            write_cache: st.write_cache(&meta.name),
         }
     }
 
@@ -763,6 +764,11 @@ impl AdminBackend for Daemon {
                 st.pool.shared().refs.unreserve(reserved);
                 pool_error(e)
             })?;
+        if let Some(on) = req.write_cache {
+            st.settings
+                .set_write_cache(&meta.name, on)
+                .map_err(internal)?;
+        }
         let write_cache = st.write_cache(&meta.name);
         self.serve_reserved(
             &mut st,
@@ -772,6 +778,26 @@ impl AdminBackend for Daemon {
             write_cache,
             reserved,
         )?;
+        Ok(self.volume_info(&st, &meta))
+    }
+
+    fn update_volume(&self, name: &str, req: &VolumePatch) -> Result<VolumeInfo, AdminError> {
+        let mut st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        if let Some(on) = req.write_cache {
+            st.settings
+                .set_write_cache(&meta.name, on)
+                .map_err(internal)?;
+            if let Some(served) = st.served.get(&meta.image).cloned() {
+                let target = served.target.clone();
+                self.ask(served.shard, |reply| ShardMsg::SetWriteCache {
+                    target,
+                    on,
+                    reply,
+                })
+                .map_err(internal)?;
+            }
+        }
         Ok(self.volume_info(&st, &meta))
     }
 

@@ -150,6 +150,15 @@ pub enum ShardMsg {
         /// Where the answer goes.
         reply: Sender<Result<crate::scsi::lun::Reservations, String>>,
     },
+    /// Turn a LUN's write cache on or off (MODE PARAMETERS CHANGED for every nexus).
+    SetWriteCache {
+        /// The target.
+        target: String,
+        /// WCE.
+        on: bool,
+        /// Done, or why not.
+        reply: Sender<Result<(), String>>,
+    },
     /// Grow a volume online (CAPACITY DATA HAS CHANGED for every nexus).
     Resize {
         /// The target.
@@ -590,6 +599,15 @@ impl Shard {
                     reply,
                 } => self.remove_lun(&target, force, reply),
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
+                ShardMsg::SetWriteCache { target, on, reply } => {
+                    let answer = self
+                        .luns
+                        .iter_mut()
+                        .find(|l| l.target == target)
+                        .map(|l| l.lu.set_write_cache(on))
+                        .ok_or_else(|| format!("target {target} is not served here"));
+                    let _ = reply.send(answer);
+                }
                 ShardMsg::Reservations {
                     target,
                     clear,

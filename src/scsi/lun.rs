@@ -168,6 +168,18 @@ impl LogicalUnit {
         self.mode.wce
     }
 
+    /// The administrator turns the write cache on or off: the current and default caching page
+    /// change, and every nexus is told MODE PARAMETERS CHANGED (when it changed).
+    pub fn set_write_cache(&mut self, on: bool) {
+        let changed = self.mode.wce != on;
+        self.mode.wce = on;
+        self.default_mode.wce = on;
+        self.info.write_cache = on;
+        if changed {
+            self.queue_unit_attention_all(Sense::mode_parameters_changed(), None);
+        }
+    }
+
     // ---- I_T nexuses and unit attentions ----
 
     /// Registers a new I_T nexus and queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for it.
