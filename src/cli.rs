@@ -46,7 +46,7 @@ pub struct AdminArgs {
 /// The admin commands, embedded in `shoal`'s command set next to `serve`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum CliCommand {
-    /// Create, list, show, resize and delete volumes.
+    /// Create, list, show, change, resize and delete volumes; their access lists and reservations.
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Create, list, delete, roll back to and export snapshots.
