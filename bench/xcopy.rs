@@ -19,7 +19,7 @@ mod support;
 use std::time::Instant;
 use support::Target;
 use support::initiator::RawInitiator;
-use support::scsi::pattern;
+use support::scsi::{pattern, xcopy_cscd, xcopy_segment};
 
 const BLOCK: u64 = 512;
 const MIB: u64 = 1 << 20;
@@ -39,7 +39,7 @@ fn main() {
     let t = Target::start_in(dir, &["--size", &volume]);
     let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
     assert_eq!(ini.test_unit_ready(), 0);
-    let me = naa_designator(&mut ini);
+    let me = ini.naa_designator();
 
     let source = pattern(11, size as usize);
     let start = Instant::now();
@@ -86,18 +86,12 @@ fn xcopy(ini: &mut RawInitiator, me: &[u8], size: u64, dst: u64, segment: u64, p
                 break;
             }
             let len = segment.min(size - at);
-            segments.push(segment_descriptor(
-                len / BLOCK,
-                at / BLOCK,
-                (dst + at) / BLOCK,
-            ));
+            let blocks = (len / BLOCK) as u16;
+            segments.push(xcopy_segment(0, blocks, at / BLOCK, (dst + at) / BLOCK));
             at += len;
         }
-        let list = parameter_list(&cscd(me), &segments.concat());
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x83;
-        cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-        let r = ini.command(&cdb, list.len() as u32, false, &list);
+        // LIST ID USAGE 11b: no results held.
+        let r = ini.extended_copy(0, 0b11, &[xcopy_cscd(me)], &segments);
         assert_eq!(r.status(), 0, "EXTENDED COPY: {:?}", r.sense());
     }
 }
@@ -121,45 +115,6 @@ fn check(ini: &mut RawInitiator, source: &[u8], dst: u64) {
         );
         assert!(r.data == want, "copy at {dst} differs in MiB {i}");
     }
-}
-
-/// The volume's NAA designation descriptor, from its Device Identification VPD page.
-fn naa_designator(ini: &mut RawInitiator) -> Vec<u8> {
-    let r = ini.command(&[0x12, 0x01, 0x83, 0x00, 0xFF, 0x00], 255, true, &[]);
-    assert_eq!(r.status(), 0);
-    let d = &r.data[4..];
-    d[..4 + usize::from(d[3])].to_vec()
-}
-
-/// An identification CSCD descriptor for a 512-byte block device named by `designator`.
-fn cscd(designator: &[u8]) -> Vec<u8> {
-    let mut d = vec![0u8; 32];
-    d[0] = 0xE4;
-    d[4..4 + designator.len()].copy_from_slice(designator);
-    d[29..32].copy_from_slice(&(BLOCK as u32).to_be_bytes()[1..]);
-    d
-}
-
-/// A block-to-block segment descriptor within CSCD 0.
-fn segment_descriptor(blocks: u64, src: u64, dst: u64) -> Vec<u8> {
-    let mut d = vec![0u8; 28];
-    d[0] = 0x02;
-    d[3] = 0x18;
-    d[10..12].copy_from_slice(&(blocks as u16).to_be_bytes());
-    d[12..20].copy_from_slice(&src.to_be_bytes());
-    d[20..28].copy_from_slice(&dst.to_be_bytes());
-    d
-}
-
-/// A LID1 parameter list (LIST ID USAGE 11b: no results held).
-fn parameter_list(cscds: &[u8], segments: &[u8]) -> Vec<u8> {
-    let mut list = vec![0u8; 16];
-    list[1] = 0x18;
-    list[2..4].copy_from_slice(&(cscds.len() as u16).to_be_bytes());
-    list[8..12].copy_from_slice(&(segments.len() as u32).to_be_bytes());
-    list.extend_from_slice(cscds);
-    list.extend_from_slice(segments);
-    list
 }
 
 fn lba(offset: u64) -> u32 {

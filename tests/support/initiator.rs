@@ -686,6 +686,28 @@ impl RawInitiator {
         self.command(&cdb, data.len() as u32, false, data)
     }
 
+    /// The logical unit's NAA designation descriptor (code set, type, length, designator): the
+    /// first one of its Device Identification VPD page.
+    pub fn naa_designator(&mut self) -> Vec<u8> {
+        let r = self.command(&[0x12, 0x01, 0x83, 0x00, 0xFF, 0x00], 255, true, &[]);
+        assert_eq!(r.status(), 0);
+        let d = &r.data[4..];
+        assert_eq!(d[1] & 0x0F, 0x03, "NAA first");
+        d[..4 + usize::from(d[3])].to_vec()
+    }
+
+    /// EXTENDED COPY (LID1): see [`super::scsi::extended_copy`].
+    pub fn extended_copy(
+        &mut self,
+        list_id: u8,
+        usage: u8,
+        cscds: &[Vec<u8>],
+        segments: &[Vec<u8>],
+    ) -> Reply {
+        let (cdb, list) = super::scsi::extended_copy(list_id, usage, cscds, segments);
+        self.command(&cdb, list.len() as u32, false, &list)
+    }
+
     /// READ(10) of `blocks` 512-byte blocks at `lba`, EDTL the exact length.
     pub fn read10(&mut self, lba: u32, blocks: u16) -> Reply {
         let cdb = super::scsi::read10(lba, blocks);

@@ -77,3 +77,48 @@ impl Rng {
         }
     }
 }
+
+/// An EXTENDED COPY identification CSCD descriptor (E4h) naming `designator` (a designation
+/// descriptor from VPD page 83h), a 512-byte block device.
+pub fn xcopy_cscd(designator: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[0] = 0xE4;
+    d[4..4 + designator.len()].copy_from_slice(designator);
+    d[29..32].copy_from_slice(&512u32.to_be_bytes()[1..]);
+    d
+}
+
+/// A block-to-block segment descriptor (02h): `blocks` from LBA `src` of CSCD 0 to LBA `dst` of
+/// CSCD `dst_id`.
+pub fn xcopy_segment(dst_id: u16, blocks: u16, src: u64, dst: u64) -> Vec<u8> {
+    let mut d = vec![0u8; 28];
+    d[0] = 0x02;
+    d[3] = 0x18;
+    d[6..8].copy_from_slice(&dst_id.to_be_bytes());
+    d[10..12].copy_from_slice(&blocks.to_be_bytes());
+    d[12..20].copy_from_slice(&src.to_be_bytes());
+    d[20..28].copy_from_slice(&dst.to_be_bytes());
+    d
+}
+
+/// An EXTENDED COPY (LID1) parameter list and its CDB: list identifier `list_id`, LIST ID USAGE
+/// `usage` (00b: results held; 11b: none), the descriptors.
+pub fn extended_copy(
+    list_id: u8,
+    usage: u8,
+    cscds: &[Vec<u8>],
+    segments: &[Vec<u8>],
+) -> ([u8; 16], Vec<u8>) {
+    let (c, s) = (cscds.concat(), segments.concat());
+    let mut list = vec![0u8; 16];
+    list[0] = list_id;
+    list[1] = usage << 3;
+    list[2..4].copy_from_slice(&(c.len() as u16).to_be_bytes());
+    list[8..12].copy_from_slice(&(s.len() as u32).to_be_bytes());
+    list.extend(c);
+    list.extend(s);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
+    (cdb, list)
+}
