@@ -937,3 +937,59 @@ fn initiator_left_out_of_the_access_list_fails_0202() {
         LoginStatus::SUCCESS
     );
 }
+
+proptest::proptest! {
+    /// Under a CHAP policy a login whose response cannot know the secret never reaches full
+    /// feature phase, and nothing panics: a CHAP conversation in the order initiators use,
+    /// with random names, algorithms, responses (hex or base64, any length), mutual keys and
+    /// T bits. (With the response check disabled, this finds a login that gets through.)
+    #[test]
+    fn chap_conversations_without_the_secret_never_log_in(
+        method in 0usize..3,
+        algorithm in 0usize..4,
+        name in 0usize..2,
+        response in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+        base64 in proptest::prelude::any::<bool>(),
+        mutual in proptest::prelude::any::<bool>(),
+        transits in proptest::collection::vec(proptest::prelude::any::<bool>(), 4),
+    ) {
+        use base64::Engine;
+        let policy = AuthPolicy::Chap {
+            initiator: ChapSecret { user: "alice".into(), secret: b"initiator-secret".to_vec() },
+            target: Some(ChapSecret { user: "shoal".into(), secret: b"target-secret-x".to_vec() }),
+        };
+        let mut machine = LoginMachine::new(TargetLimits::default(), policy);
+        let dir = FakeDirectory::two_targets();
+        let response = if base64 {
+            format!("0b{}", base64::engine::general_purpose::STANDARD.encode(&response))
+        } else {
+            format!("0x{}", response.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        };
+        let mut last = vec![
+            ("CHAP_N", ["alice", "bob"][name].to_string()),
+            ("CHAP_R", response),
+        ];
+        if mutual {
+            last.push(("CHAP_I", "7".to_string()));
+            last.push(("CHAP_C", "0x0102030405060708".to_string()));
+        }
+        let script: Vec<(u8, u8, Vec<(&str, String)>)> = vec![
+            (0, 1, vec![
+                ("InitiatorName", INITIATOR.to_string()),
+                ("TargetName", TARGET.to_string()),
+                ("AuthMethod", ["CHAP", "CHAP,None", "None"][method].to_string()),
+            ]),
+            (0, 1, vec![("CHAP_A", ["5", "7", "7,5", "6"][algorithm].to_string())]),
+            (0, 3, last),
+            (1, 3, vec![("HeaderDigest", "None".to_string())]),
+        ];
+        for ((csg, nsg, pairs), transit) in script.into_iter().zip(transits) {
+            let list: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let step = machine.step(&req(csg, transit, nsg, text(&list)), &dir, &NoSessions);
+            proptest::prop_assert!(!matches!(step.outcome, LoginOutcome::Complete(_)));
+            if matches!(step.outcome, LoginOutcome::Failed(_)) {
+                break;
+            }
+        }
+    }
+}
