@@ -938,6 +938,9 @@ fn initiator_left_out_of_the_access_list_fails_0202() {
     );
 }
 
+/// A login request's keys, by name.
+type Keys<'a> = Vec<(&'a str, String)>;
+
 proptest::proptest! {
     /// Under a CHAP policy a login whose response cannot know the secret never reaches full
     /// feature phase, and nothing panics: a CHAP conversation in the order initiators use,
@@ -973,7 +976,7 @@ proptest::proptest! {
             last.push(("CHAP_I", "7".to_string()));
             last.push(("CHAP_C", "0x0102030405060708".to_string()));
         }
-        let script: Vec<(u8, u8, Vec<(&str, String)>)> = vec![
+        let script: Vec<(u8, u8, Keys)> = vec![
             (0, 1, vec![
                 ("InitiatorName", INITIATOR.to_string()),
                 ("TargetName", TARGET.to_string()),
