@@ -35,7 +35,7 @@ enum Command {
     Admin(shoal::cli::CliCommand),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct ServeArgs {
     /// TOML configuration file (see docs/config.md); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -196,6 +196,7 @@ fn seconds(what: &'static str, s: f64) -> Result<Duration, config::ConfigError> 
 }
 
 fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
+    let (data_for_reload, args_for_reload) = (data.clone(), args.clone());
     let cfg = match build_config(data, &args) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -215,6 +216,8 @@ fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before announcing the portals: a SIGHUP from then on reloads rather than kills.
+    reload_on_sighup(data_for_reload, args_for_reload, server.auth_switch());
     for p in server.portals() {
         // Tests and scripts read this line to learn the bound port.
         println!("shoal: listening on {p}");
@@ -229,6 +232,33 @@ fn serve(data: Option<PathBuf>, args: ServeArgs) -> ExitCode {
     }
     server.wait();
     ExitCode::SUCCESS
+}
+
+/// On SIGHUP, reads the configuration again (the file and the flags) and applies what can
+/// change without a restart: the CHAP settings, for new logins. A bad file changes nothing.
+fn reload_on_sighup(data: Option<PathBuf>, args: ServeArgs, auth: shoal::runtime::AuthSwitch) {
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shoal: no configuration reload on SIGHUP: {e}");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            match build_config(data.clone(), &args) {
+                Ok(cfg) => {
+                    let chap = !matches!(cfg.auth, AuthPolicy::None);
+                    auth.set(cfg.auth);
+                    eprintln!(
+                        "shoal: configuration reloaded: CHAP {} for new logins",
+                        if chap { "required" } else { "off" }
+                    );
+                }
+                Err(e) => eprintln!("shoal: configuration not reloaded: {e}"),
+            }
+        }
+    });
 }
 
 fn check(data_dir: &std::path::Path, json: bool) -> ExitCode {

@@ -151,3 +151,32 @@ fn chap_flags_and_bad_settings() {
         );
     }
 }
+
+#[test]
+fn sighup_rereads_the_chap_settings() {
+    let (t, dir) = chap_target(false);
+    let path = dir.path().join("shoal.toml");
+    let new_secret = "rotated-secret-2026";
+    std::fs::write(
+        &path,
+        format!("[chap]\nuser = \"alice\"\nsecret = \"{new_secret}\"\n"),
+    )
+    .unwrap();
+    let hup = || {
+        // SAFETY: kill(2) on the target's pid with a signal number; no memory is involved.
+        let rc = unsafe { libc::kill(t.pid() as i32, libc::SIGHUP) };
+        assert_eq!(rc, 0);
+    };
+    hup();
+    t.wait_for_stderr("configuration reloaded: CHAP required", T);
+    assert!(inq(&t, Some(&format!("alice%{new_secret}")), &[]).0);
+    assert!(
+        !inq(&t, Some(&format!("alice%{SECRET}")), &[]).0,
+        "the old secret still works"
+    );
+    // A broken file changes nothing.
+    std::fs::write(&path, "[chap]\nuser = \"alice\"\nsecret = \"short\"\n").unwrap();
+    hup();
+    t.wait_for_stderr("configuration not reloaded", T);
+    assert!(inq(&t, Some(&format!("alice%{new_secret}")), &[]).0);
+}

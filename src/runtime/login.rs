@@ -39,8 +39,9 @@ pub struct LoginContext {
     pub shards: Vec<ShardHandle>,
     /// Session registry.
     pub registry: Arc<Registry>,
-    /// The authentication every login (discovery included) must pass.
-    pub auth: AuthPolicy,
+    /// The authentication every login (discovery included) must pass; the daemon may swap it
+    /// (`SIGHUP` re-reads the configuration): a login uses the policy of its start.
+    pub auth: RwLock<AuthPolicy>,
     /// How logins ended, counted for the statistics.
     pub counts: LoginCounters,
 }
@@ -256,7 +257,8 @@ pub fn serve_login(stream: TcpStream, ctx: &LoginContext) {
         framing: Framing::default(),
         stat_sn: initial_stat_sn(),
     };
-    let mut machine = LoginMachine::new(TargetLimits::default(), ctx.auth.clone());
+    let auth = ctx.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut machine = LoginMachine::new(TargetLimits::default(), auth);
     let sessions = SingleConnectionSessions(&ctx.registry);
     loop {
         let Ok((bhs, data)) = wire.read_pdu() else {

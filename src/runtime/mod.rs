@@ -13,4 +13,4 @@ pub mod text;
 pub mod tx;
 mod volumes;
 
-pub use server::Server;
+pub use server::{AuthSwitch, Server};

@@ -8,6 +8,7 @@ use crate::control::Registry;
 use crate::control::admin::{self as admin_http, AdminServer};
 use crate::control::daemon::Daemon;
 use crate::iscsi::connection::ConnConfig;
+use crate::iscsi::login::AuthPolicy;
 use crate::storage::pool::catalog::{Pool, PoolError};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -59,12 +60,23 @@ pub enum StartError {
 
 /// A running target.
 pub struct Server {
+    login: Arc<LoginContext>,
     shards: Vec<ShardHandle>,
     threads: Vec<JoinHandle<()>>,
     portals: Vec<SocketAddr>,
     admin: Option<AdminServer>,
     data_dir: PathBuf,
     stop: Arc<AtomicBool>,
+}
+
+/// Replaces the authentication new logins must pass (sessions already logged in go on).
+pub struct AuthSwitch(Arc<LoginContext>);
+
+impl AuthSwitch {
+    /// From now on, logins must pass `auth`.
+    pub fn set(&self, auth: AuthPolicy) {
+        *self.0.auth.write().unwrap_or_else(|p| p.into_inner()) = auth;
+    }
 }
 
 fn open_pool(cfg: &Config) -> Result<Pool, StartError> {
@@ -176,7 +188,7 @@ impl Server {
             portals: portals.clone(),
             shards: shards.clone(),
             registry: Arc::clone(&registry),
-            auth: cfg.auth.clone(),
+            auth: RwLock::new(cfg.auth.clone()),
             counts: Default::default(),
         });
         let settings = crate::control::settings::VolumeSettings::load(&cfg.data_dir)
@@ -213,6 +225,7 @@ impl Server {
             threads.push(t);
         }
         Ok(Server {
+            login: ctx,
             shards,
             threads,
             portals,
@@ -225,6 +238,11 @@ impl Server {
     /// The bound portal addresses (useful with port 0).
     pub fn portals(&self) -> &[SocketAddr] {
         &self.portals
+    }
+
+    /// A handle that replaces the authentication policy of new logins, from any thread.
+    pub fn auth_switch(&self) -> AuthSwitch {
+        AuthSwitch(Arc::clone(&self.login))
     }
 
     /// The admin API's address.
