@@ -31,6 +31,11 @@ const CLASSES: usize = (MAX_CLASS_SHIFT - MIN_CLASS_SHIFT + 1) as usize;
 /// Free buffers kept per class before extra ones are released to the allocator.
 const KEEP_PER_CLASS: usize = 256;
 
+/// Largest buffer registered with the ring: page pinning costs most, relative to the transfer,
+/// on small I/O, and a few large buffers (an EXTENDED COPY's 4 MiB chunks) would otherwise take
+/// the whole budget.
+const MAX_REGISTERED_BUF: usize = 1 << 20;
+
 /// Largest buffer the pool hands out.
 pub const MAX_BUF: usize = 1 << MAX_CLASS_SHIFT;
 
@@ -168,7 +173,7 @@ impl BufPool {
         let (mut slots, mut bytes) = (reg.slots - reg.next_slot, reg.bytes_left);
         for (class, list) in lists.iter().enumerate() {
             for (i, raw) in list.iter().enumerate() {
-                if raw.reg.is_some() || raw.cap > bytes || slots == 0 {
+                if raw.reg.is_some() || raw.cap > bytes.min(MAX_REGISTERED_BUF) || slots == 0 {
                     continue;
                 }
                 slots -= 1;
@@ -276,7 +281,8 @@ impl Drop for AlignedBuf {
             if raw.reg.is_some() || list.len() < KEEP_PER_CLASS {
                 // Each flush it triggers registers something, so the scans stay bounded by
                 // the table's size.
-                if raw.reg.is_none() && reg.active() && raw.cap <= reg.bytes_left {
+                let fits = raw.cap <= reg.bytes_left.min(MAX_REGISTERED_BUF);
+                if raw.reg.is_none() && reg.active() && fits {
                     reg.waiting += 1;
                 }
                 list.push(raw);
@@ -350,6 +356,21 @@ mod tests {
         slots.sort();
         assert_eq!(slots, vec![0, 1, 2]);
         assert_eq!(d.reg_index(), None);
+    }
+
+    #[test]
+    fn buffers_over_a_mebibyte_are_not_registered() {
+        let pool = BufPool::new();
+        pool.enable_registration(8, 64 << 20);
+        drop((pool.take(4 << 20), pool.take(4096)));
+        let mut sizes = Vec::new();
+        pool.register_parked(|_, iovecs| {
+            sizes.extend(iovecs.iter().map(|v| v.iov_len));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sizes, vec![4096]);
+        assert_eq!(pool.take(4 << 20).reg_index(), None);
     }
 
     #[test]
