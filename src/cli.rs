@@ -965,6 +965,14 @@ pub fn stats_table(r: &StatsReport) -> String {
             human_size(ra.bytes)
         ));
     }
+    let l = &r.logins;
+    if l.authentication_failed + l.not_authorized > 0 {
+        out.push_str(&format!(
+            "logins since start: {} accepted, {} refused for credentials (CHAP), {} by access \
+             lists, {} failed otherwise\n",
+            l.accepted, l.authentication_failed, l.not_authorized, l.failed
+        ));
+    }
     out
 }
 
@@ -1310,6 +1318,21 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("read-ahead random"), "{text}");
+        assert!(!text.contains("logins"), "no refusal, no line: {text}");
+        let refused = StatsReport {
+            logins: crate::control::api::LoginCounts {
+                accepted: 4,
+                authentication_failed: 2,
+                not_authorized: 1,
+                failed: 0,
+            },
+            ..report
+        };
+        let text = stats_table(&refused);
+        assert!(
+            text.contains("logins since start: 4 accepted, 2 refused for credentials (CHAP), 1 by access lists, 0 failed otherwise"),
+            "{text}"
+        );
     }
 
     #[test]
