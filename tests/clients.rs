@@ -411,6 +411,9 @@ fn bench_harness_runs_in_quick_mode() {
         "{:?}",
         rows[0]
     );
+    // Where the time went, from `shoal stats`: the reads' backend phase took time.
+    let backend_p50 = rows[0]["phases_us"]["read"]["backend"][0].as_f64();
+    assert!(backend_p50.is_some_and(|us| us > 0.0), "{:?}", rows[0]);
 }
 
 /// Group commit under load: a `write_cache = false` volume (every remapping write joins an
