@@ -49,7 +49,9 @@ pub enum SettingsError {
         message: String,
     },
     /// A name in a new list is not an iSCSI name.
-    #[error("{0:?} is not an iSCSI initiator name (iqn., eui. or naa., 4 to 223 bytes)")]
+    #[error(
+        "{0:?} is not an iSCSI initiator name (iqn., eui. or naa., at most 223 bytes, no spaces)"
+    )]
     BadName(String),
     /// A new list is too long.
     #[error("{0} initiators: at most {MAX_INITIATORS} per volume")]
@@ -207,12 +209,9 @@ impl VolumeSettings {
     }
 }
 
-/// Whether `name` may appear in a list: an iSCSI name (RFC 7143 §4.2.7), `iqn.`, `eui.` or
-/// `naa.` form, 4 to 223 bytes, no spaces or control characters.
+/// Whether `name` may appear in a list: shaped like an iSCSI name (the protocol core's check).
 pub fn check_name(name: &str) -> Result<(), SettingsError> {
-    let form = ["iqn.", "eui.", "naa."].iter().any(|p| name.starts_with(p));
-    let clean = name.chars().all(|c| c.is_ascii_graphic());
-    if !form || !clean || name.len() < 5 || name.len() > 223 {
+    if !crate::iscsi::discovery::is_iscsi_name(name) {
         return Err(SettingsError::BadName(name.to_owned()));
     }
     Ok(())

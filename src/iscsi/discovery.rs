@@ -82,9 +82,11 @@ fn resolve_scope<'a>(value: &'a str, session: &'a SessionParams) -> Resolution<'
     }
 }
 
-/// True for values shaped like an iSCSI name (RFC 7143 §4.2.7: `iqn.`, `eui.` or `naa.` type).
-fn is_iscsi_name(value: &str) -> bool {
+/// True for values shaped like an iSCSI name (RFC 7143 §4.2.7: `iqn.`, `eui.` or `naa.` type,
+/// at most 223 bytes, no spaces or control characters).
+pub(crate) fn is_iscsi_name(value: &str) -> bool {
     value.len() <= MAX_ISCSI_NAME_LEN
+        && value.bytes().all(|b| b.is_ascii_graphic())
         && ["iqn.", "eui.", "naa."]
             .iter()
             .any(|prefix| value.starts_with(prefix) && value.len() > prefix.len())

@@ -134,7 +134,10 @@ impl TargetDirectory for LoginContext {
     }
 
     fn may_access(&self, initiator: &str, target: &str) -> bool {
-        self.target(target)
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        targets
+            .iter()
+            .find(|t| t.name == target)
             .is_some_and(|t| crate::control::settings::allows(&t.initiators, initiator))
     }
 
