@@ -177,6 +177,12 @@ fn quantile_of(p: &Percentiles, q: &str) -> u64 {
     }
 }
 
+/// The `_sum` (seconds, from nanoseconds) and `_count` lines of summary or histogram `family`.
+fn sum_and_count(out: &mut String, family: &str, labels: &str, sum_ns: u64, count: u64) {
+    let _ = writeln!(out, "{family}_sum{{{labels}}} {}", seconds(sum_ns));
+    let _ = writeln!(out, "{family}_count{{{labels}}} {count}");
+}
+
 /// The text exposition (format 0.0.4) of `stats` (taken over the last
 /// [`METRICS_WINDOW_SECS`] seconds: the quantiles; counters, sums and counts are lifetime
 /// figures) and of the pool.
@@ -269,15 +275,12 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
             "shoal_command_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
             l.timed
         );
-        let _ = writeln!(
-            out,
-            "shoal_command_duration_seconds_sum{{{labels}}} {}",
-            seconds(l.latency_ns_sum)
-        );
-        let _ = writeln!(
-            out,
-            "shoal_command_duration_seconds_count{{{labels}}} {}",
-            l.timed
+        sum_and_count(
+            &mut out,
+            "shoal_command_duration_seconds",
+            labels,
+            l.latency_ns_sum,
+            l.timed,
         );
     }
     header(
@@ -299,15 +302,12 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
             );
         }
         let l = &c.lifetime;
-        let _ = writeln!(
-            out,
-            "shoal_command_latency_seconds_sum{{{labels}}} {}",
-            seconds(l.latency_ns_sum)
-        );
-        let _ = writeln!(
-            out,
-            "shoal_command_latency_seconds_count{{{labels}}} {}",
-            l.timed
+        sum_and_count(
+            &mut out,
+            "shoal_command_latency_seconds",
+            labels,
+            l.latency_ns_sum,
+            l.timed,
         );
     }
     header(
@@ -336,15 +336,12 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
                     seconds(quantile_of(pct, q))
                 );
             }
-            let _ = writeln!(
-                out,
-                "shoal_command_phase_seconds_sum{{{labels}}} {}",
-                seconds(sum)
-            );
-            let _ = writeln!(
-                out,
-                "shoal_command_phase_seconds_count{{{labels}}} {}",
-                c.lifetime.timed
+            sum_and_count(
+                &mut out,
+                "shoal_command_phase_seconds",
+                &labels,
+                sum,
+                c.lifetime.timed,
             );
         }
     }

@@ -1029,15 +1029,8 @@ impl Shard {
             .enumerate()
             .filter_map(|(slot, op)| {
                 let op = op.as_ref()?;
-                let writes = matches!(
-                    op.outcome,
-                    Outcome::Write { .. }
-                        | Outcome::WriteVerify { .. }
-                        | Outcome::CompareAndWrite { .. }
-                        | Outcome::WriteSame { .. }
-                        | Outcome::Unmap { .. }
-                        | Outcome::Copy { .. }
-                );
+                // Every data-changing command (the one classification: `written_ranges`).
+                let writes = !op.written_ranges().is_empty();
                 let on_lun = self
                     .conns
                     .get(op.conn)?

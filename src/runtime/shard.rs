@@ -600,12 +600,7 @@ impl Shard {
                 } => self.remove_lun(&target, force, reply),
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
                 ShardMsg::SetWriteCache { target, on, reply } => {
-                    let answer = self
-                        .luns
-                        .iter_mut()
-                        .find(|l| l.target == target)
-                        .map(|l| l.lu.set_write_cache(on))
-                        .ok_or_else(|| format!("target {target} is not served here"));
+                    let answer = self.served_lun(&target).map(|l| l.lu.set_write_cache(on));
                     let _ = reply.send(answer);
                 }
                 ShardMsg::Reservations {
@@ -613,17 +608,12 @@ impl Shard {
                     clear,
                     reply,
                 } => {
-                    let answer = self
-                        .luns
-                        .iter_mut()
-                        .find(|l| l.target == target)
-                        .map(|l| {
-                            if clear {
-                                l.lu.clear_reservations();
-                            }
-                            l.lu.reservations()
-                        })
-                        .ok_or_else(|| format!("target {target} is not served here"));
+                    let answer = self.served_lun(&target).map(|l| {
+                        if clear {
+                            l.lu.clear_reservations();
+                        }
+                        l.lu.reservations()
+                    });
                     let _ = reply.send(answer);
                 }
                 ShardMsg::Resize {

@@ -111,11 +111,16 @@ impl Shard {
             .position(|l| !l.target.is_empty() && l.target == target)
     }
 
-    pub(super) fn thin_of(&mut self, target: &str) -> Result<&mut ThinVolume, String> {
+    /// The LUN serving `target`, or why not.
+    pub(super) fn served_lun(&mut self, target: &str) -> Result<&mut LunSlot, String> {
         let i = self
             .lun_index(target)
             .ok_or_else(|| format!("target {target} is not served here"))?;
-        self.luns[i]
+        Ok(&mut self.luns[i])
+    }
+
+    pub(super) fn thin_of(&mut self, target: &str) -> Result<&mut ThinVolume, String> {
+        self.served_lun(target)?
             .volume
             .as_thin()
             .ok_or_else(|| format!("target {target} is not a thin volume"))

@@ -684,9 +684,9 @@ pub fn has_service_actions(opcode: u8) -> bool {
         .any(|c| c.opcode == opcode && c.service_action.is_some())
 }
 
-/// Reads a big-endian field of `len` bytes at `start`; 0 when out of the slice (never reached
-/// after the length check in [`parse`]).
-fn be(cdb: &[u8], start: usize, len: usize) -> u64 {
+/// Reads a big-endian field of `len` bytes at `start` (of a CDB or a parameter list); 0 when out
+/// of the slice (never reached after the length check in [`parse`]).
+pub(crate) fn be(cdb: &[u8], start: usize, len: usize) -> u64 {
     cdb.get(start..start + len)
         .map(|b| b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
         .unwrap_or(0)

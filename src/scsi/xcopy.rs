@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use super::lun::LunInfo;
 use super::sense::Sense;
-use super::{Completion, NexusId, spc};
+use super::{Completion, NexusId, cdb, spc};
 
 /// Most CSCD (target) descriptors in one parameter list.
 pub const MAX_CSCD_DESCRIPTORS: u16 = 4;
@@ -198,7 +198,7 @@ fn block_to_block(
     // Source and destination have the same block size, so DC (which of them NUMBER OF BLOCKS
     // counts) makes no difference.
     let blocks = u64::from(be16(d, 10));
-    let (src_lba, dst_lba) = (be64(d, 12), be64(d, 20));
+    let (src_lba, dst_lba) = (cdb::be(d, 12, 8), cdb::be(d, 20, 8));
     let fits = |lba: u64| {
         lba.checked_add(blocks)
             .is_some_and(|end| end <= info.num_blocks)
@@ -335,18 +335,13 @@ impl CopyResults {
     }
 }
 
+/// A big-endian field of a parameter list (lengths were checked before it is read).
 fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
+    cdb::be(d, at, 2) as u16
 }
 
 fn be32(d: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
-}
-
-fn be64(d: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[at..at + 8]);
-    u64::from_be_bytes(b)
+    cdb::be(d, at, 4) as u32
 }
 
 #[cfg(test)]
