@@ -49,8 +49,7 @@ struct State {
 
 impl State {
     /// Whether volume `name` is served with its write cache on (WCE): as set through the admin
-    /// API, else as the configuration declares it, else on. Every serve (start, create, clone,
-    /// rollback) uses this, so a rollback keeps the setting.
+    /// API, else as the configuration declares it, else on.
     fn write_cache(&self, name: &str) -> bool {
         self.settings
             .write_cache(name)
@@ -155,11 +154,10 @@ impl Daemon {
             .map(|v| (v.name.clone(), v.write_cache))
             .collect();
         for meta in volumes {
-            let write_cache = st.write_cache(&meta.name);
             let owned = exclusive.get(&meta.image).copied().unwrap_or(0);
             let reserved = reserve_full_volume(&st, &meta, owned);
             let target = target_name(&meta.name);
-            self.serve_reserved(&mut st, &meta, target, false, write_cache, reserved)?;
+            self.serve_reserved(&mut st, &meta, target, false, reserved)?;
         }
         Ok(())
     }
@@ -171,9 +169,8 @@ impl Daemon {
         meta: &ImageMeta,
         target: String,
         read_only: bool,
-        write_cache: bool,
     ) -> Result<(), AdminError> {
-        self.serve_reserved(st, meta, target, read_only, write_cache, 0)
+        self.serve_reserved(st, meta, target, read_only, 0)
     }
 
     /// [`Daemon::serve`] for a full volume holding `reserved` extents of the pool.
@@ -183,7 +180,6 @@ impl Daemon {
         meta: &ImageMeta,
         target: String,
         read_only: bool,
-        write_cache: bool,
         reserved: u64,
     ) -> Result<(), AdminError> {
         let map = match meta.kind {
@@ -219,7 +215,8 @@ impl Daemon {
             serial: meta.identity.iter().map(|b| format!("{b:02x}")).collect(),
             read_only,
             thin: meta.thin,
-            write_cache,
+            // Every serve (start, create, clone, rollback) takes the volume's setting here.
+            write_cache: st.write_cache(&meta.name),
             max_transfer_blocks: (self.max_transfer_bytes / u64::from(meta.block_size)) as u32,
         };
         let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);
@@ -769,15 +766,7 @@ impl AdminBackend for Daemon {
                 .set_write_cache(&meta.name, on)
                 .map_err(internal)?;
         }
-        let write_cache = st.write_cache(&meta.name);
-        self.serve_reserved(
-            &mut st,
-            &meta,
-            target_name(&meta.name),
-            false,
-            write_cache,
-            reserved,
-        )?;
+        self.serve_reserved(&mut st, &meta, target_name(&meta.name), false, reserved)?;
         Ok(self.volume_info(&st, &meta))
     }
 
@@ -1026,15 +1015,7 @@ impl AdminBackend for Daemon {
         // alone.
         let reserved = reserve_full_volume(&st, &meta, 0);
         st.pool.put_map(vol.image, map);
-        let write_cache = st.write_cache(&meta.name);
-        self.serve_reserved(
-            &mut st,
-            &meta,
-            target_name(&meta.name),
-            false,
-            write_cache,
-            reserved,
-        )?;
+        self.serve_reserved(&mut st, &meta, target_name(&meta.name), false, reserved)?;
         Ok(self.volume_info(&st, &meta))
     }
 
@@ -1048,7 +1029,7 @@ impl AdminBackend for Daemon {
         let meta = Self::snapshot_meta(&st, volume, snapshot)?;
         let served = st.served.contains_key(&meta.image);
         if req.enabled && !served {
-            self.serve(&mut st, &meta, snapshot_target(&meta.name), true, true)?;
+            self.serve(&mut st, &meta, snapshot_target(&meta.name), true)?;
         } else if !req.enabled && served {
             self.unserve(&mut st, meta.image, false)?;
         }
@@ -1070,8 +1051,7 @@ impl AdminBackend for Daemon {
             .pool
             .add_clone(snap.image, &req.name)
             .map_err(pool_error)?;
-        let write_cache = st.write_cache(&meta.name);
-        self.serve(&mut st, &meta, target_name(&meta.name), false, write_cache)?;
+        self.serve(&mut st, &meta, target_name(&meta.name), false)?;
         // The clone is served now (its map on a shard): it maps what its snapshot maps.
         let usage = Self::fresh_usage(&st, meta.image, snap.image);
         Ok(self.volume_info_with(&st, &meta, &usage))
