@@ -1,6 +1,7 @@
 //! Persistent reservations against the real binary with the raw initiator: a registration
 //! belongs to the initiator port and survives its session, READ FULL STATUS names that port, and
-//! a reservation holds off another initiator's writes until it is released. (libiscsi's
+//! a reservation holds off another initiator's writes until it is released, and with APTPL the
+//! registrations and the reservation survive `kill -9` of the target. (libiscsi's
 //! Prin*/Prout*/Reserve6 suites run in tests/clients.rs.)
 
 mod support;
@@ -18,6 +19,18 @@ fn session(t: &Target, isid: u16) -> RawInitiator {
 
 /// PERSISTENT RESERVE OUT with the basic 24-byte parameter list.
 fn prout(ini: &mut RawInitiator, action: u8, kind: u8, key: u64, sa_key: u64) -> Reply {
+    prout_flags(ini, action, kind, key, sa_key, 0)
+}
+
+/// The same with byte 20 of the parameter list (APTPL is bit 0).
+fn prout_flags(
+    ini: &mut RawInitiator,
+    action: u8,
+    kind: u8,
+    key: u64,
+    sa_key: u64,
+    flags: u8,
+) -> Reply {
     let mut cdb = [0u8; 10];
     cdb[0] = 0x5F;
     cdb[1] = action;
@@ -26,6 +39,7 @@ fn prout(ini: &mut RawInitiator, action: u8, kind: u8, key: u64, sa_key: u64) ->
     let mut param = [0u8; 24];
     param[..8].copy_from_slice(&key.to_be_bytes());
     param[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    param[20] = flags;
     ini.command(&cdb, 24, false, &param)
 }
 
@@ -132,4 +146,99 @@ fn the_administrator_can_clear_a_dead_hosts_reservation() {
     let r = a.read10(0, 1);
     assert_eq!((r.status(), r.sense()), (0x02, Some((0x06, 0x2A, 0x03))));
     assert!(keys(&prin(&mut a, 0x00)).is_empty());
+}
+
+const APTPL: u8 = 0x01;
+
+/// REPORT CAPABILITIES: (PTPL_C, PTPL_A).
+fn ptpl(ini: &mut RawInitiator) -> (bool, bool) {
+    let caps = prin(ini, 0x02);
+    (caps[2] & 0x01 != 0, caps[3] & 0x01 != 0)
+}
+
+#[test]
+fn with_aptpl_a_reservation_survives_kill_9_until_a_register_turns_it_off() {
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    assert_eq!(ptpl(&mut a), (true, false), "capable, not active");
+    assert_eq!(
+        prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(),
+        0,
+        "REGISTER with APTPL"
+    );
+    assert_eq!(ptpl(&mut a), (true, true));
+    assert_eq!(
+        prout(&mut a, 0x01, WRITE_EXCLUSIVE, 0xA1, 0).status(),
+        0,
+        "RESERVE"
+    );
+    drop(a);
+    let t = Target::start_in(t.kill(), &[]);
+
+    // Another initiator port is held off after the restart; the holder is recognised.
+    let mut b = session(&t, 2);
+    assert_eq!(
+        b.read10(0, 1).status(),
+        0,
+        "Write Exclusive lets others read"
+    );
+    assert_eq!(
+        b.write10(0, &[7u8; 512]).status(),
+        0x18,
+        "RESERVATION CONFLICT"
+    );
+    let mut a = session(&t, 1);
+    assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
+    let r = prin(&mut a, 0x01);
+    assert_eq!(
+        (&r[8..16], r[21]),
+        (&0xA1u64.to_be_bytes()[..], WRITE_EXCLUSIVE),
+        "READ RESERVATION"
+    );
+    assert_eq!(a.write10(0, &[8u8; 512]).status(), 0, "the holder writes");
+    assert_eq!(ptpl(&mut a), (true, true));
+    let info = reservations_cli(&t, &[]);
+    assert_eq!(info["reservation"]["type"], "Write Exclusive", "{info}");
+
+    // A REGISTER without APTPL turns persistence off: the next restart starts unreserved.
+    assert_eq!(prout(&mut a, 0x00, 0, 0xA1, 0xA1).status(), 0, "REGISTER");
+    assert_eq!(ptpl(&mut a), (true, false));
+    drop((a, b));
+    let t = Target::start_in(t.kill(), &[]);
+    let mut b = session(&t, 2);
+    assert_eq!(b.write10(0, &[7u8; 512]).status(), 0);
+    assert!(keys(&prin(&mut b, 0x00)).is_empty());
+}
+
+#[test]
+fn a_damaged_reservations_record_stops_the_start_with_its_path() {
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
+    drop(a);
+    let dir = t.kill();
+    let file = dir
+        .path()
+        .join("reservations/iqn.2026-11.dev.shoal%3Adefault.json");
+    let text = std::fs::read_to_string(&file).expect("the record");
+    assert!(text.contains(",i,0x"), "{text}");
+    std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+    let out = support::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--data")
+            .arg(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--size", "64M"]),
+        std::time::Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("default.json") && stderr.contains("reservations"),
+        "{stderr}"
+    );
+    // Removing the record lets the target start (unreserved).
+    std::fs::remove_file(&file).unwrap();
+    let t = Target::start_in(dir, &[]);
+    let mut b = session(&t, 2);
+    assert_eq!(b.write10(0, &[7u8; 512]).status(), 0);
 }

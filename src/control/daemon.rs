@@ -14,14 +14,17 @@ use super::settings::{self, SettingsError, VolumeSettings};
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport};
+use crate::scsi::pr::PrState;
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::stats::{LunSnapshot, MAX_WINDOW_SECS, Window};
 use crate::storage::pool::catalog::{Pool, PoolError};
 use crate::storage::pool::extent_map::{ExtentMap, UsageSource, exclusive_extents};
 use crate::storage::pool::format::{ImageKind, ImageMeta};
 use crate::storage::pool::thin::ThinVolume;
+use crate::storage::reservations;
 use crossbeam::channel::{Receiver, bounded};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -66,6 +69,8 @@ pub struct Daemon {
     registry: Arc<Registry>,
     max_transfer_bytes: u64,
     latency_stats: bool,
+    /// The data directory persistent reservations are kept under (APTPL); none: not kept.
+    reservations_dir: Option<PathBuf>,
 }
 
 fn internal(e: impl std::fmt::Display) -> AdminError {
@@ -107,6 +112,44 @@ impl Daemon {
             registry,
             max_transfer_bytes: 16 << 20,
             latency_stats: true,
+            reservations_dir: None,
+        }
+    }
+
+    /// Keeps persistent reservations that ask for it (APTPL) under data directory `data`, and
+    /// restores them when a volume is served.
+    pub fn with_reservations_in(mut self, data: &Path) -> Self {
+        self.reservations_dir = Some(data.to_path_buf());
+        self
+    }
+
+    /// The logical unit of `target`, with the persistent reservations kept for it (APTPL), and
+    /// the file they are kept in. A record that cannot be read is an error: serving the volume
+    /// without its reservation could let a fenced cluster node write.
+    fn logical_unit(
+        &self,
+        info: LunInfo,
+        target: &str,
+    ) -> Result<(LogicalUnit, Option<PathBuf>), AdminError> {
+        let lu = LogicalUnit::new(info);
+        let Some(dir) = &self.reservations_dir else {
+            return Ok((lu, None));
+        };
+        let path = reservations::path(dir, target);
+        let Some(record) = reservations::load(&path).map_err(internal)? else {
+            return Ok((lu, Some(path)));
+        };
+        let (state, ports) =
+            PrState::from_record(&record, |port| self.registry.nexus_of_port(port, target))
+                .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        Ok((lu.with_reservations(state, ports), Some(path)))
+    }
+
+    /// Forgets the persistent reservations kept for `target` (its volume is deleted).
+    fn drop_reservations(&self, target: &str) -> Result<(), AdminError> {
+        match &self.reservations_dir {
+            Some(dir) => reservations::remove(&reservations::path(dir, target)).map_err(internal),
+            None => Ok(()),
         }
     }
 
@@ -219,13 +262,15 @@ impl Daemon {
             write_cache: st.write_cache(&meta.name),
             max_transfer_blocks: (self.max_transfer_bytes / u64::from(meta.block_size)) as u32,
         };
+        let (lu, pr_file) = self.logical_unit(info, &target)?;
         let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);
         st.next_shard += 1;
         let slot = LunSlot {
             target: target.clone(),
-            lu: LogicalUnit::new(info),
+            lu,
             volume: Box::new(volume),
             stats: Default::default(),
+            pr_file,
         };
         if !self.shards[shard].send(ShardMsg::AddLun(Box::new(slot))) {
             return Err(internal("shard is gone"));
@@ -890,9 +935,9 @@ impl AdminBackend for Daemon {
             drop(map);
             st.pool.shared().refs.unreserve(reserved);
         }
-        // A new volume of the same name starts open, as any new volume.
+        // A new volume of the same name starts open, as any new volume, and unreserved.
         st.settings.remove(name).map_err(internal)?;
-        Ok(())
+        self.drop_reservations(&target_name(name))
     }
 
     fn access(&self, name: &str) -> Result<AccessInfo, AdminError> {

@@ -80,25 +80,52 @@ pub struct Registration {
     pub replaced: Option<SessionEntry>,
 }
 
+impl RegistryInner {
+    /// The id of the nexus `key`, given one if it has none.
+    fn nexus_of(&mut self, key: &NexusKey) -> NexusId {
+        if let Some(&id) = self.ids.get(key) {
+            return id;
+        }
+        if self.ids.len() >= MAX_REMEMBERED_NEXUSES {
+            // Bounded: forget the ports that have no session now.
+            let sessions = &self.sessions;
+            self.ids.retain(|k, _| sessions.contains_key(k));
+        }
+        self.next_nexus += 1;
+        let id = NexusId(self.next_nexus);
+        self.ids.insert(key.clone(), id);
+        id
+    }
+}
+
 impl Registry {
+    /// The id of the nexus between initiator port `initiator_port` (`NAME,i,0xISID`) and
+    /// `target`, given one if it has none: what persistent reservations restored from a record
+    /// are kept under, so that the port's next login finds them. `None` when the name is not an
+    /// initiator port name.
+    pub fn nexus_of_port(&self, initiator_port: &str, target: &str) -> Option<NexusId> {
+        let (initiator, hex) = initiator_port.rsplit_once(",i,0x")?;
+        if initiator.is_empty() || hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut isid = [0u8; 6];
+        for (i, byte) in isid.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        let key = NexusKey {
+            initiator: initiator.to_string(),
+            isid,
+            target: target.to_string(),
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Some(inner.nexus_of(&key))
+    }
+
     /// Registers a new session for `key` on `shard`, replacing any session with the same key.
     pub fn register(&self, key: NexusKey, shard: usize) -> Registration {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let replaced = inner.sessions.get(&key).copied();
-        let nexus = match inner.ids.get(&key) {
-            Some(&id) => id,
-            None => {
-                if inner.ids.len() >= MAX_REMEMBERED_NEXUSES {
-                    // Bounded: forget the ports that have no session now.
-                    let RegistryInner { ids, sessions, .. } = &mut *inner;
-                    ids.retain(|k, _| sessions.contains_key(k));
-                }
-                inner.next_nexus += 1;
-                let id = NexusId(inner.next_nexus);
-                inner.ids.insert(key.clone(), id);
-                id
-            }
-        };
+        let nexus = inner.nexus_of(&key);
         inner.next_tsih = inner.next_tsih.wrapping_add(1).max(1);
         let entry = SessionEntry {
             nexus,
@@ -175,6 +202,28 @@ mod tests {
         assert!(again.replaced.is_none());
         assert_eq!(again.entry.nexus, a.entry.nexus);
         assert_ne!(r.register(key(2), 0).entry.nexus, a.entry.nexus);
+    }
+
+    #[test]
+    fn a_port_named_in_a_reservations_record_logs_in_to_the_same_nexus() {
+        let r = Registry::default();
+        let port = "iqn.x,i,0x010101010101";
+        let id = r.nexus_of_port(port, "iqn.t").unwrap();
+        assert_eq!(r.nexus_of_port(port, "iqn.t"), Some(id));
+        assert_eq!(r.register(key(1), 0).entry.nexus, id);
+        assert_ne!(
+            r.nexus_of_port(port, "iqn.other"),
+            Some(id),
+            "another target"
+        );
+        for bad in [
+            "iqn.x",
+            "iqn.x,i,0x0101",
+            ",i,0x010101010101",
+            "iqn.x,i,0x01010101010g",
+        ] {
+            assert_eq!(r.nexus_of_port(bad, "iqn.t"), None, "{bad}");
+        }
     }
 
     #[test]

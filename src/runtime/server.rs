@@ -196,7 +196,8 @@ impl Server {
         let daemon = Arc::new(
             Daemon::new(pool, shards.clone(), Arc::clone(&ctx), registry)
                 .with_latency_stats(cfg.latency_stats)
-                .with_settings(settings),
+                .with_settings(settings)
+                .with_reservations_in(&cfg.data_dir),
         );
         daemon
             .start(&cfg.volumes)

@@ -31,16 +31,19 @@ use crate::iscsi::login::{SessionParams, TargetLimits};
 use crate::iscsi::pdu::frame::{self, FrameError, Next};
 use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
+use crate::scsi::lun::PrPersist;
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::slow::{SlowCommand, SlowLog};
 use crate::stats::{LunSnapshot, LunStats, PhaseTimes, Stamps, StatsConfig, Window, second_of};
 use crate::storage::pool::extent_map::ExtentMap;
+use crate::storage::reservations::{self, ReservationsError};
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +75,23 @@ pub struct LunSlot {
     pub volume: Box<dyn Volume + Send>,
     /// Latency and throughput.
     pub stats: LunStats,
+    /// Where its persistent reservations are kept while APTPL is active (none: not kept).
+    pub pr_file: Option<PathBuf>,
+}
+
+impl LunSlot {
+    /// Stores what the last command changed of the persistent reservations (APTPL), before its
+    /// status goes out.
+    pub fn store_reservations(&mut self) -> Result<(), ReservationsError> {
+        let (Some(change), Some(path)) = (self.lu.take_pr_persist(), self.pr_file.as_deref())
+        else {
+            return Ok(());
+        };
+        match change {
+            PrPersist::Save(record) => reservations::save(path, &record),
+            PrPersist::Remove => reservations::remove(path),
+        }
+    }
 }
 
 /// A logged-in connection handed to the shard that owns its target.
@@ -608,11 +628,12 @@ impl Shard {
                     clear,
                     reply,
                 } => {
-                    let answer = self.served_lun(&target).map(|l| {
+                    let answer = self.served_lun(&target).and_then(|l| {
                         if clear {
                             l.lu.clear_reservations();
+                            l.store_reservations().map_err(|e| e.to_string())?;
                         }
-                        l.lu.reservations()
+                        Ok(l.lu.reservations())
                     });
                     let _ = reply.send(answer);
                 }
@@ -996,7 +1017,14 @@ impl Shard {
         } else if decode_lun(task.cmd.lun) != Some(slot.lu.info().lun) {
             Outcome::Done(scsi::lun::lun_not_supported(&cdb))
         } else {
-            slot.lu.execute(sc.nexus, &cdb, task.data_out())
+            let outcome = slot.lu.execute(sc.nexus, &cdb, task.data_out());
+            match slot.store_reservations() {
+                Ok(()) => outcome,
+                Err(e) => {
+                    log_error(self.id, "storing persistent reservations", &e);
+                    Outcome::Done(Completion::check(scsi::Sense::internal_target_failure()))
+                }
+            }
         };
         let write = task.cmd.write;
         let outcome = match outcome {

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::cdb::{self, Command, ModeSelect};
-use super::pr::{self, Access, PrError, PrState, PrType};
+use super::pr::{self, Access, PrError, PrRecord, PrState, PrType};
 use super::sense::Sense;
 use super::spc::ModeState;
 use super::xcopy::{self, CopyResults, CopyState};
@@ -136,6 +136,18 @@ pub struct LogicalUnit {
     pr: PrState,
     /// Initiator port names of the nexuses (connected or registered), for READ FULL STATUS.
     port_names: BTreeMap<NexusId, String>,
+    /// What the shard must store of the persistent reservations before answering the command
+    /// that changed them (APTPL), if anything.
+    pr_persist: Option<PrPersist>,
+}
+
+/// A change of the persistent reservations to store (APTPL; see [`LogicalUnit::take_pr_persist`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrPersist {
+    /// APTPL is active: keep this state across a restart.
+    Save(PrRecord),
+    /// APTPL was turned off: keep nothing.
+    Remove,
 }
 
 impl LogicalUnit {
@@ -154,7 +166,34 @@ impl LogicalUnit {
             copy_results: CopyResults::default(),
             pr: PrState::default(),
             port_names: BTreeMap::new(),
+            pr_persist: None,
         }
+    }
+
+    /// The same, with persistent reservations restored from a record kept across a restart
+    /// (see [`PrState::from_record`]): the state and the names of its registered nexuses.
+    pub fn with_reservations(mut self, pr: PrState, ports: BTreeMap<NexusId, String>) -> Self {
+        self.pr = pr;
+        self.port_names.extend(ports);
+        self
+    }
+
+    /// What must be stored of the persistent reservations changed by the last command (or by
+    /// [`clear_reservations`](Self::clear_reservations)) before its status goes out.
+    pub fn take_pr_persist(&mut self) -> Option<PrPersist> {
+        self.pr_persist.take()
+    }
+
+    /// Notes the persistent reservations changed: kept while APTPL is active, dropped when a
+    /// REGISTER turned it off.
+    fn pr_changed(&mut self, was_aptpl: bool) {
+        self.pr_persist = if self.pr.aptpl() {
+            Some(PrPersist::Save(self.pr.to_record(&self.port_names)))
+        } else if was_aptpl {
+            Some(PrPersist::Remove)
+        } else {
+            None
+        };
     }
 
     /// The static description.
@@ -194,10 +233,12 @@ impl LogicalUnit {
     /// The administrator clears every reservation of the LU (persistent ones, their
     /// registrations, and a RESERVE (6) one); registrants get RESERVATIONS PREEMPTED.
     pub fn clear_reservations(&mut self) {
+        let was_aptpl = self.pr.aptpl();
         for (n, ua) in self.pr.admin_clear() {
             self.queue_unit_attention(n, ua);
         }
         self.reserved_by = None;
+        self.pr_changed(was_aptpl);
     }
 
     /// The LU's reservations, initiator ports named (for the admin API).
@@ -369,7 +410,7 @@ impl LogicalUnit {
         let mut data = match action {
             pr::action::READ_KEYS => self.pr.read_keys(),
             pr::action::READ_RESERVATION => self.pr.read_reservation(),
-            pr::action::REPORT_CAPABILITIES => PrState::report_capabilities(),
+            pr::action::REPORT_CAPABILITIES => self.pr.report_capabilities(),
             pr::action::READ_FULL_STATUS => self.pr.read_full_status(&self.port_names),
             _ => return Completion::check(Sense::invalid_field_in_cdb(1, Some(4))),
         };
@@ -387,6 +428,7 @@ impl LogicalUnit {
         data_out: &[u8],
     ) -> Completion {
         use pr::action::*;
+        let was_aptpl = self.pr.aptpl();
         let needs_type = matches!(action, RESERVE | RELEASE | PREEMPT);
         let kind = PrType::from_code(scope_type & 0x0F);
         let result = match (needs_type, scope_type >> 4, kind) {
@@ -410,6 +452,7 @@ impl LogicalUnit {
                 for (to, ua) in notices {
                     self.queue_unit_attention(to, ua);
                 }
+                self.pr_changed(was_aptpl);
                 Completion::good(Vec::new())
             }
             Err(PrError::Conflict) => Completion::reservation_conflict(),
@@ -768,6 +811,57 @@ mod tests {
     }
 
     const TUR: [u8; 16] = [0; 16];
+
+    /// PERSISTENT RESERVE OUT `action` of type `kind` with the basic parameter list.
+    fn prout(
+        lu: &mut LogicalUnit,
+        n: NexusId,
+        action: u8,
+        kind: u8,
+        keys: (u64, u64),
+        aptpl: bool,
+    ) {
+        let mut param = [0u8; 24];
+        param[..8].copy_from_slice(&keys.0.to_be_bytes());
+        param[8..16].copy_from_slice(&keys.1.to_be_bytes());
+        param[20] = u8::from(aptpl);
+        let c = done(lu.execute(n, &cdb(&[0x5F, action, kind, 0, 0, 0, 0, 0, 24]), &param));
+        assert_eq!(c.status, Status::Good, "PROUT {action}: {:?}", c.sense);
+    }
+
+    #[test]
+    fn aptpl_hands_each_change_to_the_shard_and_its_end_once() {
+        let mut lu = lu();
+        lu.name_nexus(A, "iqn.a,i,0x000000000001".into());
+        prout(&mut lu, A, 0x00, 0, (0, 0xA1), false);
+        assert_eq!(lu.take_pr_persist(), None, "no APTPL, nothing to keep");
+        prout(&mut lu, A, 0x00, 0, (0xA1, 0xA2), true);
+        let Some(PrPersist::Save(record)) = lu.take_pr_persist() else {
+            panic!("REGISTER with APTPL: a record to keep");
+        };
+        assert_eq!(record.registrations[0].port, "iqn.a,i,0x000000000001");
+        assert_eq!(record.registrations[0].key, 0xA2);
+        assert_eq!(lu.take_pr_persist(), None, "taken once");
+        prout(&mut lu, A, 0x01, 1, (0xA2, 0), false);
+        let Some(PrPersist::Save(record)) = lu.take_pr_persist() else {
+            panic!("RESERVE while APTPL is active: a record to keep");
+        };
+        assert_eq!(record.reservation.map(|r| r.kind), Some(1));
+        // A command that does not touch the reservations leaves nothing to keep.
+        lu.execute(B, &TUR, &[]);
+        assert_eq!(lu.take_pr_persist(), None);
+        lu.clear_reservations();
+        assert!(
+            matches!(lu.take_pr_persist(), Some(PrPersist::Save(r)) if r.registrations.is_empty())
+        );
+        lu.execute(A, &TUR, &[]); // RESERVATIONS PREEMPTED, told once
+        prout(&mut lu, A, 0x00, 0, (0, 0xA3), false);
+        assert_eq!(
+            lu.take_pr_persist(),
+            Some(PrPersist::Remove),
+            "APTPL turned off"
+        );
+    }
 
     fn cdb(bytes: &[u8]) -> [u8; 16] {
         let mut c = [0u8; 16];

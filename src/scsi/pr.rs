@@ -3,9 +3,15 @@
 //! RESERVE IN data that reports them, and which commands they refuse to which I_T nexus.
 //!
 //! Scope: LU scope only; REGISTER, REGISTER AND IGNORE EXISTING KEY, RESERVE, RELEASE, CLEAR and
-//! PREEMPT; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS. Not supported
-//! (and reported so by REPORT CAPABILITIES): persistence through power loss (APTPL, PTPL_C=0),
+//! PREEMPT; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS; persistence
+//! through power loss (APTPL). Not supported (and reported so by REPORT CAPABILITIES):
 //! SPEC_I_PT, ALL_TG_PT, PREEMPT AND ABORT, REGISTER AND MOVE — answered with INVALID FIELD.
+//!
+//! APTPL: the APTPL bit of the last successful REGISTER (or REGISTER AND IGNORE EXISTING KEY)
+//! turns persistence on or off for the whole LU state. While it is on, the state is kept as a
+//! [`PrRecord`] (initiator ports by name, since nexus ids live only as long as the daemon); the
+//! logical unit hands every new record to the shard, which stores it before the command's status
+//! goes out, and a restarted daemon rebuilds the state with [`PrState::from_record`].
 //!
 //! Invariants: a registration key is never 0; the reservation's holder is registered (for the
 //! all-registrants types every registrant holds it, and it ends with the last registration);
@@ -13,6 +19,7 @@
 
 use super::NexusId;
 use super::sense::{Sense, SenseKey};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// PERSISTENT RESERVE OUT service actions (SPC-4 table 196).
@@ -137,17 +144,19 @@ pub struct ProutParams {
     pub key: u64,
     /// SERVICE ACTION RESERVATION KEY.
     pub sa_key: u64,
+    /// ACTIVATE PERSIST THROUGH POWER LOSS (used by REGISTER, ignored by the other actions).
+    pub aptpl: bool,
 }
 
 /// Checks and decodes the basic parameter list (SPC-4 6.16.3): exactly 24 bytes (PARAMETER
-/// LIST LENGTH ERROR otherwise) and no SPEC_I_PT, ALL_TG_PT or APTPL (not supported: INVALID
-/// FIELD IN PARAMETER LIST).
+/// LIST LENGTH ERROR otherwise) and no SPEC_I_PT or ALL_TG_PT (not supported: INVALID FIELD IN
+/// PARAMETER LIST).
 pub fn parse_params(param_len: u32, data: &[u8]) -> Result<ProutParams, PrError> {
     if param_len != 24 || data.len() < 24 {
         return Err(PrError::Check(Sense::parameter_list_length_error()));
     }
     let flags = data[20];
-    for bit in [3u8, 2, 0] {
+    for bit in [3u8, 2] {
         if flags & (1 << bit) != 0 {
             return Err(PrError::Check(Sense::invalid_field_in_parameter_list_bit(
                 20,
@@ -163,6 +172,7 @@ pub fn parse_params(param_len: u32, data: &[u8]) -> Result<ProutParams, PrError>
     Ok(ProutParams {
         key: u64_at(0),
         sa_key: u64_at(8),
+        aptpl: flags & 1 != 0,
     })
 }
 
@@ -177,6 +187,56 @@ pub struct PrState {
     keys: BTreeMap<NexusId, u64>,
     reservation: Option<(NexusId, PrType)>,
     generation: u32,
+    /// Persist through power loss is active (PTPL_A).
+    aptpl: bool,
+}
+
+/// The state kept across a restart while APTPL is active: initiator ports by name
+/// (`NAME,i,0xISID`), as READ FULL STATUS names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrRecord {
+    /// PRgeneration.
+    pub generation: u32,
+    /// Each registration: initiator port and key.
+    pub registrations: Vec<PrRecordKey>,
+    /// The reservation, if any.
+    pub reservation: Option<PrRecordReservation>,
+}
+
+/// One registration of a [`PrRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrRecordKey {
+    /// The initiator port (`NAME,i,0xISID`).
+    pub port: String,
+    /// Its reservation key (never 0).
+    pub key: u64,
+}
+
+/// The reservation of a [`PrRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrRecordReservation {
+    /// The holder's initiator port; absent for the all-registrants types.
+    pub holder: Option<String>,
+    /// The TYPE code (SPC-4 table 187).
+    pub kind: u8,
+}
+
+/// Why a [`PrRecord`] cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrRecordError {
+    /// A key of 0, or a port registered twice.
+    #[error("bad registration of {0:?}")]
+    BadRegistration(String),
+    /// An initiator port name that is not `NAME,i,0xISID`.
+    #[error("not an initiator port name: {0:?}")]
+    BadPort(String),
+    /// A reservation type this module does not know.
+    #[error("unknown reservation type {0}")]
+    BadType(u8),
+    /// A reservation whose holder is not registered (or a holder for an all-registrants type,
+    /// or an all-registrants reservation without registrants).
+    #[error("reservation holder {0:?} is not a registrant")]
+    BadHolder(Option<String>),
 }
 
 /// What [`PrState::report`] returns.
@@ -237,20 +297,30 @@ impl PrState {
         p: ProutParams,
         ignore: bool,
     ) -> Result<Notices, PrError> {
-        match self.keys.get(&n).copied() {
+        let notices = match self.keys.get(&n).copied() {
             None if !ignore && p.key != 0 => return Err(PrError::Conflict),
-            None if p.sa_key == 0 => return Ok(Vec::new()),
+            None if p.sa_key == 0 => Vec::new(),
             None => {
                 self.keys.insert(n, p.sa_key);
+                self.generation = self.generation.wrapping_add(1);
+                Vec::new()
             }
             Some(k) if !ignore && k != p.key => return Err(PrError::Conflict),
-            Some(_) if p.sa_key == 0 => return Ok(self.unregister(n)),
+            Some(_) if p.sa_key == 0 => self.unregister(n),
             Some(_) => {
                 self.keys.insert(n, p.sa_key);
+                self.generation = self.generation.wrapping_add(1);
+                Vec::new()
             }
-        }
-        self.generation = self.generation.wrapping_add(1);
-        Ok(Vec::new())
+        };
+        // The last successful REGISTER's APTPL bit decides (SPC-4 5.9.4).
+        self.aptpl = p.aptpl;
+        Ok(notices)
+    }
+
+    /// Whether persist through power loss is active.
+    pub fn aptpl(&self) -> bool {
+        self.aptpl
     }
 
     /// Removes `n`'s registration; a reservation it held ends (for the all-registrants types,
@@ -454,15 +524,78 @@ impl PrState {
         d
     }
 
-    /// REPORT CAPABILITIES parameter data (SPC-4 6.15.4): no CRH, SIP_C, ATP_C or PTPL_C;
-    /// TMV with every type this module implements.
-    pub fn report_capabilities() -> Vec<u8> {
+    /// REPORT CAPABILITIES parameter data (SPC-4 6.15.4): no CRH, SIP_C or ATP_C; PTPL_C, and
+    /// PTPL_A while APTPL is active; TMV with every type this module implements.
+    pub fn report_capabilities(&self) -> Vec<u8> {
         let mut d = vec![0u8; 8];
         d[1] = 8;
-        d[3] = 0x80; // TMV
+        d[2] = 0x01; // PTPL_C
+        d[3] = 0x80 | u8::from(self.aptpl); // TMV, PTPL_A
         d[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02; // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
         d[5] = 0x01; // EX_AC_AR
         d
+    }
+    /// The state as kept across a restart, initiator ports named by `ports` (a registration
+    /// whose port has no name is left out: every nexus is named at login).
+    pub fn to_record(&self, ports: &BTreeMap<NexusId, String>) -> PrRecord {
+        let name = |n: &NexusId| ports.get(n).cloned();
+        PrRecord {
+            generation: self.generation,
+            registrations: self
+                .keys
+                .iter()
+                .filter_map(|(n, &key)| {
+                    Some(PrRecordKey {
+                        port: name(n)?,
+                        key,
+                    })
+                })
+                .collect(),
+            reservation: self.reservation.map(|(holder, t)| PrRecordReservation {
+                holder: if t.all_registrants() {
+                    None
+                } else {
+                    name(&holder)
+                },
+                kind: t as u8,
+            }),
+        }
+    }
+
+    /// Rebuilds the state a [`PrRecord`] kept, APTPL active; `nexus_of` gives the nexus id of an
+    /// initiator port (the session registry's, so that its next login finds its registration).
+    /// Returns the state and the name of each registered nexus.
+    pub fn from_record(
+        record: &PrRecord,
+        mut nexus_of: impl FnMut(&str) -> Option<NexusId>,
+    ) -> Result<(PrState, BTreeMap<NexusId, String>), PrRecordError> {
+        let mut state = PrState {
+            generation: record.generation,
+            aptpl: true,
+            ..PrState::default()
+        };
+        let mut ports = BTreeMap::new();
+        for r in &record.registrations {
+            let n = nexus_of(&r.port).ok_or_else(|| PrRecordError::BadPort(r.port.clone()))?;
+            if r.key == 0 || state.keys.insert(n, r.key).is_some() {
+                return Err(PrRecordError::BadRegistration(r.port.clone()));
+            }
+            ports.insert(n, r.port.clone());
+        }
+        if let Some(res) = &record.reservation {
+            let t = PrType::from_code(res.kind).ok_or(PrRecordError::BadType(res.kind))?;
+            let bad_holder = || PrRecordError::BadHolder(res.holder.clone());
+            let holder = match (&res.holder, t.all_registrants()) {
+                (None, true) => *state.keys.keys().next().ok_or_else(bad_holder)?,
+                (Some(port), false) => ports
+                    .iter()
+                    .find_map(|(n, p)| (p == port).then_some(*n))
+                    .ok_or_else(bad_holder)?,
+                _ => return Err(bad_holder()),
+            };
+            state.reservation = Some((holder, t));
+        }
+        Ok((state, ports))
     }
 }
 
@@ -475,7 +608,11 @@ mod tests {
     const C: NexusId = NexusId(3);
 
     fn p(key: u64, sa_key: u64) -> ProutParams {
-        ProutParams { key, sa_key }
+        ProutParams {
+            key,
+            sa_key,
+            aptpl: false,
+        }
     }
 
     fn registered(keys: &[(NexusId, u64)]) -> PrState {
@@ -659,6 +796,117 @@ mod tests {
     }
 
     #[test]
+    fn the_last_register_decides_aptpl_and_report_capabilities_says_so() {
+        let mut s = PrState::default();
+        assert_eq!(
+            s.report_capabilities()[2..4],
+            [0x01, 0x80],
+            "PTPL_C, not PTPL_A"
+        );
+        let with = ProutParams {
+            aptpl: true,
+            ..p(0, 7)
+        };
+        s.register(A, with, false).unwrap();
+        assert!(s.aptpl());
+        assert_eq!(s.report_capabilities()[3], 0x81, "PTPL_A");
+        // Another action's APTPL bit is ignored; a failed REGISTER changes nothing.
+        s.reserve(A, p(7, 0), PrType::WriteExclusive).unwrap();
+        assert!(s.aptpl());
+        assert_eq!(s.register(B, p(5, 9), false), Err(PrError::Conflict));
+        assert!(s.aptpl());
+        s.register(B, p(0, 9), false).unwrap();
+        assert!(!s.aptpl(), "B's REGISTER without APTPL turns it off");
+    }
+
+    #[test]
+    fn a_record_restores_keys_holder_type_and_generation() {
+        let mut s = registered(&[(A, 1), (B, 2), (C, 3)]);
+        s.reserve(B, p(2, 0), PrType::ExclusiveAccessRegistrantsOnly)
+            .unwrap();
+        let ports: BTreeMap<NexusId, String> = [(A, "iqn.a,i,0x1"), (B, "iqn.b,i,0x2")]
+            .into_iter()
+            .chain([(C, "iqn.c,i,0x3")])
+            .map(|(n, name)| (n, name.to_string()))
+            .collect();
+        let record = s.to_record(&ports);
+        assert_eq!(record.registrations.len(), 3);
+        // Restored under other nexus ids (a new daemon numbers them afresh).
+        let renumber = |port: &str| {
+            ports
+                .iter()
+                .find_map(|(n, p)| (p == port).then_some(NexusId(n.0 + 10)))
+        };
+        let (r, names) = PrState::from_record(&record, renumber).unwrap();
+        let b = NexusId(B.0 + 10);
+        assert!(r.aptpl());
+        assert_eq!(r.generation, s.generation);
+        assert_eq!(r.read_reservation(), s.read_reservation());
+        assert_eq!(r.read_keys(), s.read_keys());
+        assert!(r.holds(b) && !r.conflicts(NexusId(A.0 + 10), Access::Write));
+        assert!(
+            r.conflicts(NexusId(99), Access::Read),
+            "a stranger is held off"
+        );
+        assert_eq!(names[&b], "iqn.b,i,0x2");
+        // The record survives JSON.
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<PrRecord>(&json).unwrap(), record);
+    }
+
+    #[test]
+    fn an_all_registrants_record_and_bad_records() {
+        let mut s = registered(&[(A, 1), (B, 2)]);
+        s.reserve(A, p(1, 0), PrType::WriteExclusiveAllRegistrants)
+            .unwrap();
+        let ports: BTreeMap<NexusId, String> = [
+            (A, "iqn.a,i,0x1".to_string()),
+            (B, "iqn.b,i,0x2".to_string()),
+        ]
+        .into();
+        let record = s.to_record(&ports);
+        assert_eq!(record.reservation.as_ref().unwrap().holder, None);
+        let by_name = |port: &str| ports.iter().find_map(|(n, p)| (p == port).then_some(*n));
+        let (r, _) = PrState::from_record(&record, by_name).unwrap();
+        assert_eq!(r.read_reservation(), s.read_reservation());
+        assert!(!r.conflicts(B, Access::Write) && r.conflicts(C, Access::Write));
+
+        let bad = |f: &dyn Fn(&mut PrRecord)| {
+            let mut rec = record.clone();
+            f(&mut rec);
+            PrState::from_record(&rec, by_name).unwrap_err()
+        };
+        assert!(matches!(
+            bad(&|r| r.registrations[0].key = 0),
+            PrRecordError::BadRegistration(_)
+        ));
+        assert!(matches!(
+            bad(&|r| r.registrations[1].port = r.registrations[0].port.clone()),
+            PrRecordError::BadRegistration(_)
+        ));
+        assert!(matches!(
+            bad(&|r| r.registrations[0].port = "nobody".into()),
+            PrRecordError::BadPort(_)
+        ));
+        assert!(matches!(
+            bad(&|r| r.reservation.as_mut().unwrap().kind = 2),
+            PrRecordError::BadType(2)
+        ));
+        assert!(matches!(
+            bad(&|r| r.reservation.as_mut().unwrap().holder = Some("iqn.a,i,0x1".into())),
+            PrRecordError::BadHolder(_)
+        ));
+        assert!(matches!(
+            bad(&|r| {
+                let res = r.reservation.as_mut().unwrap();
+                res.kind = PrType::WriteExclusive as u8;
+                res.holder = Some("iqn.z,i,0x9".into());
+            }),
+            PrRecordError::BadHolder(_)
+        ));
+    }
+
+    #[test]
     fn parameter_list_checks() {
         let mut data = [0u8; 24];
         data[7] = 1;
@@ -669,6 +917,10 @@ mod tests {
             Err(PrError::Check(_))
         ));
         data[20] = 0x01; // APTPL
-        assert!(matches!(parse_params(24, &data), Err(PrError::Check(_))));
+        assert_eq!(parse_params(24, &data).map(|p| p.aptpl), Ok(true));
+        for flag in [0x04, 0x08] {
+            data[20] = flag; // ALL_TG_PT, SPEC_I_PT
+            assert!(matches!(parse_params(24, &data), Err(PrError::Check(_))));
+        }
     }
 }

@@ -325,6 +325,14 @@ impl Sense {
         }
     }
 
+    // ---- HARDWARE ERROR ----
+
+    /// INTERNAL TARGET FAILURE (04/44/00): the target could not keep what the command changed
+    /// (e.g. persistent reservations it must store before answering).
+    pub const fn internal_target_failure() -> Self {
+        Sense::new(SenseKey::HardwareError, 0x44, 0x00)
+    }
+
     // ---- DATA PROTECT ----
 
     /// WRITE PROTECTED (07/27/00): a write to a read-only logical unit.

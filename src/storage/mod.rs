@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod pool;
+pub mod reservations;
 
 pub use file::FileVolume;
 
@@ -177,4 +178,31 @@ pub fn in_memory_fs(file: &std::fs::File) -> bool {
         return false;
     }
     matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+}
+
+/// Replaces the file at `path` with `bytes` durably: written to `<path>.tmp`, fsynced, renamed
+/// over `path`, then the directory fsynced. A crash leaves the old contents or the new ones.
+pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Makes the entries of directory `dir` (a rename, a removal) durable.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
