@@ -223,12 +223,16 @@ pub enum CloneCommand {
 pub enum PoolCommand {
     /// Pool size, used and free space, settings.
     Status,
-    /// Change pool settings.
+    /// Change pool settings: grow it online, set its soft threshold.
     Set {
         /// Soft threshold: percent of the pool used past which initiators are warned (a THIN
         /// PROVISIONING SOFT THRESHOLD REACHED unit attention), 1..=100.
         #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
         soft_threshold: Option<u8>,
+        /// Grow the pool's data store to SIZE (e.g. 200G), online: a file grows in place, a
+        /// device must have been grown first. Up to 4x the size the daemon started with.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+        size: Option<u64>,
     },
 }
 
@@ -807,9 +811,13 @@ pub fn execute(
             render(json, &client.create_clone(&req)?, show_volume)
         }
         CliCommand::Pool(PoolCommand::Status) => render(json, &client.pool_status()?, show_pool),
-        CliCommand::Pool(PoolCommand::Set { soft_threshold }) => {
+        CliCommand::Pool(PoolCommand::Set {
+            soft_threshold,
+            size,
+        }) => {
             let req = PoolSettings {
                 soft_threshold_percent: *soft_threshold,
+                size_bytes: *size,
             };
             render(json, &client.update_pool(&req)?, show_pool)
         }
@@ -1412,9 +1420,19 @@ mod tests {
         assert_eq!(
             c,
             CliCommand::Pool(PoolCommand::Set {
-                soft_threshold: Some(70)
+                soft_threshold: Some(70),
+                size: None,
             })
         );
+        let (_, c) = parse(&["pool", "set", "--size", "2G"]).unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Pool(PoolCommand::Set {
+                soft_threshold: None,
+                size: Some(2 << 30),
+            })
+        );
+        assert!(parse(&["pool", "set", "--size", "lots"]).is_err());
         assert!(parse(&["pool", "set", "--soft-threshold", "0"]).is_err());
         assert!(parse(&["pool", "set", "--soft-threshold", "101"]).is_err());
         let (_, c) = parse(&["snapshot", "export", "a@b", "--disable"]).unwrap();

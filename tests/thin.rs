@@ -597,3 +597,63 @@ fn deleting_the_snapshot_of_a_full_volume_gives_its_extra_reservation_back() {
         assert_eq!(back.data, pattern(EXTENT, 200 + u64::from(i)), "extent {i}");
     }
 }
+
+#[test]
+fn a_full_pool_grows_online_and_keeps_its_size_and_data_across_kill_9() {
+    // 16 extents of 64 KiB; the thin volume is larger than the pool.
+    let t = Target::start(&["--size", "4M", "--pool-size", "1M"]);
+    let mut ini = raw_session(&t);
+    let extent_blocks = (EXTENT / 512) as u32;
+    for i in 0..16u32 {
+        let r = past_soft_threshold_ua(|| ini.write10(i * extent_blocks, &pattern(4096, 1)));
+        assert_eq!(r.status(), 0, "extent {i}");
+    }
+    let r = past_soft_threshold_ua(|| ini.write10(16 * extent_blocks, &pattern(4096, 2)));
+    assert_eq!(r.sense(), Some((0x07, 0x27, 0x07)), "full");
+
+    // Shrinking, and growing past 4x the size the daemon started with, are refused.
+    for (size, why) in [("512K", "only grows"), ("5M", "restart")] {
+        let out = t.cli(&["pool", "set", "--size", size]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{size}: {stderr}"
+        );
+    }
+    let status: Value = serde_json::from_str(&t.cli_ok(&["--json", "pool", "set", "--size", "2M"]))
+        .expect("pool status");
+    assert_eq!(status["size_bytes"], 2 * MIB);
+    assert_eq!(status["free_bytes"], MIB);
+    // The refused write goes through now, past the old end of the data store.
+    let r = past_soft_threshold_ua(|| ini.write10(16 * extent_blocks, &pattern(4096, 2)));
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(used(&t), MIB + EXTENT);
+    drop(ini);
+
+    let dir = t.kill();
+    let t = Target::start_in(dir, &[]);
+    assert_eq!(
+        get(&t, "/v1/pool")["size_bytes"],
+        2 * MIB,
+        "kept in the superblock"
+    );
+    let mut ini = raw_session(&t);
+    let back = ini.read10(16 * extent_blocks, 8);
+    assert_eq!((back.status(), back.data), (0, pattern(4096, 2)));
+    let back = ini.read10(15 * extent_blocks, 8);
+    assert_eq!((back.status(), back.data), (0, pattern(4096, 1)));
+    drop(ini);
+    let dir = t.kill();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--data")
+        .arg(dir.path())
+        .arg("check")
+        .output()
+        .expect("shoal check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1034,7 +1034,10 @@ mod tests {
             })
         }
         fn update_pool(&self, req: &PoolSettings) -> Result<PoolStatus, AdminError> {
-            self.record(format!("update_pool {:?}", req.soft_threshold_percent));
+            self.record(format!(
+                "update_pool {:?} {:?}",
+                req.soft_threshold_percent, req.size_bytes
+            ));
             self.pool_status()
         }
         fn list_volumes(&self) -> Result<Vec<VolumeInfo>, AdminError> {

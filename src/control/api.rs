@@ -188,6 +188,9 @@ pub struct PoolSettings {
     /// Soft threshold, percent of the pool used (1..=100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_threshold_percent: Option<u8>,
+    /// New size of the pool's data store in bytes (grow only; rounded down to whole extents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 /// `POST /v1/volumes/{name}/resize`.

@@ -736,13 +736,24 @@ impl AdminBackend for Daemon {
     }
 
     fn update_pool(&self, req: &PoolSettings) -> Result<PoolStatus, AdminError> {
+        let invalid = |e: PoolError| match e {
+            PoolError::Invalid(m) => AdminError::new(ErrorCode::InvalidArgument, m),
+            other => pool_error(other),
+        };
+        let grow_to = match req.size_bytes {
+            Some(size) => Some(self.lock().pool.grow_data_store(size).map_err(invalid)?),
+            None => None,
+        };
         if let Some(pct) = req.soft_threshold_percent {
-            self.lock()
-                .pool
-                .set_soft_threshold(pct)
-                .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
-            // The superblock holds the setting: a checkpoint writes it.
+            self.lock().pool.set_soft_threshold(pct).map_err(invalid)?;
+        }
+        if grow_to.is_some() || req.soft_threshold_percent.is_some() {
+            // The superblock holds both: a checkpoint writes it. Only then may the shards
+            // allocate past the old size (recovery must know the data store that large).
             self.checkpoint()?;
+        }
+        if grow_to.is_some() {
+            self.lock().pool.publish_capacity().map_err(invalid)?;
         }
         self.pool_status()
     }

@@ -332,6 +332,74 @@ impl Pool {
         Ok(())
     }
 
+    /// First step of growing the pool to `size_bytes` (rounded down to whole extents): extends
+    /// the data store (a file grows, sparse, and is fsynced; a device must already be that
+    /// large) and records the new capacity in the in-memory superblock. The caller then writes
+    /// a checkpoint (which makes the superblock durable) and calls
+    /// [`Pool::publish_capacity`]: no extent past the old capacity is handed out before the
+    /// superblock that covers it is on disk. Returns the new capacity in extents (unchanged
+    /// when `size_bytes` is the current size).
+    pub fn grow_data_store(&mut self, size_bytes: u64) -> Result<u64, PoolError> {
+        let es = u64::from(self.sb.extent_size);
+        let now = self.sb.capacity_extents.max(self.shared.refs.capacity());
+        let wanted = size_bytes / es;
+        if wanted < now {
+            return Err(PoolError::Invalid(format!(
+                "a pool only grows: it holds {} bytes, not {size_bytes}",
+                now * es
+            )));
+        }
+        let limit = self.shared.refs.growth_limit();
+        if wanted > limit {
+            return Err(PoolError::Invalid(format!(
+                "this daemon can grow the pool to at most {} bytes ({}x the size it started \
+                 with); restart it to grow further",
+                limit * es,
+                super::refs::GROWTH_LIMIT
+            )));
+        }
+        if wanted == now {
+            return Ok(now);
+        }
+        let data = &self.shared.data;
+        let path = resolve(&self.dir, &self.sb.data_path);
+        let io = |what, source| PoolError::Io {
+            what,
+            path: path.clone(),
+            source,
+        };
+        let len = wanted * es;
+        let meta = data.metadata().map_err(|e| io("stat data store", e))?;
+        if meta.file_type().is_file() {
+            if meta.len() < len {
+                data.set_len(len).map_err(|e| io("grow data store", e))?;
+            }
+            data.sync_all().map_err(|e| io("sync data store", e))?;
+        } else {
+            let mut handle = data;
+            let device_len = std::io::Seek::seek(&mut handle, std::io::SeekFrom::End(0))
+                .map_err(|e| io("size data store device", e))?;
+            if device_len < len {
+                return Err(PoolError::Invalid(format!(
+                    "the data store device {} holds {device_len} bytes, fewer than {len}: grow \
+                     the device first",
+                    path.display()
+                )));
+            }
+        }
+        self.sb.capacity_extents = wanted;
+        Ok(wanted)
+    }
+
+    /// Last step of a growth ([`Pool::grow_data_store`], then a checkpoint): the new extents
+    /// become allocatable to every shard.
+    pub fn publish_capacity(&self) -> Result<(), PoolError> {
+        self.shared
+            .refs
+            .grow(self.sb.capacity_extents)
+            .map_err(|e| PoolError::Invalid(e.to_string()))
+    }
+
     /// Writes a checkpoint and retires the journals it covers.
     ///
     /// `live` holds, for every volume served by a shard, its map and the sequence number of the
@@ -972,6 +1040,48 @@ mod tests {
                 v.commit_extent(&e).expect("commit");
             }
         }
+    }
+
+    #[test]
+    fn a_grown_pool_allocates_past_its_old_size_and_reopens_at_its_new_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = Pool::create(dir.path(), 16 * u64::from(ES), ES, false).unwrap();
+        let meta = pool
+            .create_volume("vol", 32 * u64::from(ES), 512, true)
+            .unwrap();
+        let mut v = thin(&mut pool, &meta);
+        write_mapping(&mut v, 0, 16 * u64::from(ES));
+        let mut plan = Vec::new();
+        assert!(
+            v.plan_write(16 * u64::from(ES), 4096, &mut plan).is_err(),
+            "full"
+        );
+        // Shrinking and growing past the daemon's room are refused.
+        for bad in [8, 16 * crate::storage::pool::refs::GROWTH_LIMIT + 1] {
+            let e = pool.grow_data_store(bad * u64::from(ES)).unwrap_err();
+            assert!(matches!(e, PoolError::Invalid(_)), "{e}");
+        }
+        assert_eq!(pool.grow_data_store(16 * u64::from(ES)).unwrap(), 16);
+        assert_eq!(pool.grow_data_store(24 * u64::from(ES) + 100).unwrap(), 24);
+        assert_eq!(pool.shared().refs.capacity(), 16, "not before publication");
+        let data_len = std::fs::metadata(dir.path().join("data")).unwrap().len();
+        assert_eq!(data_len, 24 * u64::from(ES));
+        let journals = journal::list_journals(dir.path()).unwrap();
+        let (map, cut) = v.rotate_journal(pool.next_generation()).unwrap();
+        pool.checkpoint(vec![(meta.image, map, cut)], journals)
+            .unwrap();
+        pool.publish_capacity().unwrap();
+        write_mapping(&mut v, 16 * u64::from(ES), 8 * u64::from(ES));
+        assert_eq!(pool.shared().refs.free_extents(), 0);
+        let written = v.map().get(20).unwrap();
+        assert!(written > 16, "an extent past the old size: {written}");
+        drop(v);
+        drop(pool);
+        let pool = Pool::open(dir.path(), false).unwrap();
+        assert_eq!(pool.superblock().capacity_extents, 24);
+        assert_eq!(pool.shared().refs.capacity(), 24);
+        assert_eq!(pool.shared().refs.used_extents(), 24);
+        assert_eq!(pool.map(meta.image).unwrap().get(20), Some(written));
     }
 
     #[test]

@@ -31,6 +31,13 @@
 //! track of its own share and gives back what it no longer needs with [`RefTable::unreserve`].
 //! Reservations are not persisted here: after recovery the catalog re-reserves.
 //!
+//! # Growth
+//! The pool grows online ([`RefTable::grow`]): the count array is allocated for [`GROWTH_LIMIT`]
+//! times the capacity the table was built with, zeroed lazily by the allocator (untouched pages
+//! cost no memory), and the capacity is an atomic the allocators read; extents past the old
+//! capacity were never handed out, so raising it only makes new extents reachable. Growing past
+//! the limit needs a restart (the table is rebuilt for the new capacity).
+//!
 //! # Memory
 //! 4 bytes per physical extent (64 MiB per TiB of pool at 64 KiB extents), plus up to ~16 bytes per
 //! extent sitting in the free queue (extents freed below the high-water mark).
@@ -55,6 +62,16 @@ pub enum RefError {
     /// Slot 0 has a non-zero count: 0 never names an extent.
     #[error("reference count of extent 0 must be 0 (0 never names an extent)")]
     ExtentZeroCounted,
+    /// The pool cannot grow online to that many extents (or would shrink).
+    #[error("the pool can grow online from {capacity} to at most {limit} extents, not {wanted}")]
+    GrowthLimit {
+        /// The capacity now.
+        capacity: u64,
+        /// The most it can grow to without a restart.
+        limit: u64,
+        /// The capacity asked for.
+        wanted: u64,
+    },
     /// Counts can only be loaded into a table nobody has used yet.
     #[error("the reference table is already in use; counts can only be loaded into a fresh table")]
     NotPristine,
@@ -66,11 +83,16 @@ pub enum RefError {
     },
 }
 
+/// How many times its built capacity a table can grow to online (see the module's Growth).
+pub const GROWTH_LIMIT: u64 = 4;
+
 /// Reference counts, free queue and allocation counters of one pool's physical extents.
 pub struct RefTable {
-    /// Number of physical extents; valid extent numbers are `1..=capacity`.
-    capacity: u64,
+    /// Number of physical extents; valid extent numbers are `1..=capacity`. Only grows, up to
+    /// `counts.len() - 1`.
+    capacity: AtomicU64,
     /// `counts[p]` is the reference count of extent `p`; `counts[0]` is unused and stays 0.
+    /// Slots past the capacity stay 0 until a growth makes them extents.
     counts: Box<[AtomicU32]>,
     /// Extents whose count fell to 0 (R2).
     free: SegQueue<u64>,
@@ -95,7 +117,7 @@ pub struct RefTable {
 impl fmt::Debug for RefTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefTable")
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.capacity())
             .field("used", &self.used_extents())
             .field("reserved", &self.reserved_extents())
             .finish_non_exhaustive()
@@ -110,17 +132,18 @@ impl RefTable {
     /// If the count array (4 bytes per extent) cannot be addressed on this machine; the pool
     /// layer validates capacities before building tables.
     pub fn new(capacity_extents: u64) -> Arc<RefTable> {
-        let slots = slots_for(capacity_extents)
+        // Room to grow when the address space and the allocator allow it; else none.
+        let counts = slots_for(capacity_extents.saturating_mul(GROWTH_LIMIT))
+            .and_then(zeroed_counts)
+            .or_else(|| slots_for(capacity_extents).and_then(zeroed_counts))
             .expect("pool capacity validated by the caller fits the address space");
-        Arc::new(Self::empty(capacity_extents, slots))
+        Arc::new(Self::empty(capacity_extents, counts))
     }
 
-    fn empty(capacity: u64, slots: usize) -> RefTable {
+    fn empty(capacity: u64, counts: Box<[AtomicU32]>) -> RefTable {
         RefTable {
-            capacity,
-            counts: std::iter::repeat_with(|| AtomicU32::new(0))
-                .take(slots)
-                .collect(),
+            capacity: AtomicU64::new(capacity),
+            counts,
             free: SegQueue::new(),
             pending: SegQueue::new(),
             deferred: std::sync::atomic::AtomicBool::new(false),
@@ -146,11 +169,8 @@ impl RefTable {
                 expected: capacity + 1,
             });
         }
-        let table = RefTable {
-            // Reuses the vector's allocation (same layout).
-            counts: counts.into_iter().map(AtomicU32::new).collect(),
-            ..Self::empty(capacity, 0)
-        };
+        // Reuses the vector's allocation (same layout); no room to grow (checks and tools).
+        let table = Self::empty(capacity, counts.into_iter().map(AtomicU32::new).collect());
         table.index_counts()?;
         Ok(Arc::new(table))
     }
@@ -159,10 +179,11 @@ impl RefTable {
     /// reserved or freed since [`RefTable::new`]. Used once by recovery, before the table is
     /// shared with any allocator; it must not race with other calls on the table.
     pub fn load_counts(&self, counts: &[u32]) -> Result<(), RefError> {
-        if counts.len() != self.counts.len() {
+        let capacity = self.capacity();
+        if slots_for(capacity) != Some(counts.len()) {
             return Err(RefError::CountsLength {
                 got: counts.len(),
-                expected: self.capacity + 1,
+                expected: capacity + 1,
             });
         }
         let pristine = self.next.load(Ordering::Acquire) == 1
@@ -190,7 +211,8 @@ impl RefTable {
         {
             return Err(RefError::ExtentZeroCounted);
         }
-        let highest = (1..self.counts.len())
+        let slots = slots_for(self.capacity()).map_or(0, |n| n.min(self.counts.len()));
+        let highest = (1..slots)
             .rev()
             .find(|&p| self.counts[p].load(Ordering::Relaxed) != 0)
             .unwrap_or(0);
@@ -211,7 +233,28 @@ impl RefTable {
 
     /// Number of physical extents in the pool.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// The most extents [`grow`](Self::grow) can raise the capacity to.
+    pub fn growth_limit(&self) -> u64 {
+        self.counts.len() as u64 - 1
+    }
+
+    /// Raises the capacity to `capacity` extents (the data store already holds them, and the
+    /// superblock says so durably): the new extents become allocatable at once, to every
+    /// shard. Lock-free; concurrent growths are the caller's to avoid (the control thread grows).
+    pub fn grow(&self, capacity: u64) -> Result<(), RefError> {
+        let now = self.capacity();
+        if capacity < now || capacity > self.growth_limit() {
+            return Err(RefError::GrowthLimit {
+                capacity: now,
+                limit: self.growth_limit(),
+                wanted: capacity,
+            });
+        }
+        self.capacity.store(capacity, Ordering::Release);
+        Ok(())
     }
 
     /// A free extent for a thin allocation, with count 1 owned by the caller (hand it to
@@ -221,7 +264,7 @@ impl RefTable {
         // R3: take a unit of `committed` only if one is left outside used + reserved.
         self.committed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (c < self.capacity).then_some(c + 1)
+                (c < self.capacity()).then_some(c + 1)
             })
             .ok()?;
         let taken = self.take_extent();
@@ -255,7 +298,7 @@ impl RefTable {
         let pext = self.free.pop().or_else(|| {
             self.next
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n <= self.capacity).then_some(n + 1)
+                    (n <= self.capacity()).then_some(n + 1)
                 })
                 .ok()
         });
@@ -275,7 +318,7 @@ impl RefTable {
         let ok = self
             .committed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                c.checked_add(n).filter(|&t| t <= self.capacity)
+                c.checked_add(n).filter(|&t| t <= self.capacity())
             })
             .is_ok();
         if ok {
@@ -301,7 +344,7 @@ impl RefTable {
 
     /// The reference count of `pext`; 0 for a free extent and for numbers outside `1..=capacity`.
     pub fn count(&self, pext: u64) -> u32 {
-        if pext == 0 || pext > self.capacity {
+        if pext == 0 || pext > self.capacity() {
             return 0;
         }
         self.slot(pext).load(Ordering::Acquire)
@@ -399,7 +442,7 @@ impl RefTable {
 
     /// Extents not referenced by anything (exact whenever no operation is in flight).
     pub fn free_extents(&self) -> u64 {
-        self.capacity - self.used_extents()
+        self.capacity() - self.used_extents()
     }
 
     /// Extents with a count > 0 (exact whenever no operation is in flight).
@@ -414,7 +457,7 @@ impl RefTable {
 
     /// Extents a thin allocation can still get: free and not reserved.
     pub fn available_extents(&self) -> u64 {
-        self.capacity
+        self.capacity()
             .saturating_sub(self.committed.load(Ordering::Acquire))
     }
 
@@ -422,9 +465,9 @@ impl RefTable {
         // Extent numbers come from this table (allocate) or from maps validated against it
         // (count_references); anything else is a caller bug, like an out-of-bounds index.
         assert!(
-            pext >= 1 && pext <= self.capacity,
+            pext >= 1 && pext <= self.capacity(),
             "extent {pext} outside the pool (1..={})",
-            self.capacity
+            self.capacity()
         );
         &self.counts[pext as usize]
     }
@@ -455,116 +498,75 @@ fn slots_for(capacity: u64) -> Option<usize> {
     usize::try_from(capacity).ok()?.checked_add(1)
 }
 
+/// `slots` zero counts, zeroed by the allocator: a large array comes from fresh pages, which
+/// cost memory only once written (the room a table keeps for growth). `None` when the allocator
+/// refuses.
+fn zeroed_counts(slots: usize) -> Option<Box<[AtomicU32]>> {
+    let layout = std::alloc::Layout::array::<AtomicU32>(slots).ok()?;
+    if layout.size() == 0 {
+        return Some(Box::new([]));
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<AtomicU32>();
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` is a fresh allocation of `layout` (the global allocator's, as `Box` frees
+    // with), holding `slots` zeroed `AtomicU32`s (all-zero bytes are a valid `AtomicU32`).
+    Some(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, slots)) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn allocate_release_reuse() {
-        let t = RefTable::new(3);
-        let a = t.allocate().expect("space");
-        let b = t.allocate().expect("space");
-        let c = t.allocate().expect("space");
-        assert_eq!((a, b, c), (1, 2, 3));
-        assert_eq!(t.allocate(), None);
-        assert_eq!((t.used_extents(), t.free_extents()), (3, 0));
-        t.incr(b);
-        assert_eq!(t.count(b), 2);
-        t.release(b);
-        assert_eq!(t.count(b), 1);
-        t.release(b);
-        assert_eq!(t.count(b), 0);
-        assert_eq!((t.used_extents(), t.free_extents()), (2, 1));
-        assert_eq!(t.free_queue(), vec![2]);
-        assert_eq!(t.allocate(), Some(2));
-        assert_eq!(t.count(2), 1);
-        assert_eq!(t.count(0), 0);
-        assert_eq!(t.count(4), 0);
+    fn growth_makes_new_extents_allocatable_up_to_the_limit() {
+        let refs = RefTable::new(4);
+        assert_eq!(refs.growth_limit(), 4 * GROWTH_LIMIT);
+        let taken: Vec<u64> = std::iter::from_fn(|| refs.allocate()).collect();
+        assert_eq!(taken, vec![1, 2, 3, 4]);
+        assert!(!refs.reserve(1), "full");
+        refs.grow(6).unwrap();
+        assert_eq!((refs.capacity(), refs.free_extents()), (6, 2));
+        assert!(refs.reserve(1), "a reservation fits now");
+        assert_eq!(refs.allocate(), Some(5));
+        assert_eq!(refs.allocate(), None, "the other new extent is reserved");
+        assert_eq!(refs.allocate_reserved(), Some(6));
+        assert_eq!(refs.count(6), 1);
+        // Shrinking, or growing past the room the table kept, is refused and changes nothing.
+        for wanted in [5, refs.growth_limit() + 1] {
+            assert!(matches!(
+                refs.grow(wanted),
+                Err(RefError::GrowthLimit { capacity: 6, .. })
+            ));
+        }
+        refs.grow(refs.growth_limit()).unwrap();
+        assert_eq!(refs.free_extents(), refs.growth_limit() - 6);
     }
 
     #[test]
-    fn reservations_hold_space_back_from_thin_allocation() {
-        let t = RefTable::new(4);
-        assert!(t.reserve(3));
-        assert!(!t.reserve(2));
-        assert_eq!(t.available_extents(), 1);
-        assert!(t.allocate().is_some());
-        assert_eq!(t.allocate(), None, "the rest is reserved");
-        let r = t.allocate_reserved().expect("reserved");
-        assert_eq!(t.count(r), 1);
-        assert_eq!(t.reserved_extents(), 2);
-        t.unreserve(2);
-        assert_eq!(t.reserved_extents(), 0);
-        assert_eq!(t.allocate_reserved(), None);
-        assert!(t.allocate().is_some());
-        assert!(t.allocate().is_some());
-        assert_eq!(t.allocate(), None);
-        assert_eq!(t.used_extents(), 4);
-    }
-
-    #[test]
-    fn from_counts_rebuilds_free_queue_and_bump() {
-        let t = RefTable::from_counts(6, vec![0, 2, 0, 1, 0, 0, 0]).expect("valid");
-        assert_eq!(t.used_extents(), 2);
-        assert_eq!(t.free_extents(), 4);
-        assert_eq!(t.high_water(), 4);
-        assert_eq!(t.free_queue(), vec![2]);
-        assert_eq!(t.allocate(), Some(2));
-        assert_eq!(t.allocate(), Some(4));
+    fn recovered_counts_load_into_a_table_with_room_to_grow() {
+        let refs = RefTable::new(4);
+        refs.load_counts(&[0, 1, 0, 2, 0]).unwrap();
+        assert_eq!((refs.used_extents(), refs.high_water()), (2, 4));
         assert_eq!(
-            RefTable::from_counts(2, vec![0, 1]).err(),
-            Some(RefError::CountsLength {
-                got: 2,
-                expected: 3
+            refs.load_counts(&[0; 17]),
+            Err(RefError::CountsLength {
+                got: 17,
+                expected: 5
             })
         );
-        assert_eq!(
-            RefTable::from_counts(1, vec![1, 0]).err(),
-            Some(RefError::ExtentZeroCounted)
-        );
+        refs.grow(5).unwrap();
+        let mut got: Vec<u64> = std::iter::from_fn(|| refs.allocate()).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![2, 4, 5]);
     }
 
     #[test]
-    fn load_counts_needs_a_pristine_table() {
-        let t = RefTable::new(3);
-        t.load_counts(&[0, 0, 1, 0]).expect("pristine");
-        assert_eq!(t.used_extents(), 1);
-        assert_eq!(t.load_counts(&[0, 0, 1, 0]), Err(RefError::NotPristine));
-        assert_eq!(t.allocate(), Some(1));
-        assert_eq!(t.allocate(), Some(3));
-    }
-
-    #[test]
-    fn concurrent_allocate_release_keeps_counters_exact() {
-        // 4 threads holding up to 100 each in a pool of 300: the pool runs full often.
-        let t = RefTable::new(300);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..2000 {
-                        let mut held = Vec::new();
-                        while held.len() < 100 {
-                            match t.allocate() {
-                                Some(p) => held.push(p),
-                                None => break,
-                            }
-                        }
-                        for p in held {
-                            t.release(p);
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(t.used_extents(), 0);
-        assert_eq!(t.free_extents(), 300);
-        let mut q = t.free_queue();
-        q.sort_unstable();
-        q.dedup();
-        assert_eq!(
-            q.len() as u64,
-            t.high_water() - 1,
-            "every extent handed out is free once"
-        );
+    fn a_table_built_from_counts_has_no_room_to_grow() {
+        let refs = RefTable::from_counts(3, vec![0, 1, 0, 0]).unwrap();
+        assert_eq!(refs.growth_limit(), 3);
+        assert!(refs.grow(4).is_err());
     }
 }
