@@ -17,9 +17,10 @@ use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
     AccessInfo, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, SnapshotInfo,
-    StatsQuery, StatsReport, VolumeInfo, VolumePatch,
+    Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, ScheduleInfo,
+    SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport, VolumeInfo, VolumePatch,
 };
+use crate::control::{schedule, settings};
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -201,6 +202,24 @@ pub enum SnapshotCommand {
         /// Withdraw the export instead.
         #[arg(long)]
         disable: bool,
+    },
+    /// Show or set a volume's snapshot schedule: a snapshot (`VOLUME@auto-YYYYMMDD-HHMMSS`)
+    /// every DURATION, the newest N kept, older scheduled ones deleted (snapshots taken by hand
+    /// are never touched). Without options, shows it.
+    Schedule {
+        /// Volume name.
+        #[arg(value_name = "VOLUME")]
+        volume: String,
+        /// Interval, e.g. 15m, 1h, 1d.
+        #[arg(long, value_name = "DURATION", value_parser = schedule::parse_interval, requires = "keep")]
+        every: Option<u64>,
+        /// Scheduled snapshots kept.
+        #[arg(long, value_name = "N", requires = "every",
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(settings::MAX_KEEP)))]
+        keep: Option<u32>,
+        /// Remove the schedule (the scheduled snapshots stay).
+        #[arg(long, conflicts_with_all = ["every", "keep"])]
+        off: bool,
     },
 }
 
@@ -557,6 +576,21 @@ impl AdminClient {
         }
     }
 
+    /// `GET` (`change` None), `PUT` (Some(Some)) or `DELETE` (Some(None))
+    /// `/v1/volumes/{name}/schedule`.
+    pub fn schedule(
+        &self,
+        name: &str,
+        change: Option<Option<SnapshotSchedule>>,
+    ) -> Result<Fetched<ScheduleInfo>, CliError> {
+        let path = format!("/v1/volumes/{}/schedule", encode(name));
+        match change {
+            None => self.fetch("GET", &path, None),
+            Some(Some(schedule)) => self.fetch("PUT", &path, Some(&schedule)),
+            Some(None) => self.fetch("DELETE", &path, None),
+        }
+    }
+
     /// `POST /v1/volumes/{name}/resize`.
     pub fn resize_volume(&self, name: &str, req: &Resize) -> Result<Fetched<VolumeInfo>, CliError> {
         let path = format!("/v1/volumes/{}/resize", encode(name));
@@ -801,6 +835,21 @@ pub fn execute(
                 let req = Export { enabled: !disable };
                 let f = client.export_snapshot(&snapshot.volume, &snapshot.snapshot, &req)?;
                 render(json, &f, show_snapshot)
+            }
+            SnapshotCommand::Schedule {
+                volume,
+                every,
+                keep,
+                off,
+            } => {
+                let change = match (every, keep) {
+                    (Some(every_secs), Some(keep)) => Some(Some(SnapshotSchedule {
+                        every_secs: *every_secs,
+                        keep: *keep,
+                    })),
+                    _ => off.then_some(None),
+                };
+                render(json, &client.schedule(volume, change)?, show_schedule)
             }
         },
         CliCommand::Clones(CloneCommand::Create { source, name }) => {
@@ -1111,6 +1160,28 @@ fn dash(s: Option<&str>) -> String {
     s.unwrap_or("-").to_string()
 }
 
+fn show_schedule(s: &ScheduleInfo) -> String {
+    let every = |secs: u64| humantime::format_duration(std::time::Duration::from_secs(secs));
+    key_values(&[
+        ("volume", s.volume.clone()),
+        (
+            "schedule",
+            match s.schedule {
+                None => "-".into(),
+                Some(p) => format!("every {}, keep {}", every(p.every_secs), p.keep),
+            },
+        ),
+        ("next", dash(s.next_due.map(format_time).as_deref())),
+        (
+            "snapshots",
+            match s.snapshots.is_empty() {
+                true => "-".to_owned(),
+                false => s.snapshots.join("\n           "),
+            },
+        ),
+    ])
+}
+
 fn show_access(a: &AccessInfo) -> String {
     let who = if a.initiators.is_empty() {
         "any initiator".to_owned()
@@ -1173,6 +1244,17 @@ fn show_volume(v: &VolumeInfo) -> String {
             match v.initiators.is_empty() {
                 true => "any".to_owned(),
                 false => v.initiators.join(", "),
+            },
+        ),
+        (
+            "schedule",
+            match v.snapshot_schedule {
+                None => "-".to_owned(),
+                Some(s) => format!(
+                    "snapshot every {}, keep {}",
+                    humantime::format_duration(std::time::Duration::from_secs(s.every_secs)),
+                    s.keep
+                ),
             },
         ),
     ])

@@ -115,6 +115,7 @@ impl Model {
             created: CREATED,
             initiators: Vec::new(),
             write_cache: true,
+            snapshot_schedule: None,
         }
     }
 

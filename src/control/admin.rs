@@ -15,7 +15,7 @@
 
 use super::api::{
     AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, Resize, StatsClass, StatsQuery, VolumePatch,
+    ErrorCode, Export, PoolSettings, Resize, SnapshotSchedule, StatsClass, StatsQuery, VolumePatch,
 };
 use super::metrics;
 use crate::cli::CliError;
@@ -571,6 +571,7 @@ enum Route {
     VolumeResize(String),
     VolumeReservations(String),
     VolumeAccess(String),
+    VolumeSchedule(String),
     Snapshots,
     Snapshot(String),
     SnapshotRollback(String),
@@ -592,6 +593,7 @@ impl Route {
             Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
             Route::VolumeReservations(_) => "GET, DELETE",
             Route::VolumeAccess(_) => "GET, PUT",
+            Route::VolumeSchedule(_) => "GET, PUT, DELETE",
             Route::StatsEntry(name) if name == "reset" => "GET, POST",
             Route::StatsEntry(_) => "GET",
             Route::StatsVolumeReset(_) => "POST",
@@ -659,6 +661,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "volumes", name, "resize"] => Route::VolumeResize(name.to_string()),
         ["v1", "volumes", name, "reservations"] => Route::VolumeReservations(name.to_string()),
         ["v1", "volumes", name, "access"] => Route::VolumeAccess(name.to_string()),
+        ["v1", "volumes", name, "schedule"] => Route::VolumeSchedule(name.to_string()),
         ["v1", "snapshots"] => Route::Snapshots,
         ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
         ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
@@ -900,6 +903,22 @@ fn route_and_call(
             let req: AccessInfo = parse_body(body).map_err(err)?;
             Reply::json(200, &backend.set_access(name, &req).map_err(err)?)
         }
+        ("GET", Route::VolumeSchedule(name)) => {
+            Reply::json(200, &backend.snapshot_schedule(name).map_err(err)?)
+        }
+        ("PUT", Route::VolumeSchedule(name)) => {
+            let req: SnapshotSchedule = parse_body(body).map_err(err)?;
+            Reply::json(
+                200,
+                &backend
+                    .set_snapshot_schedule(name, Some(req))
+                    .map_err(err)?,
+            )
+        }
+        ("DELETE", Route::VolumeSchedule(name)) => Reply::json(
+            200,
+            &backend.set_snapshot_schedule(name, None).map_err(err)?,
+        ),
         ("GET", Route::VolumeReservations(name)) => {
             Reply::json(200, &backend.reservations(name, false).map_err(err)?)
         }
@@ -1016,6 +1035,7 @@ mod tests {
             created: 0,
             initiators: Vec::new(),
             write_cache: true,
+            snapshot_schedule: None,
         }
     }
 

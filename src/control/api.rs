@@ -4,6 +4,7 @@
 //! Shared by the server (`control::admin`) and the CLI client (`cli`), so both sides agree on
 //! every field by construction.
 
+pub use super::settings::SnapshotSchedule;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -130,6 +131,9 @@ pub struct VolumeInfo {
     /// their status.
     #[serde(default = "default_true")]
     pub write_cache: bool,
+    /// Scheduled snapshots (see `/v1/volumes/{name}/schedule`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_schedule: Option<SnapshotSchedule>,
 }
 
 fn default_true() -> bool {
@@ -383,6 +387,22 @@ pub struct AccessInfo {
     pub initiators: Vec<String>,
 }
 
+/// `GET`/`PUT`/`DELETE /v1/volumes/{name}/schedule`: a volume's snapshot schedule and the
+/// scheduled snapshots it keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    /// The volume.
+    pub volume: String,
+    /// The schedule; `None`: no scheduled snapshots.
+    pub schedule: Option<SnapshotSchedule>,
+    /// When the next scheduled snapshot is due, seconds since the epoch (with a schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<u64>,
+    /// The scheduled snapshots (`VOLUME@auto-...`) there are, oldest first.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+}
+
 /// `GET /v1/volumes/{name}/reservations`: SCSI reservations held on a volume's LUN.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationsInfo {
@@ -559,6 +579,22 @@ pub trait AdminBackend: Send + Sync {
     fn set_access(&self, name: &str, req: &AccessInfo) -> Result<AccessInfo, AdminError> {
         let _ = req;
         self.access(name)
+    }
+    /// A volume's snapshot schedule.
+    fn snapshot_schedule(&self, name: &str) -> Result<ScheduleInfo, AdminError> {
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no snapshot schedule for volume {name}"),
+        ))
+    }
+    /// Sets (`None`: removes) a volume's snapshot schedule (stored durably before the answer).
+    fn set_snapshot_schedule(
+        &self,
+        name: &str,
+        schedule: Option<SnapshotSchedule>,
+    ) -> Result<ScheduleInfo, AdminError> {
+        let _ = schedule;
+        self.snapshot_schedule(name)
     }
     /// Snapshots, of one volume or all.
     fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError>;

@@ -10,7 +10,8 @@ use super::Registry;
 use super::TargetEntry;
 use super::api::*;
 use super::metrics;
-use super::settings::{self, SettingsError, VolumeSettings};
+use super::schedule;
+use super::settings::{self, SettingsError, SnapshotSchedule, VolumeSettings};
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport};
@@ -48,6 +49,9 @@ struct State {
     settings: VolumeSettings,
     /// The write cache setting of the volumes the configuration declares (others: on).
     declared_write_cache: HashMap<String, bool>,
+    /// When each volume's scheduled snapshot was last tried (seconds since the epoch), so a
+    /// failing one is retried an interval later rather than every second.
+    schedule_attempts: HashMap<String, u64>,
 }
 
 impl State {
@@ -106,6 +110,7 @@ impl Daemon {
                 next_shard: 0,
                 settings: VolumeSettings::in_memory(),
                 declared_write_cache: HashMap::new(),
+                schedule_attempts: HashMap::new(),
             }),
             shards,
             login,
@@ -143,6 +148,87 @@ impl Daemon {
             PrState::from_record(&record, |port| self.registry.nexus_of_port(port, target))
                 .map_err(|e| internal(format!("{}: {e}", path.display())))?;
         Ok((lu.with_reservations(state, ports), Some(path)))
+    }
+
+    /// Takes the scheduled snapshots that are due and removes those past each schedule's
+    /// retention (see `control::schedule`). Called every second by the background thread; a
+    /// failure is logged and retried an interval later.
+    pub fn run_snapshot_schedules(&self) {
+        let schedules = self.lock().settings.snapshot_schedules();
+        let now = SystemTime::now();
+        for (volume, _) in schedules {
+            if let Err(e) = self.run_schedule(&volume, now) {
+                eprintln!("shoal: scheduled snapshot of {volume}: {}", e.message);
+            }
+        }
+    }
+
+    /// One volume's schedule at `now`.
+    fn run_schedule(&self, volume: &str, now: SystemTime) -> Result<(), AdminError> {
+        let mut st = self.lock();
+        // Read again under the lock: the schedule may have changed or gone since the list was
+        // read (with its volume, or `--off`).
+        let Some(schedule) = st.settings.snapshot_schedule(volume) else {
+            return Ok(());
+        };
+        let Ok(meta) = Self::volume_meta(&st, volume) else {
+            return Ok(());
+        };
+        let now_secs = schedule::unix_secs(now);
+        if Self::next_due(&st, volume, schedule) > now_secs {
+            return Ok(());
+        }
+        st.schedule_attempts.insert(volume.to_string(), now_secs);
+        let mut name = schedule::auto_name(now);
+        for n in 1.. {
+            if st.pool.find(&format!("{volume}@{name}")).is_none() {
+                break;
+            }
+            name = format!("{}-{n}", schedule::auto_name(now));
+        }
+        self.take_snapshot(&mut st, &meta, &name)?;
+        let expired = schedule::expired(Self::auto_snapshots(&st, volume), schedule.keep);
+        drop(st);
+        for snap in expired {
+            // An exported snapshot with sessions is kept (and tried again next time).
+            self.delete_snapshot(volume, &snap)?;
+        }
+        Ok(())
+    }
+
+    /// The scheduled snapshots of `volume`: (name after `@`, creation time).
+    fn auto_snapshots(st: &State, volume: &str) -> Vec<(String, u64)> {
+        let prefix = format!("{volume}@");
+        st.pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Snapshot)
+            .filter_map(|m| {
+                let name = m.name.strip_prefix(&prefix)?;
+                schedule::is_auto(name).then(|| (name.to_string(), m.created_unix_secs))
+            })
+            .collect()
+    }
+
+    /// When `volume`'s next scheduled snapshot is due (seconds since the epoch).
+    fn next_due(st: &State, volume: &str, schedule: SnapshotSchedule) -> u64 {
+        let newest = Self::auto_snapshots(st, volume).iter().map(|a| a.1).max();
+        let tried = st.schedule_attempts.get(volume).copied();
+        schedule::next_due(schedule, newest, tried)
+    }
+
+    fn schedule_info(st: &State, volume: &str) -> ScheduleInfo {
+        let schedule = st.settings.snapshot_schedule(volume);
+        let mut autos = Self::auto_snapshots(st, volume);
+        autos.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        ScheduleInfo {
+            volume: volume.to_string(),
+            schedule,
+            next_due: schedule.map(|s| Self::next_due(st, volume, s)),
+            snapshots: autos
+                .into_iter()
+                .map(|(name, _)| format!("{volume}@{name}"))
+                .collect(),
+        }
     }
 
     /// Forgets the persistent reservations kept for `target` (its volume is deleted).
@@ -532,6 +618,7 @@ impl Daemon {
             created: meta.created_unix_secs,
             initiators: st.settings.initiators(&meta.name).to_vec(),
             write_cache: st.write_cache(&meta.name),
+            snapshot_schedule: st.settings.snapshot_schedule(&meta.name),
         }
     }
 
@@ -949,6 +1036,32 @@ impl AdminBackend for Daemon {
         // A new volume of the same name starts open, as any new volume, and unreserved.
         st.settings.remove(name).map_err(internal)?;
         self.drop_reservations(&target_name(name))
+    }
+
+    fn snapshot_schedule(&self, name: &str) -> Result<ScheduleInfo, AdminError> {
+        let st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        Ok(Self::schedule_info(&st, &meta.name))
+    }
+
+    fn set_snapshot_schedule(
+        &self,
+        name: &str,
+        schedule: Option<SnapshotSchedule>,
+    ) -> Result<ScheduleInfo, AdminError> {
+        let mut st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        st.settings
+            .set_snapshot_schedule(&meta.name, schedule)
+            .map_err(|e| match e {
+                SettingsError::BadSchedule(_) => {
+                    AdminError::new(ErrorCode::InvalidArgument, e.to_string())
+                }
+                other => internal(other),
+            })?;
+        // A new schedule starts from its own first snapshot, not from an old failure.
+        st.schedule_attempts.remove(&meta.name);
+        Ok(Self::schedule_info(&st, &meta.name))
     }
 
     fn access(&self, name: &str) -> Result<AccessInfo, AdminError> {

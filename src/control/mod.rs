@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod daemon;
 pub mod metrics;
+pub mod schedule;
 pub mod settings;
 
 use crate::scsi::NexusId;

@@ -1,5 +1,5 @@
-//! Per-volume settings the control plane keeps: initiator access lists (LUN masking) and the
-//! write cache.
+//! Per-volume settings the control plane keeps: initiator access lists (LUN masking), the
+//! write cache and the snapshot schedule.
 //!
 //! Access lists: a volume without a list (or with an empty one) is open to every initiator that
 //! passes authentication. A list names initiators by iSCSI name; logins from others fail with
@@ -9,6 +9,9 @@
 //!
 //! Write cache: set through the admin API, it overrides the configuration's `[[volume]]`
 //! `write_cache` (and the default, on).
+//!
+//! Snapshot schedule: take a snapshot every so often and keep the newest so many of them (see
+//! `control::schedule`).
 //!
 //! The settings live in `<data>/settings.json`, written whole on every change (a temporary file,
 //! fsynced, renamed over the old one, then the directory fsynced), so a crash leaves the old or
@@ -54,6 +57,13 @@ pub enum SettingsError {
     /// A new list is too long.
     #[error("{0} initiators: at most {MAX_INITIATORS} per volume")]
     TooMany(usize),
+    /// A schedule out of bounds.
+    #[error(
+        "snapshot schedule every {} s keeping {}: the interval must be at least 1 s, and 1 to {MAX_KEEP} snapshots kept",
+        .0.every_secs,
+        .0.keep
+    )]
+    BadSchedule(SnapshotSchedule),
 }
 
 /// One volume's settings.
@@ -66,11 +76,37 @@ struct Entry {
     /// The write cache, when set through the admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     write_cache: Option<bool>,
+    /// Scheduled snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot_schedule: Option<SnapshotSchedule>,
 }
 
 impl Entry {
     fn is_empty(&self) -> bool {
-        self.initiators.is_empty() && self.write_cache.is_none()
+        self.initiators.is_empty() && self.write_cache.is_none() && self.snapshot_schedule.is_none()
+    }
+}
+
+/// A volume's snapshot schedule: a snapshot every `every_secs`, the newest `keep` of them kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSchedule {
+    /// Seconds between two scheduled snapshots (at least 1).
+    pub every_secs: u64,
+    /// Scheduled snapshots kept (at least 1); older ones are deleted.
+    pub keep: u32,
+}
+
+/// Most scheduled snapshots kept per volume.
+pub const MAX_KEEP: u32 = 1000;
+
+impl SnapshotSchedule {
+    /// Checks the bounds: an interval of at least a second, 1..=[`MAX_KEEP`] kept.
+    pub fn check(&self) -> Result<(), SettingsError> {
+        if self.every_secs == 0 || self.keep == 0 || self.keep > MAX_KEEP {
+            return Err(SettingsError::BadSchedule(*self));
+        }
+        Ok(())
     }
 }
 
@@ -102,6 +138,9 @@ impl VolumeSettings {
                     serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
                 for name in file.volumes.values().flat_map(|e| &e.initiators) {
                     check_name(name).map_err(|e| corrupt(e.to_string()))?;
+                }
+                for schedule in file.volumes.values().filter_map(|e| e.snapshot_schedule) {
+                    schedule.check().map_err(|e| corrupt(e.to_string()))?;
                 }
                 file.volumes
             }
@@ -151,6 +190,31 @@ impl VolumeSettings {
             }
         }
         self.update(volume, |e| e.initiators = list)
+    }
+
+    /// `volume`'s snapshot schedule, if it has one.
+    pub fn snapshot_schedule(&self, volume: &str) -> Option<SnapshotSchedule> {
+        self.volumes.get(volume).and_then(|e| e.snapshot_schedule)
+    }
+
+    /// Every volume with a snapshot schedule.
+    pub fn snapshot_schedules(&self) -> Vec<(String, SnapshotSchedule)> {
+        self.volumes
+            .iter()
+            .filter_map(|(name, e)| Some((name.clone(), e.snapshot_schedule?)))
+            .collect()
+    }
+
+    /// Sets (or with `None` removes) `volume`'s snapshot schedule, durably.
+    pub fn set_snapshot_schedule(
+        &mut self,
+        volume: &str,
+        schedule: Option<SnapshotSchedule>,
+    ) -> Result<(), SettingsError> {
+        if let Some(s) = &schedule {
+            s.check()?;
+        }
+        self.update(volume, |e| e.snapshot_schedule = schedule)
     }
 
     /// Sets `volume`'s write cache, durably.
@@ -256,6 +320,41 @@ mod tests {
         a.remove("vm2").unwrap();
         let b = VolumeSettings::load(dir.path()).unwrap();
         assert!(b.initiators("vm2").is_empty() && b.write_cache("vm2").is_none());
+    }
+
+    #[test]
+    fn snapshot_schedules_survive_a_reload_and_bad_ones_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = VolumeSettings::load(dir.path()).unwrap();
+        let hourly = SnapshotSchedule {
+            every_secs: 3600,
+            keep: 24,
+        };
+        a.set_snapshot_schedule("vm1", Some(hourly)).unwrap();
+        for bad in [(0, 1), (60, 0), (60, MAX_KEEP + 1)] {
+            let s = SnapshotSchedule {
+                every_secs: bad.0,
+                keep: bad.1,
+            };
+            assert!(matches!(
+                a.set_snapshot_schedule("vm1", Some(s)),
+                Err(SettingsError::BadSchedule(_))
+            ));
+        }
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        assert_eq!(b.snapshot_schedule("vm1"), Some(hourly));
+        assert_eq!(b.snapshot_schedules(), vec![("vm1".to_string(), hourly)]);
+        a.set_snapshot_schedule("vm1", None).unwrap();
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        assert!(b.snapshot_schedules().is_empty());
+        // A damaged schedule in the file is refused at load, naming the file.
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            r#"{"volumes":{"vm1":{"snapshot_schedule":{"every_secs":0,"keep":1}}}}"#,
+        )
+        .unwrap();
+        let e = VolumeSettings::load(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("settings.json"), "{e}");
     }
 
     #[test]

@@ -299,6 +299,7 @@ fn start_checkpointer(
                     if let Err(e) = daemon.checkpoint_if_over(CHECKPOINT_JOURNAL_BYTES) {
                         eprintln!("shoal: checkpoint failed: {}", e.message);
                     }
+                    daemon.run_snapshot_schedules();
                 }
             }
         })
