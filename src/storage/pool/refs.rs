@@ -563,6 +563,46 @@ mod tests {
         assert_eq!(got, vec![2, 4, 5]);
     }
 
+    /// Allocators racing a growth: every extent is handed out once, none past the capacity,
+    /// and every extent of the grown pool is reachable.
+    #[test]
+    fn allocations_racing_a_growth_hand_out_each_extent_once() {
+        let refs = RefTable::new(1000);
+        let limit = refs.growth_limit();
+        let taken: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        while mine.len() < 5000 {
+                            match refs.allocate() {
+                                Some(p) => {
+                                    assert!(p <= refs.capacity(), "{p} past the capacity");
+                                    mine.push(p);
+                                }
+                                None if refs.capacity() == limit => break,
+                                None => std::thread::yield_now(),
+                            }
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            for step in 2..=GROWTH_LIMIT {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                refs.grow(1000 * step).unwrap();
+            }
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut all: Vec<u64> = taken.concat();
+        all.sort_unstable();
+        let n = all.len();
+        all.dedup();
+        assert_eq!(all.len(), n, "an extent handed out twice");
+        assert_eq!(all, (1..=limit).collect::<Vec<_>>(), "every extent reachable");
+        assert_eq!(refs.free_extents(), 0);
+    }
+
     #[test]
     fn a_table_built_from_counts_has_no_room_to_grow() {
         let refs = RefTable::from_counts(3, vec![0, 1, 0, 0]).unwrap();
