@@ -13,7 +13,7 @@ pub mod schedule;
 pub mod settings;
 
 use crate::scsi::NexusId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 /// One exported target.
@@ -58,6 +58,8 @@ struct RegistryInner {
     /// id back, so what SCSI keeps for it beyond a session (persistent reservation
     /// registrations) is found again.
     ids: HashMap<NexusKey, NexusId>,
+    /// Ids kept even past the bound: ports holding a persistent reservation registration.
+    pinned: HashSet<NexusId>,
     next_nexus: u64,
     next_tsih: u16,
 }
@@ -88,9 +90,14 @@ impl RegistryInner {
             return id;
         }
         if self.ids.len() >= MAX_REMEMBERED_NEXUSES {
-            // Bounded: forget the ports that have no session now.
-            let sessions = &self.sessions;
-            self.ids.retain(|k, _| sessions.contains_key(k));
+            // Bounded: forget the ports that have no session now and hold no registration.
+            let RegistryInner {
+                sessions,
+                pinned,
+                ids,
+                ..
+            } = self;
+            ids.retain(|k, id| sessions.contains_key(k) || pinned.contains(id));
         }
         self.next_nexus += 1;
         let id = NexusId(self.next_nexus);
@@ -119,7 +126,21 @@ impl Registry {
             target: target.to_string(),
         };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Some(inner.nexus_of(&key))
+        let id = inner.nexus_of(&key);
+        inner.pinned.insert(id);
+        Some(id)
+    }
+
+    /// Keeps (`registered`) or stops keeping nexus `id` past the bound on remembered ports: a
+    /// port holding a persistent reservation registration must get its id back whenever it
+    /// logs in again, or its registration (and a reservation it holds) would be orphaned.
+    pub fn pin(&self, id: NexusId, registered: bool) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if registered {
+            inner.pinned.insert(id);
+        } else {
+            inner.pinned.remove(&id);
+        }
     }
 
     /// Registers a new session for `key` on `shard`, replacing any session with the same key.
@@ -225,6 +246,37 @@ mod tests {
         ] {
             assert_eq!(r.nexus_of_port(bad, "iqn.t"), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn past_the_bound_only_ports_with_a_session_or_a_registration_keep_their_id() {
+        let r = Registry::default();
+        let registered = r.register(key(1), 0);
+        r.pin(registered.entry.nexus, true);
+        r.unregister(registered.entry.tsih);
+        let restored = r.nexus_of_port("iqn.y,i,0x000000000009", "iqn.t").unwrap();
+        let forgotten = r.register(key(2), 0);
+        r.unregister(forgotten.entry.tsih);
+        // Fill the registry past its bound with ports that come and go.
+        for i in 0..MAX_REMEMBERED_NEXUSES as u64 {
+            let k = NexusKey {
+                initiator: format!("iqn.many:{i}"),
+                isid: [0; 6],
+                target: "iqn.t".into(),
+            };
+            let e = r.register(k, 0);
+            r.unregister(e.entry.tsih);
+        }
+        assert_eq!(r.register(key(1), 0).entry.nexus, registered.entry.nexus);
+        assert_eq!(
+            r.nexus_of_port("iqn.y,i,0x000000000009", "iqn.t"),
+            Some(restored)
+        );
+        assert_ne!(
+            r.register(key(2), 0).entry.nexus,
+            forgotten.entry.nexus,
+            "an unregistered port was forgotten"
+        );
     }
 
     #[test]

@@ -1017,7 +1017,13 @@ impl Shard {
         } else if decode_lun(task.cmd.lun) != Some(slot.lu.info().lun) {
             Outcome::Done(scsi::lun::lun_not_supported(&cdb))
         } else {
+            let prout = cdb[0] == scsi::cdb::opcode::PERSISTENT_RESERVE_OUT;
+            let registered = prout && slot.lu.is_registered(sc.nexus);
             let outcome = slot.lu.execute(sc.nexus, &cdb, task.data_out());
+            if prout && slot.lu.is_registered(sc.nexus) != registered {
+                // The port's id must outlive its sessions while it is registered.
+                self.registry.pin(sc.nexus, !registered);
+            }
             match slot.store_reservations() {
                 Ok(()) => outcome,
                 Err(e) => {

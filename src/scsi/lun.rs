@@ -264,6 +264,11 @@ impl LogicalUnit {
         }
     }
 
+    /// Whether nexus `n` holds a persistent reservation registration.
+    pub fn is_registered(&self, n: NexusId) -> bool {
+        self.pr.is_registered(n)
+    }
+
     /// Names nexus `n` by its initiator port (`NAME,i,0xISID`), which READ FULL STATUS reports.
     pub fn name_nexus(&mut self, n: NexusId, port: String) {
         self.port_names.insert(n, port);

@@ -599,7 +599,11 @@ mod tests {
         let n = all.len();
         all.dedup();
         assert_eq!(all.len(), n, "an extent handed out twice");
-        assert_eq!(all, (1..=limit).collect::<Vec<_>>(), "every extent reachable");
+        assert_eq!(
+            all,
+            (1..=limit).collect::<Vec<_>>(),
+            "every extent reachable"
+        );
         assert_eq!(refs.free_extents(), 0);
     }
 
