@@ -16,9 +16,10 @@
 use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
-    AccessInfo, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody, ErrorCode,
-    Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize, ScheduleInfo,
-    SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport, VolumeInfo, VolumePatch,
+    AccessInfo, AdminError, ChapInfo, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
+    ErrorCode, Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize,
+    ScheduleInfo, SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport, VolumeChap, VolumeInfo,
+    VolumePatch,
 };
 use crate::control::{schedule, settings};
 use clap::Subcommand;
@@ -146,6 +147,30 @@ pub enum VolumeCommand {
         /// Allow every initiator (removes the list).
         #[arg(long)]
         any: bool,
+    },
+    /// Show or set CHAP credentials of the volume's own (its target, and its exported
+    /// snapshots', then ask them instead of the configuration's [chap]). Secrets are read from
+    /// files, not the command line. Without options, shows them (never the secrets). Sessions
+    /// already logged in stay.
+    Chap {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// CHAP name initiators log in with.
+        #[arg(long, value_name = "NAME", requires = "secret_file")]
+        user: Option<String>,
+        /// File holding their secret (12 to 255 bytes; a trailing newline is dropped).
+        #[arg(long, value_name = "FILE", requires = "user")]
+        secret_file: Option<PathBuf>,
+        /// The target's CHAP name, for mutual CHAP.
+        #[arg(long, value_name = "NAME", requires_all = ["user", "target_secret_file"])]
+        target_user: Option<String>,
+        /// File holding the target's secret, for mutual CHAP.
+        #[arg(long, value_name = "FILE", requires = "target_user")]
+        target_secret_file: Option<PathBuf>,
+        /// Remove the volume's credentials (the configuration's apply again).
+        #[arg(long, conflicts_with_all = ["user", "secret_file", "target_user", "target_secret_file"])]
+        off: bool,
     },
     /// Grow a volume online.
     Resize {
@@ -577,6 +602,21 @@ impl AdminClient {
     }
 
     /// `GET` (`change` None), `PUT` (Some(Some)) or `DELETE` (Some(None))
+    /// `/v1/volumes/{name}/chap`.
+    pub fn chap(
+        &self,
+        name: &str,
+        change: Option<Option<VolumeChap>>,
+    ) -> Result<Fetched<ChapInfo>, CliError> {
+        let path = format!("/v1/volumes/{}/chap", encode(name));
+        match change {
+            None => self.fetch("GET", &path, None),
+            Some(Some(chap)) => self.fetch("PUT", &path, Some(&chap)),
+            Some(None) => self.fetch("DELETE", &path, None),
+        }
+    }
+
+    /// `GET` (`change` None), `PUT` (Some(Some)) or `DELETE` (Some(None))
     /// `/v1/volumes/{name}/schedule`.
     pub fn schedule(
         &self,
@@ -798,6 +838,28 @@ pub fn execute(
             VolumeCommand::Access { name, allow, any } => {
                 let set = (*any || !allow.is_empty()).then(|| allow.clone());
                 render(json, &client.access(name, set)?, show_access)
+            }
+            VolumeCommand::Chap {
+                name,
+                user,
+                secret_file,
+                target_user,
+                target_secret_file,
+                off,
+            } => {
+                let change = match (user, secret_file) {
+                    (Some(user), Some(file)) => Some(Some(VolumeChap {
+                        user: user.clone(),
+                        secret: read_secret(file)?,
+                        target_user: target_user.clone(),
+                        target_secret: target_secret_file
+                            .as_deref()
+                            .map(read_secret)
+                            .transpose()?,
+                    })),
+                    _ => off.then_some(None),
+                };
+                render(json, &client.chap(name, change)?, show_chap)
             }
             VolumeCommand::Resize { name, size } => {
                 let req = Resize { size_bytes: *size };
@@ -1158,6 +1220,29 @@ fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
 
 fn dash(s: Option<&str>) -> String {
     s.unwrap_or("-").to_string()
+}
+
+/// A CHAP secret from `file` (one trailing newline dropped, as `echo` writes it).
+fn read_secret(file: &std::path::Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        CliError::Usage(format!("cannot read the secret in {}: {e}", file.display()))
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+}
+
+fn show_chap(c: &ChapInfo) -> String {
+    key_values(&[
+        ("volume", c.volume.clone()),
+        (
+            "chap",
+            match &c.user {
+                None => "the configuration's [chap], if any".to_owned(),
+                Some(user) => format!("user {user}"),
+            },
+        ),
+        ("mutual", dash(c.target_user.as_deref())),
+    ])
 }
 
 fn show_schedule(s: &ScheduleInfo) -> String {

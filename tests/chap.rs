@@ -180,3 +180,126 @@ fn sighup_rereads_the_chap_settings() {
     t.wait_for_stderr("configuration not reloaded", T);
     assert!(inq(&t, Some(&format!("alice%{new_secret}")), &[]).0);
 }
+
+/// `iscsi-inq` of `target` (a full IQN) as `user%password` (no credentials when None).
+fn inq_target(t: &Target, target: &str, creds: Option<&str>, env: &[(&str, &str)]) -> bool {
+    let at = creds.map(|c| format!("{c}@")).unwrap_or_default();
+    let url = format!("iscsi://{at}{}/{target}/0", t.addr);
+    run(
+        Command::new(tool("iscsi-inq"))
+            .arg(url)
+            .envs(env.iter().copied()),
+        T,
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn a_volume_with_chap_of_its_own_asks_for_it_and_the_others_do_not() {
+    const DEFAULT: &str = "iqn.2026-11.dev.shoal:default";
+    const OTHER: &str = "iqn.2026-11.dev.shoal:other";
+    const SNAPSHOT: &str = "iqn.2026-11.dev.shoal:default:s1";
+    let t = Target::start_logged(&[]);
+    t.cli_ok(&["volume", "create", "other", "--size", "16M"]);
+    t.cli_ok(&["snapshot", "create", "default@s1"]);
+    t.cli_ok(&["snapshot", "export", "default@s1"]);
+    let files = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let secret = file("secret", &format!("{SECRET}\n"));
+    let short = file("short", "tooshort");
+    let target_secret = file("target-secret", TARGET_SECRET);
+
+    // A secret under 12 bytes is refused with the rule; nothing changes.
+    let out = t.cli(&[
+        "volume",
+        "chap",
+        "default",
+        "--user",
+        "bob",
+        "--secret-file",
+        &short,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("12 to 255"),
+        "{stderr}"
+    );
+    assert!(inq_target(&t, DEFAULT, None, &[]));
+
+    let info = t.cli_ok(&[
+        "--json",
+        "volume",
+        "chap",
+        "default",
+        "--user",
+        "bob",
+        "--secret-file",
+        &secret,
+    ]);
+    let shown: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert!(shown["user"] == "bob" && !info.contains(SECRET), "{info}");
+    let bob = format!("bob%{SECRET}");
+    assert!(
+        inq_target(&t, DEFAULT, Some(&bob), &[]),
+        "the right credentials"
+    );
+    assert!(!inq_target(&t, DEFAULT, None, &[]), "no credentials");
+    assert!(!inq_target(&t, DEFAULT, Some("bob%wrong-secret-000"), &[]));
+    assert!(
+        !inq_target(&t, SNAPSHOT, None, &[]),
+        "its exported snapshot too"
+    );
+    assert!(inq_target(&t, SNAPSHOT, Some(&bob), &[]));
+    assert!(
+        inq_target(&t, OTHER, None, &[]),
+        "another volume stays open"
+    );
+    t.wait_for_stderr("refused: authentication failed", T);
+
+    // Mutual CHAP with the volume's own target credentials.
+    t.cli_ok(&[
+        "volume",
+        "chap",
+        "default",
+        "--user",
+        "bob",
+        "--secret-file",
+        &secret,
+        "--target-user",
+        "vault",
+        "--target-secret-file",
+        &target_secret,
+    ]);
+    let proves = [
+        ("LIBISCSI_CHAP_TARGET_USERNAME", "vault"),
+        ("LIBISCSI_CHAP_TARGET_PASSWORD", TARGET_SECRET),
+    ];
+    assert!(inq_target(&t, DEFAULT, Some(&bob), &proves));
+    let wrong = [
+        ("LIBISCSI_CHAP_TARGET_USERNAME", "vault"),
+        ("LIBISCSI_CHAP_TARGET_PASSWORD", "not-the-target-secret"),
+    ];
+    assert!(!inq_target(&t, DEFAULT, Some(&bob), &wrong));
+
+    // Kept across kill -9, in a settings file only its owner can read.
+    let dir = t.kill();
+    let mode = std::fs::metadata(dir.path().join("settings.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let t = Target::start_in(dir, &[]);
+    assert!(!inq_target(&t, DEFAULT, None, &[]));
+    assert!(inq_target(&t, DEFAULT, Some(&bob), &[]));
+    let info = t.cli_ok(&["--json", "volume", "chap", "default", "--off"]);
+    let shown: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert!(shown["user"].is_null(), "{info}");
+    assert!(inq_target(&t, DEFAULT, None, &[]), "open again");
+}

@@ -15,7 +15,8 @@
 
 use super::api::{
     AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, Resize, SnapshotSchedule, StatsClass, StatsQuery, VolumePatch,
+    ErrorCode, Export, PoolSettings, Resize, SnapshotSchedule, StatsClass, StatsQuery, VolumeChap,
+    VolumePatch,
 };
 use super::metrics;
 use crate::cli::CliError;
@@ -572,6 +573,7 @@ enum Route {
     VolumeReservations(String),
     VolumeAccess(String),
     VolumeSchedule(String),
+    VolumeChap(String),
     Snapshots,
     Snapshot(String),
     SnapshotRollback(String),
@@ -593,7 +595,7 @@ impl Route {
             Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
             Route::VolumeReservations(_) => "GET, DELETE",
             Route::VolumeAccess(_) => "GET, PUT",
-            Route::VolumeSchedule(_) => "GET, PUT, DELETE",
+            Route::VolumeSchedule(_) | Route::VolumeChap(_) => "GET, PUT, DELETE",
             Route::StatsEntry(name) if name == "reset" => "GET, POST",
             Route::StatsEntry(_) => "GET",
             Route::StatsVolumeReset(_) => "POST",
@@ -662,6 +664,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "volumes", name, "reservations"] => Route::VolumeReservations(name.to_string()),
         ["v1", "volumes", name, "access"] => Route::VolumeAccess(name.to_string()),
         ["v1", "volumes", name, "schedule"] => Route::VolumeSchedule(name.to_string()),
+        ["v1", "volumes", name, "chap"] => Route::VolumeChap(name.to_string()),
         ["v1", "snapshots"] => Route::Snapshots,
         ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
         ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
@@ -902,6 +905,14 @@ fn route_and_call(
         ("PUT", Route::VolumeAccess(name)) => {
             let req: AccessInfo = parse_body(body).map_err(err)?;
             Reply::json(200, &backend.set_access(name, &req).map_err(err)?)
+        }
+        ("GET", Route::VolumeChap(name)) => Reply::json(200, &backend.chap(name).map_err(err)?),
+        ("PUT", Route::VolumeChap(name)) => {
+            let req: VolumeChap = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.set_chap(name, Some(req)).map_err(err)?)
+        }
+        ("DELETE", Route::VolumeChap(name)) => {
+            Reply::json(200, &backend.set_chap(name, None).map_err(err)?)
         }
         ("GET", Route::VolumeSchedule(name)) => {
             Reply::json(200, &backend.snapshot_schedule(name).map_err(err)?)

@@ -4,7 +4,7 @@
 //! Shared by the server (`control::admin`) and the CLI client (`cli`), so both sides agree on
 //! every field by construction.
 
-pub use super::settings::SnapshotSchedule;
+pub use super::settings::{SnapshotSchedule, VolumeChap};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -403,6 +403,18 @@ pub struct ScheduleInfo {
     pub snapshots: Vec<String>,
 }
 
+/// `GET`/`PUT`/`DELETE /v1/volumes/{name}/chap`: whether a volume's target has CHAP
+/// credentials of its own (the secrets are never shown).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapInfo {
+    /// The volume.
+    pub volume: String,
+    /// The CHAP name initiators log in with; `None`: the configuration's `[chap]` applies.
+    pub user: Option<String>,
+    /// The target's CHAP name for mutual CHAP, if set.
+    pub target_user: Option<String>,
+}
+
 /// `GET /v1/volumes/{name}/reservations`: SCSI reservations held on a volume's LUN.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationsInfo {
@@ -579,6 +591,19 @@ pub trait AdminBackend: Send + Sync {
     fn set_access(&self, name: &str, req: &AccessInfo) -> Result<AccessInfo, AdminError> {
         let _ = req;
         self.access(name)
+    }
+    /// Whether a volume has CHAP credentials of its own.
+    fn chap(&self, name: &str) -> Result<ChapInfo, AdminError> {
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no CHAP settings for volume {name}"),
+        ))
+    }
+    /// Sets (`None`: removes) a volume's CHAP credentials (stored durably before the answer;
+    /// new logins use them, live sessions are unaffected).
+    fn set_chap(&self, name: &str, chap: Option<VolumeChap>) -> Result<ChapInfo, AdminError> {
+        let _ = chap;
+        self.chap(name)
     }
     /// A volume's snapshot schedule.
     fn snapshot_schedule(&self, name: &str) -> Result<ScheduleInfo, AdminError> {

@@ -216,6 +216,15 @@ impl Daemon {
         schedule::next_due(schedule, newest, tried)
     }
 
+    fn chap_info(st: &State, volume: &str) -> ChapInfo {
+        let chap = st.settings.chap(volume);
+        ChapInfo {
+            volume: volume.to_string(),
+            user: chap.map(|c| c.user.clone()),
+            target_user: chap.and_then(|c| c.target_user.clone()),
+        }
+    }
+
     fn schedule_info(st: &State, volume: &str) -> ScheduleInfo {
         let schedule = st.settings.snapshot_schedule(volume);
         let mut autos = Self::auto_snapshots(st, volume);
@@ -361,15 +370,8 @@ impl Daemon {
         if !self.shards[shard].send(ShardMsg::AddLun(Box::new(slot))) {
             return Err(internal("shard is gone"));
         }
-        self.login.add_target(TargetEntry {
-            name: target.clone(),
-            alias: meta.name.clone(),
-            shard,
-            initiators: st
-                .settings
-                .initiators(settings::volume_of(&meta.name))
-                .to_vec(),
-        });
+        self.login
+            .add_target(Self::target_entry(st, &target, &meta.name, shard));
         let alias = meta.name.clone();
         st.served.insert(
             meta.image,
@@ -395,6 +397,19 @@ impl Daemon {
             .map_err(|_| "shard did not answer".to_string())?
     }
 
+    /// What the login threads know of a target: its volume's access list and CHAP credentials
+    /// (an exported snapshot `volume@snap` has its volume's).
+    fn target_entry(st: &State, target: &str, alias: &str, shard: usize) -> TargetEntry {
+        let volume = settings::volume_of(alias);
+        TargetEntry {
+            name: target.to_string(),
+            alias: alias.to_string(),
+            shard,
+            initiators: st.settings.initiators(volume).to_vec(),
+            chap: st.settings.chap_policy(volume),
+        }
+    }
+
     /// Stops serving image `image`; returns its map (for volumes).
     fn unserve(
         &self,
@@ -418,15 +433,8 @@ impl Daemon {
             }
             Err(e) => {
                 // Still served: export it again.
-                self.login.add_target(TargetEntry {
-                    name: s.target.clone(),
-                    alias: s.alias.clone(),
-                    shard: s.shard,
-                    initiators: st
-                        .settings
-                        .initiators(settings::volume_of(&s.alias))
-                        .to_vec(),
-                });
+                self.login
+                    .add_target(Self::target_entry(st, &s.target, &s.alias, s.shard));
                 Err(AdminError::new(
                     ErrorCode::InUse,
                     format!("{}: {e}", s.target),
@@ -1036,6 +1044,28 @@ impl AdminBackend for Daemon {
         // A new volume of the same name starts open, as any new volume, and unreserved.
         st.settings.remove(name).map_err(internal)?;
         self.drop_reservations(&target_name(name))
+    }
+
+    fn chap(&self, name: &str) -> Result<ChapInfo, AdminError> {
+        let st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        Ok(Self::chap_info(&st, &meta.name))
+    }
+
+    fn set_chap(&self, name: &str, chap: Option<VolumeChap>) -> Result<ChapInfo, AdminError> {
+        let mut st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        st.settings
+            .set_chap(&meta.name, chap)
+            .map_err(|e| match e {
+                SettingsError::BadChap(_) => {
+                    AdminError::new(ErrorCode::InvalidArgument, e.to_string())
+                }
+                other => internal(other),
+            })?;
+        self.login
+            .set_chap(&meta.name, st.settings.chap_policy(&meta.name));
+        Ok(Self::chap_info(&st, &meta.name))
     }
 
     fn snapshot_schedule(&self, name: &str) -> Result<ScheduleInfo, AdminError> {

@@ -27,6 +27,8 @@ pub struct TargetEntry {
     pub shard: usize,
     /// Initiators allowed to log in (empty: every initiator; see [`settings`]).
     pub initiators: Vec<String>,
+    /// The volume's own CHAP policy, which replaces the configuration's for this target.
+    pub chap: Option<crate::iscsi::login::AuthPolicy>,
 }
 
 /// Key of an I_T nexus.

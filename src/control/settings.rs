@@ -10,6 +10,10 @@
 //! Write cache: set through the admin API, it overrides the configuration's `[[volume]]`
 //! `write_cache` (and the default, on).
 //!
+//! CHAP: a volume may have CHAP credentials of its own; logins to its target (and to its exported
+//! snapshots) must then pass them instead of the configuration's `[chap]`. Secrets are stored in
+//! this file, which is therefore readable by its owner only (0600).
+//!
 //! Snapshot schedule: take a snapshot every so often and keep the newest so many of them (see
 //! `control::schedule`).
 //!
@@ -18,6 +22,7 @@
 //! the new settings, never a mix. Invariant: every stored name is a valid iSCSI name, and a volume
 //! with no list and no write cache setting has no entry.
 
+use crate::iscsi::login::AuthPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +62,9 @@ pub enum SettingsError {
     /// A new list is too long.
     #[error("{0} initiators: at most {MAX_INITIATORS} per volume")]
     TooMany(usize),
+    /// CHAP credentials that break the rules (the message says which).
+    #[error("{0}")]
+    BadChap(String),
     /// A schedule out of bounds.
     #[error(
         "snapshot schedule every {} s keeping {}: the interval must be at least 1 s, and 1 to {MAX_KEEP} snapshots kept",
@@ -79,11 +87,61 @@ struct Entry {
     /// Scheduled snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     snapshot_schedule: Option<SnapshotSchedule>,
+    /// CHAP credentials of the volume's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chap: Option<VolumeChap>,
 }
 
 impl Entry {
     fn is_empty(&self) -> bool {
-        self.initiators.is_empty() && self.write_cache.is_none() && self.snapshot_schedule.is_none()
+        self.initiators.is_empty()
+            && self.write_cache.is_none()
+            && self.snapshot_schedule.is_none()
+            && self.chap.is_none()
+    }
+}
+
+/// A volume's CHAP credentials: what initiators log in to its target with, and the target's
+/// own for mutual CHAP (the rules of the configuration's `[chap]`: names of 1..=255 bytes,
+/// secrets of 12..=255 bytes, the two secrets different).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeChap {
+    /// CHAP name initiators log in with.
+    pub user: String,
+    /// Their secret.
+    pub secret: String,
+    /// The target's CHAP name, for mutual CHAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_user: Option<String>,
+    /// The target's secret, for mutual CHAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_secret: Option<String>,
+}
+
+impl std::fmt::Debug for VolumeChap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeChap")
+            .field("user", &self.user)
+            .field("target_user", &self.target_user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VolumeChap {
+    /// The login policy these credentials make, or why they are refused.
+    pub fn policy(&self) -> Result<AuthPolicy, SettingsError> {
+        let target = match (&self.target_user, &self.target_secret) {
+            (None, None) => None,
+            (Some(user), Some(secret)) => Some((user.as_str(), secret.as_str())),
+            _ => {
+                return Err(SettingsError::BadChap(
+                    "mutual CHAP needs both target_user and target_secret".into(),
+                ));
+            }
+        };
+        crate::config::chap_policy(&self.user, &self.secret, target)
+            .map_err(|e| SettingsError::BadChap(e.to_string()))
     }
 }
 
@@ -142,6 +200,9 @@ impl VolumeSettings {
                 for schedule in file.volumes.values().filter_map(|e| e.snapshot_schedule) {
                     schedule.check().map_err(|e| corrupt(e.to_string()))?;
                 }
+                for chap in file.volumes.values().filter_map(|e| e.chap.as_ref()) {
+                    chap.policy().map_err(|e| corrupt(e.to_string()))?;
+                }
                 file.volumes
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -190,6 +251,30 @@ impl VolumeSettings {
             }
         }
         self.update(volume, |e| e.initiators = list)
+    }
+
+    /// The login policy of `volume`'s own CHAP credentials, if it has some.
+    pub fn chap_policy(&self, volume: &str) -> Option<AuthPolicy> {
+        // Checked when set and when loaded: a stored entry always makes a policy.
+        self.volumes.get(volume)?.chap.as_ref()?.policy().ok()
+    }
+
+    /// `volume`'s CHAP credentials, if it has some.
+    pub fn chap(&self, volume: &str) -> Option<&VolumeChap> {
+        self.volumes.get(volume)?.chap.as_ref()
+    }
+
+    /// Sets (or with `None` removes) `volume`'s CHAP credentials, durably; refused (nothing
+    /// changed) when they break the rules.
+    pub fn set_chap(
+        &mut self,
+        volume: &str,
+        chap: Option<VolumeChap>,
+    ) -> Result<(), SettingsError> {
+        if let Some(c) = &chap {
+            c.policy()?;
+        }
+        self.update(volume, |e| e.chap = chap)
     }
 
     /// `volume`'s snapshot schedule, if it has one.

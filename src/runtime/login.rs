@@ -105,6 +105,18 @@ impl LoginContext {
         names
     }
 
+    /// Gives the targets of `volume` (its own and its exported snapshots') the CHAP policy
+    /// `chap` (`None`: the configuration's); new logins use it, live sessions are unaffected.
+    pub fn set_chap(&self, volume: &str, chap: Option<AuthPolicy>) {
+        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
+        for t in targets
+            .iter_mut()
+            .filter(|t| crate::control::settings::volume_of(&t.alias) == volume)
+        {
+            t.chap = chap.clone();
+        }
+    }
+
     /// Stops exporting a target (new logins to it fail with "not found").
     pub fn remove_target(&self, name: &str) {
         let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
@@ -131,6 +143,11 @@ impl TargetDirectory for LoginContext {
 
     fn portal_group_tag(&self) -> u16 {
         1
+    }
+
+    fn target_auth(&self, target: &str) -> Option<AuthPolicy> {
+        let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        targets.iter().find(|t| t.name == target)?.chap.clone()
     }
 
     fn may_access(&self, initiator: &str, target: &str) -> bool {

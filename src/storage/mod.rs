@@ -181,13 +181,20 @@ pub fn in_memory_fs(file: &std::fs::File) -> bool {
 }
 
 /// Replaces the file at `path` with `bytes` durably: written to `<path>.tmp`, fsynced, renamed
-/// over `path`, then the directory fsynced. A crash leaves the old contents or the new ones.
+/// over `path`, then the directory fsynced. A crash leaves the old contents or the new ones. The
+/// file is readable by its owner only (0600): some hold secrets (per-volume CHAP).
 pub fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

@@ -36,6 +36,12 @@ pub trait TargetDirectory {
     fn portal_group_tag(&self) -> u16;
     /// The records answering a SendTargets request.
     fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord>;
+    /// The authentication target `target` asks of its logins instead of the portal's (its own
+    /// CHAP credentials), if any.
+    fn target_auth(&self, target: &str) -> Option<super::AuthPolicy> {
+        let _ = target;
+        None
+    }
     /// True when initiator `initiator` may log in to target `target` (and see it in discovery);
     /// every initiator may by default.
     fn may_access(&self, initiator: &str, target: &str) -> bool {

@@ -431,7 +431,7 @@ impl LoginMachine {
             return Err(LoginError::RepeatedKey(key.to_owned()));
         }
         self.check_renegotiation(pairs)?;
-        self.declare_identity(pairs, directory)?;
+        self.declare_identity(pairs, directory, current)?;
         let phase = match current {
             LoginStage::SecurityNegotiation => Phase::Security,
             _ => Phase::Operational,
@@ -481,10 +481,14 @@ impl LoginMachine {
 
     /// Establishes the session identity from the first complete text, or checks that later
     /// texts repeat it unchanged.
+    /// A target with CHAP credentials of its own replaces the portal's policy here, before any
+    /// security key of this first text is looked at (and refuses a login that skipped the
+    /// security stage).
     fn declare_identity(
         &mut self,
         pairs: &[(String, String)],
         directory: &dyn TargetDirectory,
+        current: LoginStage,
     ) -> Result<(), LoginError> {
         if self.identity_declared {
             return self.check_redeclared_identity(pairs);
@@ -508,6 +512,14 @@ impl LoginMachine {
                 initiator: initiator.to_owned(),
                 target: name.to_owned(),
             });
+        }
+        if let Some(policy) = target.and_then(|t| directory.target_auth(t)) {
+            self.security = SecurityStage::new(policy);
+            if current != LoginStage::SecurityNegotiation && !self.security.may_skip() {
+                return Err(LoginError::AuthenticationFailed(
+                    "security stage skipped".into(),
+                ));
+            }
         }
         if self.joining {
             self.check_joining_identity(initiator, target, session_type)?;

@@ -996,3 +996,64 @@ proptest::proptest! {
         }
     }
 }
+
+/// [`FakeDirectory`] whose target [`TARGET`] has CHAP credentials of its own.
+struct ChapTargetDirectory(FakeDirectory);
+
+impl TargetDirectory for ChapTargetDirectory {
+    fn target_exists(&self, name: &str) -> bool {
+        self.0.target_exists(name)
+    }
+    fn target_alias(&self, name: &str) -> Option<String> {
+        self.0.target_alias(name)
+    }
+    fn portal_group_tag(&self) -> u16 {
+        self.0.portal_group_tag()
+    }
+    fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {
+        self.0.send_targets(scope)
+    }
+    fn target_auth(&self, target: &str) -> Option<AuthPolicy> {
+        (target == TARGET).then(|| AuthPolicy::Chap {
+            initiator: ChapSecret {
+                user: "bob".into(),
+                secret: b"bob-secret-123".to_vec(),
+            },
+            target: None,
+        })
+    }
+}
+
+#[test]
+fn a_target_with_chap_of_its_own_refuses_a_login_that_skips_security() {
+    let dir = ChapTargetDirectory(FakeDirectory::two_targets());
+    let mut m = LoginMachine::new(TargetLimits::default(), AuthPolicy::None);
+    let s = m.step(
+        &req(1, true, 3, libiscsi_single_pdu("Normal")),
+        &dir,
+        &NoSessions,
+    );
+    assert_failed(&s, LoginStatus::AUTHENTICATION_FAILURE);
+}
+
+#[test]
+fn a_target_with_chap_of_its_own_chooses_chap_over_none() {
+    let dir = ChapTargetDirectory(FakeDirectory::two_targets());
+    let mut m = LoginMachine::new(TargetLimits::default(), AuthPolicy::None);
+    let s = m.step(
+        &req(0, false, 0, normal_security_text("CHAP,None")),
+        &dir,
+        &NoSessions,
+    );
+    assert_ok_continue(&s);
+    assert_eq!(get(&answers(&s), "AuthMethod"), Some("CHAP"));
+    // The portal's policy (none) still applies to its other targets.
+    let mut m = LoginMachine::new(TargetLimits::default(), AuthPolicy::None);
+    let other = text(&[
+        ("InitiatorName", INITIATOR),
+        ("TargetName", "iqn.2024-01.io.shoal:disk2"),
+        ("AuthMethod", "CHAP,None"),
+    ]);
+    let s = m.step(&req(0, true, 1, other), &dir, &NoSessions);
+    assert_eq!(get(&answers(&s), "AuthMethod"), Some("None"));
+}
