@@ -1332,6 +1332,13 @@ fn show_volume(v: &VolumeInfo) -> String {
             },
         ),
         (
+            "chap",
+            match &v.chap_user {
+                None => "-".to_owned(),
+                Some(user) => format!("its own (user {user})"),
+            },
+        ),
+        (
             "schedule",
             match v.snapshot_schedule {
                 None => "-".to_owned(),

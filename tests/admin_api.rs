@@ -116,6 +116,7 @@ impl Model {
             initiators: Vec::new(),
             write_cache: true,
             snapshot_schedule: None,
+            chap_user: None,
         }
     }
 

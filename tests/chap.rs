@@ -243,6 +243,11 @@ fn a_volume_with_chap_of_its_own_asks_for_it_and_the_others_do_not() {
     ]);
     let shown: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert!(shown["user"] == "bob" && !info.contains(SECRET), "{info}");
+    let volume = t.cli_ok(&["--json", "volume", "show", "default"]);
+    assert!(
+        volume.contains("\"chap_user\": \"bob\"") && !volume.contains(SECRET),
+        "{volume}"
+    );
     let bob = format!("bob%{SECRET}");
     assert!(
         inq_target(&t, DEFAULT, Some(&bob), &[]),

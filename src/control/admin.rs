@@ -1047,6 +1047,7 @@ mod tests {
             initiators: Vec::new(),
             write_cache: true,
             snapshot_schedule: None,
+            chap_user: None,
         }
     }
 

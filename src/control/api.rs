@@ -134,6 +134,9 @@ pub struct VolumeInfo {
     /// Scheduled snapshots (see `/v1/volumes/{name}/schedule`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_schedule: Option<SnapshotSchedule>,
+    /// The CHAP name of the volume's own credentials (see `/v1/volumes/{name}/chap`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_user: Option<String>,
 }
 
 fn default_true() -> bool {

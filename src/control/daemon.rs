@@ -627,6 +627,7 @@ impl Daemon {
             initiators: st.settings.initiators(&meta.name).to_vec(),
             write_cache: st.write_cache(&meta.name),
             snapshot_schedule: st.settings.snapshot_schedule(&meta.name),
+            chap_user: st.settings.chap(&meta.name).map(|c| c.user.clone()),
         }
     }
 
