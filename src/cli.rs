@@ -114,6 +114,12 @@ pub enum VolumeCommand {
         /// Write cache on or off.
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         write_cache: Option<bool>,
+        /// QoS: most READ/WRITE commands per second (0: no limit).
+        #[arg(long, value_name = "N")]
+        iops_limit: Option<u64>,
+        /// QoS: most bytes read and written per second, e.g. 200M (0: no limit).
+        #[arg(long, value_name = "SIZE", value_parser = parse_rate_arg)]
+        bandwidth_limit: Option<u64>,
     },
     /// List volumes (and clones).
     List,
@@ -317,6 +323,14 @@ fn size_reason(e: ConfigError) -> String {
 }
 
 /// clap parser for sizes (`10G`...), with `config::parse_size`'s rules.
+/// A byte rate: a size (`200M`), or 0 for no limit.
+fn parse_rate_arg(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size_arg(s)
+}
+
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     config::parse_size(s).map_err(size_reason)
 }
@@ -824,9 +838,16 @@ pub fn execute(
                 };
                 render(json, &client.create_volume(&req)?, show_volume)
             }
-            VolumeCommand::Set { name, write_cache } => {
+            VolumeCommand::Set {
+                name,
+                write_cache,
+                iops_limit,
+                bandwidth_limit,
+            } => {
                 let req = VolumePatch {
                     write_cache: *write_cache,
+                    iops_limit: *iops_limit,
+                    bandwidth_limit: *bandwidth_limit,
                 };
                 render(json, &client.update_volume(name, &req)?, show_volume)
             }
@@ -1332,6 +1353,20 @@ fn show_volume(v: &VolumeInfo) -> String {
             },
         ),
         (
+            "qos",
+            match (v.iops_limit, v.bandwidth_limit) {
+                (None, None) => "-".to_owned(),
+                (iops, bytes) => [
+                    iops.map(|n| format!("{n} IOPS")),
+                    bytes.map(|b| format!("{}/s", human_size(b))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", "),
+            },
+        ),
+        (
             "chap",
             match &v.chap_user {
                 None => "-".to_owned(),
@@ -1564,9 +1599,38 @@ mod tests {
             CliCommand::Volume(VolumeCommand::Set {
                 name: "vm1".into(),
                 write_cache: Some(false),
+                iops_limit: None,
+                bandwidth_limit: None,
             })
         );
         assert!(parse(&["volume", "set", "vm1", "--write-cache", "maybe"]).is_err());
+        let (_, c) = parse(&[
+            "volume",
+            "set",
+            "vm1",
+            "--iops-limit",
+            "5000",
+            "--bandwidth-limit",
+            "200M",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            CliCommand::Volume(VolumeCommand::Set {
+                name: "vm1".into(),
+                write_cache: None,
+                iops_limit: Some(5000),
+                bandwidth_limit: Some(200 << 20),
+            })
+        );
+        let (_, c) = parse(&["volume", "set", "vm1", "--bandwidth-limit", "0"]).unwrap();
+        assert!(matches!(
+            c,
+            CliCommand::Volume(VolumeCommand::Set {
+                bandwidth_limit: Some(0),
+                ..
+            })
+        ));
         let (_, c) = parse(&[
             "volume",
             "create",

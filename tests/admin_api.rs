@@ -117,6 +117,8 @@ impl Model {
             write_cache: true,
             snapshot_schedule: None,
             chap_user: None,
+            iops_limit: None,
+            bandwidth_limit: None,
         }
     }
 

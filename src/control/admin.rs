@@ -1048,6 +1048,8 @@ mod tests {
             write_cache: true,
             snapshot_schedule: None,
             chap_user: None,
+            iops_limit: None,
+            bandwidth_limit: None,
         }
     }
 

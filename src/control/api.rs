@@ -137,6 +137,12 @@ pub struct VolumeInfo {
     /// The CHAP name of the volume's own credentials (see `/v1/volumes/{name}/chap`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap_user: Option<String>,
+    /// QoS limit on READ/WRITE commands per second, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_limit: Option<u64>,
+    /// QoS limit on bytes read and written per second, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -185,7 +191,14 @@ pub struct CreateVolume {
 #[serde(deny_unknown_fields)]
 pub struct VolumePatch {
     /// Write cache (WCE), changed live: the hosts are told MODE PARAMETERS CHANGED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_cache: Option<bool>,
+    /// QoS: READ/WRITE commands per second (0: no limit), applied live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_limit: Option<u64>,
+    /// QoS: bytes read and written per second (0: no limit), applied live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<u64>,
 }
 
 /// `PATCH /v1/pool`: the settings to change (absent: unchanged).

@@ -14,6 +14,7 @@ use super::schedule;
 use super::settings::{self, SettingsError, SnapshotSchedule, VolumeSettings};
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
+use crate::runtime::qos::Throttle;
 use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport};
 use crate::scsi::pr::PrState;
 use crate::scsi::{LogicalUnit, LunInfo};
@@ -366,6 +367,7 @@ impl Daemon {
             volume: Box::new(volume),
             stats: Default::default(),
             pr_file,
+            qos: Throttle::new(st.settings.qos(&meta.name).limits()),
         };
         if !self.shards[shard].send(ShardMsg::AddLun(Box::new(slot))) {
             return Err(internal("shard is gone"));
@@ -628,6 +630,8 @@ impl Daemon {
             write_cache: st.write_cache(&meta.name),
             snapshot_schedule: st.settings.snapshot_schedule(&meta.name),
             chap_user: st.settings.chap(&meta.name).map(|c| c.user.clone()),
+            iops_limit: st.settings.qos(&meta.name).iops,
+            bandwidth_limit: st.settings.qos(&meta.name).bytes_per_sec,
         }
     }
 
@@ -934,6 +938,27 @@ impl AdminBackend for Daemon {
                 self.ask(served.shard, |reply| ShardMsg::SetWriteCache {
                     target,
                     on,
+                    reply,
+                })
+                .map_err(internal)?;
+            }
+        }
+        if req.iops_limit.is_some() || req.bandwidth_limit.is_some() {
+            let mut qos = st.settings.qos(&meta.name);
+            let limit = |v: u64| (v > 0).then_some(v);
+            if let Some(v) = req.iops_limit {
+                qos.iops = limit(v);
+            }
+            if let Some(v) = req.bandwidth_limit {
+                qos.bytes_per_sec = limit(v);
+            }
+            st.settings.set_qos(&meta.name, qos).map_err(internal)?;
+            if let Some(served) = st.served.get(&meta.image).cloned() {
+                let target = served.target.clone();
+                let limits = qos.limits();
+                self.ask(served.shard, |reply| ShardMsg::SetQos {
+                    target,
+                    limits,
                     reply,
                 })
                 .map_err(internal)?;

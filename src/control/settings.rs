@@ -90,6 +90,31 @@ struct Entry {
     /// CHAP credentials of the volume's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     chap: Option<VolumeChap>,
+    /// QoS limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    qos: Option<VolumeQos>,
+}
+
+/// A volume's QoS limits (see `runtime::qos`): READ/WRITE commands and bytes per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeQos {
+    /// Commands per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u64>,
+    /// Bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<u64>,
+}
+
+impl VolumeQos {
+    /// The limits the shard enforces.
+    pub fn limits(&self) -> crate::runtime::qos::QosLimits {
+        crate::runtime::qos::QosLimits {
+            iops: self.iops,
+            bytes_per_sec: self.bytes_per_sec,
+        }
+    }
 }
 
 impl Entry {
@@ -98,6 +123,7 @@ impl Entry {
             && self.write_cache.is_none()
             && self.snapshot_schedule.is_none()
             && self.chap.is_none()
+            && self.qos.is_none()
     }
 }
 
@@ -275,6 +301,20 @@ impl VolumeSettings {
             c.policy()?;
         }
         self.update(volume, |e| e.chap = chap)
+    }
+
+    /// `volume`'s QoS limits (none set: unlimited).
+    pub fn qos(&self, volume: &str) -> VolumeQos {
+        self.volumes
+            .get(volume)
+            .and_then(|e| e.qos)
+            .unwrap_or_default()
+    }
+
+    /// Sets `volume`'s QoS limits, durably (both `None`: unlimited).
+    pub fn set_qos(&mut self, volume: &str, qos: VolumeQos) -> Result<(), SettingsError> {
+        let stored = (qos != VolumeQos::default()).then_some(qos);
+        self.update(volume, |e| e.qos = stored)
     }
 
     /// `volume`'s snapshot schedule, if it has one.

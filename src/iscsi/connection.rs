@@ -165,6 +165,18 @@ pub struct TaskResponse {
     pub wanted: u64,
 }
 
+impl TaskResponse {
+    /// The response of a task that ends without one (it was aborted): nothing to send.
+    pub fn nothing() -> Self {
+        TaskResponse {
+            status: 0,
+            sense: None,
+            data: DataInSource::None,
+            wanted: 0,
+        }
+    }
+}
+
 /// Work the runtime must do for the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -257,6 +269,11 @@ impl Task {
     /// or it is bidirectional.
     pub fn refused(&self) -> bool {
         self.discard || (self.cmd.read && self.cmd.write)
+    }
+
+    /// A task management function aborted it (it ends without a response).
+    pub fn aborted(&self) -> bool {
+        self.aborted
     }
 }
 

@@ -5,6 +5,7 @@ pub mod buf;
 mod files;
 pub mod io;
 pub mod login;
+pub mod qos;
 mod readahead;
 pub mod server;
 pub mod shard;

@@ -16,6 +16,7 @@
 
 use super::buf::BufPool;
 use super::files::OwnFiles;
+use super::qos::{Held, Throttle};
 use super::readahead::ReadAhead;
 use super::sync::GroupSync;
 use super::text::SessionDirectory;
@@ -54,6 +55,8 @@ const KIND_WAKE: u64 = 4;
 pub(super) const KIND_SYNC: u64 = 5;
 pub(super) const KIND_READAHEAD: u64 = 6;
 const TICK: Duration = Duration::from_millis(100);
+/// Shortest sleep while QoS holds commands back (finer than the kernel timer slack gains nothing).
+const MIN_HELD_WAIT: Duration = Duration::from_micros(200);
 /// Slots of the ring's file table: one per data file the shard's volumes use (more fall back
 /// to plain descriptors).
 const FILE_SLOTS: u32 = 64;
@@ -77,6 +80,17 @@ pub struct LunSlot {
     pub stats: LunStats,
     /// Where its persistent reservations are kept while APTPL is active (none: not kept).
     pub pr_file: Option<PathBuf>,
+    /// Its QoS limits and the commands they hold back.
+    pub qos: Throttle<HeldCommand>,
+}
+
+/// A command a QoS limit holds back: its connection (slot and session, since a slot may be
+/// reused once the connection is gone) and task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldCommand {
+    index: usize,
+    tsih: u16,
+    task: TaskId,
 }
 
 impl LunSlot {
@@ -176,6 +190,15 @@ pub enum ShardMsg {
         target: String,
         /// WCE.
         on: bool,
+        /// Done, or why not.
+        reply: Sender<Result<(), String>>,
+    },
+    /// Enforce new QoS limits on a LUN (commands held back stay in order).
+    SetQos {
+        /// The target.
+        target: String,
+        /// The limits.
+        limits: super::qos::QosLimits,
         /// Done, or why not.
         reply: Sender<Result<(), String>>,
     },
@@ -366,6 +389,8 @@ pub struct Shard {
     pub(super) own_files: OwnFiles,
     pub(super) portals: Vec<std::net::SocketAddr>,
     pub(super) registry: Arc<Registry>,
+    /// Commands the QoS limits let go this round (kept to reuse its allocation).
+    released: Vec<Held<HeldCommand>>,
     pub(super) pending_snapshots: Vec<PendingSnapshot>,
     pub(super) next_snapshot_id: u64,
     /// Group commit of durable writes, flushes and snapshots (see `sync.rs`).
@@ -431,6 +456,7 @@ impl Shard {
             own_files,
             portals,
             registry,
+            released: Vec::new(),
             pending_snapshots: Vec::new(),
             next_snapshot_id: 0,
             group: GroupSync::default(),
@@ -479,7 +505,11 @@ impl Shard {
         let mut last_tick = Instant::now();
         let mut last_work = last_tick;
         while !self.stopping {
-            let ts = types::Timespec::from(TICK);
+            // Held back by QoS: wake when the next one may run.
+            let wait = self
+                .held_wait()
+                .map_or(TICK, |w| w.clamp(MIN_HELD_WAIT, TICK));
+            let ts = types::Timespec::from(wait);
             let args = types::SubmitArgs::new().timespec(&ts);
             // With a usage walk in progress, or within the busy-poll window, poll instead of
             // sleeping.
@@ -517,6 +547,7 @@ impl Shard {
             }
             cqes.clear();
             self.cqes = cqes;
+            self.release_held();
             if !self.pending_usage.is_empty() {
                 self.advance_usage();
             }
@@ -621,6 +652,14 @@ impl Shard {
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
                 ShardMsg::SetWriteCache { target, on, reply } => {
                     let answer = self.served_lun(&target).map(|l| l.lu.set_write_cache(on));
+                    let _ = reply.send(answer);
+                }
+                ShardMsg::SetQos {
+                    target,
+                    limits,
+                    reply,
+                } => {
+                    let answer = self.served_lun(&target).map(|l| l.qos.set_limits(limits));
                     let _ = reply.send(answer);
                 }
                 ShardMsg::Reservations {
@@ -972,6 +1011,7 @@ impl Shard {
         }
         self.check_soft_threshold();
         self.retry_for_space();
+        self.end_aborted_held();
         let live: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();
         for i in live {
             if let Some(sc) = self.conn_mut(i) {
@@ -996,7 +1036,102 @@ impl Shard {
 
     // ---- SCSI execution ----
 
+    /// Runs task `id` of connection `index`, unless its LUN's QoS limits hold it back for now
+    /// (then [`Shard::release_held`] runs it later).
     fn execute(&mut self, index: usize, id: TaskId) {
+        let Some(sc) = self.conns.get(index).and_then(|c| c.as_deref()) else {
+            return;
+        };
+        let slot = &mut self.luns[sc.lun];
+        if !slot.qos.limits().unlimited() {
+            let Some(task) = sc.conn.task(id) else { return };
+            let cdb = &task.cmd.cdb;
+            if !task.refused() && scsi::cdb::op_class(cdb) != OpClass::Other {
+                let bytes = scsi::cdb::transfer_bytes(cdb, slot.lu.info().block_size);
+                if !slot.qos.admit(self.round_now, bytes) {
+                    let held = HeldCommand {
+                        index,
+                        tsih: sc.tsih,
+                        task: id,
+                    };
+                    slot.qos.hold(held, bytes);
+                    return;
+                }
+            }
+        }
+        self.execute_now(index, id);
+    }
+
+    /// Runs the commands the QoS limits let go now (their connection still there); a command
+    /// aborted while held ends without running.
+    pub(super) fn release_held(&mut self) {
+        let mut released = std::mem::take(&mut self.released);
+        for lun in 0..self.luns.len() {
+            if self.luns[lun].qos.waiting() == 0 {
+                continue;
+            }
+            self.luns[lun].qos.release(self.round_now, &mut released);
+            for held in released.drain(..) {
+                let HeldCommand { index, tsih, task } = held.what;
+                let Some(sc) = self.conn_mut(index).filter(|sc| sc.tsih == tsih) else {
+                    continue;
+                };
+                match sc.conn.task(task).map(|t| t.aborted()) {
+                    None => {}
+                    Some(true) => {
+                        sc.conn.complete(task, TaskResponse::nothing());
+                        self.flush(index);
+                    }
+                    Some(false) => {
+                        self.execute_now(index, task);
+                        self.flush(index);
+                    }
+                }
+            }
+        }
+        self.released = released;
+    }
+
+    /// Ends at once the held commands a task management function aborted (they end without a
+    /// response, so the TMF's answer does not wait for the limit), and forgets those whose
+    /// connection is gone. Called after a reset and on every tick (an ABORT TASK is handled by
+    /// the connection alone).
+    pub(super) fn end_aborted_held(&mut self) {
+        let mut ended = std::mem::take(&mut self.released);
+        for lun in 0..self.luns.len() {
+            if self.luns[lun].qos.waiting() == 0 {
+                continue;
+            }
+            let conns = &self.conns;
+            self.luns[lun].qos.take_if(
+                |h| {
+                    conns
+                        .get(h.index)
+                        .and_then(|c| c.as_deref())
+                        .filter(|sc| sc.tsih == h.tsih)
+                        .and_then(|sc| sc.conn.task(h.task))
+                        .is_none_or(|t| t.aborted())
+                },
+                &mut ended,
+            );
+            for held in ended.drain(..) {
+                let HeldCommand { index, tsih, task } = held.what;
+                let Some(sc) = self.conn_mut(index).filter(|sc| sc.tsih == tsih) else {
+                    continue;
+                };
+                sc.conn.complete(task, TaskResponse::nothing());
+                self.flush(index);
+            }
+        }
+        self.released = ended;
+    }
+
+    /// How long until a held command may run (`None`: none is held).
+    pub(super) fn held_wait(&self) -> Option<Duration> {
+        self.luns.iter().filter_map(|l| l.qos.wait()).min()
+    }
+
+    fn execute_now(&mut self, index: usize, id: TaskId) {
         let Some(sc) = self.conns.get_mut(index).and_then(|c| c.as_deref_mut()) else {
             return;
         };
@@ -1193,6 +1328,8 @@ impl Shard {
         };
         let in_flight = sc.conn.abort_all();
         sc.conn.reset_done(itt, function, in_flight);
+        // The aborted commands a QoS limit holds end now, so the reset's answer need not wait.
+        self.end_aborted_held();
         let lu = &mut self.luns[lun].lu;
         match function {
             TmfFunction::LogicalUnitReset => lu.lun_reset(nexus),

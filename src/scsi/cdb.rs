@@ -1117,6 +1117,22 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
     }
 }
 
+/// Bytes a READ or WRITE (6/10/12/16, WRITE AND VERIFY, WRITE SAME) moves between the initiator
+/// and the medium: its transfer length for a read, its Data-Out for the others; 0 otherwise.
+pub fn transfer_bytes(cdb: &[u8], block_size: u32) -> u64 {
+    use opcode::*;
+    let Some(&op) = cdb.first() else { return 0 };
+    let Some(cdb) = cdb_length(op).and_then(|len| cdb.get(..len)) else {
+        return 0;
+    };
+    let bs = u64::from(block_size);
+    match op {
+        READ_6 => u64::from(rw6(cdb).blocks) * bs,
+        READ_10 | READ_12 | READ_16 => u64::from(block_fields(cdb).blocks) * bs,
+        _ => data_out_length(cdb, block_size),
+    }
+}
+
 /// The statistics class of a CDB: READ (6/10/12/16), WRITE (6/10/12/16), WRITE AND VERIFY and
 /// WRITE SAME, or other (UNMAP included).
 pub fn op_class(cdb: &[u8]) -> OpClass {
