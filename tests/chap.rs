@@ -195,6 +195,25 @@ fn inq_target(t: &Target, target: &str, creds: Option<&str>, env: &[(&str, &str)
     .success()
 }
 
+/// `shoal [before...] volume chap default --user bob --secret-file SECRET [after...]`.
+fn set_volume_chap(t: &Target, secret: &str, before: &[&str], after: &[&str]) -> String {
+    let args = [
+        before,
+        &[
+            "volume",
+            "chap",
+            "default",
+            "--user",
+            "bob",
+            "--secret-file",
+            secret,
+        ],
+        after,
+    ]
+    .concat();
+    t.cli_ok(&args)
+}
+
 #[test]
 fn a_volume_with_chap_of_its_own_asks_for_it_and_the_others_do_not() {
     const DEFAULT: &str = "iqn.2026-11.dev.shoal:default";
@@ -231,16 +250,7 @@ fn a_volume_with_chap_of_its_own_asks_for_it_and_the_others_do_not() {
     );
     assert!(inq_target(&t, DEFAULT, None, &[]));
 
-    let info = t.cli_ok(&[
-        "--json",
-        "volume",
-        "chap",
-        "default",
-        "--user",
-        "bob",
-        "--secret-file",
-        &secret,
-    ]);
+    let info = set_volume_chap(&t, &secret, &["--json"], &[]);
     let shown: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert!(shown["user"] == "bob" && !info.contains(SECRET), "{info}");
     let volume = t.cli_ok(&["--json", "volume", "show", "default"]);
@@ -267,19 +277,13 @@ fn a_volume_with_chap_of_its_own_asks_for_it_and_the_others_do_not() {
     t.wait_for_stderr("refused: authentication failed", T);
 
     // Mutual CHAP with the volume's own target credentials.
-    t.cli_ok(&[
-        "volume",
-        "chap",
-        "default",
-        "--user",
-        "bob",
-        "--secret-file",
-        &secret,
+    let mutual = [
         "--target-user",
         "vault",
         "--target-secret-file",
         &target_secret,
-    ]);
+    ];
+    set_volume_chap(&t, &secret, &[], &mutual);
     let proves = [
         ("LIBISCSI_CHAP_TARGET_USERNAME", "vault"),
         ("LIBISCSI_CHAP_TARGET_PASSWORD", TARGET_SECRET),

@@ -82,6 +82,19 @@ fn internal(e: impl std::fmt::Display) -> AdminError {
     AdminError::new(ErrorCode::Internal, e.to_string())
 }
 
+/// A refused setting is the caller's error (400); failing to store it is ours.
+fn settings_error(e: SettingsError) -> AdminError {
+    match e {
+        SettingsError::BadName(_)
+        | SettingsError::TooMany(_)
+        | SettingsError::BadChap(_)
+        | SettingsError::BadSchedule(_) => {
+            AdminError::new(ErrorCode::InvalidArgument, e.to_string())
+        }
+        SettingsError::Io { .. } | SettingsError::Corrupt { .. } => internal(e),
+    }
+}
+
 fn pool_error(e: PoolError) -> AdminError {
     internal(e)
 }
@@ -1083,12 +1096,7 @@ impl AdminBackend for Daemon {
         let meta = Self::volume_meta(&st, name)?;
         st.settings
             .set_chap(&meta.name, chap)
-            .map_err(|e| match e {
-                SettingsError::BadChap(_) => {
-                    AdminError::new(ErrorCode::InvalidArgument, e.to_string())
-                }
-                other => internal(other),
-            })?;
+            .map_err(settings_error)?;
         self.login
             .set_chap(&meta.name, st.settings.chap_policy(&meta.name));
         Ok(Self::chap_info(&st, &meta.name))
@@ -1109,12 +1117,7 @@ impl AdminBackend for Daemon {
         let meta = Self::volume_meta(&st, name)?;
         st.settings
             .set_snapshot_schedule(&meta.name, schedule)
-            .map_err(|e| match e {
-                SettingsError::BadSchedule(_) => {
-                    AdminError::new(ErrorCode::InvalidArgument, e.to_string())
-                }
-                other => internal(other),
-            })?;
+            .map_err(settings_error)?;
         // A new schedule starts from its own first snapshot, not from an old failure.
         st.schedule_attempts.remove(&meta.name);
         Ok(Self::schedule_info(&st, &meta.name))
@@ -1134,12 +1137,7 @@ impl AdminBackend for Daemon {
         let meta = Self::volume_meta(&st, name)?;
         st.settings
             .set_initiators(&meta.name, &req.initiators)
-            .map_err(|e| match e {
-                SettingsError::BadName(_) | SettingsError::TooMany(_) => {
-                    AdminError::new(ErrorCode::InvalidArgument, e.to_string())
-                }
-                other => internal(other),
-            })?;
+            .map_err(settings_error)?;
         let initiators = st.settings.initiators(&meta.name).to_vec();
         // The volume's target and its exported snapshots'. Revocation takes effect now: the
         // sessions of initiators the list no longer names are closed (they may not log in again).
