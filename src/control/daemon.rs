@@ -1190,6 +1190,8 @@ impl AdminBackend for Daemon {
         let meta = Self::snapshot_meta(&st, volume, snapshot)?;
         self.unserve(&mut st, meta.image, false)?;
         st.pool.delete(meta.image).map_err(pool_error)?;
+        // A snapshot of the same name made later starts unreserved.
+        self.drop_reservations(&snapshot_target(&meta.name))?;
         // The snapshot may have pinned a full volume's data: what the volume owns alone again
         // no longer needs reserved space.
         if let Ok(volume) = Self::volume_meta(&st, volume) {
