@@ -1105,6 +1105,12 @@ pub fn stats_table(r: &StatsReport) -> String {
             human_size(ra.bytes)
         ));
     }
+    for l in r.luns.iter().filter(|l| l.qos.held > 0) {
+        out.push_str(&format!(
+            "qos {}: {} commands held back by its limits since served, {} now\n",
+            l.volume, l.qos.held, l.qos.waiting
+        ));
+    }
     let l = &r.logins;
     if l.authentication_failed + l.not_authorized > 0 {
         out.push_str(&format!(

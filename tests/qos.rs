@@ -49,6 +49,18 @@ fn an_iops_limit_holds_its_volume_back_and_survives_a_restart() {
     // Another volume is not held back (it may still be slow on a busy machine: no bound).
     let mut other = session(&t, "other", 2);
     reads(&mut other, 60);
+    // The statistics say how many commands the limit held back, and on which volume.
+    let stats: Value = serde_json::from_str(&t.cli_ok(&["stats", "--json"])).unwrap();
+    let held = |volume: &str| {
+        stats["luns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["volume"] == volume)
+            .map(|l| l["qos"]["held"].as_u64().unwrap_or(0))
+    };
+    assert!(held("default").unwrap_or(0) >= 40, "{stats}");
+    assert_eq!(held("other"), Some(0), "{stats}");
 
     // A byte limit: 8 writes of 64 KiB at 256 KiB/s take at least 1.5 s.
     t.cli_ok(&[

@@ -378,6 +378,19 @@ pub struct LunStatsReport {
     /// Sequential read-ahead since the volume was served.
     #[serde(default)]
     pub read_ahead: ReadAheadStats,
+    /// What the volume's QoS limits did.
+    #[serde(default)]
+    pub qos: QosStats,
+}
+
+/// What a LUN's QoS limits did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QosStats {
+    /// READ/WRITE commands held back until the limits let them run, since the volume was
+    /// served.
+    pub held: u64,
+    /// Commands held back now.
+    pub waiting: u64,
 }
 
 /// What sequential read-ahead did for a LUN since it was served.

@@ -4,7 +4,7 @@
 
 use super::api::{
     ClassStats, EncodedHistogram, LifetimeStats, LunStatsReport, Percentiles, PhasePercentiles,
-    PhaseSums, PoolStatus, ReadAheadStats, StatsReport,
+    PhaseSums, PoolStatus, QosStats, ReadAheadStats, StatsReport,
 };
 use crate::stats::export::{self, ExportError, Interval};
 use crate::stats::{CLASSES, ClassSnapshot, LunSnapshot, Phase, class_name};
@@ -84,6 +84,10 @@ pub fn lun_report(s: &LunSnapshot) -> LunStatsReport {
             chunks: s.read_ahead.chunks,
             bytes: s.read_ahead.bytes,
             hits: s.read_ahead.hits,
+        },
+        qos: QosStats {
+            held: s.qos.held,
+            waiting: s.qos.waiting,
         },
     }
 }
@@ -251,6 +255,24 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
     );
     for (labels, r) in &luns {
         let _ = writeln!(out, "shoal_read_ahead_hits_total{{{labels}}} {}", r.hits);
+    }
+    header(
+        &mut out,
+        "shoal_qos_held_total",
+        "counter",
+        "READ/WRITE commands the volume's QoS limits held back, since the volume was served.",
+    );
+    for (labels, l) in luns.iter().zip(&stats.luns) {
+        let _ = writeln!(out, "shoal_qos_held_total{{{}}} {}", labels.0, l.qos.held);
+    }
+    header(
+        &mut out,
+        "shoal_qos_waiting",
+        "gauge",
+        "Commands the volume's QoS limits hold back now.",
+    );
+    for (labels, l) in luns.iter().zip(&stats.luns) {
+        let _ = writeln!(out, "shoal_qos_waiting{{{}}} {}", labels.0, l.qos.waiting);
     }
     header(
         &mut out,
@@ -424,6 +446,10 @@ mod tests {
                 bytes: 3 << 17,
                 hits: 2,
             },
+            qos: crate::stats::QosCounters {
+                held: 7,
+                waiting: 1,
+            },
         }
     }
 
@@ -571,6 +597,8 @@ mod tests {
                 "shoal_bytes_total",
                 "shoal_read_ahead_bytes_total",
                 "shoal_read_ahead_hits_total",
+                "shoal_qos_held_total",
+                "shoal_qos_waiting",
                 "shoal_command_duration_seconds",
                 "shoal_command_latency_seconds",
                 "shoal_command_phase_seconds",
@@ -591,6 +619,8 @@ mod tests {
             "shoal_read_ahead_bytes_total{{{lun_labels}}} 393216\n"
         )));
         assert!(text.contains(&format!("shoal_read_ahead_hits_total{{{lun_labels}}} 2\n")));
+        assert!(text.contains(&format!("shoal_qos_held_total{{{lun_labels}}} 7\n")));
+        assert!(text.contains(&format!("shoal_qos_waiting{{{lun_labels}}} 1\n")));
         assert!(text.contains(&format!(
             "shoal_command_latency_seconds_count{{{labels}}} 4\n"
         )));

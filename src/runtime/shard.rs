@@ -35,7 +35,9 @@ use crate::iscsi::pdu::target::TmfResponse;
 use crate::scsi::lun::PrPersist;
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::slow::{SlowCommand, SlowLog};
-use crate::stats::{LunSnapshot, LunStats, PhaseTimes, Stamps, StatsConfig, Window, second_of};
+use crate::stats::{
+    LunSnapshot, LunStats, PhaseTimes, QosCounters, Stamps, StatsConfig, Window, second_of,
+};
 use crate::storage::pool::extent_map::ExtentMap;
 use crate::storage::reservations::{self, ReservationsError};
 use crate::storage::{Piece, Volume};
@@ -733,6 +735,10 @@ impl Shard {
                     since_reset,
                     classes,
                     read_ahead: l.stats.read_ahead,
+                    qos: QosCounters {
+                        held: l.stats.qos_held,
+                        waiting: l.qos.waiting() as u64,
+                    },
                 }
             })
             .collect()
@@ -1055,6 +1061,7 @@ impl Shard {
                         task: id,
                     };
                     slot.qos.hold(held, bytes);
+                    slot.stats.qos_held += 1;
                     return;
                 }
             }

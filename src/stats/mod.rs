@@ -482,6 +482,17 @@ pub struct LunStats {
     pub reset_at: Instant,
     /// Sequential read-ahead since the volume was served.
     pub read_ahead: ReadAheadCounters,
+    /// READ/WRITE commands its QoS limits held back, since the volume was served.
+    pub qos_held: u64,
+}
+
+/// What QoS did to one LUN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QosCounters {
+    /// Commands held back until the limits let them run, since the volume was served.
+    pub held: u64,
+    /// Commands held back now.
+    pub waiting: u64,
 }
 
 /// What read-ahead did for one LUN (lifetime counters).
@@ -503,6 +514,7 @@ impl Default for LunStats {
             other: OpStats::default(),
             reset_at: Instant::now(),
             read_ahead: ReadAheadCounters::default(),
+            qos_held: 0,
         }
     }
 }
@@ -525,6 +537,8 @@ pub struct LunSnapshot {
     pub classes: [ClassSnapshot; 3],
     /// Read-ahead counters (lifetime).
     pub read_ahead: ReadAheadCounters,
+    /// QoS counters.
+    pub qos: QosCounters,
 }
 
 impl LunSnapshot {
