@@ -196,22 +196,25 @@ fn inq_target(t: &Target, target: &str, creds: Option<&str>, env: &[(&str, &str)
 }
 
 /// `shoal [before...] volume chap default --user bob --secret-file SECRET [after...]`.
+fn volume_chap(t: &Target, secret: &str, before: &[&str], after: &[&str]) -> std::process::Output {
+    let set = [
+        "volume",
+        "chap",
+        "default",
+        "--user",
+        "bob",
+        "--secret-file",
+        secret,
+    ];
+    t.cli(&[before, &set, after].concat())
+}
+
+/// [`volume_chap`], asserting success; its stdout.
 fn set_volume_chap(t: &Target, secret: &str, before: &[&str], after: &[&str]) -> String {
-    let args = [
-        before,
-        &[
-            "volume",
-            "chap",
-            "default",
-            "--user",
-            "bob",
-            "--secret-file",
-            secret,
-        ],
-        after,
-    ]
-    .concat();
-    t.cli_ok(&args)
+    let out = volume_chap(t, secret, before, after);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -234,15 +237,7 @@ fn a_volume_with_chap_of_its_own_asks_for_it_and_the_others_do_not() {
     let target_secret = file("target-secret", TARGET_SECRET);
 
     // A secret under 12 bytes is refused with the rule; nothing changes.
-    let out = t.cli(&[
-        "volume",
-        "chap",
-        "default",
-        "--user",
-        "bob",
-        "--secret-file",
-        &short,
-    ]);
+    let out = volume_chap(&t, &short, &[], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("12 to 255"),
