@@ -18,8 +18,8 @@ use crate::control::admin;
 use crate::control::api::{
     AccessInfo, AdminError, ChapInfo, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
     ErrorCode, Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize,
-    ScheduleInfo, SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport, VolumeChap, VolumeInfo,
-    VolumePatch,
+    ScheduleInfo, SnapshotDiff, SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport,
+    VolumeChap, VolumeInfo, VolumePatch,
 };
 use crate::control::{schedule, settings};
 use clap::Subcommand;
@@ -233,6 +233,17 @@ pub enum SnapshotCommand {
         /// Withdraw the export instead.
         #[arg(long)]
         disable: bool,
+    },
+    /// Where a snapshot's data may differ from an older snapshot's (--base), or where it has
+    /// data at all: the byte ranges an incremental (or full) backup reads from the exported
+    /// snapshot.
+    Diff {
+        /// VOLUME@SNAP.
+        #[arg(value_name = "VOLUME@SNAP")]
+        snapshot: SnapshotRef,
+        /// The older snapshot (of any volume) to compare with.
+        #[arg(long, value_name = "VOLUME@SNAP")]
+        base: Option<SnapshotRef>,
     },
     /// Show or set a volume's snapshot schedule: a snapshot (`VOLUME@auto-YYYYMMDD-HHMMSS`)
     /// every DURATION, the newest N kept, older scheduled ones deleted (snapshots taken by hand
@@ -700,6 +711,20 @@ impl AdminClient {
         self.fetch("POST", &path, Some(req))
     }
 
+    /// `GET /v1/snapshots/{vol}@{snap}/diff[?base=...]`.
+    pub fn snapshot_diff(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        base: Option<(&str, &str)>,
+    ) -> Result<Fetched<SnapshotDiff>, CliError> {
+        let mut path = format!("/v1/snapshots/{}/diff", encode_snapshot(volume, snapshot));
+        if let Some((v, s)) = base {
+            path += &format!("?base={}", encode_snapshot(v, s));
+        }
+        self.fetch("GET", &path, None)
+    }
+
     /// `POST /v1/clones`.
     pub fn create_clone(&self, req: &CreateClone) -> Result<Fetched<VolumeInfo>, CliError> {
         self.fetch("POST", "/v1/clones", Some(req))
@@ -918,6 +943,13 @@ pub fn execute(
                 let req = Export { enabled: !disable };
                 let f = client.export_snapshot(&snapshot.volume, &snapshot.snapshot, &req)?;
                 render(json, &f, show_snapshot)
+            }
+            SnapshotCommand::Diff { snapshot, base } => {
+                let base = base
+                    .as_ref()
+                    .map(|b| (b.volume.as_str(), b.snapshot.as_str()));
+                let f = client.snapshot_diff(&snapshot.volume, &snapshot.snapshot, base)?;
+                render(json, &f, show_diff)
             }
             SnapshotCommand::Schedule {
                 volume,
@@ -1423,6 +1455,31 @@ fn volume_table(vols: &[VolumeInfo]) -> String {
         &[false, true, true, true, false, true, true, false],
         &rows,
     )
+}
+
+fn show_diff(d: &SnapshotDiff) -> String {
+    let mut out = key_values(&[
+        ("snapshot", d.snapshot.clone()),
+        ("base", dash(d.base.as_deref())),
+        (
+            "changed",
+            format!(
+                "{} in {} ranges (extents of {})",
+                human_size(d.changed_bytes),
+                d.ranges.len(),
+                human_size(d.extent_size)
+            ),
+        ),
+    ]);
+    let rows: Vec<Vec<String>> = d
+        .ranges
+        .iter()
+        .map(|r| vec![r.offset.to_string(), r.length.to_string()])
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(&["OFFSET", "LENGTH"], &[true, true], &rows));
+    }
+    out
 }
 
 fn show_snapshot(s: &SnapshotInfo) -> String {

@@ -657,3 +657,50 @@ fn a_full_pool_grows_online_and_keeps_its_size_and_data_across_kill_9() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_snapshot_diff_names_the_extents_written_since_the_base() {
+    let t = Target::start(&["--size", "4M"]);
+    let mut ini = raw_session(&t);
+    let extent_blocks = (EXTENT / 512) as u32;
+    for e in [0u32, 3] {
+        assert_eq!(
+            ini.write10(e * extent_blocks, &pattern(4096, 1)).status(),
+            0
+        );
+    }
+    t.cli_ok(&["snapshot", "create", "default@s1"]);
+    for e in [3u32, 7, 8] {
+        assert_eq!(
+            ini.write10(e * extent_blocks + 8, &pattern(4096, 2))
+                .status(),
+            0
+        );
+    }
+    t.cli_ok(&["snapshot", "create", "default@s2"]);
+    let diff = |args: &[&str]| -> Value {
+        serde_json::from_str(&t.cli_ok(&[&["--json", "snapshot", "diff"][..], args].concat()))
+            .expect("diff JSON")
+    };
+    let d = diff(&["default@s2", "--base", "default@s1"]);
+    assert_eq!(d["base"], "default@s1", "{d}");
+    assert_eq!(
+        d["ranges"],
+        json!([{"offset": 3 * EXTENT, "length": EXTENT}, {"offset": 7 * EXTENT, "length": 2 * EXTENT}]),
+        "extent 3 copied on write, 7 and 8 new (merged): {d}"
+    );
+    assert_eq!(d["changed_bytes"], 3 * EXTENT);
+    let full = diff(&["default@s1"]);
+    assert_eq!(
+        full["ranges"],
+        json!([{"offset": 0, "length": EXTENT}, {"offset": 3 * EXTENT, "length": EXTENT}]),
+        "without a base: where s1 has data: {full}"
+    );
+    assert_eq!(
+        diff(&["default@s2", "--base", "default@s2"])["changed_bytes"],
+        0
+    );
+    let out = t.cli(&["snapshot", "diff", "default@s2", "--base", "default@nope"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("nope"), "{stderr}");
+}

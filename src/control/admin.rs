@@ -578,6 +578,7 @@ enum Route {
     Snapshot(String),
     SnapshotRollback(String),
     SnapshotExport(String),
+    SnapshotDiff(String),
     Clones,
     Stats,
     /// `/v1/stats/{name}`: a volume's statistics (GET), or `reset` (POST).
@@ -592,7 +593,9 @@ impl Route {
     fn allow(&self) -> &'static str {
         match self {
             Route::Pool => "GET, PATCH",
-            Route::Stats | Route::StatsHistogram(_) | Route::Metrics => "GET",
+            Route::Stats | Route::StatsHistogram(_) | Route::Metrics | Route::SnapshotDiff(_) => {
+                "GET"
+            }
             Route::VolumeReservations(_) => "GET, DELETE",
             Route::VolumeAccess(_) => "GET, PUT",
             Route::VolumeSchedule(_) | Route::VolumeChap(_) => "GET, PUT, DELETE",
@@ -617,6 +620,7 @@ impl Route {
             (Route::Stats | Route::StatsEntry(_), "GET") => &["window"],
             (Route::StatsHistogram(_), "GET") => &["class", "window", "format"],
             (Route::StatsEntry(_), "POST") => &["volume"],
+            (Route::SnapshotDiff(_), "GET") => &["base"],
             _ => &[],
         }
     }
@@ -669,6 +673,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
         ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
         ["v1", "snapshots", snap, "export"] => Route::SnapshotExport(snap.to_string()),
+        ["v1", "snapshots", snap, "diff"] => Route::SnapshotDiff(snap.to_string()),
         ["v1", "clones"] => Route::Clones,
         _ => return Ok(None),
     };
@@ -976,6 +981,11 @@ fn route_and_call(
         ("POST", Route::SnapshotRollback(s)) => {
             let (vol, snap) = split_snapshot(s).map_err(err)?;
             Reply::json(200, &backend.rollback(vol, snap).map_err(err)?)
+        }
+        ("GET", Route::SnapshotDiff(s)) => {
+            let (vol, snap) = split_snapshot(s).map_err(err)?;
+            let base = param("base").map(split_snapshot).transpose().map_err(err)?;
+            Reply::json(200, &backend.snapshot_diff(vol, snap, base).map_err(err)?)
         }
         ("POST", Route::SnapshotExport(s)) => {
             let (vol, snap) = split_snapshot(s).map_err(err)?;

@@ -432,6 +432,32 @@ pub struct ScheduleInfo {
     pub snapshots: Vec<String>,
 }
 
+/// `GET /v1/snapshots/{vol}@{snap}/diff[?base={vol}@{snap}]`: where a snapshot's data may
+/// differ from an older snapshot's (or, without a base, where it has data at all): what an
+/// incremental backup reads from the exported snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDiff {
+    /// `VOLUME@SNAP`.
+    pub snapshot: String,
+    /// The snapshot compared with, if any.
+    pub base: Option<String>,
+    /// The unit of the ranges: the pool's extent size.
+    pub extent_size: u64,
+    /// Bytes the ranges cover.
+    pub changed_bytes: u64,
+    /// Byte ranges, in order, adjacent ones merged.
+    pub ranges: Vec<ByteRange>,
+}
+
+/// A range of a volume, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Bytes.
+    pub length: u64,
+}
+
 /// `GET`/`PUT`/`DELETE /v1/volumes/{name}/chap`: whether a volume's target has CHAP
 /// credentials of its own (the secrets are never shown).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -649,6 +675,20 @@ pub trait AdminBackend: Send + Sync {
     ) -> Result<ScheduleInfo, AdminError> {
         let _ = schedule;
         self.snapshot_schedule(name)
+    }
+    /// Where snapshot `volume@snapshot` differs from snapshot `base` (`(volume, snapshot)`), or
+    /// where it has data when there is no base.
+    fn snapshot_diff(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        base: Option<(&str, &str)>,
+    ) -> Result<SnapshotDiff, AdminError> {
+        let _ = base;
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no snapshot named {volume}@{snapshot}"),
+        ))
     }
     /// Snapshots, of one volume or all.
     fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError>;

@@ -1085,6 +1085,43 @@ impl AdminBackend for Daemon {
         self.drop_reservations(&target_name(name))
     }
 
+    fn snapshot_diff(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        base: Option<(&str, &str)>,
+    ) -> Result<SnapshotDiff, AdminError> {
+        let st = self.lock();
+        let meta = Self::snapshot_meta(&st, volume, snapshot)?;
+        let base_meta = base
+            .map(|(v, s)| Self::snapshot_meta(&st, v, s))
+            .transpose()?;
+        let map_of = |m: &ImageMeta| {
+            st.pool
+                .map(m.image)
+                .ok_or_else(|| internal(format!("snapshot {} has no map", m.name)))
+        };
+        let map = map_of(&meta)?;
+        let base_map = base_meta.as_ref().map(map_of).transpose()?;
+        let es = st.pool.shared().extent_size;
+        let mut ranges: Vec<ByteRange> = Vec::new();
+        map.diff(base_map, |lext| {
+            let offset = lext * es;
+            let length = es.min(meta.size_bytes.saturating_sub(offset));
+            match ranges.last_mut() {
+                Some(r) if r.offset + r.length == offset => r.length += length,
+                _ => ranges.push(ByteRange { offset, length }),
+            }
+        });
+        Ok(SnapshotDiff {
+            snapshot: meta.name.clone(),
+            base: base_meta.map(|m| m.name),
+            extent_size: es,
+            changed_bytes: ranges.iter().map(|r| r.length).sum(),
+            ranges,
+        })
+    }
+
     fn chap(&self, name: &str) -> Result<ChapInfo, AdminError> {
         let st = self.lock();
         let meta = Self::volume_meta(&st, name)?;

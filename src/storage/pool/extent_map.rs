@@ -807,6 +807,82 @@ impl ExtentMap {
         self.walk(|index, leaf| f(index, Arc::as_ptr(leaf).addr(), &leaf.entries));
     }
 
+    /// Calls `f(logical)`, in logical order, for every logical extent whose mapping differs
+    /// from `base`'s (absent: an empty map): mapped here and not there, or the other way round,
+    /// or to another physical extent. For two snapshots this is the set of extents whose data
+    /// may differ: an extent both map to the same physical extent is shared, so nobody has
+    /// written it in place since. Leaves the two maps share are skipped without a look at their
+    /// entries, so the cost is a walk of the leaves plus the entries of the leaves that differ.
+    pub fn diff(&self, base: Option<&ExtentMap>, mut f: impl FnMut(u64)) {
+        let mut base_leaves: Vec<Option<&Arc<Leaf>>> = Vec::new();
+        if let Some(base) = base {
+            base.walk_refs(|index, leaf| {
+                let i = index as usize;
+                if base_leaves.len() <= i {
+                    base_leaves.resize(i + 1, None);
+                }
+                base_leaves[i] = Some(leaf);
+            });
+        }
+        let mut seen = vec![false; base_leaves.len()];
+        let mut changed: Vec<u64> = Vec::new();
+        self.walk(|index, leaf| {
+            let i = index as usize;
+            let other = base_leaves.get(i).copied().flatten();
+            if let Some(s) = seen.get_mut(i) {
+                *s = true;
+            }
+            if other.is_some_and(|o| Arc::ptr_eq(o, leaf)) {
+                return;
+            }
+            let first = index * FANOUT as u64;
+            for (k, &p) in leaf.entries.iter().enumerate() {
+                let q = other.map_or(0, |o| o.entries[k]);
+                if p != q {
+                    changed.push(first + k as u64);
+                }
+            }
+        });
+        // Leaves only the base has: everything they map is unmapped here.
+        for (i, leaf) in base_leaves.iter().enumerate() {
+            if let (Some(leaf), false) = (leaf, seen[i]) {
+                let first = i as u64 * FANOUT as u64;
+                for (k, &q) in leaf.entries.iter().enumerate() {
+                    if q != 0 && first + (k as u64) < self.len {
+                        changed.push(first + k as u64);
+                    }
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed.into_iter().for_each(&mut f);
+    }
+
+    /// Like `walk`, handing out references that live as long as the map.
+    fn walk_refs<'a>(&'a self, mut f: impl FnMut(u64, &'a Arc<Leaf>)) {
+        fn visit<'a>(
+            node: &'a Node,
+            level: u32,
+            first_leaf: u64,
+            f: &mut impl FnMut(u64, &'a Arc<Leaf>),
+        ) {
+            match node {
+                Node::Leaf(leaf) => f(first_leaf, leaf),
+                Node::Interior(n) => {
+                    let span = coverage(level - 1) / FANOUT as u64;
+                    for (i, child) in n.children.iter().enumerate() {
+                        if let Some(child) = child {
+                            visit(child, level - 1, first_leaf + i as u64 * span, f);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(root) = &self.root {
+            visit(root, self.height, 0, &mut f);
+        }
+    }
+
     fn walk<F: FnMut(u64, &Arc<Leaf>)>(&self, mut f: F) {
         if let Some(root) = &self.root {
             walk_leaves(root, self.height, 0, &mut f);
@@ -1518,6 +1594,85 @@ mod tests {
             drop(images);
             prop_assert_eq!(refs.used_extents(), 0);
             prop_assert_eq!(refs.free_extents(), CAPACITY);
+        }
+    }
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn diff(map: &ExtentMap, base: Option<&ExtentMap>) -> Vec<u64> {
+        let mut v = Vec::new();
+        map.diff(base, |l| v.push(l));
+        v
+    }
+
+    /// What `diff` must find, entry by entry.
+    fn brute(map: &ExtentMap, base: Option<&ExtentMap>) -> Vec<u64> {
+        (0..map.len())
+            .filter(|&l| map.get(l) != base.and_then(|b| b.get(l).filter(|_| l < b.len())))
+            .collect()
+    }
+
+    #[test]
+    fn two_snapshots_differ_where_written_unmapped_or_copied_and_nowhere_else() {
+        let refs = RefTable::new(10_000);
+        let mut vol = ExtentMap::new(3 * FANOUT as u64, Arc::clone(&refs));
+        for l in [0, 1, 600, 1100] {
+            let p = refs.allocate().unwrap();
+            vol.set(l, Some(p));
+        }
+        let s1 = vol.snapshot();
+        // After the snapshot: a copy-on-write of 1, a new extent 700, 600 unmapped.
+        let p = refs.allocate().unwrap();
+        vol.set(1, Some(p));
+        let p = refs.allocate().unwrap();
+        vol.set(700, Some(p));
+        vol.set(600, None);
+        let s2 = vol.snapshot();
+        assert_eq!(diff(&s2, Some(&s1)), vec![1, 600, 700]);
+        assert_eq!(diff(&s1, Some(&s2)), vec![1, 600, 700], "symmetric");
+        assert!(diff(&s2, Some(&s2)).is_empty());
+        assert_eq!(
+            diff(&s1, None),
+            vec![0, 1, 600, 1100],
+            "from nothing: all mapped"
+        );
+        // A grown volume: extents past the base's end that are mapped differ.
+        vol.resize(5 * FANOUT as u64);
+        let p = refs.allocate().unwrap();
+        vol.set(2000, Some(p));
+        let s3 = vol.snapshot();
+        assert_eq!(diff(&s3, Some(&s2)), vec![2000]);
+    }
+
+    proptest! {
+        #[test]
+        fn diff_finds_exactly_the_entries_that_differ(
+            ops in prop::collection::vec((0u64..2048, any::<bool>(), any::<bool>()), 1..200)
+        ) {
+            let refs = RefTable::new(100_000);
+            let mut vol = ExtentMap::new(2048, Arc::clone(&refs));
+            let mut snaps = Vec::new();
+            for (l, map_it, snap) in ops {
+                if map_it {
+                    let p = refs.allocate().unwrap();
+                    vol.set(l, Some(p));
+                } else {
+                    vol.set(l, None);
+                }
+                if snap {
+                    snaps.push(vol.snapshot());
+                }
+            }
+            snaps.push(vol.snapshot());
+            let last = snaps.last().unwrap();
+            for base in &snaps {
+                prop_assert_eq!(diff(last, Some(base)), brute(last, Some(base)));
+            }
+            prop_assert_eq!(diff(last, None), brute(last, None));
         }
     }
 }
