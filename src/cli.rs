@@ -455,7 +455,14 @@ pub struct AdminClient {
     base: String,
     via: String,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer ...` (a daemon on another machine asks for it).
+    token: Option<String>,
 }
+
+/// Environment variable holding the admin token for a daemon on another machine.
+pub const TOKEN_ENV: &str = "SHOAL_ADMIN_TOKEN";
+/// Environment variable naming a file that holds it.
+pub const TOKEN_FILE_ENV: &str = "SHOAL_ADMIN_TOKEN_FILE";
 
 impl AdminClient {
     /// A client of the API at `url` (`http://HOST:PORT`; the scheme may be left out).
@@ -468,7 +475,8 @@ impl AdminClient {
 
     /// A client for the daemon serving `data_dir`, or at `admin` when given.
     pub fn locate(data_dir: &Path, admin: Option<&str>) -> Result<AdminClient, CliError> {
-        match admin {
+        let token = Self::token_from_env()?;
+        let client = match admin {
             Some(url) => AdminClient::new(url),
             None => {
                 let addr = admin::read_addr_file(data_dir)?;
@@ -480,7 +488,8 @@ impl AdminClient {
                     ),
                 ))
             }
-        }
+        };
+        client.map(|c| c.with_token(token))
     }
 
     fn with_base(base: String, via: String) -> AdminClient {
@@ -491,7 +500,35 @@ impl AdminClient {
             .redirects(0)
             .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
             .build();
-        AdminClient { base, via, agent }
+        AdminClient {
+            base,
+            via,
+            agent,
+            token: None,
+        }
+    }
+
+    /// Sends `token` with every request (`Authorization: Bearer TOKEN`).
+    pub fn with_token(mut self, token: Option<String>) -> AdminClient {
+        self.token = token;
+        self
+    }
+
+    /// The admin token from the environment: `SHOAL_ADMIN_TOKEN`, else the file
+    /// `SHOAL_ADMIN_TOKEN_FILE` names (one trailing newline dropped).
+    pub fn token_from_env() -> Result<Option<String>, CliError> {
+        if let Ok(token) = std::env::var(TOKEN_ENV) {
+            return Ok(Some(token.trim().to_string()));
+        }
+        let Ok(file) = std::env::var(TOKEN_FILE_ENV) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            CliError::Usage(format!(
+                "cannot read the admin token in {file} ({TOKEN_FILE_ENV}): {e}"
+            ))
+        })?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
     }
 
     /// The API's base URL, e.g. `http://127.0.0.1:7000`.
@@ -507,7 +544,10 @@ impl AdminClient {
         body: Option<&dyn erased::Json>,
     ) -> Result<String, CliError> {
         let url = format!("{}{}", self.base, path);
-        let req = self.agent.request(method, &url);
+        let mut req = self.agent.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {token}"));
+        }
         let res = match body {
             Some(b) => req
                 .set("Content-Type", "application/json")

@@ -67,6 +67,11 @@ struct ServeArgs {
     /// Admin API address (default 127.0.0.1 on a free port, written to <data>/admin.addr).
     #[arg(long, value_name = "ADDR:PORT")]
     admin_listen: Option<String>,
+    /// File holding the token admin API requests from other machines must carry
+    /// (Authorization: Bearer TOKEN; 16 to 1024 printable characters). Required with a
+    /// non-loopback --admin-listen; requests from this machine need none.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Use buffered I/O instead of O_DIRECT (for filesystems without O_DIRECT).
     #[arg(long)]
     no_direct: bool,
@@ -142,6 +147,9 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if let Some(addr) = &args.admin_listen {
         cfg.admin_listen = config::parse_listen(addr)?;
+    }
+    if let Some(file) = &args.admin_token_file {
+        cfg.admin_token = Some(config::read_admin_token(file)?);
     }
     if args.no_direct {
         cfg.direct_io = false;

@@ -84,6 +84,9 @@ pub struct Config {
     pub extent_size: u32,
     /// Admin API address (loopback; port 0 picks a free port, written to `<data>/admin.addr`).
     pub admin_listen: SocketAddr,
+    /// The token requests to the admin API from other machines must carry (none: they are
+    /// refused).
+    pub admin_token: Option<String>,
     /// Shards poll their ring this long after the last completion before sleeping (zero: off).
     pub busy_poll: Duration,
     /// Measure command latencies (histograms per LUN, class and phase); counts are kept either
@@ -100,6 +103,29 @@ pub struct Config {
     pub registered_buffers: u64,
     /// The authentication logins must pass (CHAP credentials, or none).
     pub auth: AuthPolicy,
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// The admin token in `path` (one trailing newline dropped): 16 to 1024 bytes of printable
+/// ASCII without spaces (it travels in an HTTP header).
+pub fn read_admin_token(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    let printable = token.bytes().all(|b| b.is_ascii_graphic());
+    if !(MIN_ADMIN_TOKEN..=1024).contains(&token.len()) || !printable {
+        return Err(invalid(
+            "admin token",
+            format!("<{} bytes in {}>", token.len(), path.display()),
+            "use 16 to 1024 printable ASCII characters, no spaces",
+        ));
+    }
+    Ok(token.to_string())
 }
 
 /// Shortest CHAP secret accepted (RFC 7143 §12.1.3 asks for at least 96 bits).
@@ -186,6 +212,7 @@ impl Default for Config {
             pool_size: 32 << 30,
             extent_size: 64 << 10,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
             busy_poll: Duration::ZERO,
             latency_stats: true,
             slow_command: None,
@@ -211,6 +238,7 @@ struct FileConfig {
     pool_size: Option<SizeValue>,
     extent_size: Option<SizeValue>,
     admin_listen: Option<String>,
+    admin_token_file: Option<PathBuf>,
     busy_poll_us: Option<u64>,
     latency_stats: Option<bool>,
     slow_command_ms: Option<f64>,
@@ -307,6 +335,9 @@ impl Config {
         if let Some(a) = file.admin_listen {
             self.admin_listen = parse_listen(&a)?;
         }
+        if let Some(path) = file.admin_token_file {
+            self.admin_token = Some(read_admin_token(&path)?);
+        }
         if let Some(us) = file.busy_poll_us {
             self.busy_poll = Duration::from_micros(us);
         }
@@ -348,6 +379,14 @@ impl Config {
 
     /// Checks cross-field rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() {
+            return Err(invalid(
+                "admin API address",
+                self.admin_listen,
+                "off loopback, the admin API needs a token (--admin-token-file or \
+                 admin_token_file): anyone who reaches it could delete volumes",
+            ));
+        }
         if self.shards == 0 || self.shards > 1024 {
             return Err(invalid(
                 "shard count",
@@ -604,6 +643,26 @@ mod tests {
         let mut c = Config::default();
         let err = c.apply_toml("shardz = 2").unwrap_err();
         assert!(err.to_string().contains("shardz"), "{err}");
+    }
+
+    #[test]
+    fn an_admin_api_off_loopback_needs_a_token_of_sixteen_printable_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            admin_listen: "0.0.0.0:7000".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("token"), "{e}");
+        let file = dir.path().join("token");
+        for bad in ["short", "has a space in it!!", ""] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(read_admin_token(&file).is_err(), "{bad:?}");
+        }
+        std::fs::write(&file, "0123456789abcdef-ok\n").unwrap();
+        cfg.admin_token = Some(read_admin_token(&file).unwrap());
+        assert_eq!(cfg.admin_token.as_deref(), Some("0123456789abcdef-ok"));
+        cfg.validate().unwrap();
     }
 
     #[test]

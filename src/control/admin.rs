@@ -88,6 +88,17 @@ impl AdminServer {
         addr: SocketAddr,
         backend: Arc<dyn AdminBackend>,
     ) -> Result<AdminServer, AdminStartError> {
+        Self::start_with_token(addr, backend, None)
+    }
+
+    /// [`AdminServer::start`], with requests from other machines (not loopback) accepted only
+    /// with `Authorization: Bearer TOKEN` (without a token, refused).
+    pub fn start_with_token(
+        addr: SocketAddr,
+        backend: Arc<dyn AdminBackend>,
+        token: Option<String>,
+    ) -> Result<AdminServer, AdminStartError> {
+        let token: Arc<Option<String>> = Arc::new(token);
         let bind_error = |reason: String| AdminStartError::Bind { addr, reason };
         let listener = std::net::TcpListener::bind(addr).map_err(|e| bind_error(e.to_string()))?;
         set_nodelay(&listener);
@@ -107,7 +118,7 @@ impl AdminServer {
             let jobs = jobs.clone();
             thread::Builder::new()
                 .name("shoal-admin-http".into())
-                .spawn(move || accept_loop(&http, &jobs, &stop))
+                .spawn(move || accept_loop(&http, &jobs, &stop, &token))
         };
         let acceptor = match acceptor {
             Ok(a) => a,
@@ -278,7 +289,12 @@ fn set_nodelay(listener: &std::net::TcpListener) {
     }
 }
 
-fn accept_loop(http: &tiny_http::Server, jobs: &mpsc::Sender<Msg>, stop: &AtomicBool) {
+fn accept_loop(
+    http: &tiny_http::Server,
+    jobs: &mpsc::Sender<Msg>,
+    stop: &AtomicBool,
+    token: &Arc<Option<String>>,
+) {
     loop {
         let rq = http.recv();
         let stopping = stop.load(Ordering::SeqCst);
@@ -286,7 +302,8 @@ fn accept_loop(http: &tiny_http::Server, jobs: &mpsc::Sender<Msg>, stop: &Atomic
             Ok(rq) if stopping => spawn_io(rq, |rq| respond(rq, Reply::unavailable())),
             Ok(rq) => {
                 let jobs = jobs.clone();
-                spawn_io(rq, move |rq| serve_request(rq, &jobs));
+                let token = Arc::clone(token);
+                spawn_io(rq, move |rq| serve_request(rq, &jobs, token.as_deref()));
             }
             Err(_) if stopping => {}
             // An accept error (e.g. out of file descriptors): back off a little.
@@ -299,8 +316,18 @@ fn accept_loop(http: &tiny_http::Server, jobs: &mpsc::Sender<Msg>, stop: &Atomic
 }
 
 /// `shoal-admin-io`: checks the request, reads its body, has the executor run it, responds.
-fn serve_request(mut rq: tiny_http::Request, jobs: &mpsc::Sender<Msg>) {
+fn serve_request(mut rq: tiny_http::Request, jobs: &mpsc::Sender<Msg>, token: Option<&str>) {
     if let Some(reply) = check_headers(rq.headers()) {
+        respond(rq, reply);
+        return;
+    }
+    let peer = rq.remote_addr().map(SocketAddr::ip);
+    let authorization = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().to_owned());
+    if let Some(reply) = check_remote(peer, authorization.as_deref(), token) {
         respond(rq, reply);
         return;
     }
@@ -382,6 +409,40 @@ fn check_headers(headers: &[tiny_http::Header]) -> Option<Reply> {
         }
     }
     None
+}
+
+/// Requests from this machine (loopback) are the local administrator's; a request from another
+/// machine must carry `Authorization: Bearer TOKEN` with the daemon's admin token, and without a
+/// token configured none is accepted (401). The comparison takes the same time wherever the
+/// first difference is.
+fn check_remote(
+    peer: Option<IpAddr>,
+    authorization: Option<&str>,
+    token: Option<&str>,
+) -> Option<Reply> {
+    if peer.is_some_and(|ip| ip.is_loopback()) {
+        return None;
+    }
+    let given = authorization.and_then(|a| a.strip_prefix("Bearer "));
+    match (token, given) {
+        (Some(token), Some(given)) if same_secret(token.as_bytes(), given.trim().as_bytes()) => {
+            None
+        }
+        (None, _) => Some(Reply::error(AdminError::new(
+            ErrorCode::Unauthorized,
+            "the admin API takes requests from other machines only with an admin token \
+             (serve --admin-token-file)",
+        ))),
+        _ => Some(Reply::error(AdminError::new(
+            ErrorCode::Unauthorized,
+            "a request from another machine needs Authorization: Bearer <admin token>",
+        ))),
+    }
+}
+
+/// Equal secrets, compared without an early exit.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether a `Host` header names an IP address or localhost (with or without a port).
@@ -1009,6 +1070,40 @@ fn route_and_call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_machines_need_the_admin_token_and_this_one_does_not() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let local6: IpAddr = "::1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let token = Some("s3cret-token-0123456789");
+        let status = |r: Option<Reply>| r.map(|r| r.into_response().status_code().0);
+        assert_eq!(status(check_remote(Some(local), None, None)), None);
+        assert_eq!(status(check_remote(Some(local6), None, token)), None);
+        assert_eq!(status(check_remote(Some(remote), None, None)), Some(401));
+        assert_eq!(status(check_remote(Some(remote), None, token)), Some(401));
+        let wrong = Some("Bearer s3cret-token-0123456788");
+        assert_eq!(status(check_remote(Some(remote), wrong, token)), Some(401));
+        let right = Some("Bearer s3cret-token-0123456789");
+        assert_eq!(status(check_remote(Some(remote), right, token)), None);
+        assert_eq!(
+            status(check_remote(
+                Some(remote),
+                Some("s3cret-token-0123456789"),
+                token
+            )),
+            Some(401),
+            "the Bearer scheme is required"
+        );
+        assert_eq!(status(check_remote(None, right, token)), None);
+        assert_eq!(
+            status(check_remote(None, None, token)),
+            Some(401),
+            "unknown peer"
+        );
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+    }
     use crate::control::api::{
         HistogramReport, PoolStatus, ResetReport, SnapshotInfo, StatsReport, VolumeInfo,
     };

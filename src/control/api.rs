@@ -24,6 +24,8 @@ pub enum ErrorCode {
     NoSpace,
     /// The request conflicts with the object's state (HTTP 409).
     Conflict,
+    /// A request from another machine without the admin token (HTTP 401).
+    Unauthorized,
     /// Anything else; the message says what (HTTP 500).
     Internal,
 }
@@ -36,6 +38,7 @@ impl ErrorCode {
             ErrorCode::AlreadyExists | ErrorCode::InUse | ErrorCode::Conflict => 409,
             ErrorCode::InvalidArgument => 400,
             ErrorCode::NoSpace => 507,
+            ErrorCode::Unauthorized => 401,
             ErrorCode::Internal => 500,
         }
     }

@@ -209,8 +209,9 @@ impl Server {
             .map_err(|e| StartError::Volumes(format!("checkpoint: {}", e.message)))?;
         let stop = Arc::new(AtomicBool::new(false));
         threads.push(start_checkpointer(Arc::clone(&daemon), Arc::clone(&stop))?);
-        let admin = AdminServer::start(cfg.admin_listen, daemon)
-            .map_err(|e| StartError::Admin(e.to_string()))?;
+        let admin =
+            AdminServer::start_with_token(cfg.admin_listen, daemon, cfg.admin_token.clone())
+                .map_err(|e| StartError::Admin(e.to_string()))?;
         admin_http::write_addr_file(&cfg.data_dir, admin.local_addr())
             .map_err(|e| StartError::Admin(format!("writing the admin address file: {e}")))?;
         for l in listeners {
