@@ -317,16 +317,22 @@ fn accept_loop(
 
 /// `shoal-admin-io`: checks the request, reads its body, has the executor run it, responds.
 fn serve_request(mut rq: tiny_http::Request, jobs: &mpsc::Sender<Msg>, token: Option<&str>) {
-    if let Some(reply) = check_headers(rq.headers()) {
-        respond(rq, reply);
-        return;
-    }
     let peer = rq.remote_addr().map(SocketAddr::ip);
     let authorization = rq
         .headers()
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .map(|h| h.value.as_str().to_owned());
+    // A request with the token may name the daemon by host name (DNS rebinding cannot forge
+    // the token); any other must use an IP address or localhost.
+    let with_token = token.is_some()
+        && authorization
+            .as_deref()
+            .is_some_and(|a| check_remote(None, Some(a), token).is_none());
+    if let Some(reply) = check_headers(rq.headers(), !with_token) {
+        respond(rq, reply);
+        return;
+    }
     if let Some(reply) = check_remote(peer, authorization.as_deref(), token) {
         respond(rq, reply);
         return;
@@ -379,8 +385,9 @@ fn respond(rq: tiny_http::Request, reply: Reply) {
 
 /// Refuses requests a browser could send on a web page's behalf (cross-site request forgery
 /// and DNS rebinding against a loopback service): any request with an `Origin` header, and any
-/// whose `Host` is a name other than `localhost`.
-fn check_headers(headers: &[tiny_http::Header]) -> Option<Reply> {
+/// whose `Host` is a name other than `localhost` (unless `check_host` is false: the request
+/// carries the admin token).
+fn check_headers(headers: &[tiny_http::Header], check_host: bool) -> Option<Reply> {
     let refuse = |message: String| {
         Some(Reply::error_with_status(
             403,
@@ -394,7 +401,7 @@ fn check_headers(headers: &[tiny_http::Header]) -> Option<Reply> {
                     .into(),
             );
         }
-        if h.field.equiv("Host") && !host_allowed(h.value.as_str()) {
+        if check_host && h.field.equiv("Host") && !host_allowed(h.value.as_str()) {
             return refuse(format!(
                 "Host {:?} refused: address the admin API by IP address or as localhost",
                 h.value.as_str()
@@ -1070,6 +1077,18 @@ fn route_and_call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_with_the_token_may_name_the_daemon_by_host_name() {
+        let host: tiny_http::Header = "Host: san1.example:7000".parse().unwrap();
+        let origin: tiny_http::Header = "Origin: http://evil.example".parse().unwrap();
+        assert!(check_headers(std::slice::from_ref(&host), true).is_some());
+        assert!(check_headers(std::slice::from_ref(&host), false).is_none());
+        assert!(
+            check_headers(&[host, origin], false).is_some(),
+            "browsers are refused"
+        );
+    }
 
     #[test]
     fn other_machines_need_the_admin_token_and_this_one_does_not() {
