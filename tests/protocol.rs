@@ -1489,3 +1489,31 @@ fn data_survives_sigkill_and_restart() {
     assert_good(&r);
     assert!(r.data == data, "data written before SIGKILL was lost");
 }
+
+/// Implicit ALUA for multipath initiators: INQUIRY says TPGS 01b, the Device Identification page
+/// names target port group 1, and REPORT TARGET PORT GROUPS answers one active/optimized group
+/// holding the target's port (what ESXi's VMW_SATP_ALUA and dm-multipath's alua handler read).
+#[test]
+fn report_target_port_groups_gives_one_active_optimized_group() {
+    let t = Target::start(&[]);
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    assert_eq!(ini.test_unit_ready(), 0);
+    let inq = ini.command(&[0x12, 0, 0, 0, 96, 0], 96, true, &[]);
+    assert_eq!((inq.data[5] >> 4) & 0x03, 0x01, "TPGS: implicit");
+    let vpd = ini.command(&[0x12, 0x01, 0x83, 0x00, 0xFF, 0x00], 255, true, &[]);
+    assert!(
+        vpd.data
+            .windows(8)
+            .any(|w| w == [0x51, 0x95, 0, 4, 0, 0, 0, 1]),
+        "target port group designator: {:?}",
+        vpd.data
+    );
+    let rtpg = ini.command(&[0xA3, 0x2A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256, true, &[]);
+    assert_eq!(rtpg.status(), 0, "{:?}", rtpg.sense());
+    assert_eq!(
+        rtpg.data,
+        vec![
+            0, 0, 0, 16, 0x10, 0, 0, 0, 0x80, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1
+        ]
+    );
+}

@@ -169,6 +169,8 @@ pub const SA_READ_CAPACITY_16: u16 = 0x10;
 pub const SA_GET_LBA_STATUS: u16 = 0x12;
 /// MAINTENANCE IN service action REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
 pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
+/// MAINTENANCE IN service action REPORT TARGET PORT GROUPS.
+pub const SA_REPORT_TARGET_PORT_GROUPS: u16 = 0x0A;
 
 /// The CDB length implied by an operation code's group (SPC-4 table 9), or `None` for the
 /// reserved and vendor-specific groups (and variable-length 7Fh), none of which we implement.
@@ -399,6 +401,13 @@ pub enum Command {
     },
     /// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
     ReportSupportedOpcodes(RsocRequest),
+    /// REPORT TARGET PORT GROUPS (SPC-4 6.36).
+    ReportTargetPortGroups {
+        /// PARAMETER DATA FORMAT 001b: the extended header.
+        extended: bool,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
     /// EXTENDED COPY (LID1) (SPC-4 6.4): see `scsi::xcopy`.
     ExtendedCopy {
         /// PARAMETER LIST LENGTH.
@@ -570,6 +579,13 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
             0xA0, 0x00, 0xFF, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x04,
         ],
     ),
+    CommandInfo {
+        opcode: opcode::MAINTENANCE_IN,
+        service_action: Some(SA_REPORT_TARGET_PORT_GROUPS),
+        usage: &[
+            0xA3, 0xEA, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x04,
+        ],
+    },
     CommandInfo {
         opcode: opcode::MAINTENANCE_IN,
         service_action: Some(SA_REPORT_SUPPORTED_OPCODES),
@@ -821,6 +837,9 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         WRITE_SAME_10 | WRITE_SAME_16 => parse_write_same(cdb),
         COMPARE_AND_WRITE => parse_compare_and_write(cdb),
         REPORT_LUNS => parse_report_luns(cdb),
+        MAINTENANCE_IN if u16::from(byte(cdb, 1) & 0x1F) == SA_REPORT_TARGET_PORT_GROUPS => {
+            parse_rtpg(cdb)
+        }
         MAINTENANCE_IN => parse_rsoc(cdb),
         _ => Err(Sense::invalid_opcode()),
     }
@@ -1047,6 +1066,19 @@ fn parse_report_luns(cdb: &[u8]) -> Result<Command, Sense> {
     Ok(Command::ReportLuns {
         select_report,
         alloc_len,
+    })
+}
+
+/// REPORT TARGET PORT GROUPS (SPC-4 6.36): PARAMETER DATA FORMAT 000b (length-only header) or
+/// 001b (extended header).
+fn parse_rtpg(cdb: &[u8]) -> Result<Command, Sense> {
+    let format = byte(cdb, 1) >> 5;
+    if format > 1 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(7)));
+    }
+    Ok(Command::ReportTargetPortGroups {
+        extended: format == 1,
+        alloc_len: be32(cdb, 6, 4),
     })
 }
 
@@ -1277,14 +1309,26 @@ mod tests {
                 "opcode {op:#x}"
             );
         }
-        // READ LONG (16) (9Eh/11h) and REPORT TARGET PORT GROUPS (A3h/0Ah).
+        // READ LONG (16) (9Eh/11h) and MAINTENANCE IN / REPORT IDENTIFYING INFORMATION (05h).
         assert_eq!(
             parse(&cdb(&[0x9E, 0x11])).unwrap_err(),
             Sense::invalid_opcode()
         );
         assert_eq!(
-            parse(&cdb(&[0xA3, 0x0A])).unwrap_err(),
+            parse(&cdb(&[0xA3, 0x05])).unwrap_err(),
             Sense::invalid_opcode()
+        );
+        assert_eq!(
+            parse(&cdb(&[0xA3, 0x2A, 0, 0, 0, 0, 0, 0, 1, 0])),
+            Ok(Command::ReportTargetPortGroups {
+                extended: true,
+                alloc_len: 256
+            })
+        );
+        assert_eq!(
+            parse(&cdb(&[0xA3, 0x4A])).unwrap_err(),
+            Sense::invalid_field_in_cdb(1, Some(7)),
+            "parameter data format 010b"
         );
     }
 

@@ -533,6 +533,10 @@ impl LogicalUnit {
             Command::ReportSupportedOpcodes(ref req) => {
                 spc::report_supported_opcodes(req, info.thin)
             }
+            Command::ReportTargetPortGroups {
+                extended,
+                alloc_len,
+            } => spc::report_target_port_groups(info, extended, alloc_len),
             Command::ExtendedCopy { param_len } => {
                 return self.extended_copy(n, param_len, data_out);
             }
@@ -686,6 +690,7 @@ fn access_of(cmd: &Command) -> Access {
         | Command::ReadCapacity10
         | Command::ReadCapacity16 { .. }
         | Command::ReportSupportedOpcodes(_)
+        | Command::ReportTargetPortGroups { .. }
         | Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
         | Command::ReceiveCopyResults { .. } => Access::Always,

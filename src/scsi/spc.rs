@@ -88,7 +88,8 @@ fn put_ascii(dst: &mut [u8], src: &[u8]) {
 
 /// Standard INQUIRY data (SPC-4 6.6.2), 96 bytes, with the given PERIPHERAL QUALIFIER / DEVICE
 /// TYPE byte: SPC-4 (VERSION 06h), HiSup, RESPONSE DATA FORMAT 2, CmdQue, not removable, no
-/// protection, no TPGS, NormACA=0, 3PC (EXTENDED COPY, `scsi::xcopy`).
+/// protection, TPGS 01b (implicit ALUA: REPORT TARGET PORT GROUPS, one group, every port active
+/// and optimized), NormACA=0, 3PC (EXTENDED COPY, `scsi::xcopy`).
 pub fn standard_inquiry(peripheral: u8) -> Vec<u8> {
     let mut d = vec![0u8; STANDARD_INQUIRY_LEN];
     d[0] = peripheral;
@@ -96,7 +97,7 @@ pub fn standard_inquiry(peripheral: u8) -> Vec<u8> {
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x12; // HISUP | RESPONSE DATA FORMAT 2
     d[4] = (STANDARD_INQUIRY_LEN - 5) as u8; // ADDITIONAL LENGTH
-    d[5] = 0x08; // 3PC: EXTENDED COPY (scsi::xcopy)
+    d[5] = 0x10 | 0x08; // TPGS 01b: implicit ALUA; 3PC: EXTENDED COPY (scsi::xcopy)
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(VENDOR_ID);
     d[16..32].copy_from_slice(PRODUCT_ID);
@@ -178,6 +179,9 @@ const DESIGNATOR_T10_VENDOR: u8 = 0x1;
 const DESIGNATOR_NAA: u8 = 0x3;
 const DESIGNATOR_RELATIVE_PORT: u8 = 0x4;
 const DESIGNATOR_SCSI_NAME: u8 = 0x8;
+const DESIGNATOR_TARGET_PORT_GROUP: u8 = 0x5;
+/// The one target port group: every portal of every target is in it, active/optimized.
+pub const TARGET_PORT_GROUP: u16 = 1;
 
 /// A SCSI NAME STRING (SPC-4 7.8.6.11): UTF-8, null terminated, padded with nulls to a multiple
 /// of 4 bytes, at most 252 bytes.
@@ -214,7 +218,39 @@ fn device_identification(info: &LunInfo) -> Vec<u8> {
         PIV | ASSOC_TARGET_PORT | DESIGNATOR_RELATIVE_PORT,
         &[0, 0, port[0], port[1]],
     ));
+    let group = TARGET_PORT_GROUP.to_be_bytes();
+    body.extend(designator(
+        PROTOCOL_ISCSI | CODE_SET_BINARY,
+        PIV | ASSOC_TARGET_PORT | DESIGNATOR_TARGET_PORT_GROUP,
+        &[0, 0, group[0], group[1]],
+    ));
     body
+}
+
+/// REPORT TARGET PORT GROUPS data (SPC-4 6.36.2): one target port group, [`TARGET_PORT_GROUP`],
+/// in the active/optimized state (the only one it supports: AO_SUP), holding the target's port.
+/// Multipath initiators (ESXi's VMW_SATP_ALUA, Linux dm-multipath's alua handler) then use every
+/// path alike. With `extended`, the header carries PARAMETER DATA FORMAT 001b and an implicit
+/// transition time of 0.
+pub fn report_target_port_groups(info: &LunInfo, extended: bool, alloc_len: u32) -> Completion {
+    let mut group = vec![
+        0x80, // PREF=1, ASYMMETRIC ACCESS STATE 0h: active/optimized
+        0x01, // AO_SUP
+    ];
+    group.extend_from_slice(&TARGET_PORT_GROUP.to_be_bytes());
+    group.extend_from_slice(&[0, 0, 0, 1]); // reserved, STATUS CODE 0, vendor, TARGET PORT COUNT 1
+    group.extend_from_slice(&[0, 0]);
+    group.extend_from_slice(&info.relative_port_id.to_be_bytes());
+    let mut d = Vec::with_capacity(8 + group.len());
+    if extended {
+        d.extend_from_slice(&((group.len() + 4) as u32).to_be_bytes());
+        d.extend_from_slice(&[0x10, 0, 0, 0]); // FORMAT TYPE 001b, implicit transition time 0
+    } else {
+        d.extend_from_slice(&(group.len() as u32).to_be_bytes());
+    }
+    d.extend(group);
+    d.truncate(alloc_len as usize);
+    Completion::good(d)
 }
 
 /// Whether `descriptor` (a designation descriptor, SPC-4 7.8.6.1: CODE SET, ASSOCIATION and
@@ -729,10 +765,30 @@ mod tests {
     }
 
     #[test]
+    fn report_target_port_groups_one_active_optimized_group() {
+        let info = LunInfo {
+            relative_port_id: 1,
+            ..LunInfo::default()
+        };
+        let d = report_target_port_groups(&info, false, 1024).data;
+        assert_eq!(
+            d,
+            vec![0, 0, 0, 12, 0x80, 0x01, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+        );
+        let x = report_target_port_groups(&info, true, 1024).data;
+        assert_eq!(&x[..8], &[0, 0, 0, 16, 0x10, 0, 0, 0]);
+        assert_eq!(&x[8..], &d[4..]);
+        assert_eq!(
+            report_target_port_groups(&info, false, 4).data,
+            vec![0, 0, 0, 12]
+        );
+    }
+
+    #[test]
     fn standard_inquiry_exact_bytes() {
         let d = standard_inquiry(PERIPHERAL_DIRECT_ACCESS);
         assert_eq!(d.len(), 96);
-        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x08, 0x00, 0x02]);
+        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"SHOAL   ");
         assert_eq!(&d[16..32], b"Shoal Volume    ");
         assert_eq!(&d[32..36], b"0001");
@@ -804,6 +860,8 @@ mod tests {
         want.extend_from_slice(b"iqn.2024-01.io.shoal:t1\0");
         // Relative target port 1, iSCSI, PIV, target port.
         want.extend_from_slice(&[0x51, 0x94, 0x00, 4, 0, 0, 0, 1]);
+        // Target port group 1, iSCSI, PIV, target port.
+        want.extend_from_slice(&[0x51, 0x95, 0x00, 4, 0, 0, 0, 1]);
         let len = (want.len() - 4) as u16;
         want[2..4].copy_from_slice(&len.to_be_bytes());
         assert_eq!(d, want);
@@ -1332,7 +1390,8 @@ mod tests {
         // Option 3 accepts both.
         assert_eq!(rsoc(false, 3, 0x28, 7, 65535).data[1], 0x03);
         assert_eq!(rsoc(false, 3, 0xA3, 0x0C, 65535).data[1], 0x03);
-        assert_eq!(rsoc(false, 3, 0xA3, 0x0A, 65535).data[1], 0x01);
+        assert_eq!(rsoc(false, 3, 0xA3, 0x0A, 65535).data[1], 0x03);
+        assert_eq!(rsoc(false, 3, 0xA3, 0x05, 65535).data[1], 0x01);
     }
 
     #[test]
