@@ -155,7 +155,7 @@ pub enum VolumeCommand {
         any: bool,
     },
     /// Show or set CHAP credentials of the volume's own (its target, and its exported
-    /// snapshots', then ask them instead of the configuration's [chap]). Secrets are read from
+    /// snapshots', then ask them instead of the configuration's `[chap]`). Secrets are read from
     /// files, not the command line. Without options, shows them (never the secrets). Sessions
     /// already logged in stay.
     Chap {

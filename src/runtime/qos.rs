@@ -1,6 +1,6 @@
 //! Per-volume QoS: limits on a LUN's I/O operations and bytes per second, enforced by its shard.
 //!
-//! Each limit is a token bucket refilled at its rate and holding at most [`BURST`] worth of it
+//! Each limit is a token bucket refilled at its rate and holding at most 50 ms worth of it
 //! (at least one operation, at least one largest transfer). A READ or WRITE (the statistics'
 //! read and write classes) is admitted when both buckets hold a token or more; it then takes one
 //! operation and its bytes, which may leave the byte bucket in debt (a transfer larger than the
