@@ -17,7 +17,7 @@ use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
     AccessInfo, AdminError, ChapInfo, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, PoolStatus, ReservationsInfo, ResetReport, Resize,
+    ErrorCode, Export, PoolSettings, PoolStatus, Rename, ReservationsInfo, ResetReport, Resize,
     ScheduleInfo, SnapshotDiff, SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport,
     VolumeChap, VolumeInfo, VolumePatch,
 };
@@ -48,7 +48,7 @@ pub struct AdminArgs {
 /// The admin commands, embedded in `shoal`'s command set next to `serve`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum CliCommand {
-    /// Create, list, show, change, resize and delete volumes; their access lists and reservations.
+    /// Create, list, show, change, rename, resize and delete volumes; their access, CHAP, QoS and reservations.
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Create, list, delete, roll back to and export snapshots.
@@ -177,6 +177,16 @@ pub enum VolumeCommand {
         /// Remove the volume's credentials (the configuration's apply again).
         #[arg(long, conflicts_with_all = ["user", "secret_file", "target_user", "target_secret_file"])]
         off: bool,
+    },
+    /// Rename a volume and its snapshots (its target IQN changes: no initiator may be logged
+    /// in, and its snapshots must not be exported).
+    Rename {
+        /// Volume name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The new name.
+        #[arg(value_name = "NEW-NAME")]
+        new_name: String,
     },
     /// Grow a volume online.
     Resize {
@@ -696,6 +706,12 @@ impl AdminClient {
         }
     }
 
+    /// `POST /v1/volumes/{name}/rename`.
+    pub fn rename_volume(&self, name: &str, req: &Rename) -> Result<Fetched<VolumeInfo>, CliError> {
+        let path = format!("/v1/volumes/{}/rename", encode(name));
+        self.fetch("POST", &path, Some(req))
+    }
+
     /// `POST /v1/volumes/{name}/resize`.
     pub fn resize_volume(&self, name: &str, req: &Resize) -> Result<Fetched<VolumeInfo>, CliError> {
         let path = format!("/v1/volumes/{}/resize", encode(name));
@@ -946,6 +962,12 @@ pub fn execute(
                     _ => off.then_some(None),
                 };
                 render(json, &client.chap(name, change)?, show_chap)
+            }
+            VolumeCommand::Rename { name, new_name } => {
+                let req = Rename {
+                    name: new_name.clone(),
+                };
+                render(json, &client.rename_volume(name, &req)?, show_volume)
             }
             VolumeCommand::Resize { name, size } => {
                 let req = Resize { size_bytes: *size };

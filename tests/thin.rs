@@ -704,3 +704,45 @@ fn a_snapshot_diff_names_the_extents_written_since_the_base() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("nope"), "{stderr}");
 }
+
+#[test]
+fn a_renamed_volume_keeps_its_data_snapshots_and_settings_across_kill_9() {
+    let t = Target::start(&["--size", "4M"]);
+    let mut ini = raw_session(&t);
+    assert_eq!(ini.write10(0, &pattern(4096, 5)).status(), 0);
+    t.cli_ok(&["snapshot", "create", "default@s1"]);
+    t.cli_ok(&["volume", "set", "default", "--iops-limit", "1000"]);
+    // Refused while a host is logged in (its target IQN changes), and to a taken name.
+    let out = t.cli(&["volume", "rename", "default", "db"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("offline"),
+        "{stderr}"
+    );
+    drop(ini);
+    std::thread::sleep(Duration::from_millis(300));
+    t.cli_ok(&["volume", "create", "taken", "--size", "1M"]);
+    assert!(
+        !t.cli(&["volume", "rename", "default", "taken"])
+            .status
+            .success()
+    );
+    let v: Value =
+        serde_json::from_str(&t.cli_ok(&["--json", "volume", "rename", "default", "db"]))
+            .expect("volume JSON");
+    assert_eq!(v["target"], "iqn.2026-11.dev.shoal:db", "{v}");
+    assert_eq!(v["iops_limit"], 1000, "settings follow: {v}");
+    let snaps = t.cli_ok(&["--json", "snapshot", "list", "db"]);
+    assert!(snaps.contains("db@s1"), "{snaps}");
+    let dir = t.kill();
+    let t = Target::start_in(dir, &[]);
+    let mut ini = session_on(&t, "db", 1);
+    let back = ini.read10(0, 8);
+    assert_eq!((back.status(), back.data), (0, pattern(4096, 5)));
+    // The embedded default volume is declared, so a start creates it afresh: empty.
+    let fresh: Value =
+        serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "default"])).unwrap();
+    assert_eq!(fresh["mapped_bytes"], 0, "{fresh}");
+    let v: Value = serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "db"])).unwrap();
+    assert_eq!(v["snapshots"], 1, "{v}");
+}

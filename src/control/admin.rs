@@ -15,8 +15,8 @@
 
 use super::api::{
     AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, Resize, SnapshotSchedule, StatsClass, StatsQuery, VolumeChap,
-    VolumePatch,
+    ErrorCode, Export, PoolSettings, Rename, Resize, SnapshotSchedule, StatsClass, StatsQuery,
+    VolumeChap, VolumePatch,
 };
 use super::metrics;
 use crate::cli::CliError;
@@ -638,6 +638,7 @@ enum Route {
     Volumes,
     Volume(String),
     VolumeResize(String),
+    VolumeRename(String),
     VolumeReservations(String),
     VolumeAccess(String),
     VolumeSchedule(String),
@@ -674,6 +675,7 @@ impl Route {
             Route::Volume(_) => "GET, PATCH, DELETE",
             Route::Snapshot(_) => "GET, DELETE",
             Route::VolumeResize(_)
+            | Route::VolumeRename(_)
             | Route::SnapshotRollback(_)
             | Route::SnapshotExport(_)
             | Route::Clones => "POST",
@@ -733,6 +735,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "volumes"] => Route::Volumes,
         ["v1", "volumes", name] => Route::Volume(name.to_string()),
         ["v1", "volumes", name, "resize"] => Route::VolumeResize(name.to_string()),
+        ["v1", "volumes", name, "rename"] => Route::VolumeRename(name.to_string()),
         ["v1", "volumes", name, "reservations"] => Route::VolumeReservations(name.to_string()),
         ["v1", "volumes", name, "access"] => Route::VolumeAccess(name.to_string()),
         ["v1", "volumes", name, "schedule"] => Route::VolumeSchedule(name.to_string()),
@@ -1012,6 +1015,10 @@ fn route_and_call(
         ("POST", Route::VolumeResize(name)) => {
             let req: Resize = parse_body(body).map_err(err)?;
             Reply::json(200, &backend.resize_volume(name, &req).map_err(err)?)
+        }
+        ("POST", Route::VolumeRename(name)) => {
+            let req: Rename = parse_body(body).map_err(err)?;
+            Reply::json(200, &backend.rename_volume(name, &req).map_err(err)?)
         }
         ("GET", Route::Snapshots) => {
             let volume = param("volume");

@@ -216,6 +216,14 @@ pub struct PoolSettings {
     pub size_bytes: Option<u64>,
 }
 
+/// `POST /v1/volumes/{name}/rename`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rename {
+    /// The new name.
+    pub name: String,
+}
+
 /// `POST /v1/volumes/{name}/resize`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resize {
@@ -622,6 +630,14 @@ pub trait AdminBackend: Send + Sync {
     fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError>;
     /// Grows a volume online.
     fn resize_volume(&self, name: &str, req: &Resize) -> Result<VolumeInfo, AdminError>;
+    /// Renames a volume (and its snapshots); its target IQN changes with it.
+    fn rename_volume(&self, name: &str, req: &Rename) -> Result<VolumeInfo, AdminError> {
+        let _ = req;
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no volume named {name:?}"),
+        ))
+    }
     /// The SCSI reservations on a volume's LUN, after clearing them all when `clear`
     /// (administrator override: registrants are told RESERVATIONS PREEMPTED).
     fn reservations(&self, name: &str, clear: bool) -> Result<ReservationsInfo, AdminError> {

@@ -1242,6 +1242,82 @@ impl AdminBackend for Daemon {
         Ok(())
     }
 
+    fn rename_volume(&self, name: &str, req: &Rename) -> Result<VolumeInfo, AdminError> {
+        let mut st = self.lock();
+        let meta = Self::volume_meta(&st, name)?;
+        let new = req.name.as_str();
+        Self::check_new_name(&st, new)?;
+        let prefix = format!("{name}@");
+        let snapshots: Vec<ImageMeta> = st
+            .pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Snapshot && m.name.starts_with(&prefix))
+            .cloned()
+            .collect();
+        if let Some(s) = snapshots.iter().find(|s| st.served.contains_key(&s.image)) {
+            return Err(AdminError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "snapshot {} is exported: withdraw it first (shoal snapshot export {} --disable)",
+                    s.name, s.name
+                ),
+            ));
+        }
+        for s in &snapshots {
+            let renamed = format!("{new}{}", &s.name[name.len()..]);
+            if st.pool.find(&renamed).is_some() {
+                return Err(AdminError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("{renamed:?} already exists"),
+                ));
+            }
+        }
+        // The target's IQN changes: its sessions must be gone first.
+        let removed = self.unserve(&mut st, meta.image, false).map_err(|e| {
+            AdminError::new(
+                ErrorCode::InUse,
+                format!(
+                    "volume {name} must be offline to be renamed ({})",
+                    e.message
+                ),
+            )
+        })?;
+        let reserved = match removed {
+            Some((map, reserved)) => {
+                st.pool.put_map(meta.image, map);
+                Some(reserved)
+            }
+            None => None,
+        };
+        st.pool.rename(meta.image, new).map_err(pool_error)?;
+        for s in &snapshots {
+            let renamed = format!("{new}{}", &s.name[name.len()..]);
+            st.pool.rename(s.image, &renamed).map_err(pool_error)?;
+        }
+        st.settings.rename(name, new).map_err(internal)?;
+        if let Some(at) = st.schedule_attempts.remove(name) {
+            st.schedule_attempts.insert(new.to_string(), at);
+        }
+        if let Some(dir) = &self.reservations_dir {
+            let (from, to) = (
+                reservations::path(dir, &target_name(name)),
+                reservations::path(dir, &target_name(new)),
+            );
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(internal)?;
+            }
+        }
+        let meta = st
+            .pool
+            .image(meta.image)
+            .cloned()
+            .ok_or_else(|| internal("volume vanished"))?;
+        if let Some(reserved) = reserved {
+            self.serve_reserved(&mut st, &meta, target_name(new), false, reserved)?;
+        }
+        Ok(self.volume_info(&st, &meta))
+    }
+
     fn rollback(&self, volume: &str, snapshot: &str) -> Result<VolumeInfo, AdminError> {
         let mut st = self.lock();
         let vol = Self::volume_meta(&st, volume)?;

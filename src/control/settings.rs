@@ -347,6 +347,19 @@ impl VolumeSettings {
         self.update(volume, |e| e.write_cache = Some(on))
     }
 
+    /// Moves `volume`'s settings to `new_name` (the volume was renamed), durably.
+    pub fn rename(&mut self, volume: &str, new_name: &str) -> Result<(), SettingsError> {
+        let Some(entry) = self.volumes.get(volume).cloned() else {
+            return Ok(());
+        };
+        let mut next = self.volumes.clone();
+        next.remove(volume);
+        next.insert(new_name.to_owned(), entry);
+        self.save(&next)?;
+        self.volumes = next;
+        Ok(())
+    }
+
     /// Forgets `volume`'s settings (the volume was deleted).
     pub fn remove(&mut self, volume: &str) -> Result<(), SettingsError> {
         if self.volumes.contains_key(volume) {

@@ -636,6 +636,26 @@ impl Pool {
         Ok(map)
     }
 
+    /// Renames image `image` (a `Rename` record).
+    pub fn rename(&mut self, image: u64, name: &str) -> Result<(), PoolError> {
+        if !self.images.contains_key(&image) {
+            return Err(missing(image));
+        }
+        let seq = self.next_seq();
+        let name = name.to_string();
+        self.commit(
+            seq,
+            Op::Rename {
+                image,
+                name: name.clone(),
+            },
+        )?;
+        if let Some(m) = self.images.get_mut(&image) {
+            m.name = name;
+        }
+        Ok(())
+    }
+
     /// Records a new size for `image` (before the shard grows its map).
     pub fn resize(&mut self, image: u64, size: u64) -> Result<(), PoolError> {
         let seq = self.next_seq();
