@@ -274,6 +274,10 @@ fn slow_command_log_and_stats_off() {
         .find(|l| l.contains(" READ(10) lba 40 blocks 8 total "))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(
+        read.ends_with(" from iqn.2026-11.dev.shoal:test-initiator"),
+        "the line names the initiator: {read}"
+    );
+    assert!(
         read.contains(" us (data_out 0 queued ")
             && read.contains(" backend ")
             && read.contains(" send "),

@@ -1284,6 +1284,7 @@ impl Shard {
                     opcode: p.opcode,
                     extent: p.extent,
                     times,
+                    initiator: &sc.session.initiator_name,
                 };
                 for line in slow.note(self.id, sec, &cmd) {
                     eprintln!("{line}");

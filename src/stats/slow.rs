@@ -3,7 +3,7 @@
 //! cannot slow the shard down further.
 //!
 //! ```text
-//! shoal: slow command: target iqn.2026-11.dev.shoal:vm1 lun 0 WRITE(10) lba 2048 blocks 8 total 12034 us (data_out 3 queued 1 backend 12001 send 29)
+//! shoal: slow command: target iqn.2026-11.dev.shoal:vm1 lun 0 WRITE(10) lba 2048 blocks 8 total 12034 us (data_out 3 queued 1 backend 12001 send 29) from iqn.1998-01.com.vmware:esx1
 //! shoal: slow commands: 412 more over 10000 us in the last second on shard 0 (not logged)
 //! ```
 
@@ -27,6 +27,8 @@ pub struct SlowCommand<'a> {
     pub extent: Option<(u64, u64)>,
     /// Its phases.
     pub times: PhaseTimes,
+    /// The initiator that sent it (InitiatorName).
+    pub initiator: &'a str,
 }
 
 /// The slow-command log of one shard.
@@ -116,6 +118,9 @@ pub fn line(cmd: &SlowCommand<'_>) -> String {
         us(t.backend),
         us(t.send)
     );
+    if !cmd.initiator.is_empty() {
+        let _ = write!(s, " from {}", cmd.initiator);
+    }
     s
 }
 
@@ -135,6 +140,7 @@ mod tests {
                 backend: 12_001_000,
                 send: 29_000,
             },
+            initiator: "iqn.1998-01.com.vmware:esx1",
         }
     }
 
@@ -143,7 +149,7 @@ mod tests {
         assert_eq!(
             line(&cmd("iqn.x:vm1")),
             "shoal: slow command: target iqn.x:vm1 lun 0 WRITE(10) lba 2048 blocks 8 total 12034 us \
-             (data_out 3 queued 1 backend 12001 send 29)"
+             (data_out 3 queued 1 backend 12001 send 29) from iqn.1998-01.com.vmware:esx1"
         );
         let mut c = cmd("t");
         c.opcode = 0x00;
