@@ -120,6 +120,9 @@ pub enum VolumeCommand {
         /// QoS: most bytes read and written per second, e.g. 200M (0: no limit).
         #[arg(long, value_name = "SIZE", value_parser = parse_rate_arg)]
         bandwidth_limit: Option<u64>,
+        /// Write-protect the volume (writes get DATA PROTECT), or lift it.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        read_only: Option<bool>,
     },
     /// List volumes (and clones).
     List,
@@ -924,11 +927,13 @@ pub fn execute(
                 write_cache,
                 iops_limit,
                 bandwidth_limit,
+                read_only,
             } => {
                 let req = VolumePatch {
                     write_cache: *write_cache,
                     iops_limit: *iops_limit,
                     bandwidth_limit: *bandwidth_limit,
+                    read_only: *read_only,
                 };
                 render(json, &client.update_volume(name, &req)?, show_volume)
             }
@@ -1453,6 +1458,15 @@ fn show_volume(v: &VolumeInfo) -> String {
             },
         ),
         (
+            "read-only",
+            if v.read_only {
+                "yes (write-protected)"
+            } else {
+                "no"
+            }
+            .into(),
+        ),
+        (
             "qos",
             match (v.iops_limit, v.bandwidth_limit) {
                 (None, None) => "-".to_owned(),
@@ -1726,6 +1740,7 @@ mod tests {
                 write_cache: Some(false),
                 iops_limit: None,
                 bandwidth_limit: None,
+                read_only: None,
             })
         );
         assert!(parse(&["volume", "set", "vm1", "--write-cache", "maybe"]).is_err());
@@ -1746,6 +1761,7 @@ mod tests {
                 write_cache: None,
                 iops_limit: Some(5000),
                 bandwidth_limit: Some(200 << 20),
+                read_only: None,
             })
         );
         let (_, c) = parse(&["volume", "set", "vm1", "--bandwidth-limit", "0"]).unwrap();

@@ -119,6 +119,7 @@ impl Model {
             chap_user: None,
             iops_limit: None,
             bandwidth_limit: None,
+            read_only: false,
         }
     }
 

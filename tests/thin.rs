@@ -746,3 +746,53 @@ fn a_renamed_volume_keeps_its_data_snapshots_and_settings_across_kill_9() {
     let v: Value = serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "db"])).unwrap();
     assert_eq!(v["snapshots"], 1, "{v}");
 }
+
+#[test]
+fn a_write_protected_volume_refuses_writes_live_and_across_kill_9() {
+    let t = Target::start(&["--size", "4M"]);
+    let mut ini = raw_session(&t);
+    assert_eq!(ini.write10(0, &pattern(4096, 3)).status(), 0);
+    let v: Value = serde_json::from_str(&t.cli_ok(&[
+        "--json",
+        "volume",
+        "set",
+        "default",
+        "--read-only",
+        "on",
+    ]))
+    .unwrap();
+    assert_eq!(v["read_only"], true, "{v}");
+    // The session is told (MODE PARAMETERS CHANGED), then writes get WRITE PROTECTED.
+    let r = ini.write10(8, &pattern(4096, 4));
+    assert_eq!(r.sense(), Some((0x06, 0x2A, 0x01)), "unit attention first");
+    let r = ini.write10(8, &pattern(4096, 4));
+    assert_eq!(
+        r.sense(),
+        Some((0x07, 0x27, 0x00)),
+        "DATA PROTECT / WRITE PROTECTED"
+    );
+    let back = ini.read10(0, 8);
+    assert_eq!(
+        (back.status(), back.data),
+        (0, pattern(4096, 3)),
+        "reads go on"
+    );
+    // MODE SENSE (6): WP in the device-specific parameter.
+    let ms = ini.command(&[0x1A, 0x00, 0x3F, 0x00, 0xFF, 0x00], 255, true, &[]);
+    assert_eq!(ms.data[2] & 0x80, 0x80, "WP");
+    drop(ini);
+    let t = Target::start_in(t.kill(), &[]);
+    let mut ini = raw_session(&t);
+    assert_eq!(
+        ini.write10(8, &pattern(4096, 4)).sense(),
+        Some((0x07, 0x27, 0x00))
+    );
+    t.cli_ok(&["volume", "set", "default", "--read-only", "off"]);
+    let r = past_soft_threshold_ua(|| ini.write10(8, &pattern(4096, 4)));
+    let r = if r.sense() == Some((0x06, 0x2A, 0x01)) {
+        ini.write10(8, &pattern(4096, 4))
+    } else {
+        r
+    };
+    assert_eq!(r.status(), 0, "writable again: {:?}", r.sense());
+}

@@ -1181,6 +1181,7 @@ mod tests {
             chap_user: None,
             iops_limit: None,
             bandwidth_limit: None,
+            read_only: false,
         }
     }
 

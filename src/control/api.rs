@@ -146,6 +146,9 @@ pub struct VolumeInfo {
     /// QoS limit on bytes read and written per second, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<u64>,
+    /// Write-protected by the administrator (writes get DATA PROTECT).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 fn default_true() -> bool {
@@ -202,6 +205,9 @@ pub struct VolumePatch {
     /// QoS: bytes read and written per second (0: no limit), applied live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<u64>,
+    /// Write-protect the volume (or lift it), applied live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
 }
 
 /// `PATCH /v1/pool`: the settings to change (absent: unchanged).

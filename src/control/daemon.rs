@@ -365,7 +365,8 @@ impl Daemon {
             num_blocks: meta.size_bytes / u64::from(meta.block_size),
             naa: naa_designator(&meta.identity),
             serial: meta.identity.iter().map(|b| format!("{b:02x}")).collect(),
-            read_only,
+            // A snapshot is always read-only; a volume when its administrator says so.
+            read_only: read_only || st.settings.read_only(&meta.name),
             thin: meta.thin,
             // Every serve (start, create, clone, rollback) takes the volume's setting here.
             write_cache: st.write_cache(&meta.name),
@@ -645,6 +646,7 @@ impl Daemon {
             chap_user: st.settings.chap(&meta.name).map(|c| c.user.clone()),
             iops_limit: st.settings.qos(&meta.name).iops,
             bandwidth_limit: st.settings.qos(&meta.name).bytes_per_sec,
+            read_only: st.settings.read_only(&meta.name),
         }
     }
 
@@ -949,6 +951,20 @@ impl AdminBackend for Daemon {
             if let Some(served) = st.served.get(&meta.image).cloned() {
                 let target = served.target.clone();
                 self.ask(served.shard, |reply| ShardMsg::SetWriteCache {
+                    target,
+                    on,
+                    reply,
+                })
+                .map_err(internal)?;
+            }
+        }
+        if let Some(on) = req.read_only {
+            st.settings
+                .set_read_only(&meta.name, on)
+                .map_err(internal)?;
+            if let Some(served) = st.served.get(&meta.image).cloned() {
+                let target = served.target.clone();
+                self.ask(served.shard, |reply| ShardMsg::SetReadOnly {
                     target,
                     on,
                     reply,

@@ -93,6 +93,9 @@ struct Entry {
     /// QoS limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     qos: Option<VolumeQos>,
+    /// Write-protected by the administrator.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    read_only: bool,
 }
 
 /// A volume's QoS limits (see `runtime::qos`): READ/WRITE commands and bytes per second.
@@ -124,6 +127,7 @@ impl Entry {
             && self.snapshot_schedule.is_none()
             && self.chap.is_none()
             && self.qos.is_none()
+            && !self.read_only
     }
 }
 
@@ -301,6 +305,16 @@ impl VolumeSettings {
             c.policy()?;
         }
         self.update(volume, |e| e.chap = chap)
+    }
+
+    /// Whether the administrator write-protected `volume`.
+    pub fn read_only(&self, volume: &str) -> bool {
+        self.volumes.get(volume).is_some_and(|e| e.read_only)
+    }
+
+    /// Write-protects `volume` (or lifts it), durably.
+    pub fn set_read_only(&mut self, volume: &str, on: bool) -> Result<(), SettingsError> {
+        self.update(volume, |e| e.read_only = on)
     }
 
     /// `volume`'s QoS limits (none set: unlimited).

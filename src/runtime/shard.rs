@@ -195,6 +195,15 @@ pub enum ShardMsg {
         /// Done, or why not.
         reply: Sender<Result<(), String>>,
     },
+    /// Write-protect a LUN (or lift it).
+    SetReadOnly {
+        /// The target.
+        target: String,
+        /// Write-protected.
+        on: bool,
+        /// Done, or why not.
+        reply: Sender<Result<(), String>>,
+    },
     /// Enforce new QoS limits on a LUN (commands held back stay in order).
     SetQos {
         /// The target.
@@ -654,6 +663,10 @@ impl Shard {
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
                 ShardMsg::SetWriteCache { target, on, reply } => {
                     let answer = self.served_lun(&target).map(|l| l.lu.set_write_cache(on));
+                    let _ = reply.send(answer);
+                }
+                ShardMsg::SetReadOnly { target, on, reply } => {
+                    let answer = self.served_lun(&target).map(|l| l.lu.set_read_only(on));
                     let _ = reply.send(answer);
                 }
                 ShardMsg::SetQos {

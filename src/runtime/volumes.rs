@@ -261,12 +261,10 @@ impl Shard {
 
     pub(super) fn rotate(&mut self, generation: u64) -> Result<Vec<JournalCut>, String> {
         let mut cuts = Vec::new();
-        for slot in self
-            .luns
-            .iter_mut()
-            .filter(|l| !l.target.is_empty() && !l.lu.info().read_only)
-        {
-            if let Some(thin) = slot.volume.as_thin() {
+        // Volumes only: an exported snapshot's map is the control plane's (a write-protected
+        // volume's is still its shard's).
+        for slot in self.luns.iter_mut().filter(|l| !l.target.is_empty()) {
+            if let Some(thin) = slot.volume.as_thin().filter(|t| !t.is_snapshot_view()) {
                 let (map, seq) = thin.rotate_journal(generation).map_err(|e| e.to_string())?;
                 cuts.push((thin.image(), map, seq));
             }

@@ -219,6 +219,17 @@ impl LogicalUnit {
         }
     }
 
+    /// The administrator write-protects the logical unit (or lifts it): writes, WRITE SAME,
+    /// UNMAP, COMPARE AND WRITE and EXTENDED COPY get DATA PROTECT / WRITE PROTECTED, MODE SENSE
+    /// reports WP, and every nexus is told MODE PARAMETERS CHANGED (when it changed).
+    pub fn set_read_only(&mut self, on: bool) {
+        let changed = self.info.read_only != on;
+        self.info.read_only = on;
+        if changed {
+            self.queue_unit_attention_all(Sense::mode_parameters_changed(), None);
+        }
+    }
+
     // ---- I_T nexuses and unit attentions ----
 
     /// Registers a new I_T nexus and queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for it.

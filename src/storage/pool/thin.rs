@@ -205,6 +205,12 @@ impl ThinVolume {
         self.pool.extent_size
     }
 
+    /// Whether this serves a snapshot (read-only, its map shared from the control plane's)
+    /// rather than a volume whose map this shard owns.
+    pub fn is_snapshot_view(&self) -> bool {
+        self.read_only
+    }
+
     /// The image id.
     pub fn image(&self) -> u64 {
         self.image
