@@ -283,6 +283,7 @@ const FAST_SUITES: &[&str] = &[
     "WriteSame16",
     "GetLBAStatus",
     "CompareAndWrite",
+    "OrWrite",
     "Reserve6",
     "PrinReadKeys",
     "PrinServiceactionRange",

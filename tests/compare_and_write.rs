@@ -108,3 +108,30 @@ fn concurrent_sessions_using_it_as_a_lock_lose_no_update() {
         "lost updates ({miscompares} miscompares retried)"
     );
 }
+
+/// ORWRITE (16) of `data` at `lba`.
+fn or_write(ini: &mut RawInitiator, lba: u64, data: &[u8]) -> Reply {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8B;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&((data.len() / BLOCK) as u32).to_be_bytes());
+    ini.command(&cdb, data.len() as u32, false, data)
+}
+
+#[test]
+fn or_write_ors_the_data_into_the_blocks_through_the_same_atomic_path() {
+    let t = Target::start(&[]);
+    let mut ini = session(&t, 1);
+    let low = vec![0x0Fu8; 2 * BLOCK];
+    assert_eq!(ini.write10(100, &low).status(), 0);
+    let mut mask = vec![0xF0u8; 2 * BLOCK];
+    mask[BLOCK..].fill(0x30);
+    assert_eq!(or_write(&mut ini, 100, &mask).status(), 0);
+    let back = ini.read10(100, 2);
+    assert_eq!(back.status(), 0);
+    assert!(back.data[..BLOCK].iter().all(|&b| b == 0xFF), "0x0F | 0xF0");
+    assert!(back.data[BLOCK..].iter().all(|&b| b == 0x3F), "0x0F | 0x30");
+    // Unwritten (thin) blocks read as zeros: ORing gives the data itself.
+    assert_eq!(or_write(&mut ini, 300, &pattern(9, BLOCK)).status(), 0);
+    assert_eq!(ini.read10(300, 1).data, pattern(9, BLOCK));
+}

@@ -716,7 +716,7 @@ impl Shard {
         let Some(op) = self.ops[slot].as_ref() else {
             return;
         };
-        let Outcome::CompareAndWrite { len, .. } = op.outcome else {
+        let Outcome::CompareAndWrite { len, or, .. } = op.outcome else {
             return;
         };
         let len = len as usize;
@@ -729,13 +729,23 @@ impl Shard {
             return self.finish_op(slot);
         };
         let data = task.data_out();
-        let equal =
-            data.len() >= 2 * len && op.buf.as_deref().is_some_and(|b| b[..] == data[..len]);
-        if !equal {
-            return self.finish_op(slot);
-        }
         let mut source = self.pool.take(len);
-        source.copy_from_slice(&data[len..2 * len]);
+        if or {
+            // ORWRITE: the blocks read, ORed with the Data-Out.
+            let (Some(read), Some(mask)) = (op.buf.as_deref(), data.get(..len)) else {
+                return self.finish_op(slot);
+            };
+            for ((out, r), m) in source.iter_mut().zip(read).zip(mask) {
+                *out = r | m;
+            }
+        } else {
+            let equal =
+                data.len() >= 2 * len && op.buf.as_deref().is_some_and(|b| b[..] == data[..len]);
+            if !equal {
+                return self.finish_op(slot);
+            }
+            source.copy_from_slice(&data[len..2 * len]);
+        }
         if let Some(op) = self.ops[slot].as_mut() {
             op.source = Some(source);
             op.phase = Phase::WriteData;
@@ -1190,7 +1200,8 @@ impl Shard {
                     .map_or(0, |t| scsi::cdb::data_out_length(&t.cmd.cdb, block_size));
                 (OpClass::Write, len, wanted)
             }
-            Outcome::CompareAndWrite { len, .. } => (OpClass::Other, 2 * len, 2 * len),
+            Outcome::CompareAndWrite { len, or: false, .. } => (OpClass::Other, 2 * len, 2 * len),
+            Outcome::CompareAndWrite { len, or: true, .. } => (OpClass::Other, len, len),
             _ => (OpClass::Other, 0, 0),
         };
         let extent = match op.outcome {
@@ -1246,7 +1257,7 @@ fn io_result(op: &IoOp, data_out: &[u8]) -> IoResult {
     let compare = match op.outcome {
         Outcome::Verify { compare, .. } => compare,
         Outcome::WriteVerify { verify, .. } => verify,
-        Outcome::CompareAndWrite { .. } => true,
+        Outcome::CompareAndWrite { or, .. } => !or,
         _ => false,
     };
     if compare {

@@ -96,6 +96,8 @@ pub mod opcode {
     pub const WRITE_SAME_16: u8 = 0x93;
     /// COMPARE AND WRITE (SBC-3 5.2).
     pub const COMPARE_AND_WRITE: u8 = 0x89;
+    /// ORWRITE (16).
+    pub const ORWRITE_16: u8 = 0x8B;
     /// SERVICE ACTION IN (16) (SPC-4 annex E).
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     /// REPORT LUNS (SPC-4 6.33).
@@ -147,6 +149,7 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         SYNCHRONIZE_CACHE_16 => "SYNCHRONIZE CACHE(16)",
         WRITE_SAME_16 => "WRITE SAME(16)",
         COMPARE_AND_WRITE => "COMPARE AND WRITE",
+        ORWRITE_16 => "ORWRITE(16)",
         SERVICE_ACTION_IN_16 => "SERVICE ACTION IN(16)",
         REPORT_LUNS => "REPORT LUNS",
         MAINTENANCE_IN => "MAINTENANCE IN",
@@ -385,6 +388,9 @@ pub enum Command {
     /// NUMBER OF LOGICAL BLOCKS (0..=255); the Data-Out holds twice that: the verify data, then
     /// the write data.
     CompareAndWrite(BlockIo),
+    /// ORWRITE (16) (SBC-3 5.11): read the blocks, OR the Data-Out into them and write the
+    /// result, atomically against every other write (as COMPARE AND WRITE).
+    OrWrite(BlockIo),
     /// GET LBA STATUS (SBC-3 5.9).
     GetLbaStatus {
         /// STARTING LOGICAL BLOCK ADDRESS.
@@ -552,6 +558,13 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
         ],
     ),
     cmd(opcode::WRITE_16, &WRITE_16_USAGE),
+    cmd(
+        opcode::ORWRITE_16,
+        &[
+            0x8B, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x1F, 0x04,
+        ],
+    ),
     cmd(opcode::WRITE_AND_VERIFY_16, &WRITE_AND_VERIFY_16_USAGE),
     cmd(opcode::VERIFY_16, &VERIFY_16_USAGE),
     cmd(opcode::PRE_FETCH_16, &PRE_FETCH_16_USAGE),
@@ -836,6 +849,10 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         UNMAP => parse_unmap(cdb),
         WRITE_SAME_10 | WRITE_SAME_16 => parse_write_same(cdb),
         COMPARE_AND_WRITE => parse_compare_and_write(cdb),
+        ORWRITE_16 => {
+            check_protect(cdb)?;
+            Ok(Command::OrWrite(block_fields(cdb)))
+        }
         REPORT_LUNS => parse_report_luns(cdb),
         MAINTENANCE_IN if u16::from(byte(cdb, 1) & 0x1F) == SA_REPORT_TARGET_PORT_GROUPS => {
             parse_rtpg(cdb)
@@ -1145,6 +1162,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
         WRITE_SAME_16 if byte(cdb, 1) & 0x01 != 0 => 0,
         WRITE_SAME_16 => bs,
         COMPARE_AND_WRITE => 2 * u64::from(byte(cdb, 13)) * bs,
+        ORWRITE_16 => u64::from(block_fields(cdb).blocks) * bs,
         _ => 0,
     }
 }
@@ -1300,9 +1318,7 @@ mod tests {
 
     #[test]
     fn unsupported_opcodes_rejected() {
-        for op in [
-            0x8Bu8, 0x8C, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF,
-        ] {
+        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
                 Sense::invalid_opcode(),

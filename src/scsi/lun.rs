@@ -530,6 +530,9 @@ impl LogicalUnit {
             Command::CompareAndWrite(io) => {
                 return sbc::compare_and_write(info, self.mode.wce, &io, data_out);
             }
+            Command::OrWrite(io) => {
+                return sbc::or_write(info, self.mode.wce, &io, data_out);
+            }
             Command::GetLbaStatus { lba, alloc_len } => {
                 return sbc::get_lba_status(info, lba, alloc_len);
             }
@@ -714,6 +717,7 @@ fn access_of(cmd: &Command) -> Access {
         | Command::WriteAndVerify { .. }
         | Command::WriteSame(_)
         | Command::CompareAndWrite(_)
+        | Command::OrWrite(_)
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
         | Command::ModeSelect(_)

@@ -158,6 +158,9 @@ pub enum Outcome {
         len: u64,
         /// Force Unit Access (or write cache off): the write must be durable before status.
         fua: bool,
+        /// ORWRITE instead: no compare; the Data-Out (`len` bytes) is ORed into the blocks read
+        /// and the result written.
+        or: bool,
     },
     /// GET LBA STATUS (SBC-3 §5.9): report mapped / deallocated extents starting at `lba`; the
     /// runtime asks the storage which extents are mapped and completes the command with

@@ -234,6 +234,29 @@ pub fn compare_and_write(
             offset,
             len,
             fua: io.fua || !write_cache,
+            or: false,
+        },
+    }
+}
+
+/// ORWRITE (16) (SBC-3 5.11): write protection, the range and transfer limit as a WRITE, a
+/// Data-Out of one block per block; then read, OR, write as one atomic step (the COMPARE AND
+/// WRITE path with `or`). A zero length does nothing.
+pub fn or_write(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &[u8]) -> Outcome {
+    if info.read_only {
+        return fail(Sense::write_protected());
+    }
+    match byte_range(info, io, info.max_transfer_blocks) {
+        Err(sense) => fail(sense),
+        Ok((_, 0)) => done_good(),
+        Ok((_, len)) if (data_out.len() as u64) < len => {
+            fail(Sense::invalid_field_in_information_unit())
+        }
+        Ok((offset, len)) => Outcome::CompareAndWrite {
+            offset,
+            len,
+            fua: io.fua || !write_cache,
+            or: true,
         },
     }
 }
@@ -555,6 +578,43 @@ mod tests {
     }
 
     #[test]
+    fn or_write_checks() {
+        let i = info();
+        assert_eq!(
+            or_write(&i, true, &io(10, 2), &[0; 1024]),
+            Outcome::CompareAndWrite {
+                offset: 5120,
+                len: 1024,
+                fua: false,
+                or: true,
+            }
+        );
+        assert!(matches!(
+            or_write(&i, false, &io(10, 1), &[0; 512]),
+            Outcome::CompareAndWrite {
+                fua: true,
+                or: true,
+                ..
+            }
+        ));
+        assert!(
+            matches!(or_write(&i, true, &io(10, 0), &[]), Outcome::Done(c) if c.status == Status::Good)
+        );
+        let past_end = or_write(&i, true, &io(i.num_blocks, 1), &[0; 512]);
+        assert!(matches!(past_end, Outcome::Done(c) if c.sense == Some(Sense::lba_out_of_range())));
+        let short = or_write(&i, true, &io(10, 2), &[0; 512]);
+        assert!(
+            matches!(short, Outcome::Done(c) if c.sense == Some(Sense::invalid_field_in_information_unit()))
+        );
+        let ro = LunInfo {
+            read_only: true,
+            ..info()
+        };
+        let refused = or_write(&ro, true, &io(10, 1), &[0; 512]);
+        assert!(matches!(refused, Outcome::Done(c) if c.sense == Some(Sense::write_protected())));
+    }
+
+    #[test]
     fn compare_and_write_checks() {
         let i = info();
         let caw = |lba, blocks| BlockIo {
@@ -566,7 +626,8 @@ mod tests {
             Outcome::CompareAndWrite {
                 offset: 5120,
                 len: 1024,
-                fua: false
+                fua: false,
+                or: false,
             }
         );
         // Write cache off: the write must be durable before GOOD.

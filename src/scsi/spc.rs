@@ -1369,7 +1369,7 @@ mod tests {
         assert_eq!(d[1], 0x83);
         assert_eq!(d.len(), 4 + 10 + 12);
         // Unsupported opcode: SUPPORT 001b.
-        assert_eq!(rsoc(false, 1, 0x8B, 0, 65535).data, vec![0, 0x01, 0, 0]);
+        assert_eq!(rsoc(false, 1, 0x8C, 0, 65535).data, vec![0, 0x01, 0, 0]);
         // Opcode with service actions asked without one.
         assert_eq!(
             rsoc(false, 1, 0x9E, 0x10, 65535).sense,
