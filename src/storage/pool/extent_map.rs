@@ -463,7 +463,12 @@ fn mapped_below(node: &Node) -> u64 {
 }
 
 /// Calls `f(leaf_index, leaf)` for every leaf below `node` in logical order.
-fn walk_leaves<F: FnMut(u64, &Arc<Leaf>)>(node: &Node, level: u32, first_leaf: u64, f: &mut F) {
+fn walk_leaves<'a, F: FnMut(u64, &'a Arc<Leaf>)>(
+    node: &'a Node,
+    level: u32,
+    first_leaf: u64,
+    f: &mut F,
+) {
     match node {
         Node::Leaf(leaf) => f(first_leaf, leaf),
         Node::Interior(n) => {
@@ -860,26 +865,8 @@ impl ExtentMap {
 
     /// Like `walk`, handing out references that live as long as the map.
     fn walk_refs<'a>(&'a self, mut f: impl FnMut(u64, &'a Arc<Leaf>)) {
-        fn visit<'a>(
-            node: &'a Node,
-            level: u32,
-            first_leaf: u64,
-            f: &mut impl FnMut(u64, &'a Arc<Leaf>),
-        ) {
-            match node {
-                Node::Leaf(leaf) => f(first_leaf, leaf),
-                Node::Interior(n) => {
-                    let span = coverage(level - 1) / FANOUT as u64;
-                    for (i, child) in n.children.iter().enumerate() {
-                        if let Some(child) = child {
-                            visit(child, level - 1, first_leaf + i as u64 * span, f);
-                        }
-                    }
-                }
-            }
-        }
         if let Some(root) = &self.root {
-            visit(root, self.height, 0, &mut f);
+            walk_leaves(root, self.height, 0, &mut f);
         }
     }
 
