@@ -6,6 +6,9 @@
 //! committed with `fdatasync` before the call returns. Dropping a deleted image's map — which
 //! returns its exclusively held extents to the free queue — happens here, off the shards.
 
+mod schedules;
+mod serving;
+
 use super::Registry;
 use super::TargetEntry;
 use super::api::*;
@@ -142,123 +145,12 @@ impl Daemon {
         self
     }
 
-    /// The logical unit of `target`, with the persistent reservations kept for it (APTPL), and
-    /// the file they are kept in. A record that cannot be read is an error: serving the volume
-    /// without its reservation could let a fenced cluster node write.
-    fn logical_unit(
-        &self,
-        info: LunInfo,
-        target: &str,
-    ) -> Result<(LogicalUnit, Option<PathBuf>), AdminError> {
-        let lu = LogicalUnit::new(info);
-        let Some(dir) = &self.reservations_dir else {
-            return Ok((lu, None));
-        };
-        let path = reservations::path(dir, target);
-        let Some(record) = reservations::load(&path).map_err(internal)? else {
-            return Ok((lu, Some(path)));
-        };
-        let (state, ports) =
-            PrState::from_record(&record, |port| self.registry.nexus_of_port(port, target))
-                .map_err(|e| internal(format!("{}: {e}", path.display())))?;
-        Ok((lu.with_reservations(state, ports), Some(path)))
-    }
-
-    /// Takes the scheduled snapshots that are due and removes those past each schedule's
-    /// retention (see `control::schedule`). Called every second by the background thread; a
-    /// failure is logged and retried an interval later.
-    pub fn run_snapshot_schedules(&self) {
-        let schedules = self.lock().settings.snapshot_schedules();
-        let now = SystemTime::now();
-        for (volume, _) in schedules {
-            if let Err(e) = self.run_schedule(&volume, now) {
-                eprintln!("shoal: scheduled snapshot of {volume}: {}", e.message);
-            }
-        }
-    }
-
-    /// One volume's schedule at `now`.
-    fn run_schedule(&self, volume: &str, now: SystemTime) -> Result<(), AdminError> {
-        let mut st = self.lock();
-        // Read again under the lock: the schedule may have changed or gone since the list was
-        // read (with its volume, or `--off`).
-        let Some(schedule) = st.settings.snapshot_schedule(volume) else {
-            return Ok(());
-        };
-        let Ok(meta) = Self::volume_meta(&st, volume) else {
-            return Ok(());
-        };
-        let now_secs = schedule::unix_secs(now);
-        if Self::next_due(&st, volume, schedule) > now_secs {
-            return Ok(());
-        }
-        st.schedule_attempts.insert(volume.to_string(), now_secs);
-        let mut name = schedule::auto_name(now);
-        for n in 1.. {
-            if st.pool.find(&format!("{volume}@{name}")).is_none() {
-                break;
-            }
-            name = format!("{}-{n}", schedule::auto_name(now));
-        }
-        self.take_snapshot(&mut st, &meta, &name)?;
-        let expired = schedule::expired(Self::auto_snapshots(&st, volume), schedule.keep);
-        drop(st);
-        for snap in expired {
-            // An exported snapshot with sessions is kept (and tried again next time).
-            self.delete_snapshot(volume, &snap)?;
-        }
-        Ok(())
-    }
-
-    /// The scheduled snapshots of `volume`: (name after `@`, creation time).
-    fn auto_snapshots(st: &State, volume: &str) -> Vec<(String, u64)> {
-        let prefix = format!("{volume}@");
-        st.pool
-            .images()
-            .filter(|m| m.kind == ImageKind::Snapshot)
-            .filter_map(|m| {
-                let name = m.name.strip_prefix(&prefix)?;
-                schedule::is_auto(name).then(|| (name.to_string(), m.created_unix_secs))
-            })
-            .collect()
-    }
-
-    /// When `volume`'s next scheduled snapshot is due (seconds since the epoch).
-    fn next_due(st: &State, volume: &str, schedule: SnapshotSchedule) -> u64 {
-        let newest = Self::auto_snapshots(st, volume).iter().map(|a| a.1).max();
-        let tried = st.schedule_attempts.get(volume).copied();
-        schedule::next_due(schedule, newest, tried)
-    }
-
     fn chap_info(st: &State, volume: &str) -> ChapInfo {
         let chap = st.settings.chap(volume);
         ChapInfo {
             volume: volume.to_string(),
             user: chap.map(|c| c.user.clone()),
             target_user: chap.and_then(|c| c.target_user.clone()),
-        }
-    }
-
-    fn schedule_info(st: &State, volume: &str) -> ScheduleInfo {
-        let schedule = st.settings.snapshot_schedule(volume);
-        let mut autos = Self::auto_snapshots(st, volume);
-        autos.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-        ScheduleInfo {
-            volume: volume.to_string(),
-            schedule,
-            next_due: schedule.map(|s| Self::next_due(st, volume, s)),
-            snapshots: autos
-                .into_iter()
-                .map(|(name, _)| format!("{volume}@{name}"))
-                .collect(),
-        }
-    }
-
-    /// Forgets the persistent reservations kept for `target` (its volume is deleted).
-    fn drop_reservations(&self, target: &str) -> Result<(), AdminError> {
-        match &self.reservations_dir {
-            Some(dir) => reservations::remove(&reservations::path(dir, target)).map_err(internal),
-            None => Ok(()),
         }
     }
 
@@ -312,151 +204,6 @@ impl Daemon {
             self.serve_reserved(&mut st, &meta, target, false, reserved)?;
         }
         Ok(())
-    }
-
-    /// Hands image `meta` (its map taken from the pool) to a shard as `target`.
-    fn serve(
-        &self,
-        st: &mut State,
-        meta: &ImageMeta,
-        target: String,
-        read_only: bool,
-    ) -> Result<(), AdminError> {
-        self.serve_reserved(st, meta, target, read_only, 0)
-    }
-
-    /// [`Daemon::serve`] for a full volume holding `reserved` extents of the pool.
-    fn serve_reserved(
-        &self,
-        st: &mut State,
-        meta: &ImageMeta,
-        target: String,
-        read_only: bool,
-        reserved: u64,
-    ) -> Result<(), AdminError> {
-        let map = match meta.kind {
-            ImageKind::Volume => st.pool.take_map(meta.image),
-            ImageKind::Snapshot => st.pool.map(meta.image).map(ExtentMap::snapshot),
-        }
-        .ok_or_else(|| internal(format!("image {} has no map", meta.name)))?;
-        let journal = st.pool.volume_journal(meta.image).map_err(pool_error)?;
-        let volume = ThinVolume::new(
-            meta.image,
-            map,
-            Arc::clone(st.pool.shared()),
-            journal,
-            meta.size_bytes,
-            meta.block_size,
-            read_only,
-        )
-        .map_err(internal)?;
-        let volume = volume.with_reservation(!meta.thin, reserved);
-        let extent_size = st.pool.shared().extent_size as u32;
-        let info = LunInfo {
-            extent_size,
-            lun: 0,
-            volume_name: meta.name.clone(),
-            target_name: target.clone(),
-            relative_port_id: 1,
-            block_size: meta.block_size,
-            // One logical block per physical block: libiscsi's GET LBA STATUS test assumes it, and
-            // the unmap granularity (VPD B0h) already tells initiators the extent size.
-            physical_block_size: meta.block_size,
-            num_blocks: meta.size_bytes / u64::from(meta.block_size),
-            naa: naa_designator(&meta.identity),
-            serial: meta.identity.iter().map(|b| format!("{b:02x}")).collect(),
-            // A snapshot is always read-only; a volume when its administrator says so.
-            read_only: read_only || st.settings.read_only(&meta.name),
-            thin: meta.thin,
-            // Every serve (start, create, clone, rollback) takes the volume's setting here.
-            write_cache: st.write_cache(&meta.name),
-            max_transfer_blocks: (self.max_transfer_bytes / u64::from(meta.block_size)) as u32,
-        };
-        let (lu, pr_file) = self.logical_unit(info, &target)?;
-        let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);
-        st.next_shard += 1;
-        let slot = LunSlot {
-            target: target.clone(),
-            lu,
-            volume: Box::new(volume),
-            stats: Default::default(),
-            pr_file,
-            qos: Throttle::new(st.settings.qos(&meta.name).limits()),
-        };
-        if !self.shards[shard].send(ShardMsg::AddLun(Box::new(slot))) {
-            return Err(internal("shard is gone"));
-        }
-        self.login
-            .add_target(Self::target_entry(st, &target, &meta.name, shard));
-        let alias = meta.name.clone();
-        st.served.insert(
-            meta.image,
-            Served {
-                shard,
-                target,
-                alias,
-            },
-        );
-        Ok(())
-    }
-
-    fn ask<T>(
-        &self,
-        shard: usize,
-        msg: impl FnOnce(crossbeam::channel::Sender<Result<T, String>>) -> ShardMsg,
-    ) -> Result<T, String> {
-        let (tx, rx): (_, Receiver<Result<T, String>>) = bounded(1);
-        if !self.shards.get(shard).is_some_and(|s| s.send(msg(tx))) {
-            return Err("shard is gone".into());
-        }
-        rx.recv_timeout(SHARD_TIMEOUT)
-            .map_err(|_| "shard did not answer".to_string())?
-    }
-
-    /// What the login threads know of a target: its volume's access list and CHAP credentials
-    /// (an exported snapshot `volume@snap` has its volume's).
-    fn target_entry(st: &State, target: &str, alias: &str, shard: usize) -> TargetEntry {
-        let volume = settings::volume_of(alias);
-        TargetEntry {
-            name: target.to_string(),
-            alias: alias.to_string(),
-            shard,
-            initiators: st.settings.initiators(volume).to_vec(),
-            chap: st.settings.chap_policy(volume),
-        }
-    }
-
-    /// Stops serving image `image`; returns its map (for volumes).
-    fn unserve(
-        &self,
-        st: &mut State,
-        image: u64,
-        force: bool,
-    ) -> Result<Option<(ExtentMap, u64)>, AdminError> {
-        let Some(s) = st.served.get(&image).cloned() else {
-            return Ok(None);
-        };
-        self.login.remove_target(&s.target);
-        let target = s.target.clone();
-        match self.ask(s.shard, |reply| ShardMsg::RemoveLun {
-            target,
-            force,
-            reply,
-        }) {
-            Ok(map) => {
-                st.served.remove(&image);
-                Ok(map)
-            }
-            Err(e) => {
-                // Still served: export it again.
-                self.login
-                    .add_target(Self::target_entry(st, &s.target, &s.alias, s.shard));
-                Err(AdminError::new(
-                    ErrorCode::InUse,
-                    format!("{}: {e}", s.target),
-                ))
-            }
-        }
     }
 
     /// Writes a checkpoint of the pool (every image's map, the catalog) and retires the journals
