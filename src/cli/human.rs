@@ -255,6 +255,19 @@ pub(super) fn show_volume(v: &VolumeInfo) -> String {
     ])
 }
 
+/// `thin`/`full`, then `ro` when write-protected and `qos` when a QoS limit is set (the
+/// volume list's TYPE column).
+fn type_flags(v: &VolumeInfo) -> String {
+    let mut t = String::from(if v.thin { "thin" } else { "full" });
+    if v.read_only {
+        t.push_str(",ro");
+    }
+    if v.iops_limit.is_some() || v.bandwidth_limit.is_some() {
+        t.push_str(",qos");
+    }
+    t
+}
+
 pub(super) fn volume_table(vols: &[VolumeInfo]) -> String {
     let rows: Vec<Vec<String>> = vols
         .iter()
@@ -264,7 +277,7 @@ pub(super) fn volume_table(vols: &[VolumeInfo]) -> String {
                 human_size(v.size_bytes),
                 human_size(v.mapped_bytes),
                 human_size(v.exclusive_bytes),
-                if v.thin { "thin" } else { "full" }.into(),
+                type_flags(v),
                 v.snapshots.to_string(),
                 v.sessions.to_string(),
                 dash(v.origin.as_deref()),

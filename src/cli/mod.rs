@@ -1608,4 +1608,43 @@ mod tests {
         assert_eq!(e.exit_code(), 3);
         assert_eq!(code_name(ErrorCode::InUse), "in_use");
     }
+    #[test]
+    fn the_volume_list_flags_write_protection_and_qos() {
+        let v = VolumeInfo {
+            name: "golden".into(),
+            target: "iqn.2026-11.dev.shoal:golden".into(),
+            size_bytes: 1 << 30,
+            block_size: 512,
+            thin: true,
+            mapped_bytes: 0,
+            exclusive_bytes: 0,
+            reserved_bytes: 0,
+            shard: Some(0),
+            origin: None,
+            snapshots: 0,
+            sessions: 0,
+            naa: String::new(),
+            created: 0,
+            initiators: Vec::new(),
+            write_cache: true,
+            snapshot_schedule: None,
+            chap_user: None,
+            iops_limit: None,
+            bandwidth_limit: None,
+            read_only: false,
+        };
+        let row = |v: &VolumeInfo| volume_table(std::slice::from_ref(v));
+        assert!(row(&v).contains(" thin "), "{}", row(&v));
+        let flagged = VolumeInfo {
+            read_only: true,
+            iops_limit: Some(5000),
+            ..v.clone()
+        };
+        assert!(row(&flagged).contains(" thin,ro,qos "), "{}", row(&flagged));
+        let shown = show_volume(&flagged);
+        assert!(
+            shown.contains("yes (write-protected)") && shown.contains("5000 IOPS"),
+            "{shown}"
+        );
+    }
 }
