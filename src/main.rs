@@ -79,6 +79,12 @@ struct ServeArgs {
     /// before sleeping (0, the default: off). Cuts the wake-up latency; costs a busy core.
     #[arg(long, value_name = "US")]
     busy_poll_us: Option<u64>,
+    /// Send responses from io_uring's worker threads instead of the shard thread: for
+    /// initiators on the target's own CPUs (a benchmark on one machine), where it keeps the
+    /// scheduler from running initiator and shard in turn on one CPU (4k QD32 +35% here);
+    /// costs CPU and QD1 latency. Off by default.
+    #[arg(long)]
+    async_send: bool,
     /// Bytes read ahead of each sequential reader (e.g. 1M, the default; 0 turns read-ahead
     /// off; at most 16M).
     #[arg(long, value_name = "SIZE")]
@@ -156,6 +162,9 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
     }
     if let Some(us) = args.busy_poll_us {
         cfg.busy_poll = Duration::from_micros(us);
+    }
+    if args.async_send {
+        cfg.async_send = true;
     }
     if let Some(size) = &args.read_ahead {
         cfg.read_ahead = config::read_ahead_value(config::parse_size(size)?)?;

@@ -89,6 +89,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Shards poll their ring this long after the last completion before sleeping (zero: off).
     pub busy_poll: Duration,
+    /// Responses are sent by io_uring's worker threads rather than the shard thread (see
+    /// docs/config.md: for initiators that share the target's CPUs).
+    pub async_send: bool,
     /// Measure command latencies (histograms per LUN, class and phase); counts are kept either
     /// way.
     pub latency_stats: bool,
@@ -214,6 +217,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: None,
             busy_poll: Duration::ZERO,
+            async_send: false,
             latency_stats: true,
             slow_command: None,
             read_ahead: 1 << 20,
@@ -240,6 +244,7 @@ struct FileConfig {
     admin_listen: Option<String>,
     admin_token_file: Option<PathBuf>,
     busy_poll_us: Option<u64>,
+    async_send: Option<bool>,
     latency_stats: Option<bool>,
     slow_command_ms: Option<f64>,
     read_ahead: Option<SizeValue>,
@@ -340,6 +345,9 @@ impl Config {
         }
         if let Some(us) = file.busy_poll_us {
             self.busy_poll = Duration::from_micros(us);
+        }
+        if let Some(on) = file.async_send {
+            self.async_send = on;
         }
         if let Some(on) = file.latency_stats {
             self.latency_stats = on;

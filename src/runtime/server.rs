@@ -119,6 +119,7 @@ fn start_shards(
         ..ConnConfig::default()
     };
     let busy_poll = cfg.busy_poll;
+    let async_send = cfg.async_send;
     let read_ahead = cfg.read_ahead;
     let registered_buffers = cfg.registered_buffers as usize;
     let stats_config = crate::stats::StatsConfig {
@@ -158,6 +159,7 @@ fn start_shards(
                     Ok(shard) => {
                         let shard = shard
                             .with_busy_poll(busy_poll)
+                            .with_async_send(async_send)
                             .with_read_ahead(read_ahead)
                             .with_registered_buffers(registered_buffers);
                         if let Err(e) = shard.run() {
