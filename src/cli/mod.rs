@@ -1610,29 +1610,7 @@ mod tests {
     }
     #[test]
     fn the_volume_list_flags_write_protection_and_qos() {
-        let v = VolumeInfo {
-            name: "golden".into(),
-            target: "iqn.2026-11.dev.shoal:golden".into(),
-            size_bytes: 1 << 30,
-            block_size: 512,
-            thin: true,
-            mapped_bytes: 0,
-            exclusive_bytes: 0,
-            reserved_bytes: 0,
-            shard: Some(0),
-            origin: None,
-            snapshots: 0,
-            sessions: 0,
-            naa: String::new(),
-            created: 0,
-            initiators: Vec::new(),
-            write_cache: true,
-            snapshot_schedule: None,
-            chap_user: None,
-            iops_limit: None,
-            bandwidth_limit: None,
-            read_only: false,
-        };
+        let v = crate::control::admin::tests::volume("golden");
         let row = |v: &VolumeInfo| volume_table(std::slice::from_ref(v));
         assert!(row(&v).contains(" thin "), "{}", row(&v));
         let flagged = VolumeInfo {

@@ -1082,7 +1082,7 @@ fn route_and_call(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1159,7 +1159,8 @@ mod tests {
         }
     }
 
-    fn volume(name: &str) -> VolumeInfo {
+    /// A served thin volume of 1 GiB with default settings (shared with the CLI's tests).
+    pub(crate) fn volume(name: &str) -> VolumeInfo {
         VolumeInfo {
             name: name.into(),
             target: format!("iqn.2026-11.dev.shoal:{name}"),

@@ -365,6 +365,7 @@ impl Daemon {
             .map(|p| p.name.clone());
         let prefix = format!("{}@", meta.name);
         let target = target_name(&meta.name);
+        let qos = st.settings.qos(&meta.name);
         VolumeInfo {
             name: meta.name.clone(),
             sessions: self.registry.sessions_on(&target) as u64,
@@ -391,8 +392,8 @@ impl Daemon {
             write_cache: st.write_cache(&meta.name),
             snapshot_schedule: st.settings.snapshot_schedule(&meta.name),
             chap_user: st.settings.chap(&meta.name).map(|c| c.user.clone()),
-            iops_limit: st.settings.qos(&meta.name).iops,
-            bandwidth_limit: st.settings.qos(&meta.name).bytes_per_sec,
+            iops_limit: qos.iops,
+            bandwidth_limit: qos.bytes_per_sec,
             read_only: st.settings.read_only(&meta.name),
         }
     }
