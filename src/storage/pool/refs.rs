@@ -521,6 +521,115 @@ mod tests {
     use super::*;
 
     #[test]
+    fn allocate_release_reuse() {
+        let t = RefTable::new(3);
+        let a = t.allocate().expect("space");
+        let b = t.allocate().expect("space");
+        let c = t.allocate().expect("space");
+        assert_eq!((a, b, c), (1, 2, 3));
+        assert_eq!(t.allocate(), None);
+        assert_eq!((t.used_extents(), t.free_extents()), (3, 0));
+        t.incr(b);
+        assert_eq!(t.count(b), 2);
+        t.release(b);
+        assert_eq!(t.count(b), 1);
+        t.release(b);
+        assert_eq!(t.count(b), 0);
+        assert_eq!((t.used_extents(), t.free_extents()), (2, 1));
+        assert_eq!(t.free_queue(), vec![2]);
+        assert_eq!(t.allocate(), Some(2));
+        assert_eq!(t.count(2), 1);
+        assert_eq!(t.count(0), 0);
+        assert_eq!(t.count(4), 0);
+    }
+
+    #[test]
+    fn reservations_hold_space_back_from_thin_allocation() {
+        let t = RefTable::new(4);
+        assert!(t.reserve(3));
+        assert!(!t.reserve(2));
+        assert_eq!(t.available_extents(), 1);
+        assert!(t.allocate().is_some());
+        assert_eq!(t.allocate(), None, "the rest is reserved");
+        let r = t.allocate_reserved().expect("reserved");
+        assert_eq!(t.count(r), 1);
+        assert_eq!(t.reserved_extents(), 2);
+        t.unreserve(2);
+        assert_eq!(t.reserved_extents(), 0);
+        assert_eq!(t.allocate_reserved(), None);
+        assert!(t.allocate().is_some());
+        assert!(t.allocate().is_some());
+        assert_eq!(t.allocate(), None);
+        assert_eq!(t.used_extents(), 4);
+    }
+
+    #[test]
+    fn from_counts_rebuilds_free_queue_and_bump() {
+        let t = RefTable::from_counts(6, vec![0, 2, 0, 1, 0, 0, 0]).expect("valid");
+        assert_eq!(t.used_extents(), 2);
+        assert_eq!(t.free_extents(), 4);
+        assert_eq!(t.high_water(), 4);
+        assert_eq!(t.free_queue(), vec![2]);
+        assert_eq!(t.allocate(), Some(2));
+        assert_eq!(t.allocate(), Some(4));
+        assert_eq!(
+            RefTable::from_counts(2, vec![0, 1]).err(),
+            Some(RefError::CountsLength {
+                got: 2,
+                expected: 3
+            })
+        );
+        assert_eq!(
+            RefTable::from_counts(1, vec![1, 0]).err(),
+            Some(RefError::ExtentZeroCounted)
+        );
+    }
+
+    #[test]
+    fn load_counts_needs_a_pristine_table() {
+        let t = RefTable::new(3);
+        t.load_counts(&[0, 0, 1, 0]).expect("pristine");
+        assert_eq!(t.used_extents(), 1);
+        assert_eq!(t.load_counts(&[0, 0, 1, 0]), Err(RefError::NotPristine));
+        assert_eq!(t.allocate(), Some(1));
+        assert_eq!(t.allocate(), Some(3));
+    }
+
+    #[test]
+    fn concurrent_allocate_release_keeps_counters_exact() {
+        // 4 threads holding up to 100 each in a pool of 300: the pool runs full often.
+        let t = RefTable::new(300);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        let mut held = Vec::new();
+                        while held.len() < 100 {
+                            match t.allocate() {
+                                Some(p) => held.push(p),
+                                None => break,
+                            }
+                        }
+                        for p in held {
+                            t.release(p);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(t.used_extents(), 0);
+        assert_eq!(t.free_extents(), 300);
+        let mut q = t.free_queue();
+        q.sort_unstable();
+        q.dedup();
+        assert_eq!(
+            q.len() as u64,
+            t.high_water() - 1,
+            "every extent handed out is free once"
+        );
+    }
+
+    #[test]
     fn growth_makes_new_extents_allocatable_up_to_the_limit() {
         let refs = RefTable::new(4);
         assert_eq!(refs.growth_limit(), 4 * GROWTH_LIMIT);
@@ -575,12 +684,15 @@ mod tests {
                     s.spawn(|| {
                         let mut mine = Vec::new();
                         while mine.len() < 5000 {
+                            // Read before allocating: a growth between a refusal and the
+                            // check must not end the worker early.
+                            let capacity = refs.capacity();
                             match refs.allocate() {
                                 Some(p) => {
                                     assert!(p <= refs.capacity(), "{p} past the capacity");
                                     mine.push(p);
                                 }
-                                None if refs.capacity() == limit => break,
+                                None if capacity == limit => break,
                                 None => std::thread::yield_now(),
                             }
                         }
