@@ -158,12 +158,13 @@ impl BufPool {
     }
 
     /// Registers the unregistered parked buffers that fit what is left of the table and budget:
-    /// `register(first_slot, iovecs)` puts them in consecutive slots of the ring's table. On
-    /// success they carry their slots from then on; on failure registration stops for good
-    /// (the buffers keep working unregistered) and the error is returned.
+    /// `register(first_slot, iovecs)` puts them in consecutive slots of the ring's table and
+    /// says how many it registered, in order, and whether it stopped on an error. Those carry
+    /// their slots from then on; on an error registration stops for good (the others keep
+    /// working unregistered) and the error is returned.
     pub fn register_parked(
         &self,
-        register: impl FnOnce(u16, &[libc::iovec]) -> io::Result<()>,
+        register: impl FnOnce(u16, &[libc::iovec]) -> (usize, io::Result<()>),
     ) -> io::Result<usize> {
         let mut guard = self.free.borrow_mut();
         let FreeLists { lists, reg } = &mut *guard;
@@ -188,16 +189,18 @@ impl BufPool {
         if iovecs.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = register(reg.next_slot, &iovecs) {
+        let (done, result) = register(reg.next_slot, &iovecs);
+        let done = done.min(chosen.len());
+        for (class, i) in chosen.iter().copied().take(done) {
+            lists[class][i].reg = Some(reg.next_slot);
+            reg.next_slot += 1;
+            reg.bytes_left -= lists[class][i].cap;
+        }
+        if let Err(e) = result {
             reg.slots = 0;
             return Err(e);
         }
-        for (class, i) in chosen.iter().copied() {
-            lists[class][i].reg = Some(reg.next_slot);
-            reg.next_slot += 1;
-        }
-        reg.bytes_left = bytes;
-        Ok(chosen.len())
+        Ok(done)
     }
 }
 
@@ -341,7 +344,7 @@ mod tests {
         let n = pool
             .register_parked(|first, iovecs| {
                 seen.push((first, iovecs.iter().map(|v| v.iov_len).collect::<Vec<_>>()));
-                Ok(())
+                (iovecs.len(), Ok(()))
             })
             .unwrap();
         // 4k + 4k + 8k fill the 16 KiB budget; the 64k buffer stays unregistered.
@@ -366,7 +369,7 @@ mod tests {
         let mut sizes = Vec::new();
         pool.register_parked(|_, iovecs| {
             sizes.extend(iovecs.iter().map(|v| v.iov_len));
-            Ok(())
+            (iovecs.len(), Ok(()))
         })
         .unwrap();
         assert_eq!(sizes, vec![4096]);
@@ -378,7 +381,8 @@ mod tests {
         let pool = BufPool::new();
         pool.enable_registration(1, 1 << 20);
         drop(pool.take(4096));
-        pool.register_parked(|_, _| Ok(())).unwrap();
+        pool.register_parked(|_, iovecs| (iovecs.len(), Ok(())))
+            .unwrap();
         let registered = pool.take(4096);
         assert_eq!(registered.reg_index(), Some(0));
         let others: Vec<AlignedBuf> = (0..KEEP_PER_CLASS).map(|_| pool.take(4096)).collect();
@@ -397,11 +401,31 @@ mod tests {
         let pool = BufPool::new();
         pool.enable_registration(4, 1 << 20);
         drop(pool.take(4096));
-        let err = pool.register_parked(|_, _| Err(io::Error::from_raw_os_error(libc::ENOMEM)));
+        let err = pool.register_parked(|_, _| (0, Err(io::Error::from_raw_os_error(libc::ENOMEM))));
         assert!(err.is_err());
         drop(pool.take(8192));
         assert!(!pool.wants_registration());
         assert_eq!(pool.take(4096).reg_index(), None);
+    }
+
+    /// The kernel registered the first buffer of a batch and refused the second (its memory
+    /// lock limit): only the first gets a slot; the second stays unregistered, and
+    /// registration stops.
+    #[test]
+    fn a_partly_refused_registration_gives_slots_to_the_registered_only() {
+        let pool = BufPool::new();
+        pool.enable_registration(4, 1 << 20);
+        drop((pool.take(4096), pool.take(8192)));
+        let n = pool.register_parked(|_, _| (1, Err(io::Error::from_raw_os_error(libc::ENOMEM))));
+        assert!(n.is_err());
+        let a = pool.take(4096);
+        let b = pool.take(8192);
+        assert_eq!(
+            [a.reg_index(), b.reg_index()].iter().flatten().count(),
+            1,
+            "one slot, for the buffer the kernel took"
+        );
+        assert!(!pool.wants_registration());
     }
 
     #[test]

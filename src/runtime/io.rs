@@ -1325,10 +1325,11 @@ mod tests {
         pool.enable_registration(16, 1 << 20);
         drop((pool.take(8192), pool.take(8192)));
         let submitter = ring.submitter();
-        // SAFETY: the pool's buffers outlive the ring (the ring is dropped first, below).
         let n = pool
-            .register_parked(|first, iovecs| unsafe {
-                submitter.register_buffers_update(first.into(), iovecs, None)
+            .register_parked(|first, iovecs| {
+                // SAFETY: the pool's buffers outlive the ring (the ring is dropped first, below).
+                let r = unsafe { submitter.register_buffers_update(first.into(), iovecs, None) };
+                (iovecs.len(), r)
             })
             .unwrap();
         assert_eq!(n, 2);

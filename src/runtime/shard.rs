@@ -587,9 +587,22 @@ impl Shard {
     fn register_parked_buffers(&mut self) {
         let submitter = self.ring.submitter();
         let result = self.pool.register_parked(|first, iovecs| {
-            // SAFETY: each iovec spans one of the pool's buffers, which stays allocated until
-            // the pool is dropped, after the ring (field order of `Shard`; see `runtime::buf`).
-            unsafe { submitter.register_buffers_update(first.into(), iovecs, None) }
+            // One buffer per update: the kernel stops a batch at the first buffer it cannot
+            // register (RLIMIT_MEMLOCK, say) and the io-uring crate drops the count it returns,
+            // so only a one-buffer update tells exactly which buffers got a slot.
+            for (i, iov) in iovecs.iter().enumerate() {
+                let slot = u32::from(first) + i as u32;
+                // SAFETY: the iovec spans one of the pool's buffers, which stays allocated
+                // until the pool is dropped, after the ring (field order of `Shard`; see
+                // `runtime::buf`).
+                let res = unsafe {
+                    submitter.register_buffers_update(slot, std::slice::from_ref(iov), None)
+                };
+                if let Err(e) = res {
+                    return (i, Err(e));
+                }
+            }
+            (iovecs.len(), Ok(()))
         });
         if let Err(e) = result {
             log_error(self.id, "registering I/O buffers (continuing without)", &e);
