@@ -143,3 +143,23 @@ fn copies_to_another_volume_or_past_the_end_abort_and_write_nothing() {
     let r = ini.command(&cdb, 255, true, &[]);
     assert_eq!(r.sense(), Some((0x05, 0x24, 0x00)));
 }
+
+/// Sixteen maximal segments over unmapped space (128 chunks of 4 MiB): skipped without a read
+/// each (they copied nothing and recursed once per chunk), the copy ends GOOD, and the
+/// destination still reads as zeros and takes no space.
+#[test]
+fn a_copy_of_unmapped_space_skips_its_chunks() {
+    let t = Target::start(&["--size", "1G"]);
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    while ini.test_unit_ready() != 0 {}
+    let me = ini.naa_designator();
+    let segments: Vec<Vec<u8>> = (0..16u64)
+        .map(|i| xcopy_segment(0, u16::MAX, i * 65535, (1 << 20) + i * 65535))
+        .collect();
+    let r = ini.extended_copy(1, 0, &[xcopy_cscd(&me)], &segments);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert!(read_blocks(&mut ini, 1 << 20, 8).iter().all(|&b| b == 0));
+    let v: serde_json::Value =
+        serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "default"])).unwrap();
+    assert_eq!(v["mapped_bytes"], 0, "{v}");
+}

@@ -795,13 +795,25 @@ impl Shard {
         if op.error || op.no_space || !matches!(op.outcome, Outcome::Copy { .. }) {
             return false;
         }
+        // A copy whose task was aborted (or whose connection is closing) stops here: the
+        // task-management answer and the connection's teardown wait for it.
+        let gone = self
+            .conns
+            .get(op.conn)
+            .and_then(|c| c.as_deref())
+            .is_none_or(|sc| sc.closing || sc.conn.task(op.task).is_none_or(|t| t.aborted()));
+        if gone {
+            return false;
+        }
         self.invalidate_read_ahead(slot);
+        if !self.ops[slot].as_mut().is_some_and(IoOp::advance_copy)
+            || !self.skip_unmapped_chunks(slot)
+        {
+            return false;
+        }
         let Some(op) = self.ops[slot].as_mut() else {
             return false;
         };
-        if !op.advance_copy() {
-            return false;
-        }
         op.phase = Phase::Read;
         op.plan.clear();
         op.bounce.clear();
@@ -813,6 +825,27 @@ impl Shard {
         self.retry_range_waiters();
         self.dispatch(slot);
         true
+    }
+
+    /// Moves the copy past the chunks unmapped at both source and destination (they copy
+    /// nothing), in a loop rather than a read each; whether a chunk is left.
+    fn skip_unmapped_chunks(&mut self, slot: usize) -> bool {
+        let Some(lun) = self.lun_of(slot) else {
+            return false;
+        };
+        loop {
+            let Some(chunk) = self.ops[slot].as_ref().and_then(IoOp::copy_chunk) else {
+                return false;
+            };
+            if !self.unmapped(lun, chunk.src, chunk.len)
+                || !self.unmapped(lun, chunk.dst, chunk.len)
+            {
+                return true;
+            }
+            if !self.ops[slot].as_mut().is_some_and(IoOp::advance_copy) {
+                return false;
+            }
+        }
     }
 
     /// Ops that waited for a range get another try (an op just ended).
