@@ -131,11 +131,12 @@ impl<T> Throttle<T> {
     /// it. A command may run only when nothing is waiting (order is kept) and both buckets hold
     /// a token; it then takes its share.
     pub fn admit(&mut self, now: Instant, bytes: u64) -> bool {
-        if self.ops.is_none() && self.bytes.is_none() {
-            return true;
-        }
+        // Behind commands still waiting (even with the limits just removed), in order.
         if !self.waiting.is_empty() {
             return false;
+        }
+        if self.ops.is_none() && self.bytes.is_none() {
+            return true;
         }
         self.refill(now);
         self.take(bytes)
@@ -310,9 +311,14 @@ mod tests {
         );
         assert!((15..=17).contains(&ran), "{ran} x 64 KiB in 1 s at 1 MiB/s");
         t.set_limits(QosLimits::default());
+        assert!(
+            !t.admit(start, 64 << 10),
+            "limits gone, but a new command still waits behind the held ones"
+        );
+        t.hold(1000, 64 << 10);
         let mut out = Vec::new();
         t.release(start, &mut out);
-        assert_eq!(out.len() + ran, 99, "all released once unlimited");
+        assert_eq!(out.len() + ran, 100, "all released once unlimited");
         assert_eq!(t.waiting(), 0);
         // Order kept: the waiting commands come out by their index.
         assert!(out.windows(2).all(|w| w[0].what < w[1].what));

@@ -1097,7 +1097,7 @@ impl Shard {
             return;
         };
         let slot = &mut self.luns[sc.lun];
-        if !slot.qos.limits().unlimited() {
+        if !slot.qos.limits().unlimited() || slot.qos.waiting() > 0 {
             let Some(task) = sc.conn.task(id) else { return };
             let cdb = &task.cmd.cdb;
             if !task.refused() && scsi::cdb::op_class(cdb) != OpClass::Other {

@@ -299,7 +299,8 @@ impl PrState {
     ) -> Result<Notices, PrError> {
         let notices = match self.keys.get(&n).copied() {
             None if !ignore && p.key != 0 => return Err(PrError::Conflict),
-            None if p.sa_key == 0 => Vec::new(),
+            // Unregistered, SA key 0: nothing at all happens, APTPL included (SPC-4 5.14.7).
+            None if p.sa_key == 0 => return Ok(Vec::new()),
             None => {
                 self.keys.insert(n, p.sa_key);
                 self.generation = self.generation.wrapping_add(1);
@@ -815,6 +816,9 @@ mod tests {
         assert!(s.aptpl());
         assert_eq!(s.register(B, p(5, 9), false), Err(PrError::Conflict));
         assert!(s.aptpl());
+        // An unregistered nexus registering key 0 does nothing at all, APTPL included.
+        s.register(C, p(0, 0), false).unwrap();
+        assert!(s.aptpl(), "a no-op REGISTER leaves APTPL alone");
         s.register(B, p(0, 9), false).unwrap();
         assert!(!s.aptpl(), "B's REGISTER without APTPL turns it off");
     }

@@ -603,19 +603,33 @@ impl AdminBackend for Daemon {
             PoolError::Invalid(m) => AdminError::new(ErrorCode::InvalidArgument, m),
             other => pool_error(other),
         };
-        let grow_to = match req.size_bytes {
-            Some(size) => Some(self.lock().pool.grow_data_store(size).map_err(invalid)?),
-            None => None,
+        // Every value is checked before anything changes.
+        if let Some(pct) = req
+            .soft_threshold_percent
+            .filter(|p| !(1..=100).contains(p))
+        {
+            return Err(AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!("soft threshold {pct}% is not in 1..=100"),
+            ));
+        }
+        let grown = match req.size_bytes {
+            Some(size) => {
+                let mut st = self.lock();
+                let before = st.pool.superblock().capacity_extents;
+                st.pool.grow_data_store(size).map_err(invalid)? != before
+            }
+            None => false,
         };
         if let Some(pct) = req.soft_threshold_percent {
             self.lock().pool.set_soft_threshold(pct).map_err(invalid)?;
         }
-        if grow_to.is_some() || req.soft_threshold_percent.is_some() {
+        if grown || req.soft_threshold_percent.is_some() {
             // The superblock holds both: a checkpoint writes it. Only then may the shards
             // allocate past the old size (recovery must know the data store that large).
             self.checkpoint()?;
         }
-        if grow_to.is_some() {
+        if grown {
             self.lock().pool.publish_capacity().map_err(invalid)?;
         }
         self.pool_status()

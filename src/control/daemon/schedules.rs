@@ -46,8 +46,14 @@ impl Daemon {
         let expired = schedule::expired(Self::auto_snapshots(&st, volume), schedule.keep);
         drop(st);
         for snap in expired {
-            // An exported snapshot with sessions is kept (and tried again next time).
-            self.delete_snapshot(volume, &snap)?;
+            // An exported snapshot with sessions is kept (and tried again next time); the
+            // others still go.
+            if let Err(e) = self.delete_snapshot(volume, &snap) {
+                eprintln!(
+                    "shoal: scheduled snapshot {volume}@{snap} kept: {}",
+                    e.message
+                );
+            }
         }
         Ok(())
     }
