@@ -242,3 +242,28 @@ fn a_damaged_reservations_record_stops_the_start_with_its_path() {
     let mut b = session(&t, 2);
     assert_eq!(b.write10(0, &[7u8; 512]).status(), 0);
 }
+
+#[test]
+fn a_change_that_cannot_be_stored_fails_and_changes_nothing() {
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
+    // The record can no longer be written: the directory is now a plain file.
+    let dir = t.dir.path().join("reservations");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let r = prout(&mut a, 0x01, WRITE_EXCLUSIVE, 0xA1, 0);
+    assert_eq!(
+        r.sense(),
+        Some((0x04, 0x44, 0x00)),
+        "INTERNAL TARGET FAILURE"
+    );
+    let res = prin(&mut a, 0x01);
+    assert_eq!(
+        &res[4..8],
+        &[0, 0, 0, 0],
+        "no reservation: the RESERVE was undone"
+    );
+    let mut b = session(&t, 2);
+    assert_eq!(b.write10(0, &[1u8; 512]).status(), 0, "nobody holds the LU");
+}

@@ -193,6 +193,8 @@ impl Server {
             auth: RwLock::new(cfg.auth.clone()),
             counts: Default::default(),
         });
+        crate::storage::reservations::prepare(&cfg.data_dir)
+            .map_err(|e| StartError::Volumes(format!("reservations directory: {e}")))?;
         let settings = crate::control::settings::VolumeSettings::load(&cfg.data_dir)
             .map_err(|e| StartError::Volumes(format!("volume settings: {e}")))?;
         let daemon = Arc::new(

@@ -1207,17 +1207,25 @@ impl Shard {
         } else if decode_lun(task.cmd.lun) != Some(slot.lu.info().lun) {
             Outcome::Done(scsi::lun::lun_not_supported(&cdb))
         } else {
-            let prout = cdb[0] == scsi::cdb::opcode::PERSISTENT_RESERVE_OUT;
-            let registered = prout && slot.lu.is_registered(sc.nexus);
+            // PERSISTENT RESERVE OUT: the state before it, put back if what changed cannot be
+            // stored (the initiator is told the command failed, so nothing may have changed).
+            let before = (cdb[0] == scsi::cdb::opcode::PERSISTENT_RESERVE_OUT)
+                .then(|| (slot.lu.reservation_state(), slot.lu.is_registered(sc.nexus)));
             let outcome = slot.lu.execute(sc.nexus, &cdb, task.data_out());
-            if prout && slot.lu.is_registered(sc.nexus) != registered {
-                // The port's id must outlive its sessions while it is registered.
-                self.registry.pin(sc.nexus, !registered);
-            }
-            match slot.store_reservations() {
-                Ok(()) => outcome,
-                Err(e) => {
+            match (slot.store_reservations(), before) {
+                (Ok(()), Some((_, registered))) => {
+                    if slot.lu.is_registered(sc.nexus) != registered {
+                        // The port's id must outlive its sessions while it is registered.
+                        self.registry.pin(sc.nexus, !registered);
+                    }
+                    outcome
+                }
+                (Ok(()), None) => outcome,
+                (Err(e), before) => {
                     log_error(self.id, "storing persistent reservations", &e);
+                    if let Some((state, _)) = before {
+                        slot.lu.restore_reservation_state(state);
+                    }
                     Outcome::Done(Completion::check(scsi::Sense::internal_target_failure()))
                 }
             }

@@ -275,6 +275,19 @@ impl LogicalUnit {
         }
     }
 
+    /// A copy of the persistent reservations (to put back with
+    /// [`restore_reservation_state`](Self::restore_reservation_state)).
+    pub fn reservation_state(&self) -> PrState {
+        self.pr.clone()
+    }
+
+    /// Puts back persistent reservations copied before a PERSISTENT RESERVE OUT whose change
+    /// could not be stored (APTPL): the command fails, so it changed nothing.
+    pub fn restore_reservation_state(&mut self, state: PrState) {
+        self.pr = state;
+        self.pr_persist = None;
+    }
+
     /// Whether nexus `n` holds a persistent reservation registration.
     pub fn is_registered(&self, n: NexusId) -> bool {
         self.pr.is_registered(n)

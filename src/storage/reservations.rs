@@ -49,16 +49,28 @@ pub fn path(data: &Path, target: &str) -> PathBuf {
     data.join("reservations").join(format!("{name}.json"))
 }
 
-/// Stores `record` at `path` (creating its directory), durably.
+/// Creates `<data>/reservations` when missing, durably (the data directory synced), once at
+/// start: [`save`] then only replaces files in it, off any directory creation.
+pub fn prepare(data: &Path) -> Result<(), ReservationsError> {
+    let dir = data.join("reservations");
+    let io = |source| ReservationsError::Io {
+        path: dir.clone(),
+        source,
+    };
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        super::sync_dir(data).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Stores `record` at `path` (in a directory [`prepare`] made), durably.
 pub fn save(path: &Path, record: &PrRecord) -> Result<(), ReservationsError> {
     let io = |source| ReservationsError::Io {
         path: path.to_path_buf(),
         source,
     };
     let text = serde_json::to_vec_pretty(record).map_err(|e| io(io::Error::other(e)))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
     super::replace_file(path, &text).map_err(io)
 }
 
@@ -121,6 +133,7 @@ mod tests {
     #[test]
     fn saved_records_load_back_and_removal_leaves_none() {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path()).unwrap();
         let p = path(dir.path(), "iqn.2026-11.dev.shoal:vol-1");
         assert_eq!(
             p,
@@ -143,6 +156,7 @@ mod tests {
     #[test]
     fn a_damaged_file_is_an_error_not_an_empty_state() {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path()).unwrap();
         let p = path(dir.path(), "t");
         save(&p, &record()).unwrap();
         std::fs::write(&p, b"{\"generation\": 3, \"registra").unwrap();

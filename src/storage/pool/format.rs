@@ -811,9 +811,7 @@ pub fn random_uuid() -> Result<[u8; 16], FormatError> {
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), FormatError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| FormatError::io(dir, "fsync directory", e))
+    crate::storage::sync_dir(dir).map_err(|e| FormatError::io(dir, "fsync directory", e))
 }
 
 #[cfg(test)]
