@@ -720,16 +720,29 @@ fn a_renamed_volume_keeps_its_data_snapshots_and_settings_across_kill_9() {
         "{stderr}"
     );
     drop(ini);
-    std::thread::sleep(Duration::from_millis(300));
     t.cli_ok(&["volume", "create", "taken", "--size", "1M"]);
+    let out = t.cli(&["volume", "rename", "default", "taken"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !t.cli(&["volume", "rename", "default", "taken"])
-            .status
-            .success()
+        !out.status.success() && stderr.contains("exists"),
+        "{stderr}"
     );
-    let v: Value =
-        serde_json::from_str(&t.cli_ok(&["--json", "volume", "rename", "default", "db"]))
-            .expect("volume JSON");
+    // The session above ends asynchronously: the rename goes through once it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let renamed = loop {
+        let out = t.cli(&["--json", "volume", "rename", "default", "db"]);
+        if out.status.success() {
+            break out.stdout;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("offline"), "{stderr}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rename refused for 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v: Value = serde_json::from_slice(&renamed).expect("volume JSON");
     assert_eq!(v["target"], "iqn.2026-11.dev.shoal:db", "{v}");
     assert_eq!(v["iops_limit"], 1000, "settings follow: {v}");
     let snaps = t.cli_ok(&["--json", "snapshot", "list", "db"]);

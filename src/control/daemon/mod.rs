@@ -1067,10 +1067,13 @@ impl AdminBackend for Daemon {
             }
             None => None,
         };
-        st.pool.rename(meta.image, new).map_err(pool_error)?;
-        for s in &snapshots {
-            let renamed = format!("{new}{}", &s.name[name.len()..]);
-            st.pool.rename(s.image, &renamed).map_err(pool_error)?;
+        // One record renames the volume and its snapshots. Refused, the volume is served again
+        // under its old name.
+        if let Err(e) = st.pool.rename(meta.image, new) {
+            if let Some(reserved) = reserved {
+                self.serve_reserved(&mut st, &meta, target_name(name), false, reserved)?;
+            }
+            return Err(pool_error(e));
         }
         st.settings.rename(name, new).map_err(internal)?;
         if let Some(at) = st.schedule_attempts.remove(name) {
@@ -1082,7 +1085,9 @@ impl AdminBackend for Daemon {
                 reservations::path(dir, &target_name(new)),
             );
             if from.exists() {
-                std::fs::rename(&from, &to).map_err(internal)?;
+                std::fs::rename(&from, &to)
+                    .and_then(|()| crate::storage::sync_dir(dir))
+                    .map_err(internal)?;
             }
         }
         let meta = st

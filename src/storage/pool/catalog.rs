@@ -636,7 +636,8 @@ impl Pool {
         Ok(map)
     }
 
-    /// Renames image `image` (a `Rename` record).
+    /// Renames image `image`, and with a volume its snapshots (`old@s` becomes `name@s`), in one
+    /// `Rename` record: a crash leaves either every old name or every new one.
     pub fn rename(&mut self, image: u64, name: &str) -> Result<(), PoolError> {
         if !self.images.contains_key(&image) {
             return Err(missing(image));
@@ -650,9 +651,7 @@ impl Pool {
                 name: name.clone(),
             },
         )?;
-        if let Some(m) = self.images.get_mut(&image) {
-            m.name = name;
-        }
+        rename_with_snapshots(&mut self.images, image, name);
         Ok(())
     }
 
@@ -826,6 +825,25 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
+/// Gives image `image` the name `name`; a volume's snapshots (named `old@s`) follow as `name@s`.
+fn rename_with_snapshots(images: &mut BTreeMap<u64, ImageMeta>, image: u64, name: String) {
+    let Some(meta) = images.get_mut(&image) else {
+        return;
+    };
+    let old = std::mem::replace(&mut meta.name, name.clone());
+    if meta.kind != ImageKind::Volume {
+        return;
+    }
+    let prefix = format!("{old}@");
+    for m in images.values_mut() {
+        if m.kind == ImageKind::Snapshot {
+            if let Some(snapshot) = m.name.strip_prefix(&prefix) {
+                m.name = format!("{name}@{snapshot}");
+            }
+        }
+    }
+}
+
 /// Checks every metadata invariant of the pool in `dir` without changing anything: the
 /// superblock, the checkpoint, every journal record (replayed in order: each names a live image
 /// and a logical extent inside it), every mapped physical extent inside the pool, image names
@@ -991,11 +1009,7 @@ fn apply(
                 meta.size_bytes = size_bytes;
             }
         }
-        Op::Rename { image, name } => {
-            if let Some(meta) = images.get_mut(&image) {
-                meta.name = name;
-            }
-        }
+        Op::Rename { image, name } => rename_with_snapshots(images, image, name),
     }
     Ok(())
 }
@@ -1149,6 +1163,37 @@ mod tests {
         // Sequence numbers continue after the recovered ones.
         let v = thin(&mut pool, &clone);
         assert_eq!(v.map().get(0), Some(before));
+    }
+
+    #[test]
+    fn renaming_a_volume_renames_its_snapshots_with_it_and_replays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = Pool::create(dir.path(), 16 << 20, ES, false).unwrap();
+        let vol = pool.create_volume("vol", 4 << 20, 512, true).unwrap();
+        let other = pool.create_volume("vol2", 4 << 20, 512, true).unwrap();
+        let v = thin(&mut pool, &vol);
+        let w = thin(&mut pool, &other);
+        let seq = pool.next_seq();
+        let s1 = pool
+            .add_snapshot(vol.image, "vol@s1", v.map().snapshot(), seq)
+            .unwrap();
+        let seq = pool.next_seq();
+        let s2 = pool
+            .add_snapshot(other.image, "vol2@s1", w.map().snapshot(), seq)
+            .unwrap();
+        let clone = pool.add_clone(s1.image, "vm1").unwrap();
+        pool.rename(vol.image, "db").unwrap();
+        assert_eq!(pool.image(s1.image).unwrap().name, "db@s1");
+        pool.rename(s2.image, "vol2@s2").unwrap();
+        drop((v, w));
+        drop(pool);
+        let pool = Pool::open(dir.path(), false).unwrap();
+        let name = |image| pool.image(image).unwrap().name.clone();
+        assert_eq!(name(vol.image), "db");
+        assert_eq!(name(s1.image), "db@s1");
+        assert_eq!(name(other.image), "vol2", "a name sharing the prefix stays");
+        assert_eq!(name(s2.image), "vol2@s2");
+        assert_eq!(name(clone.image), "vm1");
     }
 
     #[test]

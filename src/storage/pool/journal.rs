@@ -26,7 +26,8 @@
 //!   snapshot and every other image are unchanged.
 //! - `Resize { image, size_bytes }`: the new logical size. Growing adds unmapped extents;
 //!   shrinking unmaps every extent at or past `ceil(size_bytes / extent_size)`.
-//! - `Rename { image, name }`: the image's new name.
+//! - `Rename { image, name }`: the image's new name; a volume's snapshots (`old@s`) follow it as
+//!   `name@s` in the same record.
 //!
 //! A record about an image that does not exist at that point of replay breaks an invariant of the
 //! writers; recovery skips it and `shoal check` reports it (any extent it named is then simply
