@@ -170,11 +170,11 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
         cfg.read_ahead = config::read_ahead_value(config::parse_size(size)?)?;
     }
     if let (Some(user), Some(file)) = (&args.chap_user, &args.chap_secret_file) {
-        let secret = std::fs::read_to_string(file).map_err(|source| config::ConfigError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        let secret = secret.strip_suffix('\n').unwrap_or(&secret);
+        let secret =
+            config::read_secret_file(file).map_err(|source| config::ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
         let target = match &cfg.auth {
             AuthPolicy::Chap {
                 target: Some(t), ..
@@ -185,7 +185,7 @@ fn build_config(data: Option<PathBuf>, args: &ServeArgs) -> Result<Config, confi
             _ => None,
         };
         let target = target.as_ref().map(|(u, s)| (u.as_str(), s.as_str()));
-        cfg.auth = config::chap_policy(user, secret, target)?;
+        cfg.auth = config::chap_policy(user, &secret, target)?;
     }
     if let Some(size) = &args.registered_buffers {
         cfg.registered_buffers = config::registered_buffers_value(config::parse_size(size)?)?;

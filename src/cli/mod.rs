@@ -540,12 +540,12 @@ impl AdminClient {
         let Ok(file) = std::env::var(TOKEN_FILE_ENV) else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| {
+        let token = crate::config::read_secret_file(std::path::Path::new(&file)).map_err(|e| {
             CliError::Usage(format!(
                 "cannot read the admin token in {file} ({TOKEN_FILE_ENV}): {e}"
             ))
         })?;
-        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        Ok(Some(token))
     }
 
     /// The API's base URL, e.g. `http://127.0.0.1:7000`.
@@ -1242,13 +1242,10 @@ fn raw_json(text: &str) -> String {
     format!("{}\n", text.trim_end())
 }
 
-/// A CHAP secret from `file` (one trailing newline dropped, as `echo` writes it).
+/// A CHAP secret from `file` (one trailing line ending dropped, as `echo` writes it).
 fn read_secret(file: &std::path::Path) -> Result<String, CliError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        CliError::Usage(format!("cannot read the secret in {}: {e}", file.display()))
-    })?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+    crate::config::read_secret_file(file)
+        .map_err(|e| CliError::Usage(format!("cannot read the secret in {}: {e}", file.display())))
 }
 
 #[cfg(test)]

@@ -111,15 +111,26 @@ pub struct Config {
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
-/// The admin token in `path` (one trailing newline dropped): 16 to 1024 bytes of printable
+/// A secret (CHAP secret, admin token) kept in `path`: the file's text less one trailing line
+/// ending (`\n` or `\r\n`, as `echo` or an editor leaves it); anything else is part of it.
+pub fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    let mut text = std::fs::read_to_string(path)?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// The admin token in `path` (one trailing line ending dropped): 16 to 1024 bytes of printable
 /// ASCII without spaces (it travels in an HTTP header).
 pub fn read_admin_token(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let token = read_secret_file(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let token = text.strip_suffix('\n').unwrap_or(&text);
-    let token = token.strip_suffix('\r').unwrap_or(token);
     let printable = token.bytes().all(|b| b.is_ascii_graphic());
     if !(MIN_ADMIN_TOKEN..=1024).contains(&token.len()) || !printable {
         return Err(invalid(
@@ -569,6 +580,24 @@ pub fn target_name(volume: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_loses_one_line_ending_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        for (text, secret) in [
+            ("s3cret-secret\n", "s3cret-secret"),
+            ("s3cret-secret\r\n", "s3cret-secret"),
+            ("s3cret-secret", "s3cret-secret"),
+            ("two-endings\n\n", "two-endings\n"),
+            (" spaced \n", " spaced "),
+            ("cr-only\r", "cr-only\r"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(read_secret_file(&path).unwrap(), secret, "{text:?}");
+        }
+        assert!(read_secret_file(&dir.path().join("absent")).is_err());
+    }
 
     #[test]
     fn parse_size_units() {
