@@ -312,9 +312,26 @@ impl VolumeSettings {
         self.volumes.get(volume).is_some_and(|e| e.read_only)
     }
 
-    /// Write-protects `volume` (or lifts it), durably.
-    pub fn set_read_only(&mut self, volume: &str, on: bool) -> Result<(), SettingsError> {
-        self.update(volume, |e| e.read_only = on)
+    /// Changes `volume`'s write cache, write protection and QoS limits (each `None` kept as it
+    /// is) in one durable update.
+    pub fn set_live(
+        &mut self,
+        volume: &str,
+        write_cache: Option<bool>,
+        read_only: Option<bool>,
+        qos: Option<VolumeQos>,
+    ) -> Result<(), SettingsError> {
+        self.update(volume, |e| {
+            if write_cache.is_some() {
+                e.write_cache = write_cache;
+            }
+            if let Some(on) = read_only {
+                e.read_only = on;
+            }
+            if let Some(qos) = qos {
+                e.qos = (qos != VolumeQos::default()).then_some(qos);
+            }
+        })
     }
 
     /// `volume`'s QoS limits (none set: unlimited).
@@ -323,12 +340,6 @@ impl VolumeSettings {
             .get(volume)
             .and_then(|e| e.qos)
             .unwrap_or_default()
-    }
-
-    /// Sets `volume`'s QoS limits, durably (both `None`: unlimited).
-    pub fn set_qos(&mut self, volume: &str, qos: VolumeQos) -> Result<(), SettingsError> {
-        let stored = (qos != VolumeQos::default()).then_some(qos);
-        self.update(volume, |e| e.qos = stored)
     }
 
     /// `volume`'s snapshot schedule, if it has one.
@@ -358,7 +369,7 @@ impl VolumeSettings {
 
     /// Sets `volume`'s write cache, durably.
     pub fn set_write_cache(&mut self, volume: &str, on: bool) -> Result<(), SettingsError> {
-        self.update(volume, |e| e.write_cache = Some(on))
+        self.set_live(volume, Some(on), None, None)
     }
 
     /// Moves `volume`'s settings to `new_name` (the volume was renamed), durably.

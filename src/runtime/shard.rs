@@ -134,6 +134,31 @@ pub struct NewConnection {
     pub session: SessionParams,
 }
 
+/// Live settings of a served LUN to change; each `None` stays as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LunChange {
+    /// The write cache (MODE PARAMETERS CHANGED for every nexus).
+    pub write_cache: Option<bool>,
+    /// Write protection.
+    pub read_only: Option<bool>,
+    /// QoS limits (commands held back stay in order).
+    pub qos: Option<super::qos::QosLimits>,
+}
+
+impl LunChange {
+    fn apply(self, lun: &mut LunSlot) {
+        if let Some(on) = self.write_cache {
+            lun.lu.set_write_cache(on);
+        }
+        if let Some(on) = self.read_only {
+            lun.lu.set_read_only(on);
+        }
+        if let Some(limits) = self.qos {
+            lun.qos.set_limits(limits);
+        }
+    }
+}
+
 /// Messages to a shard.
 pub enum ShardMsg {
     /// Serve a new connection.
@@ -186,30 +211,12 @@ pub enum ShardMsg {
         /// Where the answer goes.
         reply: Sender<Result<crate::scsi::lun::Reservations, String>>,
     },
-    /// Turn a LUN's write cache on or off (MODE PARAMETERS CHANGED for every nexus).
-    SetWriteCache {
+    /// Change a LUN's live settings (see [`LunChange`]).
+    Reconfigure {
         /// The target.
         target: String,
-        /// WCE.
-        on: bool,
-        /// Done, or why not.
-        reply: Sender<Result<(), String>>,
-    },
-    /// Write-protect a LUN (or lift it).
-    SetReadOnly {
-        /// The target.
-        target: String,
-        /// Write-protected.
-        on: bool,
-        /// Done, or why not.
-        reply: Sender<Result<(), String>>,
-    },
-    /// Enforce new QoS limits on a LUN (commands held back stay in order).
-    SetQos {
-        /// The target.
-        target: String,
-        /// The limits.
-        limits: super::qos::QosLimits,
+        /// What changes.
+        change: LunChange,
         /// Done, or why not.
         reply: Sender<Result<(), String>>,
     },
@@ -686,20 +693,12 @@ impl Shard {
                     reply,
                 } => self.remove_lun(&target, force, reply),
                 ShardMsg::Snapshot { target, reply } => self.snapshot(&target, reply),
-                ShardMsg::SetWriteCache { target, on, reply } => {
-                    let answer = self.served_lun(&target).map(|l| l.lu.set_write_cache(on));
-                    let _ = reply.send(answer);
-                }
-                ShardMsg::SetReadOnly { target, on, reply } => {
-                    let answer = self.served_lun(&target).map(|l| l.lu.set_read_only(on));
-                    let _ = reply.send(answer);
-                }
-                ShardMsg::SetQos {
+                ShardMsg::Reconfigure {
                     target,
-                    limits,
+                    change,
                     reply,
                 } => {
-                    let answer = self.served_lun(&target).map(|l| l.qos.set_limits(limits));
+                    let answer = self.served_lun(&target).map(|l| change.apply(l));
                     let _ = reply.send(answer);
                 }
                 ShardMsg::Reservations {

@@ -18,7 +18,9 @@ use super::settings::{self, SettingsError, SnapshotSchedule, VolumeSettings};
 use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::qos::Throttle;
-use crate::runtime::shard::{LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport};
+use crate::runtime::shard::{
+    LunChange, LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport,
+};
 use crate::scsi::pr::PrState;
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::stats::{LunSnapshot, MAX_WINDOW_SECS, Window};
@@ -706,35 +708,7 @@ impl AdminBackend for Daemon {
     fn update_volume(&self, name: &str, req: &VolumePatch) -> Result<VolumeInfo, AdminError> {
         let mut st = self.lock();
         let meta = Self::volume_meta(&st, name)?;
-        if let Some(on) = req.write_cache {
-            st.settings
-                .set_write_cache(&meta.name, on)
-                .map_err(internal)?;
-            if let Some(served) = st.served.get(&meta.image).cloned() {
-                let target = served.target.clone();
-                self.ask(served.shard, |reply| ShardMsg::SetWriteCache {
-                    target,
-                    on,
-                    reply,
-                })
-                .map_err(internal)?;
-            }
-        }
-        if let Some(on) = req.read_only {
-            st.settings
-                .set_read_only(&meta.name, on)
-                .map_err(internal)?;
-            if let Some(served) = st.served.get(&meta.image).cloned() {
-                let target = served.target.clone();
-                self.ask(served.shard, |reply| ShardMsg::SetReadOnly {
-                    target,
-                    on,
-                    reply,
-                })
-                .map_err(internal)?;
-            }
-        }
-        if req.iops_limit.is_some() || req.bandwidth_limit.is_some() {
+        let qos = (req.iops_limit.is_some() || req.bandwidth_limit.is_some()).then(|| {
             let mut qos = st.settings.qos(&meta.name);
             let limit = |v: u64| (v > 0).then_some(v);
             if let Some(v) = req.iops_limit {
@@ -743,17 +717,27 @@ impl AdminBackend for Daemon {
             if let Some(v) = req.bandwidth_limit {
                 qos.bytes_per_sec = limit(v);
             }
-            st.settings.set_qos(&meta.name, qos).map_err(internal)?;
-            if let Some(served) = st.served.get(&meta.image).cloned() {
-                let target = served.target.clone();
-                let limits = qos.limits();
-                self.ask(served.shard, |reply| ShardMsg::SetQos {
-                    target,
-                    limits,
-                    reply,
-                })
-                .map_err(internal)?;
-            }
+            qos
+        });
+        let change = LunChange {
+            write_cache: req.write_cache,
+            read_only: req.read_only,
+            qos: qos.map(|q| q.limits()),
+        };
+        if change == LunChange::default() {
+            return Ok(self.volume_info(&st, &meta));
+        }
+        st.settings
+            .set_live(&meta.name, req.write_cache, req.read_only, qos)
+            .map_err(internal)?;
+        if let Some(served) = st.served.get(&meta.image) {
+            let (shard, target) = (served.shard, served.target.clone());
+            self.ask(shard, |reply| ShardMsg::Reconfigure {
+                target,
+                change,
+                reply,
+            })
+            .map_err(internal)?;
         }
         Ok(self.volume_info(&st, &meta))
     }
