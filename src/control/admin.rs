@@ -325,15 +325,12 @@ fn serve_request(mut rq: tiny_http::Request, jobs: &mpsc::Sender<Msg>, token: Op
         .map(|h| h.value.as_str().to_owned());
     // A request with the token may name the daemon by host name (DNS rebinding cannot forge
     // the token); any other must use an IP address or localhost.
-    let with_token = token.is_some()
-        && authorization
-            .as_deref()
-            .is_some_and(|a| check_remote(None, Some(a), token).is_none());
+    let with_token = carries_token(authorization.as_deref(), token);
     if let Some(reply) = check_headers(rq.headers(), !with_token) {
         respond(rq, reply);
         return;
     }
-    if let Some(reply) = check_remote(peer, authorization.as_deref(), token) {
+    if let Some(reply) = check_remote(peer, with_token, token.is_some()) {
         respond(rq, reply);
         return;
     }
@@ -418,32 +415,32 @@ fn check_headers(headers: &[tiny_http::Header], check_host: bool) -> Option<Repl
     None
 }
 
+/// Whether an `Authorization` header value is `Bearer TOKEN` with the daemon's admin token
+/// (compared in the same time wherever the first difference is).
+fn carries_token(authorization: Option<&str>, token: Option<&str>) -> bool {
+    let given = authorization.and_then(|a| a.strip_prefix("Bearer "));
+    matches!((token, given), (Some(token), Some(given))
+        if same_secret(token.as_bytes(), given.trim().as_bytes()))
+}
+
 /// Requests from this machine (loopback) are the local administrator's; a request from another
-/// machine must carry `Authorization: Bearer TOKEN` with the daemon's admin token, and without a
-/// token configured none is accepted (401). The comparison takes the same time wherever the
-/// first difference is.
-fn check_remote(
-    peer: Option<IpAddr>,
-    authorization: Option<&str>,
-    token: Option<&str>,
-) -> Option<Reply> {
-    if peer.is_some_and(|ip| ip.is_loopback()) {
+/// machine must carry the daemon's admin token (`with_token`, see [`carries_token`]), and
+/// without a token configured none is accepted (401).
+fn check_remote(peer: Option<IpAddr>, with_token: bool, token_configured: bool) -> Option<Reply> {
+    if with_token || peer.is_some_and(|ip| ip.is_loopback()) {
         return None;
     }
-    let given = authorization.and_then(|a| a.strip_prefix("Bearer "));
-    match (token, given) {
-        (Some(token), Some(given)) if same_secret(token.as_bytes(), given.trim().as_bytes()) => {
-            None
-        }
-        (None, _) => Some(Reply::error(AdminError::new(
+    if !token_configured {
+        Some(Reply::error(AdminError::new(
             ErrorCode::Unauthorized,
             "the admin API takes requests from other machines only with an admin token \
              (serve --admin-token-file)",
-        ))),
-        _ => Some(Reply::error(AdminError::new(
+        )))
+    } else {
+        Some(Reply::error(AdminError::new(
             ErrorCode::Unauthorized,
             "a request from another machine needs Authorization: Bearer <admin token>",
-        ))),
+        )))
     }
 }
 
@@ -617,6 +614,14 @@ impl Reply {
         }
         if let Some(allow) = self.allow {
             add_header(&mut resp, "Allow", allow);
+        }
+        if self.status == 401 {
+            // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+            add_header(
+                &mut resp,
+                "WWW-Authenticate",
+                "Bearer realm=\"shoal admin\"",
+            );
         }
         resp
     }
@@ -1103,7 +1108,24 @@ pub(crate) mod tests {
         let local6: IpAddr = "::1".parse().unwrap();
         let remote: IpAddr = "192.0.2.7".parse().unwrap();
         let token = Some("s3cret-token-0123456789");
-        let status = |r: Option<Reply>| r.map(|r| r.into_response().status_code().0);
+        let status = |r: Option<Reply>| {
+            r.map(|r| {
+                let resp = r.into_response();
+                let challenge = resp
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("WWW-Authenticate"))
+                    .map(|h| h.value.to_string());
+                assert!(
+                    challenge.is_some_and(|c| c.starts_with("Bearer ")),
+                    "a 401 names its scheme"
+                );
+                resp.status_code().0
+            })
+        };
+        let check_remote = |peer, authorization, token: Option<&str>| {
+            check_remote(peer, carries_token(authorization, token), token.is_some())
+        };
         assert_eq!(status(check_remote(Some(local), None, None)), None);
         assert_eq!(status(check_remote(Some(local6), None, token)), None);
         assert_eq!(status(check_remote(Some(remote), None, None)), Some(401));
