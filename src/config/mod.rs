@@ -145,6 +145,22 @@ pub fn read_admin_token(path: &Path) -> Result<String, ConfigError> {
 /// Shortest CHAP secret accepted (RFC 7143 §12.1.3 asks for at least 96 bits).
 pub const MIN_CHAP_SECRET: usize = 12;
 
+/// The target's credentials for mutual CHAP from an optional name and secret: both or neither.
+pub fn mutual_chap<'a>(
+    user: Option<&'a str>,
+    secret: Option<&'a str>,
+) -> Result<Option<(&'a str, &'a str)>, ConfigError> {
+    match (user, secret) {
+        (Some(user), Some(secret)) => Ok(Some((user, secret))),
+        (None, None) => Ok(None),
+        _ => Err(invalid(
+            "mutual CHAP",
+            "target_user/target_secret",
+            "give both or neither",
+        )),
+    }
+}
+
 /// A CHAP policy from the initiator's name and secret and, for mutual CHAP, the target's: names
 /// of 1..=255 bytes, secrets of 12..=255 bytes, the two secrets different (RFC 7143 §12.1.3).
 pub fn chap_policy(
@@ -373,17 +389,7 @@ impl Config {
             self.registered_buffers = registered_buffers_value(size_value(v)?)?;
         }
         if let Some(c) = file.chap {
-            let target = match (&c.target_user, &c.target_secret) {
-                (Some(u), Some(s)) => Some((u.as_str(), s.as_str())),
-                (None, None) => None,
-                _ => {
-                    return Err(invalid(
-                        "[chap]",
-                        "target_user/target_secret",
-                        "give both or neither",
-                    ));
-                }
-            };
+            let target = mutual_chap(c.target_user.as_deref(), c.target_secret.as_deref())?;
             self.auth = chap_policy(&c.user, &c.secret, target)?;
         }
         if !file.volumes.is_empty() {
@@ -580,6 +586,26 @@ pub fn target_name(volume: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mutual_chap_needs_both_the_target_name_and_secret() {
+        assert_eq!(mutual_chap(None, None).unwrap(), None);
+        assert_eq!(mutual_chap(Some("t"), Some("s")).unwrap(), Some(("t", "s")));
+        for (user, secret) in [(Some("t"), None), (None, Some("s"))] {
+            let e = mutual_chap(user, secret).unwrap_err().to_string();
+            assert!(e.contains("both or neither"), "{e}");
+        }
+        let half = crate::control::settings::VolumeChap {
+            user: "u".into(),
+            secret: "initiator-secret".into(),
+            target_user: Some("t".into()),
+            target_secret: None,
+        };
+        assert!(
+            half.policy().is_err(),
+            "a volume's CHAP follows the same rule"
+        );
+    }
 
     #[test]
     fn a_secret_file_loses_one_line_ending_and_nothing_else() {

@@ -161,17 +161,11 @@ impl std::fmt::Debug for VolumeChap {
 impl VolumeChap {
     /// The login policy these credentials make, or why they are refused.
     pub fn policy(&self) -> Result<AuthPolicy, SettingsError> {
-        let target = match (&self.target_user, &self.target_secret) {
-            (None, None) => None,
-            (Some(user), Some(secret)) => Some((user.as_str(), secret.as_str())),
-            _ => {
-                return Err(SettingsError::BadChap(
-                    "mutual CHAP needs both target_user and target_secret".into(),
-                ));
-            }
-        };
-        crate::config::chap_policy(&self.user, &self.secret, target)
-            .map_err(|e| SettingsError::BadChap(e.to_string()))
+        let bad = |e: crate::config::ConfigError| SettingsError::BadChap(e.to_string());
+        let target =
+            crate::config::mutual_chap(self.target_user.as_deref(), self.target_secret.as_deref())
+                .map_err(bad)?;
+        crate::config::chap_policy(&self.user, &self.secret, target).map_err(bad)
     }
 }
 
