@@ -93,28 +93,31 @@ impl LoginContext {
     /// Sets the initiators allowed on the targets of volume `volume` — its own and those of its
     /// exported snapshots (checked at login); returns their names.
     pub fn set_initiators(&self, volume: &str, initiators: &[String]) -> Vec<String> {
-        let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
-        let mut names = Vec::new();
-        for t in targets
-            .iter_mut()
-            .filter(|t| crate::control::settings::volume_of(&t.alias) == volume)
-        {
-            t.initiators = initiators.to_vec();
-            names.push(t.name.clone());
-        }
-        names
+        self.update_targets_of(volume, |t| t.initiators = initiators.to_vec())
     }
 
     /// Gives the targets of `volume` (its own and its exported snapshots') the CHAP policy
     /// `chap` (`None`: the configuration's); new logins use it, live sessions are unaffected.
     pub fn set_chap(&self, volume: &str, chap: Option<AuthPolicy>) {
+        self.update_targets_of(volume, |t| t.chap = chap.clone());
+    }
+
+    /// Applies `change` to the targets of `volume` (its own and its exported snapshots');
+    /// returns their names.
+    fn update_targets_of(
+        &self,
+        volume: &str,
+        mut change: impl FnMut(&mut TargetEntry),
+    ) -> Vec<String> {
         let mut targets = self.targets.write().unwrap_or_else(|p| p.into_inner());
-        for t in targets
+        targets
             .iter_mut()
             .filter(|t| crate::control::settings::volume_of(&t.alias) == volume)
-        {
-            t.chap = chap.clone();
-        }
+            .map(|t| {
+                change(t);
+                t.name.clone()
+            })
+            .collect()
     }
 
     /// Stops exporting a target (new logins to it fail with "not found").
