@@ -1,11 +1,12 @@
 //! Per-volume QoS: limits on a LUN's I/O operations and bytes per second, enforced by its shard.
 //!
 //! Each limit is a token bucket refilled at its rate and holding at most 50 ms worth of it
-//! (at least one operation, at least one largest transfer). A READ or WRITE (the statistics'
-//! read and write classes) is admitted when both buckets hold a token or more; it then takes one
-//! operation and its bytes, which may leave the byte bucket in debt (a transfer larger than the
-//! burst waits for the debt to be paid back, so the long-run rate holds whatever the transfer
-//! size). Other commands (INQUIRY, UNMAP, SYNCHRONIZE CACHE...) are never held.
+//! (at least one operation, at least one largest transfer). A command that moves data (READ,
+//! WRITE, WRITE SAME, COMPARE AND WRITE, EXTENDED COPY...: see `scsi::cdb::qos_charge`) is
+//! admitted when both buckets hold a token or more; it then takes one operation and its bytes,
+//! which may leave the byte bucket in debt (a transfer larger than the burst waits for the debt
+//! to be paid back, so the long-run rate holds whatever the transfer size). Other commands
+//! (INQUIRY, UNMAP, SYNCHRONIZE CACHE...) are never held.
 //!
 //! A command that is not admitted waits in the LUN's FIFO, and every command behind it waits too
 //! (order is kept); the shard releases them as the buckets refill, waking in time for the next

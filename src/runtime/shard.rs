@@ -1099,8 +1099,8 @@ impl Shard {
         if !slot.qos.limits().unlimited() || slot.qos.waiting() > 0 {
             let Some(task) = sc.conn.task(id) else { return };
             let cdb = &task.cmd.cdb;
-            if !task.refused() && scsi::cdb::op_class(cdb) != OpClass::Other {
-                let bytes = scsi::cdb::transfer_bytes(cdb, slot.lu.info().block_size);
+            let charge = scsi::cdb::qos_charge(cdb, slot.lu.info().block_size);
+            if let Some(bytes) = charge.filter(|_| !task.refused()) {
                 if !slot.qos.admit(self.round_now, bytes) {
                     let held = HeldCommand {
                         index,

@@ -1183,6 +1183,31 @@ pub fn transfer_bytes(cdb: &[u8], block_size: u32) -> u64 {
     }
 }
 
+/// What a command costs under its LUN's QoS limits (`runtime::qos`), or `None` for one they
+/// never hold: `Some(bytes moved to or from the medium)` for READ, WRITE, WRITE AND VERIFY,
+/// ORWRITE, COMPARE AND WRITE (its blocks, once), WRITE SAME (every block it writes; none when it
+/// unmaps) and EXTENDED COPY (one command: the bytes it copies are in its parameter list, which
+/// has not arrived when the command is admitted).
+pub fn qos_charge(cdb: &[u8], block_size: u32) -> Option<u64> {
+    use opcode::*;
+    let op = *cdb.first()?;
+    let cdb = cdb.get(..cdb_length(op)?)?;
+    let bs = u64::from(block_size);
+    let blocks = || u64::from(block_fields(cdb).blocks) * bs;
+    let charge = match op {
+        READ_6 | READ_10 | READ_12 | READ_16 | WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16
+        | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 => {
+            transfer_bytes(cdb, block_size)
+        }
+        WRITE_SAME_10 | WRITE_SAME_16 if byte(cdb, 1) & 0x08 != 0 => 0,
+        WRITE_SAME_10 | WRITE_SAME_16 | ORWRITE_16 => blocks(),
+        COMPARE_AND_WRITE => u64::from(byte(cdb, 13)) * bs,
+        EXTENDED_COPY => 0,
+        _ => return None,
+    };
+    Some(charge)
+}
+
 /// The statistics class of a CDB: READ (6/10/12/16), WRITE (6/10/12/16), WRITE AND VERIFY and
 /// WRITE SAME, or other (UNMAP included).
 pub fn op_class(cdb: &[u8]) -> OpClass {
@@ -1213,6 +1238,41 @@ mod tests {
         let l = lba.to_be_bytes();
         let n = blocks.to_be_bytes();
         cdb(&[0x28, byte1, l[0], l[1], l[2], l[3], 0, n[0], n[1], 0])
+    }
+
+    #[test]
+    fn qos_charges_the_blocks_each_data_command_moves() {
+        let bs = 512;
+        let ws16 =
+            |byte1: u8, blocks: u8| cdb(&[0x93, byte1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, blocks]);
+        assert_eq!(qos_charge(&read10(0, 8, 0), bs), Some(4096));
+        assert_eq!(
+            qos_charge(&cdb(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 16, 0]), bs),
+            Some(8192)
+        );
+        assert_eq!(
+            qos_charge(&ws16(0, 64), bs),
+            Some(64 * 512),
+            "every block written"
+        );
+        assert_eq!(
+            qos_charge(&ws16(0x08, 64), bs),
+            Some(0),
+            "UNMAP: a command, no bytes"
+        );
+        let caw = cdb(&[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]);
+        assert_eq!(
+            qos_charge(&caw, bs),
+            Some(4 * 512),
+            "its blocks once, not its Data-Out"
+        );
+        let orwrite = cdb(&[0x8B, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8]);
+        assert_eq!(qos_charge(&orwrite, bs), Some(8 * 512));
+        let xcopy = cdb(&[0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64]);
+        assert_eq!(qos_charge(&xcopy, bs), Some(0));
+        for other in [cdb(&[0x12, 0, 0, 0, 36]), cdb(&[0x35]), cdb(&[0x42])] {
+            assert_eq!(qos_charge(&other, bs), None, "{:#x}", other[0]);
+        }
     }
 
     #[test]
