@@ -258,6 +258,7 @@ impl IoOp {
             src: segment.src + at,
             dst: segment.dst + at,
             len,
+            index: segment.index,
         })
     }
 

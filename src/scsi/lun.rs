@@ -661,16 +661,14 @@ impl LogicalUnit {
             return sbc::complete(outcome, result);
         };
         let ok = result == IoResult::Ok;
+        // The descriptor index of the segment that failed (every one before it, empty ones
+        // included, was processed); the whole list when none did.
+        let stopped_at = segments.get(*done).map_or(*segment_count, |s| s.index);
         if let Some(id) = *held {
             let finished = &segments[..(*done).min(segments.len())];
             let state = CopyState::Ended {
                 ok,
-                // Empty segments count as processed once the copy ends well.
-                segments: if ok {
-                    *segment_count
-                } else {
-                    finished.len() as u16
-                },
+                segments: if ok { *segment_count } else { stopped_at },
                 bytes: finished.iter().map(|s| s.len).sum(),
             };
             self.copy_results.record(n, id, state);
@@ -679,7 +677,11 @@ impl LogicalUnit {
             // A failed copy is COPY ABORTED, with the cause's ASC/ASCQ and the segment's index.
             Completion {
                 sense: Some(cause), ..
-            } => Completion::check(Sense::copy_aborted(cause.asc, cause.ascq, *done as u64)),
+            } => Completion::check(Sense::copy_aborted(
+                cause.asc,
+                cause.ascq,
+                u64::from(stopped_at),
+            )),
             c => c,
         }
     }
@@ -1304,6 +1306,28 @@ mod tests {
             &[0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0x07, 0xF8, 1, 0, 0, 0]
         );
         assert_eq!(lu.lba_status(7, 24, |e| e == 0).data.len(), 24);
+        // A copy that fails in its second segment, after an empty descriptor: COPY ABORTED and
+        // its held results name descriptor 2 (0 copied, 1 empty, 2 failed).
+        let segment = |index, src| crate::scsi::xcopy::CopySegment {
+            src,
+            dst: 1 << 20,
+            len: 4096,
+            index,
+        };
+        let o = Outcome::Copy {
+            segments: vec![segment(0, 0), segment(2, 8192)],
+            segment_count: 3,
+            held: Some(5),
+            done: 1,
+        };
+        let c = lu.complete(A, &o, IoResult::MediumError { read: true });
+        let sense = c.sense.expect("COPY ABORTED");
+        assert_eq!(
+            (sense.key, sense.information),
+            (SenseKey::CopyAborted, Some(2))
+        );
+        let status = lu.copy_results.copy_status(A, 5, 12);
+        assert_eq!(status.data[4..7], [0x02, 0, 2], "failed after 2 segments");
         // Failures of the storage request.
         let o = Outcome::Unmap {
             ranges: vec![(0, 512)],

@@ -71,6 +71,9 @@ pub struct CopySegment {
     pub dst: u64,
     /// Bytes to copy (> 0).
     pub len: u64,
+    /// Its segment descriptor's index in the parameter list (empty descriptors counted): what
+    /// COPY ABORTED names when it fails.
+    pub index: u16,
 }
 
 impl CopySegment {
@@ -214,6 +217,7 @@ fn block_to_block(
         src: src_lba * bs,
         dst: dst_lba * bs,
         len: blocks * bs,
+        index: u16::try_from(index).unwrap_or(u16::MAX),
     }))
 }
 
@@ -407,18 +411,32 @@ mod tests {
             7,
             0,
             &[cscd(&i.naa, 512)],
-            &[segment(0, 0, 8, 0, 100), segment(0, 0, 0, 5, 5)],
+            &[
+                segment(0, 0, 8, 0, 100),
+                segment(0, 0, 0, 5, 5),
+                segment(0, 0, 1, 9, 200),
+            ],
         );
         let plan = run(&d).unwrap().unwrap();
         assert_eq!(
             plan.segments,
-            vec![CopySegment {
-                src: 0,
-                dst: 51200,
-                len: 4096
-            }]
+            vec![
+                CopySegment {
+                    src: 0,
+                    dst: 51200,
+                    len: 4096,
+                    index: 0
+                },
+                CopySegment {
+                    src: 9 * 512,
+                    dst: 200 * 512,
+                    len: 512,
+                    index: 2
+                }
+            ],
+            "the empty segment is left out, and the next keeps its index"
         );
-        assert_eq!(plan.segment_count, 2);
+        assert_eq!(plan.segment_count, 3);
         assert_eq!(plan.held, Some(7));
         // LIST ID USAGE 10b: results not held.
         let d = list(7, 2, &[cscd(&i.naa, 512)], &[segment(0, 0, 8, 0, 100)]);
@@ -505,7 +523,12 @@ mod tests {
 
     #[test]
     fn overlapping_forward_segments_copy_backwards() {
-        let s = |src, dst| CopySegment { src, dst, len: 100 };
+        let s = |src, dst| CopySegment {
+            src,
+            dst,
+            len: 100,
+            index: 0,
+        };
         assert!(s(0, 50).backwards());
         assert!(!s(50, 0).backwards());
         assert!(!s(0, 100).backwards());
