@@ -819,48 +819,38 @@ impl ExtentMap {
     /// written it in place since. Leaves the two maps share are skipped without a look at their
     /// entries, so the cost is a walk of the leaves plus the entries of the leaves that differ.
     pub fn diff(&self, base: Option<&ExtentMap>, mut f: impl FnMut(u64)) {
-        let mut base_leaves: Vec<Option<&Arc<Leaf>>> = Vec::new();
-        if let Some(base) = base {
-            base.walk_refs(|index, leaf| {
-                let i = index as usize;
-                if base_leaves.len() <= i {
-                    base_leaves.resize(i + 1, None);
+        let own = self.leaves_by_index();
+        let base = base.map(ExtentMap::leaves_by_index).unwrap_or_default();
+        for i in 0..own.len().max(base.len()) {
+            let leaf = own.get(i).copied().flatten();
+            let other = base.get(i).copied().flatten();
+            if let (Some(a), Some(b)) = (leaf, other) {
+                if Arc::ptr_eq(a, b) {
+                    continue;
                 }
-                base_leaves[i] = Some(leaf);
-            });
+            }
+            let first = (i * FANOUT) as u64;
+            for k in 0..FANOUT {
+                let here = leaf.map_or(0, |l| l.entries[k]);
+                let there = other.map_or(0, |l| l.entries[k]);
+                if here != there && first + (k as u64) < self.len {
+                    f(first + k as u64);
+                }
+            }
         }
-        let mut seen = vec![false; base_leaves.len()];
-        let mut changed: Vec<u64> = Vec::new();
-        self.walk(|index, leaf| {
+    }
+
+    /// The map's leaves by leaf index (`None` where no leaf exists).
+    fn leaves_by_index(&self) -> Vec<Option<&Arc<Leaf>>> {
+        let mut leaves = Vec::new();
+        self.walk_refs(|index, leaf| {
             let i = index as usize;
-            let other = base_leaves.get(i).copied().flatten();
-            if let Some(s) = seen.get_mut(i) {
-                *s = true;
+            if leaves.len() <= i {
+                leaves.resize(i + 1, None);
             }
-            if other.is_some_and(|o| Arc::ptr_eq(o, leaf)) {
-                return;
-            }
-            let first = index * FANOUT as u64;
-            for (k, &p) in leaf.entries.iter().enumerate() {
-                let q = other.map_or(0, |o| o.entries[k]);
-                if p != q {
-                    changed.push(first + k as u64);
-                }
-            }
+            leaves[i] = Some(leaf);
         });
-        // Leaves only the base has: everything they map is unmapped here.
-        for (i, leaf) in base_leaves.iter().enumerate() {
-            if let (Some(leaf), false) = (leaf, seen[i]) {
-                let first = i as u64 * FANOUT as u64;
-                for (k, &q) in leaf.entries.iter().enumerate() {
-                    if q != 0 && first + (k as u64) < self.len {
-                        changed.push(first + k as u64);
-                    }
-                }
-            }
-        }
-        changed.sort_unstable();
-        changed.into_iter().for_each(&mut f);
+        leaves
     }
 
     /// Like `walk`, handing out references that live as long as the map.
