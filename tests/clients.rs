@@ -86,14 +86,9 @@ fn iscsi_readcapacity16_reports_the_volume_size() {
 
 #[test]
 fn config_file_declares_volumes_with_4k_blocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("shoal.toml");
-    std::fs::write(
-        &cfg,
+    let t = Target::start_with_config(
         "[[volume]]\nname = \"vm1\"\nsize = \"32M\"\nblock_size = 4096\n\n[[volume]]\nname = \"db\"\nsize = \"16M\"\n",
-    )
-    .unwrap();
-    let t = Target::start(&["--config", cfg.to_str().unwrap()]);
+    );
     let ls = run_ok(
         Command::new(tool("iscsi-ls")).arg(format!("iscsi://{}/", t.addr)),
         T,
@@ -445,14 +440,9 @@ fn bench_harness_runs_in_quick_mode() {
 /// QD16 of writes that mostly allocate new extents; fio verifies every block read back.
 #[test]
 fn fio_verify_on_a_write_through_volume_with_cache_flushes() {
-    let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let t = Target::start_with_config(
         "[[volume]]\nname = \"default\"\nsize = \"64M\"\nwrite_cache = false\n",
-    )
-    .unwrap();
-    let t = Target::start(&["--config", config.to_str().unwrap()]);
+    );
     fio_verify(
         &t,
         &[

@@ -17,14 +17,9 @@ fn wce(ini: &mut RawInitiator) -> bool {
 
 #[test]
 fn a_declared_write_cache_setting_survives_a_rollback() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let t = Target::start_with_config(
         "[[volume]]\nname = \"default\"\nsize = \"64M\"\nwrite_cache = false\n",
-    )
-    .unwrap();
-    let t = Target::start(&["--config", config.to_str().unwrap()]);
+    );
     let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
     assert_eq!(ini.test_unit_ready(), 0);
     assert!(!wce(&mut ini));

@@ -28,6 +28,16 @@ impl Target {
         Target::start_in(dir, extra)
     }
 
+    /// Starts `shoal serve` with the TOML configuration `toml` (its file kept in the data
+    /// directory).
+    pub fn start_with_config(toml: &str) -> Target {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, toml).expect("write the config file");
+        let path = path.to_str().expect("UTF-8 temp path").to_owned();
+        Target::start_in(dir, &["--config", &path])
+    }
+
     /// Starts `shoal serve` in an existing data directory.
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Target {
         Target::spawn(dir, extra, false)
