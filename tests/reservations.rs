@@ -267,3 +267,54 @@ fn a_change_that_cannot_be_stored_fails_and_changes_nothing() {
     let mut b = session(&t, 2);
     assert_eq!(b.write10(0, &[1u8; 512]).status(), 0, "nobody holds the LU");
 }
+
+#[test]
+fn state_left_under_a_name_by_a_rename_cut_short_is_dropped_at_start() {
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
+    assert_eq!(prout(&mut a, 0x01, WRITE_EXCLUSIVE, 0xA1, 0).status(), 0);
+    drop(a);
+    t.cli_ok(&["volume", "set", "default", "--iops-limit", "1000"]);
+    let dir = t.kill();
+    // What a crash leaves after a rename of `default` to `db` copied the volume's settings and
+    // APTPL record to the new name, before the catalog record.
+    let settings = dir.path().join("settings.json");
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    let entry = file["volumes"]["default"].clone();
+    assert_eq!(entry["qos"]["iops"], 1000, "{file}");
+    file["volumes"]["db"] = entry;
+    std::fs::write(&settings, file.to_string()).unwrap();
+    let records = dir.path().join("reservations");
+    let db_record = records.join("iqn.2026-11.dev.shoal%3Adb.json");
+    std::fs::copy(
+        records.join("iqn.2026-11.dev.shoal%3Adefault.json"),
+        &db_record,
+    )
+    .unwrap();
+
+    let t = Target::start_in(dir, &[]);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert!(file["volumes"].get("db").is_none(), "{file}");
+    assert_eq!(file["volumes"]["default"]["qos"]["iops"], 1000, "{file}");
+    assert!(!db_record.exists(), "the orphaned record is removed");
+    // The volume keeps its reservation...
+    let mut b = session(&t, 2);
+    assert_eq!(b.write10(0, &[7u8; 512]).status(), 0x18, "still reserved");
+    // ...and a new volume of the other name inherits neither.
+    t.cli_ok(&["volume", "create", "db", "--size", "1M"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "db"])).unwrap();
+    assert!(v["iops_limit"].is_null(), "{v}");
+    let mut c = RawInitiator::login_as(
+        t.addr,
+        "iqn.2026-11.dev.shoal:test-initiator",
+        [0x80, 0, 0, 0, 0, 3],
+        "iqn.2026-11.dev.shoal:db",
+        &[],
+    );
+    assert_eq!(c.test_unit_ready(), 0);
+    assert_eq!(c.write10(0, &[9u8; 512]).status(), 0, "not reserved");
+}

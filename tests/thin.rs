@@ -745,6 +745,14 @@ fn a_renamed_volume_keeps_its_data_snapshots_and_settings_across_kill_9() {
     let v: Value = serde_json::from_slice(&renamed).expect("volume JSON");
     assert_eq!(v["target"], "iqn.2026-11.dev.shoal:db", "{v}");
     assert_eq!(v["iops_limit"], 1000, "settings follow: {v}");
+    let settings: Value = serde_json::from_str(
+        &std::fs::read_to_string(t.dir.path().join("settings.json")).expect("settings.json"),
+    )
+    .unwrap();
+    assert!(
+        settings["volumes"].get("default").is_none() && settings["volumes"].get("db").is_some(),
+        "the old name's copy is gone: {settings}"
+    );
     let snaps = t.cli_ok(&["--json", "snapshot", "list", "db"]);
     assert!(snaps.contains("db@s1"), "{snaps}");
     let dir = t.kill();

@@ -366,17 +366,33 @@ impl VolumeSettings {
         self.set_live(volume, Some(on), None, None)
     }
 
-    /// Moves `volume`'s settings to `new_name` (the volume was renamed), durably.
-    pub fn rename(&mut self, volume: &str, new_name: &str) -> Result<(), SettingsError> {
-        let Some(entry) = self.volumes.get(volume).cloned() else {
-            return Ok(());
-        };
+    /// Gives `new_name` a copy of `volume`'s settings (none: none), durably, keeping
+    /// `volume`'s. The first step of a rename, taken before the catalog renames the volume; the
+    /// old name's entry goes once it has (a crash in between leaves an entry of a name with no
+    /// volume, which [`VolumeSettings::retain`] drops at the next start).
+    pub fn copy(&mut self, volume: &str, new_name: &str) -> Result<(), SettingsError> {
+        let entry = self.volumes.get(volume).cloned().unwrap_or_default();
+        self.update(new_name, |e| *e = entry)
+    }
+
+    /// Keeps the settings of the volumes `exists` names and drops the others, durably: entries
+    /// a crash left behind in a rename or a delete, which a new volume of that name must not
+    /// inherit. Returns the names dropped.
+    pub fn retain(&mut self, exists: impl Fn(&str) -> bool) -> Result<Vec<String>, SettingsError> {
+        let dropped: Vec<String> = self
+            .volumes
+            .keys()
+            .filter(|name| !exists(name))
+            .cloned()
+            .collect();
+        if dropped.is_empty() {
+            return Ok(dropped);
+        }
         let mut next = self.volumes.clone();
-        next.remove(volume);
-        next.insert(new_name.to_owned(), entry);
+        next.retain(|name, _| exists(name));
         self.save(&next)?;
         self.volumes = next;
-        Ok(())
+        Ok(dropped)
     }
 
     /// Forgets `volume`'s settings (the volume was deleted).
@@ -477,6 +493,37 @@ mod tests {
         a.remove("vm2").unwrap();
         let b = VolumeSettings::load(dir.path()).unwrap();
         assert!(b.initiators("vm2").is_empty() && b.write_cache("vm2").is_none());
+    }
+
+    #[test]
+    fn a_copy_for_a_rename_is_durable_and_retain_drops_names_without_a_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = VolumeSettings::load(dir.path()).unwrap();
+        let esx = names(&["iqn.1998-01.com.vmware:esx1"]);
+        a.set_initiators("db", &esx).unwrap();
+        a.set_write_cache("db", false).unwrap();
+        // A stale entry under the new name is replaced, not merged.
+        a.set_initiators("db2", &names(&["iqn.2026-11.host:stale"]))
+            .unwrap();
+        a.set_live("db2", None, Some(true), None).unwrap();
+        a.copy("db", "db2").unwrap();
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        for name in ["db", "db2"] {
+            assert_eq!(b.initiators(name), &esx[..], "{name}");
+            assert_eq!(b.write_cache(name), Some(false), "{name}");
+            assert!(!b.read_only(name), "{name}");
+        }
+        // Copying a volume without settings clears the new name's.
+        a.set_write_cache("old", true).unwrap();
+        a.copy("none", "old").unwrap();
+        assert_eq!(a.write_cache("old"), None);
+        // The rename done, the old name has no volume: retain drops it, durably.
+        let dropped = a.retain(|name| name == "db2").unwrap();
+        assert_eq!(dropped, names(&["db"]));
+        let b = VolumeSettings::load(dir.path()).unwrap();
+        assert!(b.initiators("db").is_empty() && b.write_cache("db").is_none());
+        assert_eq!(b.initiators("db2"), &esx[..]);
+        assert!(a.retain(|_| true).unwrap().is_empty());
     }
 
     #[test]

@@ -64,6 +64,61 @@ pub fn prepare(data: &Path) -> Result<(), ReservationsError> {
     Ok(())
 }
 
+/// Makes the record at `to` a copy of the one at `from`, durably: a renamed target keeps its
+/// reservations. With no record at `from`, removes any at `to`. The one at `from` stays until
+/// the caller removes it, so a crash in between leaves a record for each name and [`retain`]
+/// drops the one whose target no longer exists at the next start.
+pub fn copy(from: &Path, to: &Path) -> Result<(), ReservationsError> {
+    let bytes = match std::fs::read(from) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return remove(to),
+        Err(source) => {
+            return Err(ReservationsError::Io {
+                path: from.to_path_buf(),
+                source,
+            });
+        }
+    };
+    super::replace_file(to, &bytes).map_err(|source| ReservationsError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes the records in `<data>/reservations` (and the temporary files of interrupted
+/// writes) whose path `keep` refuses, durably: records of targets that no longer exist, which a
+/// new target of the same name must not inherit. Returns the paths removed. Other files are
+/// left alone.
+pub fn retain(
+    data: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>, ReservationsError> {
+    let dir = data.join("reservations");
+    let io = |path: &Path, source| ReservationsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| io(&dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ours = name.ends_with(".json") || name.ends_with(".json.tmp");
+        if ours && (name.ends_with(".tmp") || !keep(&path)) {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    if !removed.is_empty() {
+        super::sync_dir(&dir).map_err(|e| io(&dir, e))?;
+    }
+    Ok(removed)
+}
+
 /// Stores `record` at `path` (in a directory [`prepare`] made), durably.
 pub fn save(path: &Path, record: &PrRecord) -> Result<(), ReservationsError> {
     let io = |source| ReservationsError::Io {
@@ -151,6 +206,44 @@ mod tests {
         remove(&p).unwrap();
         assert!(load(&p).unwrap().is_none());
         remove(&p).unwrap();
+    }
+
+    #[test]
+    fn copies_follow_a_rename_and_retain_removes_records_of_missing_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path()).unwrap();
+        let (old, new, other) = (
+            path(dir.path(), "t:old"),
+            path(dir.path(), "t:new"),
+            path(dir.path(), "t:other"),
+        );
+        save(&old, &record()).unwrap();
+        save(&other, &record()).unwrap();
+        copy(&old, &new).unwrap();
+        assert_eq!(load(&new).unwrap(), Some(record()));
+        assert_eq!(load(&old).unwrap(), Some(record()), "the source stays");
+        // No record to copy: a stale one at the destination goes.
+        copy(&path(dir.path(), "t:none"), &new).unwrap();
+        assert!(load(&new).unwrap().is_none());
+        // A leftover temporary file and a record of a gone target are removed; the kept record
+        // and files that are not ours stay.
+        let tmp = dir.path().join("reservations/t%3Aold.json.tmp");
+        std::fs::write(&tmp, b"{").unwrap();
+        let readme = dir.path().join("reservations/README");
+        std::fs::write(&readme, b"mine").unwrap();
+        let mut removed = retain(dir.path(), |p| p == other).unwrap();
+        removed.sort();
+        assert_eq!(removed, vec![old.clone(), tmp.clone()]);
+        assert!(load(&old).unwrap().is_none() && !tmp.exists());
+        assert_eq!(load(&other).unwrap(), Some(record()));
+        assert!(readme.exists());
+        assert!(retain(dir.path(), |p| p == other).unwrap().is_empty());
+        // No directory at all: nothing to do.
+        assert!(
+            retain(&dir.path().join("absent"), |_| false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

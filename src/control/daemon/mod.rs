@@ -30,7 +30,7 @@ use crate::storage::pool::format::{ImageKind, ImageMeta};
 use crate::storage::pool::thin::ThinVolume;
 use crate::storage::reservations;
 use crossbeam::channel::{Receiver, bounded};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -182,6 +182,7 @@ impl Daemon {
                     .map_err(pool_error)?;
             }
         }
+        self.drop_orphans(&mut st)?;
         let volumes: Vec<ImageMeta> = st
             .pool
             .images()
@@ -1051,28 +1052,24 @@ impl AdminBackend for Daemon {
             }
             None => None,
         };
-        // One record renames the volume and its snapshots. Refused, the volume is served again
-        // under its old name.
-        if let Err(e) = st.pool.rename(meta.image, new) {
+        // The settings and the APTPL record are copied to the new name first, then one record
+        // renames the volume and its snapshots, then the old name's copies go: a crash at any
+        // point leaves the volume under one name with its settings and reservations, plus
+        // copies under a name without a volume, which the next start drops. Refused, the volume
+        // is served again under its old name.
+        let moved = self
+            .copy_volume_state(&mut st, name, new)
+            .and_then(|()| st.pool.rename(meta.image, new).map_err(pool_error));
+        if let Err(e) = moved {
+            self.forget_volume_state(&mut st, new);
             if let Some(reserved) = reserved {
                 self.serve_reserved(&mut st, &meta, target_name(name), false, reserved)?;
             }
-            return Err(pool_error(e));
+            return Err(e);
         }
-        st.settings.rename(name, new).map_err(internal)?;
+        self.forget_volume_state(&mut st, name);
         if let Some(at) = st.schedule_attempts.remove(name) {
             st.schedule_attempts.insert(new.to_string(), at);
-        }
-        if let Some(dir) = &self.reservations_dir {
-            let (from, to) = (
-                reservations::path(dir, &target_name(name)),
-                reservations::path(dir, &target_name(new)),
-            );
-            if from.exists() {
-                std::fs::rename(&from, &to)
-                    .and_then(|()| crate::storage::sync_dir(dir))
-                    .map_err(internal)?;
-            }
         }
         let meta = st
             .pool

@@ -1,6 +1,8 @@
 //! Serving images: handing a volume or an exported snapshot to the shard that will own its LUN
 //! (its logical unit built with the settings and APTPL reservations kept for it), telling the
-//! login threads about its target, and taking it back.
+//! login threads about its target, and taking it back; and keeping those settings and records
+//! in step with the catalog's names (a rename copies them before its record and removes the old
+//! name's after it; a start drops what a crash left under a name no image has).
 
 use super::*;
 
@@ -33,6 +35,73 @@ impl Daemon {
             Some(dir) => reservations::remove(&reservations::path(dir, target)).map_err(internal),
             None => Ok(()),
         }
+    }
+
+    /// Copies volume `from`'s settings and APTPL record to the name `to`, durably.
+    pub(super) fn copy_volume_state(
+        &self,
+        st: &mut State,
+        from: &str,
+        to: &str,
+    ) -> Result<(), AdminError> {
+        st.settings.copy(from, to).map_err(internal)?;
+        if let Some(dir) = &self.reservations_dir {
+            reservations::copy(
+                &reservations::path(dir, &target_name(from)),
+                &reservations::path(dir, &target_name(to)),
+            )
+            .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the settings and APTPL record kept under volume name `name`, which no volume has
+    /// now. A failure is logged: the next start drops them (see [`Daemon::drop_orphans`]).
+    pub(super) fn forget_volume_state(&self, st: &mut State, name: &str) {
+        if let Err(e) = st.settings.remove(name) {
+            eprintln!("shoal: removing the settings of the former volume name {name}: {e}");
+        }
+        if let Err(e) = self.drop_reservations(&target_name(name)) {
+            eprintln!(
+                "shoal: removing the reservations of the former volume name {name}: {}",
+                e.message
+            );
+        }
+    }
+
+    /// Drops the settings and APTPL records of names no image has: what a crash left of a
+    /// rename or a delete (they are copied or removed around the catalog record), which a new
+    /// volume of that name must not inherit.
+    pub(super) fn drop_orphans(&self, st: &mut State) -> Result<(), AdminError> {
+        let volumes: HashSet<String> = st
+            .pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Volume)
+            .map(|m| m.name.clone())
+            .collect();
+        let dropped = st
+            .settings
+            .retain(|name| volumes.contains(name))
+            .map_err(internal)?;
+        for name in dropped {
+            eprintln!("shoal: dropped the settings of {name}: no such volume");
+        }
+        if let Some(dir) = &self.reservations_dir {
+            let targets: HashSet<PathBuf> = st
+                .pool
+                .images()
+                .map(|m| reservations::path(dir, &target_name(&m.name)))
+                .collect();
+            let dropped =
+                reservations::retain(dir, |path| targets.contains(path)).map_err(internal)?;
+            for path in dropped {
+                eprintln!(
+                    "shoal: removed {}: no such volume or snapshot",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Hands image `meta` (its map taken from the pool) to a shard as `target`.
