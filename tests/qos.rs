@@ -133,3 +133,52 @@ fn a_lun_reset_ends_the_commands_a_limit_holds_back_without_running_them() {
         "unit attention after the reset"
     );
 }
+
+#[test]
+fn an_abort_task_ends_a_command_a_limit_holds_back_without_running_it() {
+    let t = Target::start(&[]);
+    t.cli_ok(&["volume", "set", "default", "--iops-limit", "1"]);
+    let mut ini = session(&t, "default", 1);
+    // Five READs at once: at 1 per second the last would go after 4 s.
+    let cdb = support::scsi::read10(0, 8);
+    let itts: Vec<u32> = (0..5)
+        .map(|_| ini.send_command(&cdb, 4096, true, false, &[], false))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let last = itts[4];
+    let start = Instant::now();
+    let tmf_itt = ini.send_tmf(1, 0, last, 0); // ABORT TASK
+    let mut answered = Vec::new();
+    // READs answer with Data-In (the status in the last) or a SCSI Response.
+    let note = |p: &support::initiator::Pdu, answered: &mut Vec<u32>| {
+        let itt = p.bhs.itt();
+        let answer = [Opcode::SCSI_DATA_IN, Opcode::SCSI_RESPONSE].contains(&p.bhs.opcode());
+        assert!(!answer || itt != last, "the aborted READ ran");
+        if answer && !answered.contains(&itt) {
+            answered.push(itt);
+        }
+    };
+    loop {
+        let p = ini.expect_pdu();
+        if p.bhs.opcode() == Opcode::TASK_MGMT_RESPONSE {
+            assert_eq!(p.bhs.itt(), tmf_itt);
+            assert_eq!(p.bhs.0[2], 0, "FUNCTION COMPLETE");
+            break;
+        }
+        note(&p, &mut answered);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the abort waited {took:?}, as if for the limit to let the READ go"
+    );
+    // The other READs still run (at the limit), and the aborted one never answers.
+    while answered.len() < 4 {
+        let p = ini.expect_pdu();
+        note(&p, &mut answered);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, itts[..4].to_vec());
+    let r = ini.read10(0, 8);
+    assert_eq!(r.status(), 0, "the session goes on");
+}

@@ -321,6 +321,8 @@ pub struct Connection {
     /// PDUs ever queued in the outbox, and ever taken out of it (see [`Connection::pdus_queued`]).
     pdus_queued: u64,
     pdus_taken: u64,
+    /// An executing task was marked aborted since [`Connection::take_aborted`] last asked.
+    aborted: bool,
 }
 
 impl Connection {
@@ -355,7 +357,14 @@ impl Connection {
             pool,
             pdus_queued: 0,
             pdus_taken: 0,
+            aborted: false,
         }
+    }
+
+    /// Whether an executing task was marked aborted since the last call: the runtime then ends
+    /// those it holds back itself (a QoS limit) instead of running them.
+    pub fn take_aborted(&mut self) -> bool {
+        std::mem::take(&mut self.aborted)
     }
 
     /// The negotiated parameters.
@@ -1079,6 +1088,7 @@ impl Connection {
                 if let Some(t) = self.task_mut(id) {
                     t.aborted = true;
                 }
+                self.aborted = true;
                 in_flight.push(id);
             } else {
                 self.remove_task(id);
@@ -1157,6 +1167,50 @@ mod tests {
             Some(Action::Execute(id)) => id,
             other => panic!("expected an Execute, got {other:?}"),
         }
+    }
+
+    fn abort_task(itt: u32, rtt: u32, cmd_sn: u32) -> Bhs {
+        let mut bhs = Bhs::new(Opcode::TASK_MGMT_REQUEST);
+        bhs.0[0] |= 0x40; // immediate
+        bhs.0[1] = 0x80 | 1; // ABORT TASK
+        bhs.set_itt(itt);
+        bhs.set_u32(20, rtt);
+        bhs.set_u32(24, cmd_sn);
+        bhs.set_u32(32, cmd_sn - 1);
+        bhs
+    }
+
+    /// The runtime learns that an executing task was aborted (it may hold that task back
+    /// itself, under a QoS limit, and must end it), once per abort.
+    #[test]
+    fn aborting_an_executing_task_is_reported_once() {
+        let t0 = Instant::now();
+        let mut c = Connection::new(
+            ConnParams::default(),
+            ConnConfig::default(),
+            0,
+            1,
+            1,
+            BufPool::new(),
+            t0,
+        );
+        c.on_pdu(&command(1, 1, 512, true), &[], t0);
+        c.on_pdu(&command(2, 2, 512, true), &[], t0);
+        let (_first, second) = (executed(&mut c), executed(&mut c));
+        assert!(!c.take_aborted());
+        // ABORT TASK of a task the target never saw: nothing to end.
+        c.on_pdu(&abort_task(10, 99, 3), &[], t0);
+        assert!(!c.take_aborted());
+        c.on_pdu(&abort_task(11, 2, 3), &[], t0);
+        assert!(c.take_aborted());
+        assert!(!c.take_aborted(), "reported once");
+        assert!(c.task(second).is_some_and(Task::aborted));
+        // Ending it unrun answers the TMF.
+        assert!(!c.complete(second, TaskResponse::nothing()));
+        let answers: Vec<u8> = std::iter::from_fn(|| c.poll_transmit())
+            .map(|p| p.bhs.opcode().0)
+            .collect();
+        assert!(answers.contains(&0x22), "a TMF response: {answers:x?}");
     }
 
     /// The stamps latency statistics read: arrival of the command, readiness (data complete),

@@ -883,6 +883,14 @@ impl Shard {
         sc.rx_end += res as usize;
         let now = self.round_now;
         self.parse_frames(index, now);
+        // An ABORT TASK (or ABORT TASK SET) of a command a QoS limit holds ends it now, so the
+        // answer does not wait for the limit.
+        if self
+            .conn_mut(index)
+            .is_some_and(|sc| sc.conn.take_aborted())
+        {
+            self.end_aborted_held();
+        }
         self.pump(index);
         self.arm_recv(index);
     }
@@ -1148,8 +1156,8 @@ impl Shard {
 
     /// Ends at once the held commands a task management function aborted (they end without a
     /// response, so the TMF's answer does not wait for the limit), and forgets those whose
-    /// connection is gone. Called after a reset and on every tick (an ABORT TASK is handled by
-    /// the connection alone).
+    /// connection is gone. Called after a reset, after a connection marked a task aborted (ABORT
+    /// TASK, ABORT TASK SET), and on every tick.
     pub(super) fn end_aborted_held(&mut self) {
         let mut ended = std::mem::take(&mut self.released);
         for lun in 0..self.luns.len() {
@@ -1476,7 +1484,7 @@ pub fn decode_lun(field: u64) -> Option<u64> {
     }
 }
 
-fn log_error(shard: usize, what: &str, e: &dyn std::fmt::Display) {
+pub(super) fn log_error(shard: usize, what: &str, e: &dyn std::fmt::Display) {
     eprintln!("shoal: shard {shard}: {what}: {e}");
 }
 
