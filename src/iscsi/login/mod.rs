@@ -227,6 +227,10 @@ pub struct LoginMachine {
     params: SessionParams,
     joining: bool,
     identity_declared: bool,
+    /// The access list leaves the initiator out of the target it named, which requires CHAP:
+    /// the login fails with 0202 once the initiator has authenticated (0201 before), so that
+    /// only a peer holding the secret learns what the list says.
+    denied: Option<(String, String)>,
     negotiated: HashSet<String>,
     target_declarations_sent: bool,
     max_recv_declared: bool,
@@ -248,6 +252,7 @@ impl LoginMachine {
             params: SessionParams::default(),
             joining: false,
             identity_declared: false,
+            denied: None,
             negotiated: HashSet::new(),
             target_declarations_sent: false,
             max_recv_declared: false,
@@ -464,7 +469,16 @@ impl LoginMachine {
             LoginStage::SecurityNegotiation => self.security.is_complete(),
             _ => true,
         };
+        if complete && self.denied.is_some() {
+            return Err(self.not_authorized());
+        }
         Ok((answers, complete))
+    }
+
+    /// The 0202 failure of an initiator the target's access list leaves out.
+    fn not_authorized(&mut self) -> LoginError {
+        let (initiator, target) = self.denied.take().unwrap_or_default();
+        LoginError::NotAuthorized { initiator, target }
     }
 
     /// A key already negotiated in an earlier request may not come again (RFC 7143 §6.1);
@@ -507,18 +521,18 @@ impl LoginMachine {
             (SessionType::Normal, None) => return Err(LoginError::MissingTargetName),
             (SessionType::Normal, Some(name)) => Some(check_target(name, directory)?),
         };
-        if let Some(name) = target.filter(|t| !directory.may_access(initiator, t)) {
-            return Err(LoginError::NotAuthorized {
-                initiator: initiator.to_owned(),
-                target: name.to_owned(),
-            });
-        }
         if let Some(policy) = target.and_then(|t| directory.target_auth(t)) {
             self.security = SecurityStage::new(policy);
             if current != LoginStage::SecurityNegotiation && !self.security.may_skip() {
                 return Err(LoginError::AuthenticationFailed(
                     "security stage skipped".into(),
                 ));
+            }
+        }
+        if let Some(name) = target.filter(|t| !directory.may_access(initiator, t)) {
+            self.denied = Some((initiator.to_owned(), name.to_owned()));
+            if self.security.may_skip() {
+                return Err(self.not_authorized());
             }
         }
         if self.joining {

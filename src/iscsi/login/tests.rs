@@ -1013,6 +1013,9 @@ impl TargetDirectory for ChapTargetDirectory {
     fn send_targets(&self, scope: SendTargetsScope<'_>) -> Vec<TargetRecord> {
         self.0.send_targets(scope)
     }
+    fn may_access(&self, initiator: &str, target: &str) -> bool {
+        self.0.may_access(initiator, target)
+    }
     fn target_auth(&self, target: &str) -> Option<AuthPolicy> {
         (target == TARGET).then(|| AuthPolicy::Chap {
             initiator: ChapSecret {
@@ -1056,4 +1059,49 @@ fn a_target_with_chap_of_its_own_chooses_chap_over_none() {
     ]);
     let s = m.step(&req(0, true, 1, other), &dir, &NoSessions);
     assert_eq!(get(&answers(&s), "AuthMethod"), Some("None"));
+}
+
+/// With CHAP required, an initiator the access list leaves out learns it (0202) only once it
+/// has authenticated; without the secret it gets 0201 like anyone else.
+#[test]
+fn an_access_list_refusal_waits_for_chap() {
+    use md5::{Digest, Md5};
+    let dir = ChapTargetDirectory(FakeDirectory {
+        denied: vec![(INITIATOR.into(), TARGET.into())],
+        ..FakeDirectory::two_targets()
+    });
+    let converse = |secret: &[u8]| -> LoginStep {
+        let mut m = LoginMachine::new(TargetLimits::default(), AuthPolicy::None);
+        let first = text(&[
+            ("InitiatorName", INITIATOR),
+            ("TargetName", TARGET),
+            ("AuthMethod", "CHAP"),
+        ]);
+        assert_ok_continue(&m.step(&req(0, false, 0, first), &dir, &NoSessions));
+        let s = m.step(
+            &req(0, false, 0, text(&[("CHAP_A", "5")])),
+            &dir,
+            &NoSessions,
+        );
+        assert_ok_continue(&s);
+        let a = answers(&s);
+        let id: u8 = get(&a, "CHAP_I").unwrap().parse().unwrap();
+        let hex = get(&a, "CHAP_C").unwrap().trim_start_matches("0x");
+        let challenge: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let digest = Md5::digest([&[id][..], secret, &challenge].concat());
+        let response: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let last = text(&[("CHAP_N", "bob"), ("CHAP_R", &format!("0x{response}"))]);
+        m.step(&req(0, true, 1, last), &dir, &NoSessions)
+    };
+    assert_failed(
+        &converse(b"wrong-secret-99"),
+        LoginStatus::AUTHENTICATION_FAILURE,
+    );
+    assert_failed(
+        &converse(b"bob-secret-123"),
+        LoginStatus::AUTHORIZATION_FAILURE,
+    );
 }
