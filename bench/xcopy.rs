@@ -5,10 +5,13 @@
 //!
 //! - `xcopy 4M`: EXTENDED COPY commands of one 4 MiB segment each (ESXi's default transfer size);
 //! - `xcopy 32M`: EXTENDED COPY commands of four 8 MiB segments;
+//! - `xcopy 4M unaligned`: as `xcopy 4M`, to a destination one block off the extent grid, so the
+//!   target must read and write the data (whole extents are otherwise shared by reference);
 //! - `host copy`: READ (10) then WRITE (10) of 1 MiB each.
 //!
 //! Each copies `--size` bytes (default 512 MiB) of written data to an unwritten region, then the
-//! copies are checked against the source. Prints MiB/s per method and the ratio to the host copy.
+//! copies are checked against the source. Prints MiB/s per method, the ratio to the host copy,
+//! and the pool space the copy took.
 //!
 //! `cargo bench --bench xcopy [-- --size 1G]` (under `cargo test --all-targets`, without
 //! `--bench`, it copies 8 MiB as a smoke test).
@@ -35,7 +38,7 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&root).expect("target/bench");
     let dir = tempfile::tempdir_in(&root).expect("data directory");
-    let volume = format!("{}", 4 * size + 64 * MIB);
+    let volume = format!("{}", 5 * size + 64 * MIB);
     let t = Target::start_in(dir, &["--size", &volume]);
     let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
     assert_eq!(ini.test_unit_ready(), 0);
@@ -50,29 +53,42 @@ fn main() {
     let fill = mib_s(size, start.elapsed().as_secs_f64());
     println!("source: {} MiB written at {fill:.0} MiB/s", size / MIB);
 
-    let methods: [(&str, u64); 3] = [
+    let methods: [(&str, u64); 4] = [
         ("xcopy 4M", size),
         ("xcopy 32M", 2 * size),
-        ("host copy", 3 * size),
+        ("xcopy 4M unaligned", 3 * size + BLOCK),
+        ("host copy", 4 * size),
     ];
     let mut rates = Vec::new();
     for (name, dst) in methods {
+        let used = pool_used(&t);
         let start = Instant::now();
         match name {
-            "xcopy 4M" => xcopy(&mut ini, &me, size, dst, 4 * MIB, 1),
             "xcopy 32M" => xcopy(&mut ini, &me, size, dst, 8 * MIB, 4),
-            _ => host_copy(&mut ini, size, dst),
+            "host copy" => host_copy(&mut ini, size, dst),
+            _ => xcopy(&mut ini, &me, size, dst, 4 * MIB, 1),
         }
         let rate = mib_s(size, start.elapsed().as_secs_f64());
-        rates.push((name, rate));
+        rates.push((name, rate, pool_used(&t).saturating_sub(used)));
         check(&mut ini, &source, dst);
     }
     let host = rates.last().map_or(1.0, |r| r.1);
-    println!("| method | MiB/s | vs host copy |");
-    println!("|---|---:|---:|");
-    for (name, rate) in &rates {
-        println!("| {name} | {rate:.0} | {:.2} |", rate / host);
+    println!("| method | MiB/s | vs host copy | pool space taken (MiB) |");
+    println!("|---|---:|---:|---:|");
+    for (name, rate, space) in &rates {
+        println!(
+            "| {name} | {rate:.0} | {:.2} | {} |",
+            rate / host,
+            space / MIB
+        );
     }
+}
+
+/// The pool's used bytes.
+fn pool_used(t: &Target) -> u64 {
+    let status: serde_json::Value =
+        serde_json::from_str(&t.cli_ok(&["--json", "pool", "status"])).expect("pool JSON");
+    status["used_bytes"].as_u64().expect("used_bytes")
 }
 
 /// Copies `size` bytes from offset 0 to `dst` with EXTENDED COPY commands of `per_command`

@@ -163,3 +163,61 @@ fn a_copy_of_unmapped_space_skips_its_chunks() {
         serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "default"])).unwrap();
     assert_eq!(v["mapped_bytes"], 0, "{v}");
 }
+
+/// `used_bytes` of the pool.
+fn pool_used(t: &Target) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&t.cli_ok(&["--json", "pool", "status"])).expect("pool JSON");
+    v["used_bytes"].as_u64().expect("used_bytes")
+}
+
+#[test]
+fn a_copy_of_whole_extents_shares_them_until_either_side_is_written() {
+    let t = Target::start(&["--size", "64M"]);
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    while ini.test_unit_ready() != 0 {}
+    let me = ini.naa_designator();
+    // 8 MiB written at LBA 0, then copied to LBA 32768 (16 MiB) as ESXi clones: 4 MiB segments.
+    let blocks = 16384usize;
+    let data = pattern(11, blocks * BLOCK);
+    write_blocks(&mut ini, 0, &data);
+    let used = pool_used(&t);
+    let segments: Vec<Vec<u8>> = (0..2u64)
+        .map(|i| xcopy_segment(0, 8192, i * 8192, 32768 + i * 8192))
+        .collect();
+    let r = ini.extended_copy(1, 0, &[xcopy_cscd(&me)], &segments);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(read_blocks(&mut ini, 32768, blocks), data);
+    assert_eq!(pool_used(&t), used, "the copy shares the source's extents");
+    // Writing either side copies that extent first: the other keeps its data.
+    let new = pattern(12, 8 * BLOCK);
+    write_blocks(&mut ini, 0, &new);
+    write_blocks(&mut ini, 32768 + 8192, &new);
+    let mut source = data.clone();
+    source[..new.len()].copy_from_slice(&new);
+    let mut copy = data.clone();
+    copy[8192 * BLOCK..][..new.len()].copy_from_slice(&new);
+    assert_eq!(read_blocks(&mut ini, 0, blocks), source);
+    assert_eq!(read_blocks(&mut ini, 32768, blocks), copy);
+    // The copy survives kill -9, and the pool's reference counts check out.
+    drop(ini);
+    let t = Target::start_in(t.kill(), &[]);
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    while ini.test_unit_ready() != 0 {}
+    assert_eq!(read_blocks(&mut ini, 0, blocks), source);
+    assert_eq!(read_blocks(&mut ini, 32768, blocks), copy);
+    drop(ini);
+    let dir = t.kill();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--data")
+        .arg(dir.path())
+        .arg("check")
+        .output()
+        .expect("shoal check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

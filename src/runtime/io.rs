@@ -25,7 +25,7 @@
 use super::buf::{AlignedBuf, BufPool};
 use super::files::OwnFile;
 use super::readahead::Lookup;
-use super::shard::{Accounting, KIND_IO, KIND_READAHEAD, Shard, user_data};
+use super::shard::{Accounting, KIND_IO, KIND_READAHEAD, Shard, log_error, user_data};
 use super::sync::SyncWaiter;
 use crate::iscsi::connection::{DataInSource, TaskId};
 use crate::scsi::xcopy::CopySegment;
@@ -201,6 +201,8 @@ impl Transfer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     Read,
+    /// EXTENDED COPY shared a chunk's extents (no data moved): ends on the next round.
+    Shared,
     CopyOld,
     WriteData,
     SyncMeta,
@@ -507,6 +509,10 @@ impl Shard {
 
     fn submit_read(&mut self, slot: usize) {
         let Some(lun) = self.lun_of(slot) else { return };
+        let copy_chunk = self.ops[slot].as_ref().and_then(IoOp::copy_chunk);
+        if copy_chunk.is_some_and(|chunk| self.copy_by_reference(slot, lun, chunk)) {
+            return;
+        }
         let Some(op) = self.ops[slot].as_ref() else {
             return;
         };
@@ -533,6 +539,53 @@ impl Shard {
             }
         }
         self.submit_device_read(slot, lun, offset, len);
+    }
+
+    /// EXTENDED COPY of whole extents of a thin volume: the destination shares the source's
+    /// physical extents instead of the data being read and written (see
+    /// `ThinVolume::share_extents`); whether it did. The chunk then ends on the next round
+    /// (through `inline_done`, so a long copy is a loop of rounds, not a recursion), as if
+    /// written.
+    fn copy_by_reference(&mut self, slot: usize, lun: usize, chunk: CopySegment) -> bool {
+        let Some(thin) = self.luns[lun].volume.as_thin() else {
+            return false;
+        };
+        let es = thin.extent_size();
+        if chunk.src % es != 0 || chunk.dst % es != 0 || chunk.len % es != 0 {
+            return false;
+        }
+        let failed = match thin.share_extents(chunk.src / es, chunk.dst / es, chunk.len / es) {
+            Ok(false) => return false,
+            Ok(true) => false,
+            Err(e) => {
+                log_error(self.id, "journaling an extended copy", &e);
+                true
+            }
+        };
+        self.invalidate_read_ahead(slot);
+        if let Some(op) = self.ops[slot].as_mut() {
+            op.error |= failed;
+            op.phase = Phase::Shared;
+            op.pending = 1;
+        }
+        self.inline_done.push((user_data(KIND_IO, slot), 0));
+        true
+    }
+
+    /// A chunk shared by reference: syncs the journal when the copy must be durable (the write
+    /// cache is off), as a written chunk would.
+    fn after_share(&mut self, slot: usize) {
+        let Some(lun) = self.lun_of(slot) else { return };
+        let write_cache = self.luns[lun].lu.write_cache_enabled();
+        let Some(op) = self.ops[slot].as_mut() else {
+            return;
+        };
+        if !op.error && op.durable(write_cache) {
+            op.phase = Phase::SyncMeta;
+            self.join_sync(lun, SyncWaiter::Op(slot));
+        } else {
+            self.finish_op(slot);
+        }
     }
 
     /// Reads `len` bytes at `offset` of `lun` from the device into a new buffer of op `slot`.
@@ -1114,6 +1167,7 @@ impl Shard {
                 self.submit_write_data(slot);
             }
             Phase::CopyOld | Phase::WriteData => self.after_write(slot),
+            Phase::Shared => self.after_share(slot),
             Phase::SyncMeta if !error && self.wants_verify(slot) => self.start_verify(slot),
             _ => self.finish_op(slot),
         }

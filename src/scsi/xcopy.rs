@@ -6,8 +6,12 @@
 //! use: its lengths (PARAMETER LIST LENGTH ERROR), the descriptor counts (TOO MANY TARGET /
 //! SEGMENT DESCRIPTORS), the descriptor types (UNSUPPORTED ... TYPE CODE), then each segment's
 //! copy targets and ranges (COPY ABORTED, with the segment's index in INFORMATION). What it
-//! accepts becomes a [`CopyPlan`] of byte ranges the shard copies (`Outcome::Copy`), through the
-//! same write path as a WRITE, so copy-on-write, space accounting and durability hold as usual.
+//! accepts becomes a [`CopyPlan`] of byte ranges the shard copies (`Outcome::Copy`) in chunks.
+//! A chunk of whole extents of a thin volume is copied by reference: the destination extents
+//! share the source's physical extents (`ThinVolume::share_extents`), so cloning a VM within a
+//! datastore moves no data and takes no space until one side is rewritten. Other chunks go
+//! through the same write path as a WRITE. Either way copy-on-write, space accounting and
+//! durability hold as usual.
 //!
 //! Supported: identification CSCD descriptors (E4h) of a block device, block-to-block segment
 //! descriptors (02h), no inline data. A copy target is this logical unit, named by one of its

@@ -86,6 +86,10 @@ pub struct ThinVolume {
     share_epoch: u64,
 }
 
+/// Most references [`ThinVolume::share_extents`] lets an extent reach (the count is a `u32`);
+/// past it, EXTENDED COPY copies the data.
+pub const MAX_SHARES: u32 = 1 << 24;
+
 impl ThinVolume {
     /// A volume of `capacity` bytes over `map`, journaling to `journal`.
     pub fn new(
@@ -307,6 +311,49 @@ impl ThinVolume {
             freed += 1;
         }
         Ok(freed)
+    }
+
+    /// Copies logical extents `src..src + count` onto `dst..dst + count` by reference (EXTENDED
+    /// COPY of whole extents): each destination extent is mapped to its source's physical
+    /// extent, which the two then share (the next write to either copies it first), or
+    /// unmapped where the source is unmapped (it reads as zeros either way). Nothing is
+    /// written to the data store; each changed destination extent gets a `Map` record, as a
+    /// committed write would. The sources are all read before any destination changes, so
+    /// overlapping ranges copy as if through a buffer.
+    ///
+    /// Returns `Ok(false)`, changing nothing, when the copy must move the data instead: a full
+    /// volume (sharing would break its reservation), an exported snapshot, an extent of either
+    /// range being remapped by a write in flight, a range outside the map, or a source extent
+    /// already shared [`MAX_SHARES`] times (a host copying one extent over and over must not
+    /// take its count near overflow).
+    pub fn share_extents(&mut self, src: u64, dst: u64, count: u64) -> Result<bool, StorageError> {
+        let len = self.map.len();
+        let in_map = |first: u64| first.checked_add(count).is_some_and(|end| end <= len);
+        let busy = |first: u64| (first..first + count).any(|l| self.busy.contains(&l));
+        if self.full || self.read_only || !in_map(src) || !in_map(dst) || busy(src) || busy(dst) {
+            return Ok(false);
+        }
+        let sources: Vec<Option<u64>> = (src..src + count).map(|l| self.map.get(l)).collect();
+        let refs = &self.pool.refs;
+        if sources
+            .iter()
+            .flatten()
+            .any(|&p| refs.count(p) >= MAX_SHARES)
+        {
+            return Ok(false);
+        }
+        for (lext, source) in (dst..).zip(sources) {
+            if self.map.get(lext) == source {
+                continue;
+            }
+            if let Some(p) = source {
+                // The map takes over this reference (`ExtentMap::set`).
+                self.pool.refs.incr(p);
+            }
+            self.map.set(lext, source);
+            self.journal_map(lext, source.unwrap_or(0))?;
+        }
+        Ok(true)
     }
 
     fn journal_map(&mut self, lext: u64, pext: u64) -> Result<(), StorageError> {
