@@ -289,6 +289,7 @@ const FAST_SUITES: &[&str] = &[
     "ProutPreempt",
     "ExtendedCopy",
     "ReceiveCopyResults",
+    "WriteAtomic16",
 ];
 
 /// Tests each suite skips against Shoal (see docs/conformance.md): PREVENT ALLOW MEDIUM REMOVAL

@@ -940,11 +940,17 @@ impl Shard {
             },
             _ => return,
         };
+        let atomic = matches!(op.outcome, Outcome::Write { atomic: true, .. });
         let mut plan = std::mem::take(&mut self.plan);
         plan.clear();
         let mut planned = Ok(());
         for (offset, len) in ranges {
-            planned = self.luns[lun].volume.plan_write(offset, len, &mut plan);
+            let volume = &mut self.luns[lun].volume;
+            planned = if atomic {
+                volume.plan_atomic_write(offset, len, &mut plan)
+            } else {
+                volume.plan_write(offset, len, &mut plan)
+            };
             if planned.is_err() {
                 // Give back what the earlier ranges planned.
                 for piece in &plan {
@@ -981,6 +987,11 @@ impl Shard {
             }
             Err(PlanError::NoSpace) | Err(PlanError::ReadOnly) => {
                 op.no_space = true;
+                self.finish_op(slot);
+                return;
+            }
+            Err(PlanError::NotAtomic) => {
+                op.error = true;
                 self.finish_op(slot);
                 return;
             }
@@ -1196,11 +1207,17 @@ impl Shard {
         };
         let extents: SmallVec<[NewExtent; 4]> = op.new_extents().copied().collect();
         let volume = &mut self.luns[lun].volume;
-        for e in &extents {
-            if op.error {
-                volume.abort_extent(e);
-            } else if volume.commit_extent(e).is_err() {
-                op.error = true;
+        let atomic = matches!(op.outcome, Outcome::Write { atomic: true, .. });
+        if atomic && !op.error {
+            // Every extent switches with one record, or (the record failing) the write fails.
+            op.error = volume.commit_atomic(&extents).is_err();
+        } else {
+            for e in &extents {
+                if op.error {
+                    volume.abort_extent(e);
+                } else if volume.commit_extent(e).is_err() {
+                    op.error = true;
+                }
             }
         }
         op.bounce.clear();

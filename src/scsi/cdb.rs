@@ -98,6 +98,8 @@ pub mod opcode {
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     /// ORWRITE (16).
     pub const ORWRITE_16: u8 = 0x8B;
+    /// WRITE ATOMIC (16) (SBC-4 5.48).
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
     /// SERVICE ACTION IN (16) (SPC-4 annex E).
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     /// REPORT LUNS (SPC-4 6.33).
@@ -150,6 +152,7 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         WRITE_SAME_16 => "WRITE SAME(16)",
         COMPARE_AND_WRITE => "COMPARE AND WRITE",
         ORWRITE_16 => "ORWRITE(16)",
+        WRITE_ATOMIC_16 => "WRITE ATOMIC(16)",
         SERVICE_ACTION_IN_16 => "SERVICE ACTION IN(16)",
         REPORT_LUNS => "REPORT LUNS",
         MAINTENANCE_IN => "MAINTENANCE IN",
@@ -326,6 +329,8 @@ pub enum Command {
     Read(BlockIo),
     /// WRITE (6/10/12/16) (SBC-3 5.32 - 5.35).
     Write(BlockIo),
+    /// WRITE ATOMIC (16) (SBC-4 5.48): a write that lands whole or not at all.
+    WriteAtomic(BlockIo),
     /// VERIFY (10/12/16) (SBC-3 5.29 - 5.31).
     Verify {
         /// Addressed blocks.
@@ -570,6 +575,7 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(opcode::PRE_FETCH_16, &PRE_FETCH_16_USAGE),
     cmd(opcode::SYNCHRONIZE_CACHE_16, &SYNCHRONIZE_CACHE_16_USAGE),
     cmd(opcode::WRITE_SAME_16, &WRITE_SAME_16_USAGE),
+    cmd(opcode::WRITE_ATOMIC_16, &WRITE_ATOMIC_16_USAGE),
     CommandInfo {
         opcode: opcode::SERVICE_ACTION_IN_16,
         service_action: Some(SA_READ_CAPACITY_16),
@@ -684,6 +690,9 @@ const WRITE_SAME_16_BYTE1: u8 = 0xFF;
 
 const READ_16_USAGE: [u8; 16] = block16_usage(opcode::READ_16, RW_BYTE1);
 const WRITE_16_USAGE: [u8; 16] = block16_usage(opcode::WRITE_16, RW_BYTE1);
+/// WRITE ATOMIC (16): WRPROTECT, DPO, FUA; LBA; ATOMIC BOUNDARY (checked: must be zero);
+/// TRANSFER LENGTH; GROUP NUMBER ignored; NACA.
+const WRITE_ATOMIC_16_USAGE: [u8; 16] = block16_usage(opcode::WRITE_ATOMIC_16, RW_BYTE1);
 const WRITE_AND_VERIFY_16_USAGE: [u8; 16] =
     block16_usage(opcode::WRITE_AND_VERIFY_16, VERIFY_BYTE1);
 const VERIFY_16_USAGE: [u8; 16] = block16_usage(opcode::VERIFY_16, VERIFY_BYTE1);
@@ -830,6 +839,7 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         WRITE_6 => Ok(Command::Write(rw6(cdb))),
         READ_10 | READ_12 | READ_16 => Ok(Command::Read(rw_protected(cdb)?)),
         WRITE_10 | WRITE_12 | WRITE_16 => Ok(Command::Write(rw_protected(cdb)?)),
+        WRITE_ATOMIC_16 => parse_write_atomic(cdb),
         VERIFY_10 | VERIFY_12 | VERIFY_16 => {
             let (io, compare) = verify_fields(cdb)?;
             Ok(Command::Verify { io, compare })
@@ -993,6 +1003,30 @@ fn check_protect(cdb: &[u8]) -> Result<(), Sense> {
         return Err(Sense::invalid_field_in_cdb(1, Some(7)));
     }
     Ok(())
+}
+
+/// WRITE ATOMIC (16)'s block fields: LBA in bytes 2-9, TRANSFER LENGTH in bytes 12-13 (bytes
+/// 10-11 are the ATOMIC BOUNDARY).
+fn write_atomic_fields(cdb: &[u8]) -> BlockIo {
+    let b1 = byte(cdb, 1);
+    BlockIo {
+        lba: be(cdb, 2, 8),
+        blocks: be32(cdb, 12, 2),
+        dpo: b1 & 0x10 != 0,
+        fua: b1 & 0x08 != 0,
+        length_field: 12,
+    }
+}
+
+/// WRITE ATOMIC (16) (SBC-4 5.48): no protection information, and ATOMIC BOUNDARY zero (the
+/// Block Limits page reports no boundary support: MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC
+/// BOUNDARY 0).
+fn parse_write_atomic(cdb: &[u8]) -> Result<Command, Sense> {
+    check_protect(cdb)?;
+    if be(cdb, 10, 2) != 0 {
+        return Err(Sense::invalid_field_in_cdb(10, None));
+    }
+    Ok(Command::WriteAtomic(write_atomic_fields(cdb)))
 }
 
 /// READ / WRITE (10/12/16): protection check, then the block fields. RARC and FUA_NV are
@@ -1163,6 +1197,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
         WRITE_SAME_16 => bs,
         COMPARE_AND_WRITE => 2 * u64::from(byte(cdb, 13)) * bs,
         ORWRITE_16 => u64::from(block_fields(cdb).blocks) * bs,
+        WRITE_ATOMIC_16 => u64::from(write_atomic_fields(cdb).blocks) * bs,
         _ => 0,
     }
 }
@@ -1196,7 +1231,7 @@ pub fn qos_charge(cdb: &[u8], block_size: u32) -> Option<u64> {
     let blocks = || u64::from(block_fields(cdb).blocks) * bs;
     let charge = match op {
         READ_6 | READ_10 | READ_12 | READ_16 | WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16
-        | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 => {
+        | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16 | WRITE_ATOMIC_16 => {
             transfer_bytes(cdb, block_size)
         }
         WRITE_SAME_10 | WRITE_SAME_16 if byte(cdb, 1) & 0x08 != 0 => 0,
@@ -1216,7 +1251,7 @@ pub fn op_class(cdb: &[u8]) -> OpClass {
         Some(READ_6 | READ_10 | READ_12 | READ_16) => OpClass::Read,
         Some(
             WRITE_6 | WRITE_10 | WRITE_12 | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12
-            | WRITE_AND_VERIFY_16 | WRITE_SAME_10 | WRITE_SAME_16,
+            | WRITE_AND_VERIFY_16 | WRITE_SAME_10 | WRITE_SAME_16 | WRITE_ATOMIC_16,
         ) => OpClass::Write,
         _ => OpClass::Other,
     }
@@ -1378,7 +1413,7 @@ mod tests {
 
     #[test]
     fn unsupported_opcodes_rejected() {
-        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x9C, 0x48, 0x7F, 0xFF] {
+        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x48, 0x7F, 0xFF] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
                 Sense::invalid_opcode(),

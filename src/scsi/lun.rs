@@ -62,6 +62,9 @@ pub struct LunInfo {
     pub write_cache: bool,
     /// MAXIMUM TRANSFER LENGTH in blocks (Block Limits VPD); 0 = no limit.
     pub max_transfer_blocks: u32,
+    /// MAXIMUM ATOMIC TRANSFER LENGTH in blocks (Block Limits VPD): the longest WRITE ATOMIC
+    /// (16); 0 when the backend cannot write atomically (the command is then not implemented).
+    pub max_atomic_blocks: u32,
 }
 
 impl Default for LunInfo {
@@ -83,6 +86,7 @@ impl Default for LunInfo {
             extent_size: 0,
             write_cache: true,
             max_transfer_blocks: 16384,
+            max_atomic_blocks: 0,
         }
     }
 }
@@ -532,6 +536,9 @@ impl LogicalUnit {
             Command::ReadCapacity16 { alloc_len } => sbc::read_capacity16(info, alloc_len),
             Command::Read(io) => return sbc::read(info, &io),
             Command::Write(io) => return sbc::write(info, self.mode.wce, &io, data_out),
+            Command::WriteAtomic(io) => {
+                return sbc::write_atomic(info, self.mode.wce, &io, data_out);
+            }
             Command::Verify { io, compare } => return sbc::verify(info, &io, compare, data_out),
             Command::WriteAndVerify { io, compare } => {
                 return sbc::write_and_verify(info, &io, compare, data_out);
@@ -558,7 +565,7 @@ impl LogicalUnit {
                 c
             }
             Command::ReportSupportedOpcodes(ref req) => {
-                spc::report_supported_opcodes(req, info.thin)
+                spc::report_supported_opcodes(req, info.thin, info.max_atomic_blocks != 0)
             }
             Command::ReportTargetPortGroups {
                 extended,
@@ -729,6 +736,7 @@ fn access_of(cmd: &Command) -> Access {
         | Command::GetLbaStatus { .. }
         | Command::ModeSense(_) => Access::Read,
         Command::Write(_)
+        | Command::WriteAtomic(_)
         | Command::WriteAndVerify { .. }
         | Command::WriteSame(_)
         | Command::CompareAndWrite(_)
@@ -1079,7 +1087,8 @@ mod tests {
             Outcome::Write {
                 offset: 0,
                 len: 512,
-                fua: true
+                fua: true,
+                atomic: false
             }
         );
         // MODE SENSE reflects it.
@@ -1117,6 +1126,7 @@ mod tests {
         let mut lu = LogicalUnit::new(LunInfo {
             thin: true,
             extent_size: 4096,
+            max_atomic_blocks: 2048,
             ..info()
         });
         lu.add_nexus(A);

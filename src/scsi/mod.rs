@@ -94,6 +94,9 @@ pub enum Outcome {
         len: u64,
         /// Force Unit Access: the write must be durable before status.
         fua: bool,
+        /// WRITE ATOMIC: every block lands or none does, even across a crash (the backend
+        /// writes new extents and switches them with one journal record).
+        atomic: bool,
     },
     /// Read `len` bytes at `offset`; when `compare` is set, compare them with the first `len`
     /// bytes of the Data-Out (byte-for-byte, BYTCHK=01b) and report MISCOMPARE on a difference.

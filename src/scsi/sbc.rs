@@ -196,6 +196,31 @@ pub fn write(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &[u8]) -
             offset,
             len,
             fua: io.fua || !write_cache,
+            atomic: false,
+        },
+    }
+}
+
+/// WRITE ATOMIC (16) (SBC-4 5.48): as WRITE, but the blocks land all or none, even across a
+/// crash or power loss. The transfer length is bounded by the MAXIMUM ATOMIC TRANSFER LENGTH of
+/// the Block Limits page (INVALID FIELD IN CDB past it); no alignment or granularity applies. An
+/// LU whose backend cannot write atomically (`max_atomic_blocks` 0) does not implement it.
+pub fn write_atomic(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &[u8]) -> Outcome {
+    if info.max_atomic_blocks == 0 {
+        return fail(Sense::invalid_opcode());
+    }
+    if info.read_only {
+        return fail(Sense::write_protected());
+    }
+    let range = byte_range(info, io, info.max_atomic_blocks);
+    match range.and_then(|(offset, len)| Ok((offset, usable_data_out(info, len, data_out)?))) {
+        Err(sense) => fail(sense),
+        Ok((_, 0)) => done_good(),
+        Ok((offset, len)) => Outcome::Write {
+            offset,
+            len,
+            fua: io.fua || !write_cache,
+            atomic: true,
         },
     }
 }
@@ -763,7 +788,8 @@ mod tests {
             Outcome::Write {
                 offset: 512,
                 len: 1024,
-                fua: false
+                fua: false,
+                atomic: false
             }
         );
         assert_eq!(
@@ -771,7 +797,8 @@ mod tests {
             Outcome::Write {
                 offset: 512,
                 len: 1024,
-                fua: true
+                fua: true,
+                atomic: false
             }
         );
         let mut f = io(1, 2);
@@ -781,7 +808,8 @@ mod tests {
             Outcome::Write {
                 offset: 512,
                 len: 1024,
-                fua: true
+                fua: true,
+                atomic: false
             }
         );
         assert_eq!(write(&i, true, &io(0, 0), &[]), done_good());
@@ -824,7 +852,8 @@ mod tests {
             Outcome::Write {
                 offset: 0,
                 len: 512,
-                fua: false
+                fua: false,
+                atomic: false
             }
         );
         // Nothing arrived: nothing to write, GOOD.
@@ -840,7 +869,8 @@ mod tests {
             Outcome::Write {
                 offset: 0,
                 len: 512,
-                fua: false
+                fua: false,
+                atomic: false
             }
         );
     }
@@ -954,6 +984,7 @@ mod tests {
             offset: 0,
             len: 512,
             fua: false,
+            atomic: false,
         };
         assert_eq!(complete(&w, IoResult::Ok), Completion::good(Vec::new()));
         let r = Outcome::Read {

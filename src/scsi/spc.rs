@@ -294,8 +294,9 @@ fn extended_inquiry() -> Vec<u8> {
 /// LENGTH ([`sbc::max_write_same_length`]); for a thin LU the unmap limits: MAXIMUM UNMAP LBA COUNT
 /// ([`sbc::max_unmap_lba_count`]), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
 /// ([`sbc::MAX_UNMAP_BLOCK_DESCRIPTORS`]), OPTIMAL UNMAP GRANULARITY = the extent size in blocks with
-/// UGAVALID=1 and UNMAP GRANULARITY ALIGNMENT 0 (extents start at LBA 0), all zero otherwise. No
-/// atomic limits.
+/// UGAVALID=1 and UNMAP GRANULARITY ALIGNMENT 0 (extents start at LBA 0), all zero otherwise;
+/// MAXIMUM ATOMIC TRANSFER LENGTH from the LU (WRITE ATOMIC (16)), with no atomic alignment or
+/// granularity and no atomic boundaries.
 fn block_limits(info: &LunInfo) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0] = 0x01; // byte 4: WSNZ
@@ -312,6 +313,7 @@ fn block_limits(info: &LunInfo) -> Vec<u8> {
     }
     let ws = u64::from(sbc::max_write_same_length(info));
     b[32..40].copy_from_slice(&ws.to_be_bytes()); // bytes 36-43
+    b[40..44].copy_from_slice(&info.max_atomic_blocks.to_be_bytes()); // bytes 44-47
     b
 }
 
@@ -694,17 +696,21 @@ fn one_command(info: Option<&CommandInfo>, rctd: bool) -> Vec<u8> {
 }
 
 /// REPORT SUPPORTED OPERATION CODES (SPC-4 6.35) of a thin (`thin`) or fully provisioned LU; the
-/// latter does not support the [`CommandInfo::thin_only`] commands. REPORTING OPTIONS 000b lists
+/// latter does not support the [`CommandInfo::thin_only`] commands, and an LU that cannot write
+/// atomically (`atomic` false) not WRITE ATOMIC (16). REPORTING OPTIONS 000b lists
 /// every command; 001b asks about an opcode without service actions, 010b about an opcode and
 /// service action (INVALID FIELD IN CDB when the opcode has none / has some, respectively); 011b
 /// accepts both.
-pub fn report_supported_opcodes(req: &RsocRequest, thin: bool) -> Completion {
+pub fn report_supported_opcodes(req: &RsocRequest, thin: bool, atomic: bool) -> Completion {
+    let offered = |c: &&cdb::CommandInfo| {
+        (thin || !c.thin_only()) && (atomic || c.opcode != cdb::opcode::WRITE_ATOMIC_16)
+    };
     let has_sa = cdb::has_service_actions(req.opcode);
     let data = match req.options {
         0 => {
             let descriptors: Vec<u8> = cdb::SUPPORTED_COMMANDS
                 .iter()
-                .filter(|c| thin || !c.thin_only())
+                .filter(offered)
                 .flat_map(|c| command_descriptor(c, req.rctd))
                 .collect();
             let mut d = (descriptors.len() as u32).to_be_bytes().to_vec();
@@ -715,7 +721,7 @@ pub fn report_supported_opcodes(req: &RsocRequest, thin: bool) -> Completion {
         2 if !has_sa => return Completion::check(Sense::invalid_field_in_cdb(3, None)),
         _ => {
             let sa = has_sa.then_some(req.service_action);
-            let info = cdb::supported_command(req.opcode, sa).filter(|c| thin || !c.thin_only());
+            let info = cdb::supported_command(req.opcode, sa).filter(offered);
             one_command(info, req.rctd)
         }
     };
@@ -746,6 +752,7 @@ mod tests {
             extent_size: 0,
             write_cache: true,
             max_transfer_blocks: 2048,
+            max_atomic_blocks: 2048,
         }
     }
 
@@ -905,7 +912,16 @@ mod tests {
         want[8..12].copy_from_slice(&2048u32.to_be_bytes());
         // MAXIMUM WRITE SAME LENGTH: 16 MiB of 512-byte blocks. No unmap limits: not thin.
         want[36..44].copy_from_slice(&32768u64.to_be_bytes());
+        // MAXIMUM ATOMIC TRANSFER LENGTH; alignment, granularity and boundaries 0.
+        want[44..48].copy_from_slice(&2048u32.to_be_bytes());
         assert_eq!(d, want);
+        // An LU that cannot write atomically reports no atomic length.
+        let none = LunInfo {
+            max_atomic_blocks: 0,
+            ..info()
+        };
+        let d = inquiry(&none, true, 0xB0, 255).data;
+        assert_eq!(&d[44..64], &[0u8; 20]);
     }
 
     #[test]
@@ -922,6 +938,7 @@ mod tests {
         want[28..32].copy_from_slice(&128u32.to_be_bytes()); // 64 KiB / 512
         want[32..36].copy_from_slice(&[0x80, 0, 0, 0]); // UGAVALID, alignment 0
         want[36..44].copy_from_slice(&32768u64.to_be_bytes());
+        want[44..48].copy_from_slice(&2048u32.to_be_bytes());
         assert_eq!(d, want);
         // 4096-byte blocks, extent size unknown: no granularity reported (UGAVALID=0).
         let big = LunInfo {
@@ -1298,6 +1315,7 @@ mod tests {
                 alloc_len,
             },
             thin,
+            true,
         )
     }
 

@@ -121,6 +121,9 @@ pub enum PlanError {
     /// The volume is read-only (an exported snapshot).
     #[error("read-only volume")]
     ReadOnly,
+    /// The volume cannot write atomically (its logical unit does not offer WRITE ATOMIC).
+    #[error("atomic writes are not supported by this volume")]
+    NotAtomic,
 }
 
 /// The storage seam the shard uses for one volume.
@@ -146,6 +149,25 @@ pub trait Volume {
     fn commit_extent(&mut self, ext: &NewExtent) -> Result<(), StorageError>;
     /// Gives back a planned extent whose write failed.
     fn abort_extent(&mut self, ext: &NewExtent);
+
+    /// Plans a write that lands whole or not at all (WRITE ATOMIC): every extent it touches
+    /// gets a `NewExtent`, even one the volume owns alone, so nothing is written in place, and
+    /// [`Volume::commit_atomic`] switches them together. A volume that cannot refuses.
+    fn plan_atomic_write(
+        &mut self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<WritePiece>,
+    ) -> Result<(), PlanError> {
+        let _ = (offset, len, out);
+        Err(PlanError::NotAtomic)
+    }
+
+    /// Switches every extent of an atomic plan to its new physical extent at once (one journal
+    /// record), once all their data is written.
+    fn commit_atomic(&mut self, exts: &[NewExtent]) -> Result<(), StorageError> {
+        exts.iter().try_for_each(|e| self.commit_extent(e))
+    }
     /// File descriptors to `fdatasync` so that acknowledged writes and the mappings they depend
     /// on survive power loss (data store and metadata journal).
     fn sync_fds(&self, out: &mut Vec<RawFd>);

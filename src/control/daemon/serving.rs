@@ -161,6 +161,9 @@ impl Daemon {
             // Every serve (start, create, clone, rollback) takes the volume's setting here.
             write_cache: st.write_cache(&meta.name),
             max_transfer_blocks: (self.max_transfer_bytes / u64::from(meta.block_size)) as u32,
+            max_atomic_blocks: (crate::storage::pool::thin::MAX_ATOMIC_WRITE
+                .min(self.max_transfer_bytes)
+                / u64::from(meta.block_size)) as u32,
         };
         let (lu, pr_file) = self.logical_unit(info, &target)?;
         let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);

@@ -963,6 +963,13 @@ fn apply(
                 m.set(lext, pext).map_err(bad)?;
             }
         }
+        Op::MapGroup { image, entries } => {
+            if let Some(m) = maps.get_mut(&image) {
+                for (lext, pext) in entries {
+                    m.set(lext, pext).map_err(bad)?;
+                }
+            }
+        }
         Op::UnmapRange {
             image,
             first_lext,

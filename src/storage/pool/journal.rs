@@ -14,6 +14,8 @@
 //!   `pext`; `pext == 0` unmaps it. The extent it mapped before loses this reference.
 //! - `UnmapRange { image, first_lext, count }`: unmaps `first_lext .. first_lext + count` (one
 //!   record for a large UNMAP / WRITE SAME, where one `Map` per extent would flood the journal).
+//! - `MapGroup { image, entries }`: each `(lext, pext)` of `entries` as a `Map`, all or none (a
+//!   torn record is cut whole): the extents of a WRITE ATOMIC switch together.
 //! - `CreateImage(meta)`: adds `meta` to the catalog. With `parent == None` the image is empty
 //!   (every extent unmapped). With `parent == Some(p)` its map becomes a copy of `p`'s map as
 //!   replay has built it at this record's seq: `kind == Snapshot` is a snapshot of volume `p`,
@@ -91,6 +93,13 @@ const RESIZE_IMAGE: Field = Field::first(8);
 const RESIZE_SIZE: Field = Field::after(RESIZE_IMAGE, 8);
 const RENAME_IMAGE: Field = Field::first(8);
 // RENAME: then name_len u16 and the name.
+const GROUP_IMAGE: Field = Field::first(8);
+const GROUP_COUNT: Field = Field::after(GROUP_IMAGE, 4);
+// MAP_GROUP: then `count` entries of lext u64, pext u64.
+/// Bytes of one `MapGroup` entry.
+const GROUP_ENTRY_LEN: usize = 16;
+/// Most entries of one `MapGroup` (the record stays under [`MAX_RECORD_LEN`]).
+pub const MAX_GROUP_ENTRIES: usize = 1024;
 
 /// The on-disk kind byte of a record.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,6 +132,7 @@ record_kinds! {
     RESIZE = 5,
     RENAME = 6,
     UNMAP_RANGE = 7,
+    MAP_GROUP = 8,
 }
 
 impl std::fmt::Debug for RecordKind {
@@ -183,6 +193,14 @@ pub enum Op {
         /// How many.
         count: u64,
     },
+    /// Each `(lext, pext)` of `entries` as a `Map` of `image`, all in one record.
+    MapGroup {
+        /// Image id.
+        image: u64,
+        /// Logical extent and the physical extent it now maps (0: unmapped), at most
+        /// [`MAX_GROUP_ENTRIES`].
+        entries: Vec<(u64, u64)>,
+    },
 }
 
 impl Op {
@@ -196,6 +214,7 @@ impl Op {
             Op::Resize { .. } => RecordKind::RESIZE,
             Op::Rename { .. } => RecordKind::RENAME,
             Op::UnmapRange { .. } => RecordKind::UNMAP_RANGE,
+            Op::MapGroup { .. } => RecordKind::MAP_GROUP,
         }
     }
 
@@ -221,6 +240,19 @@ impl Op {
                 first_lext,
                 count,
             } => u64s(out, &[*image, *first_lext, *count]),
+            Op::MapGroup { image, entries } => {
+                if entries.len() > MAX_GROUP_ENTRIES {
+                    return Err(Malformed::Invalid(format!(
+                        "{} entries in a map group (at most {MAX_GROUP_ENTRIES})",
+                        entries.len()
+                    )));
+                }
+                u64s(out, &[*image]);
+                out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for &(lext, pext) in entries {
+                    u64s(out, &[lext, pext]);
+                }
+            }
         }
         Ok(())
     }
@@ -290,6 +322,7 @@ impl Op {
                     count: UNMAP_COUNT.u64(p),
                 }
             }
+            RecordKind::MAP_GROUP => decode_map_group(p)?,
             other => {
                 return Err(Malformed::Invalid(format!(
                     "unknown record kind {}",
@@ -299,6 +332,43 @@ impl Op {
         };
         Ok(op)
     }
+}
+
+/// A `MapGroup` payload: the image, a count, and exactly that many entries.
+fn decode_map_group(p: &[u8]) -> Result<Op, Malformed> {
+    if p.len() < GROUP_COUNT.end() {
+        return Err(Malformed::Short);
+    }
+    let count = u32::from_le_bytes(
+        p[GROUP_COUNT.offset..GROUP_COUNT.end()]
+            .try_into()
+            .map_err(|_| Malformed::Short)?,
+    ) as usize;
+    if count > MAX_GROUP_ENTRIES {
+        return Err(Malformed::Invalid(format!(
+            "{count} entries in a map group (at most {MAX_GROUP_ENTRIES})"
+        )));
+    }
+    let body = &p[GROUP_COUNT.end()..];
+    match body.len().cmp(&(count * GROUP_ENTRY_LEN)) {
+        Ordering::Less => return Err(Malformed::Short),
+        Ordering::Greater => {
+            return Err(trailing(
+                RecordKind::MAP_GROUP,
+                body.len() - count * GROUP_ENTRY_LEN,
+            ));
+        }
+        Ordering::Equal => {}
+    }
+    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let entries = body
+        .chunks_exact(GROUP_ENTRY_LEN)
+        .map(|e| (u64_at(&e[..8]), u64_at(&e[8..])))
+        .collect();
+    Ok(Op::MapGroup {
+        image: GROUP_IMAGE.u64(p),
+        entries,
+    })
 }
 
 /// The error for `extra` bytes after a payload.
@@ -822,9 +892,11 @@ mod tests {
             RESIZE_IMAGE,
             RESIZE_SIZE,
             RENAME_IMAGE,
+            GROUP_IMAGE,
+            GROUP_COUNT,
         ]
         .map(|f| f.offset);
-        assert_eq!(payloads, [0, 8, 16, 0, 8, 16, 0, 0, 8, 0, 8, 0]);
+        assert_eq!(payloads, [0, 8, 16, 0, 8, 16, 0, 0, 8, 0, 8, 0, 0, 8]);
     }
 
     #[test]
@@ -1070,6 +1142,8 @@ mod tests {
             1 => (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(image, first_lext, count)| Op::UnmapRange { image, first_lext, count }
             ),
+            1 => (any::<u64>(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..40))
+                .prop_map(|(image, entries)| Op::MapGroup { image, entries }),
         ]
     }
 

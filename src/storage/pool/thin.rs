@@ -86,6 +86,12 @@ pub struct ThinVolume {
     share_epoch: u64,
 }
 
+/// Longest WRITE ATOMIC (bytes): its new extents switch in one `MapGroup` record, whose entries
+/// (at most 1 MiB / 4 KiB + 2 with the smallest extents) stay within
+/// [`super::journal::MAX_GROUP_ENTRIES`].
+pub const MAX_ATOMIC_WRITE: u64 = 1 << 20;
+const _: () = assert!(MAX_ATOMIC_WRITE / 4096 + 2 <= super::journal::MAX_GROUP_ENTRIES as u64);
+
 /// Most references [`ThinVolume::share_extents`] lets an extent reach (the count is a `u32`);
 /// past it, EXTENDED COPY copies the data.
 pub const MAX_SHARES: u32 = 1 << 24;
@@ -357,13 +363,17 @@ impl ThinVolume {
     }
 
     fn journal_map(&mut self, lext: u64, pext: u64) -> Result<(), StorageError> {
+        self.journal_append(Op::Map {
+            image: self.image,
+            lext,
+            pext,
+        })
+    }
+
+    fn journal_append(&mut self, op: Op) -> Result<(), StorageError> {
         let record = Record {
             seq: self.pool.next_seq(),
-            op: Op::Map {
-                image: self.image,
-                lext,
-                pext,
-            },
+            op,
         };
         self.journal.append(&record).map_err(|e| StorageError::Io {
             what: "journal append",
@@ -427,6 +437,72 @@ impl Volume for ThinVolume {
         len: u64,
         out: &mut Vec<WritePiece>,
     ) -> Result<(), PlanError> {
+        self.plan(offset, len, out, false)
+    }
+
+    fn plan_atomic_write(
+        &mut self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<WritePiece>,
+    ) -> Result<(), PlanError> {
+        self.plan(offset, len, out, true)
+    }
+
+    fn commit_extent(&mut self, ext: &NewExtent) -> Result<(), StorageError> {
+        self.busy.remove(&ext.lext);
+        // The map takes over the allocation's reference; the old extent's is dropped.
+        self.map.set(ext.lext, Some(ext.pext));
+        self.journal_map(ext.lext, ext.pext)
+    }
+
+    fn commit_atomic(&mut self, exts: &[NewExtent]) -> Result<(), StorageError> {
+        let mut entries = Vec::with_capacity(exts.len());
+        for ext in exts {
+            self.busy.remove(&ext.lext);
+            self.map.set(ext.lext, Some(ext.pext));
+            entries.push((ext.lext, ext.pext));
+        }
+        // One record: after a crash every extent of the write is new, or none is.
+        self.journal_append(Op::MapGroup {
+            image: self.image,
+            entries,
+        })
+    }
+    fn abort_extent(&mut self, ext: &NewExtent) {
+        self.busy.remove(&ext.lext);
+        // The write failed before any record named the extent.
+        self.pool.refs.unallocate(ext.pext);
+    }
+
+    fn sync_fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.pool.data.as_raw_fd());
+        out.push(self.journal_sync.as_raw_fd());
+    }
+
+    fn metadata_fds(&self, out: &mut Vec<RawFd>) {
+        out.push(self.journal_sync.as_raw_fd());
+    }
+
+    fn data_in_memory(&self) -> bool {
+        self.pool.in_memory
+    }
+
+    fn as_thin(&mut self) -> Option<&mut ThinVolume> {
+        Some(self)
+    }
+}
+
+impl ThinVolume {
+    /// Plans a write (see [`Volume::plan_write`]); `atomic`: no extent is written in place
+    /// ([`Volume::plan_atomic_write`]).
+    fn plan(
+        &mut self,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<WritePiece>,
+        atomic: bool,
+    ) -> Result<(), PlanError> {
         if self.read_only {
             return Err(PlanError::ReadOnly);
         }
@@ -446,8 +522,9 @@ impl Volume for ThinVolume {
                 return Err(PlanError::Busy);
             }
             let mapped = self.map.get(lext);
+            let exclusive = mapped.is_some() && self.map.is_exclusive(lext);
             match mapped {
-                Some(p) if self.map.is_exclusive(lext) => {
+                Some(p) if exclusive && !atomic => {
                     let piece = WritePiece::InPlace {
                         fd,
                         offset: self.pool.offset_of(p) + within,
@@ -457,7 +534,15 @@ impl Volume for ThinVolume {
                     push_write_merged(out, start, piece);
                 }
                 _ => {
-                    let Some(pext) = self.allocate() else {
+                    // An atomic rewrite of an extent the volume owns alone takes a second one
+                    // for a moment, from the pool: a full volume's reservation only covers the
+                    // extents it shares or has not written.
+                    let allocated = if exclusive {
+                        self.pool.refs.allocate()
+                    } else {
+                        self.allocate()
+                    };
+                    let Some(pext) = allocated else {
                         self.undo(out, start);
                         return Err(PlanError::NoSpace);
                     };
@@ -482,36 +567,6 @@ impl Volume for ThinVolume {
             }
         }
         Ok(())
-    }
-
-    fn commit_extent(&mut self, ext: &NewExtent) -> Result<(), StorageError> {
-        self.busy.remove(&ext.lext);
-        // The map takes over the allocation's reference; the old extent's is dropped.
-        self.map.set(ext.lext, Some(ext.pext));
-        self.journal_map(ext.lext, ext.pext)
-    }
-
-    fn abort_extent(&mut self, ext: &NewExtent) {
-        self.busy.remove(&ext.lext);
-        // The write failed before any record named the extent.
-        self.pool.refs.unallocate(ext.pext);
-    }
-
-    fn sync_fds(&self, out: &mut Vec<RawFd>) {
-        out.push(self.pool.data.as_raw_fd());
-        out.push(self.journal_sync.as_raw_fd());
-    }
-
-    fn metadata_fds(&self, out: &mut Vec<RawFd>) {
-        out.push(self.journal_sync.as_raw_fd());
-    }
-
-    fn data_in_memory(&self) -> bool {
-        self.pool.in_memory
-    }
-
-    fn as_thin(&mut self) -> Option<&mut ThinVolume> {
-        Some(self)
     }
 }
 
