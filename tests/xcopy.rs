@@ -221,3 +221,93 @@ fn a_copy_of_whole_extents_shares_them_until_either_side_is_written() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A session of initiator `name` to volume `volume`.
+fn session_as(t: &Target, name: &str, volume: &str, isid: u8) -> RawInitiator {
+    let mut ini = RawInitiator::login_as(
+        t.addr,
+        name,
+        [0x80, 0, 0, 0, 0, isid],
+        &format!("{IQN}:{volume}"),
+        &[],
+    );
+    while ini.test_unit_ready() != 0 {}
+    ini
+}
+
+/// A segment from CSCD `src_id` to CSCD `dst_id`.
+fn segment_between(src_id: u16, dst_id: u16, blocks: u16, src: u64, dst: u64) -> Vec<u8> {
+    let mut d = xcopy_segment(dst_id, blocks, src, dst);
+    d[4..6].copy_from_slice(&src_id.to_be_bytes());
+    d
+}
+
+#[test]
+fn a_copy_between_volumes_shares_extents_when_the_host_may_reach_both() {
+    const HOST: &str = "iqn.2026-11.dev.shoal:esx-1";
+    const OTHER_HOST: &str = "iqn.2026-11.dev.shoal:esx-2";
+    let t = Target::start(&["--size", "64M", "--shards", "1"]);
+    t.cli_ok(&["volume", "create", "ds2", "--size", "64M"]);
+    let mut a = session_as(&t, HOST, "default", 1);
+    let me = a.naa_designator();
+    let data = pattern(21, 8 << 20);
+    write_blocks(&mut a, 0, &data);
+    // ds2's designator, seen through another host's session: this host has none to ds2 yet.
+    let mut other = session_as(&t, OTHER_HOST, "ds2", 2);
+    let ds2 = other.naa_designator();
+    let cscds = [xcopy_cscd(&me), xcopy_cscd(&ds2)];
+    let to_ds2 = [
+        segment_between(0, 1, 8192, 0, 0),
+        segment_between(0, 1, 8192, 8192, 8192),
+    ];
+    let r = a.extended_copy(1, 0, &cscds, &to_ds2);
+    assert_eq!(
+        r.sense(),
+        Some((0x0A, 0x0D, 0x02)),
+        "COPY TARGET DEVICE NOT REACHABLE without a session to ds2"
+    );
+    drop(other);
+
+    // With a session of its own to ds2, the copy shares the extents: no space taken.
+    let mut b = session_as(&t, HOST, "ds2", 3);
+    let used = pool_used(&t);
+    let r = a.extended_copy(1, 0, &cscds, &to_ds2);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(read_blocks(&mut b, 0, 16384), data);
+    assert_eq!(pool_used(&t), used);
+    // Back again, to another place of the default volume (source on the other unit).
+    let r = a.extended_copy(2, 0, &cscds, &[segment_between(1, 0, 8192, 8192, 65536)]);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(read_blocks(&mut a, 65536, 8192), data[8192 * BLOCK..]);
+    // Writes on either side copy first: the other keeps its data.
+    write_blocks(&mut b, 0, &pattern(22, 4096));
+    assert_eq!(read_blocks(&mut a, 0, 16384), data);
+    // Partial extents, or past ds2's end, abort the copy (the host copies by itself).
+    let r = a.extended_copy(3, 0, &cscds, &[segment_between(0, 1, 8, 1, 1)]);
+    assert_eq!(r.sense(), Some((0x0A, 0x0D, 0x02)));
+    let r = a.extended_copy(3, 0, &cscds, &[segment_between(0, 1, 128, 0, 131072)]);
+    assert_eq!(r.sense(), Some((0x0A, 0x21, 0x00)));
+    assert_eq!(copy_status(&mut a, 3).0, 0x02, "held results: failed");
+
+    // Persisted: kill -9, both volumes read back, the pool's counts check out.
+    drop((a, b));
+    let t = Target::start_in(t.kill(), &[]);
+    let mut b = session_as(&t, HOST, "ds2", 3);
+    let mut want = data.clone();
+    want[..4096].copy_from_slice(&pattern(22, 4096));
+    assert_eq!(read_blocks(&mut b, 0, 16384), want);
+    drop(b);
+    let dir = t.kill();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--data")
+        .arg(dir.path())
+        .arg("check")
+        .output()
+        .expect("shoal check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

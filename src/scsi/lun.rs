@@ -417,6 +417,25 @@ impl LogicalUnit {
         }
     }
 
+    /// Whether a reservation forbids nexus `n` to read the medium (or, with `write`, to change
+    /// it): what EXTENDED COPY received by another logical unit asks of this one on behalf of
+    /// the same initiator.
+    pub fn forbids(&self, n: NexusId, write: bool) -> bool {
+        let io = cdb::BlockIo {
+            lba: 0,
+            blocks: 0,
+            dpo: false,
+            fua: false,
+            length_field: 0,
+        };
+        let cmd = if write {
+            Command::Write(io)
+        } else {
+            Command::Read(io)
+        };
+        self.conflicts(n, &cmd)
+    }
+
     /// Whether another nexus's RESERVE (6) reservation forbids `cmd` from `n`: everything does
     /// but INQUIRY, REQUEST SENSE, REPORT LUNS and RELEASE (a no-op for a non-holder), as SPC-2
     /// 5.5.1 and other targets do.
@@ -1323,6 +1342,8 @@ mod tests {
             dst: 1 << 20,
             len: 4096,
             index,
+            src_lu: None,
+            dst_lu: None,
         };
         let o = Outcome::Copy {
             segments: vec![segment(0, 0), segment(2, 8192)],

@@ -209,6 +209,14 @@ pub enum IoResult {
     },
     /// The pool could not allocate space for the write.
     SpaceExhausted,
+    /// EXTENDED COPY could not copy to or from another logical unit: COPY ABORTED with this
+    /// ASC/ASCQ (COPY TARGET DEVICE NOT REACHABLE, LOGICAL BLOCK ADDRESS OUT OF RANGE).
+    CopyAborted {
+        /// Additional sense code.
+        asc: u8,
+        /// Its qualifier.
+        ascq: u8,
+    },
 }
 
 /// Operation class for statistics (latency histograms are kept per LUN and class).

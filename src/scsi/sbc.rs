@@ -567,6 +567,8 @@ pub fn complete(outcome: &Outcome, result: IoResult) -> Completion {
         IoResult::SpaceExhausted => {
             Completion::check(Sense::space_allocation_failed_write_protect())
         }
+        // The segment's index is added by the logical unit (`LogicalUnit::complete`).
+        IoResult::CopyAborted { asc, ascq } => Completion::check(Sense::copy_aborted(asc, ascq, 0)),
     }
 }
 

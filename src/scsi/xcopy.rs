@@ -78,14 +78,35 @@ pub struct CopySegment {
     /// Its segment descriptor's index in the parameter list (empty descriptors counted): what
     /// COPY ABORTED names when it fails.
     pub index: u16,
+    /// The source's logical unit: `None` this one, else another one's NAA designator (of the
+    /// same block size; the shard checks it is there and that the host may reach it).
+    pub src_lu: Option<[u8; 16]>,
+    /// The destination's logical unit, likewise.
+    pub dst_lu: Option<[u8; 16]>,
 }
 
 impl CopySegment {
     /// Whether the destination starts inside the source: such a segment is copied from its end
     /// backwards, so that no source byte is overwritten before it is read.
     pub fn backwards(&self) -> bool {
-        self.dst > self.src && self.dst < self.src + self.len
+        self.src_lu == self.dst_lu && self.dst > self.src && self.dst < self.src + self.len
     }
+
+    /// Whether it names another logical unit (as source, destination or both).
+    pub fn crosses_lus(&self) -> bool {
+        self.src_lu.is_some() || self.dst_lu.is_some()
+    }
+}
+
+/// What a CSCD (copy target) descriptor names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyTarget {
+    /// This logical unit.
+    ThisLu,
+    /// Another block device of the same block size, by its NAA designator.
+    Other([u8; 16]),
+    /// Anything else: a copy naming it is refused (COPY TARGET DEVICE NOT REACHABLE).
+    Unusable,
 }
 
 /// Parses and checks an EXTENDED COPY (LID1) parameter list of `param_len` bytes (`data_out`
@@ -138,8 +159,9 @@ pub fn parse(info: &LunInfo, param_len: u32, data_out: &[u8]) -> Result<Option<C
     Ok(Some(plan))
 }
 
-/// Whether each CSCD descriptor names this logical unit (a block device of its block size).
-fn copy_targets(info: &LunInfo, cscds: &[u8]) -> Result<Vec<bool>, Sense> {
+/// What each CSCD descriptor names: this logical unit, another block device of the same block
+/// size named by a 16-byte NAA designator, or something unusable.
+fn copy_targets(info: &LunInfo, cscds: &[u8]) -> Result<Vec<CopyTarget>, Sense> {
     if cscds.len() % CSCD_LEN != 0 {
         return Err(Sense::parameter_list_length_error());
     }
@@ -154,10 +176,27 @@ fn copy_targets(info: &LunInfo, cscds: &[u8]) -> Result<Vec<bool>, Sense> {
         // Byte 1: LU ID TYPE (ignored since SPC-4), NUL (obsolete), PERIPHERAL DEVICE TYPE.
         let block_device = d[1] & 0x1F == 0;
         let block_length = u32::from(d[29]) << 16 | u32::from(d[30]) << 8 | u32::from(d[31]);
-        let this_lu = spc::designates_lu(info, &d[4..28]);
-        targets.push(block_device && this_lu && block_length == info.block_size);
+        let target = if !block_device || block_length != info.block_size {
+            CopyTarget::Unusable
+        } else if spc::designates_lu(info, &d[4..28]) {
+            CopyTarget::ThisLu
+        } else {
+            naa_designator(&d[4..28]).map_or(CopyTarget::Unusable, CopyTarget::Other)
+        };
+        targets.push(target);
     }
     Ok(targets)
+}
+
+/// The NAA designator (type 3, 16 bytes, associated with a logical unit) a designation
+/// descriptor holds, if that is what it holds.
+fn naa_designator(descriptor: &[u8]) -> Option<[u8; 16]> {
+    let lu_association = (descriptor[1] >> 4) & 0x03 == 0;
+    let naa = descriptor[1] & 0x0F == 3;
+    if !lu_association || !naa || descriptor[3] != 16 {
+        return None;
+    }
+    descriptor.get(4..20)?.try_into().ok()
 }
 
 /// The segment descriptors, each checked for a supported type and a whole length.
@@ -191,26 +230,30 @@ fn segment_descriptors(mut list: &[u8]) -> Result<Vec<&[u8]>, Sense> {
 /// A block-to-block segment descriptor as byte ranges; `None` when it copies no block.
 fn block_to_block(
     info: &LunInfo,
-    targets: &[bool],
+    targets: &[CopyTarget],
     d: &[u8],
     index: u64,
 ) -> Result<Option<CopySegment>, Sense> {
-    for id in [be16(d, 4), be16(d, 6)] {
-        match targets.get(usize::from(id)) {
+    let mut lus = [None; 2];
+    for (lu, id) in lus.iter_mut().zip([be16(d, 4), be16(d, 6)]) {
+        *lu = match targets.get(usize::from(id)) {
             None => return Err(Sense::unreachable_copy_target(index)),
-            Some(false) => return Err(Sense::copy_target_not_reachable(index)),
-            Some(true) => {}
-        }
+            Some(CopyTarget::Unusable) => return Err(Sense::copy_target_not_reachable(index)),
+            Some(CopyTarget::ThisLu) => None,
+            Some(CopyTarget::Other(naa)) => Some(*naa),
+        };
     }
+    let [src_lu, dst_lu] = lus;
     // Source and destination have the same block size, so DC (which of them NUMBER OF BLOCKS
     // counts) makes no difference.
     let blocks = u64::from(be16(d, 10));
     let (src_lba, dst_lba) = (cdb::be(d, 12, 8), cdb::be(d, 20, 8));
-    let fits = |lba: u64| {
+    // Another logical unit's capacity is the shard's to check.
+    let fits = |lba: u64, other: bool| {
         lba.checked_add(blocks)
-            .is_some_and(|end| end <= info.num_blocks)
+            .is_some_and(|end| other || end <= info.num_blocks)
     };
-    if !fits(src_lba) || !fits(dst_lba) {
+    if !fits(src_lba, src_lu.is_some()) || !fits(dst_lba, dst_lu.is_some()) {
         return Err(Sense::copy_aborted(0x00, 0x00, index));
     }
     if blocks == 0 {
@@ -222,6 +265,8 @@ fn block_to_block(
         dst: dst_lba * bs,
         len: blocks * bs,
         index: u16::try_from(index).unwrap_or(u16::MAX),
+        src_lu,
+        dst_lu,
     }))
 }
 
@@ -429,13 +474,17 @@ mod tests {
                     src: 0,
                     dst: 51200,
                     len: 4096,
-                    index: 0
+                    index: 0,
+                    src_lu: None,
+                    dst_lu: None,
                 },
                 CopySegment {
                     src: 9 * 512,
                     dst: 200 * 512,
                     len: 512,
-                    index: 2
+                    index: 2,
+                    src_lu: None,
+                    dst_lu: None,
                 }
             ],
             "the empty segment is left out, and the next keeps its index"
@@ -495,9 +544,12 @@ mod tests {
             &[segment(0, 1, 8, 0, 100)],
         ));
         assert_eq!((e.key, e.asc, e.ascq), (SenseKey::CopyAborted, 0x08, 0x04));
-        // Another logical unit, or this one with another block size.
+        // Another logical unit of another block size, this one with another block size, or a
+        // designator that is not an NAA one.
         let other = [0x60; 16];
-        for target in [cscd(&other, 512), cscd(&i.naa, 4096)] {
+        let mut t10 = cscd(&other, 512);
+        t10[5] = 0x01; // T10 vendor ID designator
+        for target in [cscd(&other, 4096), cscd(&i.naa, 4096), t10] {
             let e = abort(&list(1, 0, &[target], &[segment(0, 0, 8, 0, 100)]));
             assert_eq!((e.key, e.asc, e.ascq), (SenseKey::CopyAborted, 0x0D, 0x02));
         }
@@ -509,6 +561,41 @@ mod tests {
             &[segment(0, 0, 1, 0, 1), segment(0, 0, 8, 0, 4090)],
         ));
         assert_eq!((e.key, e.information), (SenseKey::CopyAborted, Some(1)));
+    }
+
+    /// A segment naming another logical unit (by NAA) is planned with its designator; its
+    /// range is the shard's to check against that unit.
+    #[test]
+    fn another_logical_unit_is_named_by_its_designator() {
+        let i = info();
+        let other = [0x61; 16];
+        let d = list(
+            1,
+            0,
+            &[cscd(&i.naa, 512), cscd(&other, 512)],
+            &[
+                segment(0, 1, 8, 0, 1 << 40),
+                segment(1, 0, 8, 1 << 40, 16),
+                segment(0, 0, 8, 0, 64),
+            ],
+        );
+        let plan = run(&d).unwrap().unwrap();
+        let lus: Vec<_> = plan.segments.iter().map(|s| (s.src_lu, s.dst_lu)).collect();
+        assert_eq!(
+            lus,
+            [(None, Some(other)), (Some(other), None), (None, None)]
+        );
+        assert!(plan.segments[0].crosses_lus() && !plan.segments[2].crosses_lus());
+        assert_eq!(plan.segments[0].dst, (1u64 << 40) * 512);
+        // This unit's side is still checked here.
+        let e = run(&list(
+            1,
+            0,
+            &[cscd(&i.naa, 512), cscd(&other, 512)],
+            &[segment(1, 0, 8, 0, 4090)],
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, SenseKey::CopyAborted);
     }
 
     #[test]
@@ -532,7 +619,14 @@ mod tests {
             dst,
             len: 100,
             index: 0,
+            src_lu: None,
+            dst_lu: None,
         };
+        let other = CopySegment {
+            dst_lu: Some([0x61; 16]),
+            ..s(0, 50)
+        };
+        assert!(!other.backwards(), "another unit's range never overlaps");
         assert!(s(0, 50).backwards());
         assert!(!s(50, 0).backwards());
         assert!(!s(0, 100).backwards());

@@ -327,39 +327,94 @@ impl ThinVolume {
     /// committed write would. The sources are all read before any destination changes, so
     /// overlapping ranges copy as if through a buffer.
     ///
-    /// Returns `Ok(false)`, changing nothing, when the copy must move the data instead: a full
-    /// volume (sharing would break its reservation), an exported snapshot, an extent of either
-    /// range being remapped by a write in flight, a range outside the map, or a source extent
-    /// already shared [`MAX_SHARES`] times (a host copying one extent over and over must not
-    /// take its count near overflow).
+    /// Returns `Ok(false)`, changing nothing, when the copy must move the data instead (see
+    /// [`ThinVolume::lend_extents`] and [`ThinVolume::adopt_extents`]).
     pub fn share_extents(&mut self, src: u64, dst: u64, count: u64) -> Result<bool, StorageError> {
-        let len = self.map.len();
-        let in_map = |first: u64| first.checked_add(count).is_some_and(|end| end <= len);
-        let busy = |first: u64| (first..first + count).any(|l| self.busy.contains(&l));
-        if self.full || self.read_only || !in_map(src) || !in_map(dst) || busy(src) || busy(dst) {
+        if !self.may_adopt(dst, count) {
             return Ok(false);
         }
-        let sources: Vec<Option<u64>> = (src..src + count).map(|l| self.map.get(l)).collect();
+        match self.lend_extents(src, count) {
+            Some(lent) => self.adopt_extents(dst, lent),
+            None => Ok(false),
+        }
+    }
+
+    /// The physical extents of logical extents `first..first + count` (`None`: unmapped), each
+    /// with one more reference, which the caller hands to [`ThinVolume::adopt_extents`] (of
+    /// this or another volume of the pool) or gives back with `RefTable::release`. `None`,
+    /// changing nothing, for a full volume (sharing would break its reservation), a range
+    /// outside the map, an extent being remapped by a write in flight, or an extent already
+    /// shared [`MAX_SHARES`] times (a host copying one extent over and over must not take its
+    /// count near overflow).
+    pub fn lend_extents(&self, first: u64, count: u64) -> Option<Vec<Option<u64>>> {
+        if self.full || !self.in_map(first, count) || self.any_busy(first, count) {
+            return None;
+        }
+        let lent: Vec<Option<u64>> = (first..first + count).map(|l| self.map.get(l)).collect();
         let refs = &self.pool.refs;
-        if sources
-            .iter()
-            .flatten()
-            .any(|&p| refs.count(p) >= MAX_SHARES)
-        {
+        if lent.iter().flatten().any(|&p| refs.count(p) >= MAX_SHARES) {
+            return None;
+        }
+        for &p in lent.iter().flatten() {
+            // The map holds a reference, so the extent cannot be freed under us.
+            refs.incr(p);
+        }
+        Some(lent)
+    }
+
+    /// Whether [`ThinVolume::adopt_extents`] would take `count` extents from `first`: not a
+    /// full volume or an exported snapshot, a range inside the map, no extent of it being
+    /// remapped.
+    pub fn may_adopt(&self, first: u64, count: u64) -> bool {
+        !self.full && !self.read_only && self.in_map(first, count) && !self.any_busy(first, count)
+    }
+
+    /// Maps logical extents from `first` to the physical extents `lent` (from
+    /// [`ThinVolume::lend_extents`], their references included), one `Map` record per changed
+    /// extent. `Ok(false)` when this volume cannot take them ([`ThinVolume::may_adopt`]); the
+    /// references are then given back, as they are on an error.
+    pub fn adopt_extents(
+        &mut self,
+        first: u64,
+        lent: Vec<Option<u64>>,
+    ) -> Result<bool, StorageError> {
+        let count = lent.len() as u64;
+        if !self.may_adopt(first, count) {
+            self.give_back(lent);
             return Ok(false);
         }
-        for (lext, source) in (dst..).zip(sources) {
+        let mut rest = lent.into_iter();
+        for lext in first..first + count {
+            let Some(source) = rest.next() else { break };
             if self.map.get(lext) == source {
+                self.give_back([source]);
                 continue;
             }
-            if let Some(p) = source {
-                // The map takes over this reference (`ExtentMap::set`).
-                self.pool.refs.incr(p);
-            }
+            // The map takes over the lent reference (`ExtentMap::set`).
             self.map.set(lext, source);
-            self.journal_map(lext, source.unwrap_or(0))?;
+            if let Err(e) = self.journal_map(lext, source.unwrap_or(0)) {
+                self.give_back(rest);
+                return Err(e);
+            }
         }
         Ok(true)
+    }
+
+    /// Drops lent references.
+    fn give_back(&self, lent: impl IntoIterator<Item = Option<u64>>) {
+        for p in lent.into_iter().flatten() {
+            self.pool.refs.release(p);
+        }
+    }
+
+    fn in_map(&self, first: u64, count: u64) -> bool {
+        first
+            .checked_add(count)
+            .is_some_and(|end| end <= self.map.len())
+    }
+
+    fn any_busy(&self, first: u64, count: u64) -> bool {
+        (first..first.saturating_add(count)).any(|l| self.busy.contains(&l))
     }
 
     fn journal_map(&mut self, lext: u64, pext: u64) -> Result<(), StorageError> {
