@@ -7,6 +7,9 @@
 //! - `xcopy 32M`: EXTENDED COPY commands of four 8 MiB segments;
 //! - `xcopy 4M unaligned`: as `xcopy 4M`, to a destination one block off the extent grid, so the
 //!   target must read and write the data (whole extents are otherwise shared by reference);
+//! - `xcopy 4M other volume`: as `xcopy 4M`, to a second volume the host has a session to
+//!   (Storage vMotion between datastores; with two shards or more, the volumes are on
+//!   different shards and each chunk goes through the control plane's copy thread);
 //! - `host copy`: READ (10) then WRITE (10) of 1 MiB each.
 //!
 //! Each copies `--size` bytes (default 512 MiB) of written data to an unwritten region, then the
@@ -39,10 +42,14 @@ fn main() {
     std::fs::create_dir_all(&root).expect("target/bench");
     let dir = tempfile::tempdir_in(&root).expect("data directory");
     let volume = format!("{}", 5 * size + 64 * MIB);
-    let t = Target::start_in(dir, &["--size", &volume]);
+    let t = Target::start_in(dir, &["--size", &volume, "--shards", "2"]);
     let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
     assert_eq!(ini.test_unit_ready(), 0);
     let me = ini.naa_designator();
+    t.cli_ok(&["volume", "create", "ds2", "--size", &volume]);
+    let mut ds2 = RawInitiator::login(t.addr, "iqn.2026-11.dev.shoal:ds2", 2, &[]);
+    while ds2.test_unit_ready() != 0 {}
+    let cscds = [xcopy_cscd(&me), xcopy_cscd(&ds2.naa_designator())];
 
     let source = pattern(11, size as usize);
     let start = Instant::now();
@@ -53,10 +60,11 @@ fn main() {
     let fill = mib_s(size, start.elapsed().as_secs_f64());
     println!("source: {} MiB written at {fill:.0} MiB/s", size / MIB);
 
-    let methods: [(&str, u64); 4] = [
+    let methods: [(&str, u64); 5] = [
         ("xcopy 4M", size),
         ("xcopy 32M", 2 * size),
         ("xcopy 4M unaligned", 3 * size + BLOCK),
+        ("xcopy 4M other volume", 0),
         ("host copy", 4 * size),
     ];
     let mut rates = Vec::new();
@@ -64,13 +72,19 @@ fn main() {
         let used = pool_used(&t);
         let start = Instant::now();
         match name {
-            "xcopy 32M" => xcopy(&mut ini, &me, size, dst, 8 * MIB, 4),
+            "xcopy 32M" => xcopy(&mut ini, &cscds, 0, size, dst, 8 * MIB, 4),
+            "xcopy 4M other volume" => xcopy(&mut ini, &cscds, 1, size, dst, 4 * MIB, 1),
             "host copy" => host_copy(&mut ini, size, dst),
-            _ => xcopy(&mut ini, &me, size, dst, 4 * MIB, 1),
+            _ => xcopy(&mut ini, &cscds, 0, size, dst, 4 * MIB, 1),
         }
         let rate = mib_s(size, start.elapsed().as_secs_f64());
         rates.push((name, rate, pool_used(&t).saturating_sub(used)));
-        check(&mut ini, &source, dst);
+        let reader = if name == "xcopy 4M other volume" {
+            &mut ds2
+        } else {
+            &mut ini
+        };
+        check(reader, &source, dst);
     }
     let host = rates.last().map_or(1.0, |r| r.1);
     println!("| method | MiB/s | vs host copy | pool space taken (MiB) |");
@@ -91,9 +105,17 @@ fn pool_used(t: &Target) -> u64 {
     status["used_bytes"].as_u64().expect("used_bytes")
 }
 
-/// Copies `size` bytes from offset 0 to `dst` with EXTENDED COPY commands of `per_command`
-/// segments of `segment` bytes.
-fn xcopy(ini: &mut RawInitiator, me: &[u8], size: u64, dst: u64, segment: u64, per_command: u64) {
+/// Copies `size` bytes from offset 0 of CSCD 0 (the session's volume) to `dst` of CSCD `dst_id`
+/// with EXTENDED COPY commands of `per_command` segments of `segment` bytes.
+fn xcopy(
+    ini: &mut RawInitiator,
+    cscds: &[Vec<u8>],
+    dst_id: u16,
+    size: u64,
+    dst: u64,
+    segment: u64,
+    per_command: u64,
+) {
     let mut at = 0;
     while at < size {
         let mut segments = Vec::new();
@@ -103,11 +125,16 @@ fn xcopy(ini: &mut RawInitiator, me: &[u8], size: u64, dst: u64, segment: u64, p
             }
             let len = segment.min(size - at);
             let blocks = (len / BLOCK) as u16;
-            segments.push(xcopy_segment(0, blocks, at / BLOCK, (dst + at) / BLOCK));
+            segments.push(xcopy_segment(
+                dst_id,
+                blocks,
+                at / BLOCK,
+                (dst + at) / BLOCK,
+            ));
             at += len;
         }
         // LIST ID USAGE 11b: no results held.
-        let r = ini.extended_copy(0, 0b11, &[xcopy_cscd(me)], &segments);
+        let r = ini.extended_copy(0, 0b11, cscds, &segments);
         assert_eq!(r.status(), 0, "EXTENDED COPY: {:?}", r.sense());
     }
 }

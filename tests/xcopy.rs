@@ -1,7 +1,9 @@
 //! EXTENDED COPY (VMware's XCOPY "full copy") against the real binary with the raw initiator:
 //! segments within a volume are copied (several chunks long, overlapping ones as if through a
-//! buffer), COPY STATUS reports them, a copy towards another volume is refused with COPY
-//! ABORTED (the host then copies by itself), and one past the end writes nothing.
+//! buffer; whole extents by reference), COPY STATUS reports them; whole extents are copied to
+//! and from another volume by reference when the host has a session to it (on the same shard
+//! or another), while a copy the host may not make there, or of partial extents, is refused
+//! with COPY ABORTED (the host then copies by itself); one past the end writes nothing.
 
 mod support;
 
@@ -115,7 +117,8 @@ fn copies_to_another_volume_or_past_the_end_abort_and_write_nothing() {
     assert_ne!(me, theirs);
     let data = pattern(3, 64 * BLOCK);
     write_blocks(&mut ini, 0, &data);
-    // Towards the other volume: COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE.
+    // Towards the other volume, half an extent (only whole extents go between volumes): COPY
+    // ABORTED, COPY TARGET DEVICE NOT REACHABLE.
     let r = ini.extended_copy(
         1,
         0,
@@ -242,12 +245,30 @@ fn segment_between(src_id: u16, dst_id: u16, blocks: u16, src: u64, dst: u64) ->
     d
 }
 
+/// Both volumes on one shard (the copy is done there), and on two (through the control
+/// plane's copy thread: the volumes are spread over the shards in turn).
 #[test]
 fn a_copy_between_volumes_shares_extents_when_the_host_may_reach_both() {
+    for shards in ["1", "2"] {
+        copy_between_volumes(shards);
+    }
+}
+
+fn copy_between_volumes(shards: &str) {
     const HOST: &str = "iqn.2026-11.dev.shoal:esx-1";
     const OTHER_HOST: &str = "iqn.2026-11.dev.shoal:esx-2";
-    let t = Target::start(&["--size", "64M", "--shards", "1"]);
+    let t = Target::start(&["--size", "64M", "--shards", shards]);
     t.cli_ok(&["volume", "create", "ds2", "--size", "64M"]);
+    let shard_of = |name: &str| {
+        let v: serde_json::Value =
+            serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", name])).unwrap();
+        v["shard"].clone()
+    };
+    assert_eq!(
+        shard_of("default") == shard_of("ds2"),
+        shards == "1",
+        "one shard each with two shards"
+    );
     let mut a = session_as(&t, HOST, "default", 1);
     let me = a.naa_designator();
     let data = pattern(21, 8 << 20);
@@ -273,15 +294,42 @@ fn a_copy_between_volumes_shares_extents_when_the_host_may_reach_both() {
     let used = pool_used(&t);
     let r = a.extended_copy(1, 0, &cscds, &to_ds2);
     assert_eq!(r.status(), 0, "{:?}", r.sense());
-    assert_eq!(read_blocks(&mut b, 0, 16384), data);
+    assert!(read_blocks(&mut b, 0, 16384) == data, "ds2 holds the copy");
     assert_eq!(pool_used(&t), used);
     // Back again, to another place of the default volume (source on the other unit).
     let r = a.extended_copy(2, 0, &cscds, &[segment_between(1, 0, 8192, 8192, 65536)]);
     assert_eq!(r.status(), 0, "{:?}", r.sense());
-    assert_eq!(read_blocks(&mut a, 65536, 8192), data[8192 * BLOCK..]);
+    assert!(
+        read_blocks(&mut a, 65536, 8192) == data[8192 * BLOCK..],
+        "copied back"
+    );
     // Writes on either side copy first: the other keeps its data.
     write_blocks(&mut b, 0, &pattern(22, 4096));
-    assert_eq!(read_blocks(&mut a, 0, 16384), data);
+    assert!(
+        read_blocks(&mut a, 0, 16384) == data,
+        "the source keeps its data"
+    );
+    // Another host's reservation of ds2 (Write Exclusive) keeps this host's copy out.
+    let mut other = session_as(&t, OTHER_HOST, "ds2", 4);
+    let prout = |ini: &mut RawInitiator, action: u8, key: u64, sa_key: u64| {
+        let mut param = [0u8; 24];
+        param[..8].copy_from_slice(&key.to_be_bytes());
+        param[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        let cdb = [0x5F, action, 0x01, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(ini.command(&cdb, 24, false, &param).status(), 0);
+    };
+    prout(&mut other, 0x00, 0, 0xB1); // REGISTER
+    prout(&mut other, 0x01, 0xB1, 0); // RESERVE, Write Exclusive
+    let r = a.extended_copy(4, 0, &cscds, &[segment_between(0, 1, 128, 0, 16384)]);
+    assert_eq!(
+        r.sense(),
+        Some((0x0A, 0x0D, 0x02)),
+        "reserved by another host"
+    );
+    prout(&mut other, 0x02, 0xB1, 0); // RELEASE
+    let r = a.extended_copy(4, 0, &cscds, &[segment_between(0, 1, 128, 0, 16384)]);
+    assert_eq!(r.status(), 0, "released: {:?}", r.sense());
+    drop(other);
     // Partial extents, or past ds2's end, abort the copy (the host copies by itself).
     let r = a.extended_copy(3, 0, &cscds, &[segment_between(0, 1, 8, 1, 1)]);
     assert_eq!(r.sense(), Some((0x0A, 0x0D, 0x02)));
@@ -295,7 +343,7 @@ fn a_copy_between_volumes_shares_extents_when_the_host_may_reach_both() {
     let mut b = session_as(&t, HOST, "ds2", 3);
     let mut want = data.clone();
     want[..4096].copy_from_slice(&pattern(22, 4096));
-    assert_eq!(read_blocks(&mut b, 0, 16384), want);
+    assert!(read_blocks(&mut b, 0, 16384) == want, "ds2 after kill -9");
     drop(b);
     let dir = t.kill();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))

@@ -198,15 +198,6 @@ impl Transfer {
     }
 }
 
-/// Why an EXTENDED COPY chunk to or from another logical unit failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CopyFailure {
-    /// COPY ABORTED with this ASC / ASCQ.
-    Aborted(u8, u8),
-    /// The journal could not be written.
-    Io,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     Read,
@@ -223,8 +214,8 @@ pub(super) enum Phase {
 pub(super) struct IoOp {
     pub(super) conn: usize,
     task: TaskId,
-    outcome: Outcome,
-    phase: Phase,
+    pub(super) outcome: Outcome,
+    pub(super) phase: Phase,
     /// Read or verify buffer.
     buf: Option<AlignedBuf>,
     /// The write plan.
@@ -237,8 +228,8 @@ pub(super) struct IoOp {
     source: Option<AlignedBuf>,
     /// Byte ranges to write (empty: the outcome's single range).
     ranges: SmallVec<[(u64, u64); 2]>,
-    pending: u32,
-    error: bool,
+    pub(super) pending: u32,
+    pub(super) error: bool,
     no_space: bool,
     /// Already waited once for released extents to be published.
     waited_for_space: bool,
@@ -251,10 +242,12 @@ pub(super) struct IoOp {
     copied: u64,
     /// EXTENDED COPY: the LUN the current chunk was copied to when it is not the command's own
     /// (its journal is the one to sync).
-    copy_dst_lun: Option<usize>,
+    pub(super) copy_dst_lun: Option<usize>,
+    /// EXTENDED COPY: the current chunk went to another shard (see `runtime::xcopy`).
+    pub(super) copy_remote: bool,
     /// EXTENDED COPY: why a chunk to or from another logical unit failed (ASC, ASCQ of COPY
     /// ABORTED).
-    copy_aborted: Option<(u8, u8)>,
+    pub(super) copy_aborted: Option<(u8, u8)>,
 }
 
 impl IoOp {
@@ -313,7 +306,7 @@ impl IoOp {
     }
 
     /// The byte ranges a data-changing command writes (empty for the others).
-    fn written_ranges(&self) -> SmallVec<[(u64, u64); 2]> {
+    pub(super) fn written_ranges(&self) -> SmallVec<[(u64, u64); 2]> {
         match &self.outcome {
             Outcome::Write { offset, len, .. }
             | Outcome::WriteVerify { offset, len, .. }
@@ -377,6 +370,7 @@ impl Shard {
             submitted,
             copied: 0,
             copy_dst_lun: None,
+            copy_remote: false,
             copy_aborted: None,
         });
         if let Some(sc) = self.conn_mut(index) {
@@ -484,7 +478,7 @@ impl Shard {
         op.ranges = ranges;
     }
 
-    fn lun_of(&self, slot: usize) -> Option<usize> {
+    pub(super) fn lun_of(&self, slot: usize) -> Option<usize> {
         let op = self.ops.get(slot)?.as_ref()?;
         self.conns.get(op.conn)?.as_deref().map(|c| c.lun)
     }
@@ -565,17 +559,7 @@ impl Shard {
     /// written.
     fn copy_by_reference(&mut self, slot: usize, lun: usize, chunk: CopySegment) -> bool {
         if chunk.crosses_lus() {
-            let shared = self.share_between_lus(slot, lun, chunk);
-            if let Some(op) = self.ops[slot].as_mut() {
-                match shared {
-                    Ok(dst) => op.copy_dst_lun = Some(dst),
-                    Err(CopyFailure::Aborted(asc, ascq)) => op.copy_aborted = Some((asc, ascq)),
-                    Err(CopyFailure::Io) => op.error = true,
-                }
-                op.phase = Phase::Shared;
-                op.pending = 1;
-            }
-            self.inline_done.push((user_data(KIND_IO, slot), 0));
+            self.copy_between_lus(slot, lun, chunk);
             return true;
         }
         let Some(thin) = self.luns[lun].volume.as_thin() else {
@@ -603,114 +587,6 @@ impl Shard {
         true
     }
 
-    /// EXTENDED COPY of a chunk between LUN `lun` (the command's) and another logical unit this
-    /// shard serves, or two others: whole extents of thin volumes, by reference (see
-    /// `ThinVolume::lend_extents` / `adopt_extents`); the destination LUN. Another unit is
-    /// reachable only when the command's initiator is logged in to it on this shard (so it
-    /// passed that unit's access list and CHAP) and no reservation there forbids that session
-    /// the access: a copy manager must not reach volumes the host was never given. Anything
-    /// else — another shard's unit, a range past its end, partial extents, a full or
-    /// write-protected destination, extents being remapped, a COMPARE AND WRITE in progress
-    /// there — aborts the copy (the host then copies by itself).
-    fn share_between_lus(
-        &mut self,
-        slot: usize,
-        lun: usize,
-        chunk: CopySegment,
-    ) -> Result<usize, CopyFailure> {
-        const NOT_REACHABLE: CopyFailure = CopyFailure::Aborted(0x0D, 0x02);
-        let src = self.copy_lun(slot, lun, chunk.src_lu, false);
-        let dst = self.copy_lun(slot, lun, chunk.dst_lu, true);
-        let (Some(src), Some(dst)) = (src, dst) else {
-            return Err(NOT_REACHABLE);
-        };
-        let fits = |l: usize, at: u64| {
-            at.checked_add(chunk.len)
-                .is_some_and(|end| end <= self.luns[l].volume.capacity())
-        };
-        if !fits(src, chunk.src) || !fits(dst, chunk.dst) {
-            return Err(CopyFailure::Aborted(0x21, 0x00));
-        }
-        if self.compare_and_write_overlaps(dst, chunk.dst, chunk.len) {
-            return Err(NOT_REACHABLE);
-        }
-        let Some(es) = self.luns[dst].volume.as_thin().map(|t| t.extent_size()) else {
-            return Err(NOT_REACHABLE);
-        };
-        if chunk.src % es != 0 || chunk.dst % es != 0 || chunk.len % es != 0 {
-            return Err(NOT_REACHABLE);
-        }
-        let (from, to, count) = (chunk.src / es, chunk.dst / es, chunk.len / es);
-        let shared = if src == dst {
-            self.luns[dst]
-                .volume
-                .as_thin()
-                .map_or(Ok(false), |t| t.share_extents(from, to, count))
-        } else {
-            let adoptable = self.luns[dst]
-                .volume
-                .as_thin()
-                .is_some_and(|t| t.may_adopt(to, count));
-            let lent = adoptable
-                .then(|| self.luns[src].volume.as_thin()?.lend_extents(from, count))
-                .flatten();
-            match (lent, self.luns[dst].volume.as_thin()) {
-                (Some(lent), Some(t)) => t.adopt_extents(to, lent),
-                _ => Ok(false),
-            }
-        };
-        self.readahead.invalidate(dst, chunk.dst, chunk.len);
-        match shared {
-            Ok(true) => Ok(dst),
-            Ok(false) => Err(NOT_REACHABLE),
-            Err(e) => {
-                log_error(self.id, "journaling an extended copy", &e);
-                Err(CopyFailure::Io)
-            }
-        }
-    }
-
-    /// The LUN a copy target names: `lun` for the command's own unit (`None`), else the unit
-    /// with NAA designator `naa` if this shard serves it, the command's initiator has a session
-    /// to it here, no reservation forbids that session the access (`write`: to change it), and
-    /// (`write`) it is not write-protected.
-    fn copy_lun(
-        &self,
-        slot: usize,
-        lun: usize,
-        naa: Option<[u8; 16]>,
-        write: bool,
-    ) -> Option<usize> {
-        let Some(naa) = naa else { return Some(lun) };
-        let op = self.ops[slot].as_ref()?;
-        let initiator = &self.conns.get(op.conn)?.as_deref()?.session.initiator_name;
-        let other = self.luns.iter().position(|l| l.lu.info().naa == naa)?;
-        let lu = &self.luns[other].lu;
-        if write && lu.info().read_only {
-            return None;
-        }
-        let (_, session) = self.live_conns().find(|(_, sc)| {
-            sc.lun == other
-                && !sc.closing
-                && sc.session.initiator_name.eq_ignore_ascii_case(initiator)
-        })?;
-        (!lu.forbids(session.nexus, write)).then_some(other)
-    }
-
-    /// Whether a COMPARE AND WRITE in flight on LUN `lun` overlaps `len` bytes at `offset`.
-    fn compare_and_write_overlaps(&self, lun: usize, offset: u64, len: u64) -> bool {
-        self.caw_active > 0
-            && self.ops.iter().enumerate().any(|(slot, o)| {
-                o.as_ref().is_some_and(|o| {
-                    matches!(o.outcome, Outcome::CompareAndWrite { .. })
-                        && self.lun_of(slot) == Some(lun)
-                        && o.written_ranges()
-                            .iter()
-                            .any(|&(b, bl)| offset < b + bl && b < offset + len)
-                })
-            })
-    }
-
     /// A chunk shared by reference: syncs the journal when the copy must be durable (the write
     /// cache is off), as a written chunk would.
     fn after_share(&mut self, slot: usize) {
@@ -723,7 +599,8 @@ impl Shard {
         let Some(op) = self.ops[slot].as_mut() else {
             return;
         };
-        let failed = op.error || op.copy_aborted.is_some();
+        // A chunk adopted by another shard's volume was synced there when it had to be.
+        let failed = op.error || op.copy_aborted.is_some() || op.copy_remote;
         if !failed && op.durable(write_cache) {
             op.phase = Phase::SyncMeta;
             self.join_sync(lun, SyncWaiter::Op(slot));
@@ -1021,6 +898,7 @@ impl Shard {
         op.pending = 0;
         op.waited_for_space = false;
         op.copy_dst_lun = None;
+        op.copy_remote = false;
         self.finish_snapshots(Some(slot));
         self.retry_range_waiters();
         self.dispatch(slot);

@@ -13,5 +13,6 @@ mod sync;
 pub mod text;
 pub mod tx;
 mod volumes;
+pub mod xcopy;
 
 pub use server::{AuthSwitch, Server};

@@ -111,6 +111,7 @@ fn start_shards(
     cfg: &Config,
     portals: &[SocketAddr],
     registry: &Arc<Registry>,
+    copy_requests: &crossbeam::channel::Sender<super::xcopy::CrossCopy>,
 ) -> Result<(Vec<ShardHandle>, Vec<JoinHandle<()>>), StartError> {
     let conn_config = ConnConfig {
         queue_depth: cfg.queue_depth,
@@ -134,6 +135,7 @@ fn start_shards(
             shard::channel().map_err(|source| StartError::Shard { shard: id, source })?;
         let portals = portals.to_vec();
         let registry = Arc::clone(registry);
+        let copy_requests = copy_requests.clone();
         let core = if cfg.pin {
             cores.get(id % cores.len().max(1)).copied()
         } else {
@@ -161,7 +163,8 @@ fn start_shards(
                             .with_busy_poll(busy_poll)
                             .with_async_send(async_send)
                             .with_read_ahead(read_ahead)
-                            .with_registered_buffers(registered_buffers);
+                            .with_registered_buffers(registered_buffers)
+                            .with_copy_requests(copy_requests);
                         if let Err(e) = shard.run() {
                             eprintln!("shoal: shard {id} stopped: {e}");
                         }
@@ -176,6 +179,25 @@ fn start_shards(
     Ok((shards, threads))
 }
 
+/// The control plane's copy thread: EXTENDED COPY chunks between units of different shards
+/// (see `runtime::xcopy`). It ends when every shard has stopped (their senders dropped).
+fn start_copy_thread(
+    daemon: Arc<Daemon>,
+    requests: crossbeam::channel::Receiver<super::xcopy::CrossCopy>,
+) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name("shoal-xcopy".into())
+        .spawn(move || {
+            for request in requests {
+                daemon.cross_copy(request);
+            }
+        })
+        .map_err(|source| StartError::Shard {
+            shard: usize::MAX,
+            source,
+        })
+}
+
 impl Server {
     /// Opens (or creates) the pool, starts shards, serves every volume, opens the portals and
     /// the admin API.
@@ -184,7 +206,9 @@ impl Server {
         let pool = open_pool(cfg)?;
         let (listeners, portals) = bind_portals(cfg)?;
         let registry = Arc::new(Registry::default());
-        let (shards, mut threads) = start_shards(cfg, &portals, &registry)?;
+        let (copy_tx, copy_rx) = crossbeam::channel::unbounded();
+        let (shards, mut threads) = start_shards(cfg, &portals, &registry, &copy_tx)?;
+        drop(copy_tx);
         let ctx = Arc::new(LoginContext {
             targets: RwLock::new(Vec::new()),
             portals: portals.clone(),
@@ -213,6 +237,7 @@ impl Server {
             .map_err(|e| StartError::Volumes(format!("checkpoint: {}", e.message)))?;
         let stop = Arc::new(AtomicBool::new(false));
         threads.push(start_checkpointer(Arc::clone(&daemon), Arc::clone(&stop))?);
+        threads.push(start_copy_thread(Arc::clone(&daemon), copy_rx)?);
         let admin =
             AdminServer::start_with_token(cfg.admin_listen, daemon, cfg.admin_token.clone())
                 .map_err(|e| StartError::Admin(e.to_string()))?;

@@ -23,6 +23,7 @@ use super::text::SessionDirectory;
 use super::tx::Tx;
 pub use super::volumes::UsageReport;
 use super::volumes::{PendingRemoval, PendingSnapshot, PendingUsage};
+use super::xcopy::CopyRefusal;
 use crate::control::Registry;
 use crate::iscsi::connection::{
     Action, CloseReason, ConnConfig, ConnParams, Connection, DataInSource, TaskId, TaskResponse,
@@ -259,6 +260,42 @@ pub enum ShardMsg {
         /// The cuts, or why a volume could not rotate.
         reply: Sender<Result<Vec<JournalCut>, String>>,
     },
+    /// EXTENDED COPY by another shard's command: lend `count` extents from extent `first` of
+    /// `target` (`ThinVolume::lend_extents`), checked for `initiator` (None: the command's own
+    /// unit).
+    LendExtents {
+        /// The target.
+        target: String,
+        /// Whose copy it is, when the target is not the command's own unit.
+        initiator: Option<String>,
+        /// First extent.
+        first: u64,
+        /// Extents.
+        count: u64,
+        /// The lent extents (one reference each), or why not.
+        reply: Sender<Result<super::xcopy::Lent, String>>,
+    },
+    /// EXTENDED COPY by another shard's command: map extents from `first` of `target` to
+    /// `lent` (see `Shard::adopt_for_copy` for who owns the references when it refuses).
+    AdoptExtents {
+        /// The target.
+        target: String,
+        /// Whose copy it is, when the target is not the command's own unit.
+        initiator: Option<String>,
+        /// First extent.
+        first: u64,
+        /// Extents lent by the source's shard.
+        lent: Vec<Option<u64>>,
+        /// Done, or why not.
+        reply: Sender<Result<Result<(), CopyRefusal>, String>>,
+    },
+    /// The copy thread's answer to a `CrossCopy` of op `slot`.
+    CopyDone {
+        /// The op.
+        slot: usize,
+        /// Copied, or why not.
+        result: Result<(), CopyRefusal>,
+    },
     /// Stop the shard.
     Stop,
 }
@@ -421,6 +458,9 @@ pub struct Shard {
     busy_poll: Duration,
     /// Responses go out through io_uring's worker threads (`IOSQE_ASYNC`).
     async_send: bool,
+    /// Where EXTENDED COPY chunks naming another shard's unit go (the control plane's copy
+    /// thread; see `runtime::xcopy`). `None`: such copies are refused.
+    pub(super) copy_requests: Option<crossbeam::channel::Sender<super::xcopy::CrossCopy>>,
     /// The instant this loop round began handling completions: the time stamp of every receive,
     /// backend and send completion of the round.
     pub(super) round_now: Instant,
@@ -485,6 +525,7 @@ impl Shard {
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
+            copy_requests: None,
             round_now: Instant::now(),
             stats_config,
             slow,
@@ -495,6 +536,16 @@ impl Shard {
     /// Polls the ring for `window` after the last completion before sleeping (zero: off).
     pub fn with_busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// Sends EXTENDED COPY chunks that name another shard's unit to `requests` (the control
+    /// plane's copy thread).
+    pub fn with_copy_requests(
+        mut self,
+        requests: crossbeam::channel::Sender<super::xcopy::CrossCopy>,
+    ) -> Self {
+        self.copy_requests = Some(requests);
         self
     }
 
@@ -738,6 +789,35 @@ impl Shard {
                 ShardMsg::Rotate { generation, reply } => {
                     let _ = reply.send(self.rotate(generation));
                 }
+                ShardMsg::LendExtents {
+                    target,
+                    initiator,
+                    first,
+                    count,
+                    reply,
+                } => {
+                    let lent = match self.lun_of_target(&target) {
+                        Some(lun) => self.lend_for_copy(lun, initiator.as_deref(), first, count),
+                        None => Err(CopyRefusal::NotReachable),
+                    };
+                    let _ = reply.send(Ok(lent));
+                }
+                ShardMsg::AdoptExtents {
+                    target,
+                    initiator,
+                    first,
+                    lent,
+                    reply,
+                } => {
+                    let adopted = match self.lun_of_target(&target) {
+                        Some(lun) => self
+                            .adopt_for_copy(lun, initiator.as_deref(), first, lent)
+                            .and_then(|()| self.sync_if_write_through(lun)),
+                        None => Err(CopyRefusal::NotReachable),
+                    };
+                    let _ = reply.send(Ok(adopted));
+                }
+                ShardMsg::CopyDone { slot, result } => self.copy_done(slot, result),
                 ShardMsg::Stop => {
                     self.stopping = true;
                     let all: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();

@@ -15,10 +15,12 @@
 //!
 //! Supported: identification CSCD descriptors (E4h) of a block device, block-to-block segment
 //! descriptors (02h), no inline data. A copy target is this logical unit, named by one of its
-//! own designators (Device Identification page): copying between two logical units is refused
-//! with COPY TARGET DEVICE NOT REACHABLE, and the host copies by itself instead (ESXi falls back
-//! to its software data mover). Results are held per I_T nexus and list identifier when LIST ID
-//! USAGE is 00b ([`CopyResults`], the COPY STATUS of RECEIVE COPY RESULTS).
+//! own designators (Device Identification page), or another block device of the same block size
+//! named by its NAA designator: the shard copies whole extents to or from it by reference when
+//! the host may reach it (`runtime::xcopy`), and refuses anything else with COPY TARGET DEVICE
+//! NOT REACHABLE, so the host copies by itself (ESXi falls back to its software data mover).
+//! Results are held per I_T nexus and list identifier when LIST ID USAGE is 00b
+//! ([`CopyResults`], the COPY STATUS of RECEIVE COPY RESULTS).
 
 use std::collections::VecDeque;
 

@@ -6,6 +6,7 @@
 //! committed with `fdatasync` before the call returns. Dropping a deleted image's map — which
 //! returns its exclusively held extents to the free queue — happens here, off the shards.
 
+mod copy;
 mod schedules;
 mod serving;
 

@@ -400,8 +400,8 @@ impl ThinVolume {
         Ok(true)
     }
 
-    /// Drops lent references.
-    fn give_back(&self, lent: impl IntoIterator<Item = Option<u64>>) {
+    /// Drops references lent by [`ThinVolume::lend_extents`] that no map took over.
+    pub fn give_back(&self, lent: impl IntoIterator<Item = Option<u64>>) {
         for p in lent.into_iter().flatten() {
             self.pool.refs.release(p);
         }
