@@ -123,7 +123,9 @@ impl Shard {
         lun: usize,
         chunk: CopySegment,
     ) -> Option<Result<usize, CopyRefusal>> {
-        let initiator = self.initiator_of(slot)?;
+        let Some(initiator) = self.initiator_of(slot) else {
+            return Some(Err(CopyRefusal::NotReachable));
+        };
         let Some(es) = self.luns[lun].volume.as_thin().map(|t| t.extent_size()) else {
             return Some(Err(CopyRefusal::NotReachable));
         };
