@@ -1,6 +1,7 @@
 //! Model test of the thin pool (issue 3, "Tests", first bullet).
 //!
-//! Random sequences of write / unmap / read / snapshot / clone / delete / rollback / resize /
+//! Random sequences of write / atomic write / unmap / extent sharing within and between volumes
+//! (EXTENDED COPY by reference) / read / snapshot / clone / delete / rollback / resize /
 //! create (thin or full) / checkpoint / sync / publish-frees / restart (`kill -9`, also in the
 //! middle of a write or of a checkpoint) / power loss, over a small pool (4 KiB extents, 16..=64
 //! of them, so that it fills up often) with volumes of 1..=24 extents (one leaf of the extent
@@ -169,6 +170,15 @@ enum Op {
     Write { vol: u16, at: u16, blocks: u16 },
     /// UNMAP a block range of a volume.
     Unmap { vol: u16, at: u16, blocks: u16 },
+    /// EXTENDED COPY of whole extents from one volume to another, by reference
+    /// (`ThinVolume::lend_extents` on the source, `adopt_extents` on the destination).
+    ShareAcross {
+        from: u16,
+        to: u16,
+        src: u16,
+        dst: u16,
+        extents: u16,
+    },
     /// WRITE ATOMIC of `blocks` blocks of fresh bytes at block `at` of a volume.
     AtomicWrite { vol: u16, at: u16, blocks: u16 },
     /// `kill -9` right after a WRITE ATOMIC's data, before or after its one record; restart.
@@ -909,6 +919,53 @@ impl Harness {
             for lext in first..end {
                 m.data.remove(&lext);
             }
+        }
+        Ok(())
+    }
+
+    /// EXTENDED COPY by reference of `count` extents from `src` of volume `a` to `dst` of
+    /// volume `b`: lent by `a` unless it is full, adopted by `b` unless it is full; refused
+    /// references are given back (as the shard and the copy thread do), and then nothing
+    /// changes.
+    fn share_across(&mut self, a: u64, b: u64, src: u64, dst: u64, count: u64) -> Outcome {
+        let lent = self.vols[&a].lend_extents(src, count);
+        let (from_full, to_full) = (self.model[&a].full, self.model[&b].full);
+        ensure!(
+            lent.is_some() != from_full,
+            "lend from {} (full: {from_full}): {lent:?}",
+            self.model[&a].name
+        );
+        let adopted = match lent {
+            Some(lent) => {
+                let v = self.vols.get_mut(&b).expect("served");
+                let adopted = v
+                    .adopt_extents(dst, lent)
+                    .map_err(|e| format!("adopt into image {b}: {e}"))?;
+                ensure!(
+                    adopted != to_full,
+                    "adopt into {} (full: {to_full}): {adopted}",
+                    self.model[&b].name
+                );
+                adopted
+            }
+            None => false,
+        };
+        self.log.push(format!(
+            "share {} extents {src}..+{count} -> {} extent {dst} ({})",
+            self.model[&a].name,
+            self.model[&b].name,
+            if adopted { "shared" } else { "refused" }
+        ));
+        if !adopted {
+            return Ok(());
+        }
+        let sources: Vec<Vec<u8>> = (src..src + count)
+            .map(|l| self.model[&a].extent(l).to_vec())
+            .collect();
+        let m = self.model.get_mut(&b).expect("model");
+        m.remember(dst * ES, (dst + count) * ES);
+        for (lext, bytes) in (dst..).zip(sources) {
+            m.set_extent(lext, bytes);
         }
         Ok(())
     }
@@ -1706,6 +1763,28 @@ impl Harness {
                     self.unmap(id, offset, len)?;
                 }
             }
+            Op::ShareAcross {
+                from,
+                to,
+                src,
+                dst,
+                extents,
+            } => {
+                let whole = |h: &Self, id: u64| h.model[&id].size / ES;
+                if let (Some(a), Some(b)) = (
+                    self.pick(Some(ImageKind::Volume), from),
+                    self.pick(Some(ImageKind::Volume), to),
+                ) && a != b
+                    && whole(self, a) > 0
+                    && whole(self, b) > 0
+                {
+                    let n = whole(self, a).min(whole(self, b));
+                    let count = u64::from(extents) % n + 1;
+                    let src = u64::from(src) % (whole(self, a) - count + 1);
+                    let dst = u64::from(dst) % (whole(self, b) - count + 1);
+                    self.share_across(a, b, src, dst, count)?;
+                }
+            }
             Op::AtomicWrite { vol, at, blocks } => {
                 if let Some(id) = self.pick(Some(ImageKind::Volume), vol) {
                     let (offset, len) = Self::range(self.model[&id].size, at, blocks);
@@ -1874,6 +1953,9 @@ fn op_strategy(power_loss: bool) -> impl Strategy<Value = Op> {
         30 => range().prop_map(|(vol, at, blocks)| Op::Write { vol, at, blocks }),
         6 => range().prop_map(|(vol, at, blocks)| Op::Unmap { vol, at, blocks }),
         5 => range().prop_map(|(vol, at, blocks)| Op::AtomicWrite { vol, at, blocks }),
+        4 => (any16(), any16(), any16(), any16(), 0u16..8).prop_map(
+            |(from, to, src, dst, extents)| Op::ShareAcross { from, to, src, dst, extents }
+        ),
         1 => (range(), any::<bool>()).prop_map(|((vol, at, blocks), committed)| {
             Op::CrashMidAtomicWrite { vol, at, blocks, committed }
         }),
