@@ -179,6 +179,9 @@ enum Op {
         dst: u16,
         extents: u16,
     },
+    /// Make a volume full (`ThinVolume::make_full`, then `Pool::set_thin`) or thin
+    /// (`Pool::set_thin`, then `make_thin`), as the daemon's `set_provisioning` does.
+    SetFull { vol: u16, full: bool },
     /// WRITE ATOMIC of `blocks` blocks of fresh bytes at block `at` of a volume.
     AtomicWrite { vol: u16, at: u16, blocks: u16 },
     /// `kill -9` right after a WRITE ATOMIC's data, before or after its one record; restart.
@@ -919,6 +922,52 @@ impl Harness {
             for lext in first..end {
                 m.data.remove(&lext);
             }
+        }
+        Ok(())
+    }
+
+    /// Makes volume `id` full or thin. Turning full reserves exactly the extents it does not
+    /// own alone (every check after this step holds the volume to "never out of space"), or is
+    /// refused when the pool cannot, changing nothing.
+    fn set_full(&mut self, id: u64, full: bool) -> Outcome {
+        let name = self.model[&id].name.clone();
+        if full == self.model[&id].full {
+            return Ok(());
+        }
+        if full {
+            let v = self.vols.get_mut(&id).expect("served");
+            match v.make_full() {
+                Ok(reserved) => {
+                    self.pool
+                        .as_mut()
+                        .expect("pool open")
+                        .set_thin(id, false)
+                        .map_err(|e| format!("set_thin: {e}"))?;
+                    self.log
+                        .push(format!("{name} -> full ({reserved} reserved)"));
+                    let m = self.model.get_mut(&id).expect("model");
+                    m.full = true;
+                    m.unbacked = false;
+                    self.control_durable()?;
+                }
+                Err(need) => {
+                    self.log
+                        .push(format!("{name} -> full refused ({need} needed)"));
+                }
+            }
+        } else {
+            self.pool
+                .as_mut()
+                .expect("pool open")
+                .set_thin(id, true)
+                .map_err(|e| format!("set_thin: {e}"))?;
+            let given = self.vols.get_mut(&id).expect("served").make_thin();
+            self.log
+                .push(format!("{name} -> thin ({given} given back)"));
+            let m = self.model.get_mut(&id).expect("model");
+            m.full = false;
+            m.unbacked = false;
+            self.control_durable()?;
         }
         Ok(())
     }
@@ -1785,6 +1834,11 @@ impl Harness {
                     self.share_across(a, b, src, dst, count)?;
                 }
             }
+            Op::SetFull { vol, full } => {
+                if let Some(id) = self.pick(Some(ImageKind::Volume), vol) {
+                    self.set_full(id, full)?;
+                }
+            }
             Op::AtomicWrite { vol, at, blocks } => {
                 if let Some(id) = self.pick(Some(ImageKind::Volume), vol) {
                     let (offset, len) = Self::range(self.model[&id].size, at, blocks);
@@ -1953,6 +2007,7 @@ fn op_strategy(power_loss: bool) -> impl Strategy<Value = Op> {
         30 => range().prop_map(|(vol, at, blocks)| Op::Write { vol, at, blocks }),
         6 => range().prop_map(|(vol, at, blocks)| Op::Unmap { vol, at, blocks }),
         5 => range().prop_map(|(vol, at, blocks)| Op::AtomicWrite { vol, at, blocks }),
+        2 => (any16(), any::<bool>()).prop_map(|(vol, full)| Op::SetFull { vol, full }),
         4 => (any16(), any16(), any16(), any16(), 0u16..8).prop_map(
             |(from, to, src, dst, extents)| Op::ShareAcross { from, to, src, dst, extents }
         ),

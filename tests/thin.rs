@@ -817,3 +817,92 @@ fn a_write_protected_volume_refuses_writes_live_and_across_kill_9() {
     };
     assert_eq!(r.status(), 0, "writable again: {:?}", r.sense());
 }
+
+#[test]
+fn a_volume_turns_full_and_thin_again_live_and_across_kill_9() {
+    let t = Target::start(&["--size", "16M", "--pool-size", "24M"]);
+    let mut ini = raw_session(&t);
+    for i in 0..4u32 {
+        assert_eq!(
+            ini.write10(i * 2048, &pattern(MIB, u64::from(i))).status(),
+            0
+        );
+    }
+    let volume = |t: &Target| get(t, "/v1/volumes/default");
+    assert_eq!(
+        (
+            volume(&t)["thin"].clone(),
+            volume(&t)["reserved_bytes"].clone()
+        ),
+        (json!(true), json!(0))
+    );
+    // A second volume takes 6 MiB of the 24: 14 MiB free.
+    t.cli_ok(&["volume", "create", "big", "--size", "16M"]);
+    let mut big =
+        support::initiator::RawInitiator::login(t.addr, "iqn.2026-11.dev.shoal:big", 2, &[]);
+    while big.test_unit_ready() != 0 {}
+    for i in 0..6u32 {
+        assert_eq!(
+            big.write10(i * 2048, &pattern(MIB, 10 + u64::from(i)))
+                .status(),
+            0
+        );
+    }
+    // Full: one extent reserved for each of the 12 MiB it does not own alone. Then "big" would
+    // need 10 MiB more with 2 left: refused, nothing changed.
+    t.cli_ok(&["volume", "set", "default", "--provisioning", "full"]);
+    let v = volume(&t);
+    assert_eq!(
+        (v["thin"].clone(), v["reserved_bytes"].clone()),
+        (json!(false), json!(12 * MIB)),
+        "{v}"
+    );
+    assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 12 * MIB);
+    let out = t.cli(&["volume", "set", "big", "--provisioning", "full"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cannot reserve"),
+        "{stderr}"
+    );
+    assert_eq!(get(&t, "/v1/volumes/big")["thin"], true);
+    assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 12 * MIB);
+    // The host is told, and a full volume is not thin provisioned: UNMAP is refused.
+    let unmap = |ini: &mut support::initiator::RawInitiator| {
+        let mut param = [0u8; 24];
+        param[1] = 22;
+        param[3] = 16;
+        param[8..16].copy_from_slice(&0u64.to_be_bytes());
+        param[16..20].copy_from_slice(&2048u32.to_be_bytes());
+        ini.command(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], 24, false, &param)
+    };
+    assert_eq!(
+        unmap(&mut ini).sense(),
+        Some((0x06, 0x3F, 0x03)),
+        "INQUIRY DATA HAS CHANGED"
+    );
+    assert_eq!(
+        unmap(&mut ini).sense(),
+        Some((0x05, 0x20, 0x00)),
+        "INVALID COMMAND OPERATION CODE"
+    );
+    // Kept across kill -9: the start reserves it again.
+    drop((ini, big));
+    let t = Target::start_in(t.kill(), &[]);
+    let v = volume(&t);
+    assert_eq!(
+        (v["thin"].clone(), v["reserved_bytes"].clone()),
+        (json!(false), json!(12 * MIB)),
+        "{v}"
+    );
+    // Thin again: the reservation goes back, UNMAP works.
+    t.cli_ok(&["volume", "set", "default", "--provisioning", "thin"]);
+    assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 0);
+    let mut ini = raw_session(&t);
+    assert_eq!(unmap(&mut ini).status(), 0);
+    assert_eq!(get(&t, "/v1/volumes/default")["mapped_bytes"], 3 * MIB);
+    let v = volume(&Target::start_in(t.kill(), &[]));
+    assert_eq!(
+        (v["thin"].clone(), v["reserved_bytes"].clone()),
+        (json!(true), json!(0))
+    );
+}

@@ -127,6 +127,10 @@ pub enum VolumeCommand {
         /// Write-protect the volume (writes get DATA PROTECT), or lift it.
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         read_only: Option<bool>,
+        /// Thin provisioning, or full: space reserved now for every extent the volume does not
+        /// own alone, so it never runs out (refused when the pool cannot reserve it).
+        #[arg(long, value_name = "thin|full", value_parser = parse_provisioning)]
+        provisioning: Option<bool>,
     },
     /// List volumes (and clones).
     List,
@@ -361,6 +365,15 @@ fn parse_rate_arg(s: &str) -> Result<u64, String> {
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     config::parse_size(s).map_err(size_reason)
+}
+
+/// `thin` or `full`: whether the volume is full.
+fn parse_provisioning(s: &str) -> Result<bool, String> {
+    match s {
+        "full" => Ok(true),
+        "thin" => Ok(false),
+        _ => Err("thin or full".to_string()),
+    }
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -932,12 +945,14 @@ pub fn execute(
                 iops_limit,
                 bandwidth_limit,
                 read_only,
+                provisioning,
             } => {
                 let req = VolumePatch {
                     write_cache: *write_cache,
                     iops_limit: *iops_limit,
                     bandwidth_limit: *bandwidth_limit,
                     read_only: *read_only,
+                    full: *provisioning,
                 };
                 render(json, &client.update_volume(name, &req)?, show_volume)
             }
@@ -1375,9 +1390,19 @@ mod tests {
                 iops_limit: None,
                 bandwidth_limit: None,
                 read_only: None,
+                provisioning: None,
             })
         );
         assert!(parse(&["volume", "set", "vm1", "--write-cache", "maybe"]).is_err());
+        let (_, c) = parse(&["volume", "set", "vm1", "--provisioning", "full"]).unwrap();
+        assert!(matches!(
+            c,
+            CliCommand::Volume(VolumeCommand::Set {
+                provisioning: Some(true),
+                ..
+            })
+        ));
+        assert!(parse(&["volume", "set", "vm1", "--provisioning", "thick"]).is_err());
         let (_, c) = parse(&[
             "volume",
             "set",
@@ -1396,6 +1421,7 @@ mod tests {
                 iops_limit: Some(5000),
                 bandwidth_limit: Some(200 << 20),
                 read_only: None,
+                provisioning: None,
             })
         );
         let (_, c) = parse(&["volume", "set", "vm1", "--bandwidth-limit", "0"]).unwrap();

@@ -208,6 +208,11 @@ pub struct VolumePatch {
     /// Write-protect the volume (or lift it), applied live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
+    /// Make the volume full (reserving a pool extent for every extent it does not own alone;
+    /// 409 `no_space` when the pool cannot) or thin (giving the reservation back), applied
+    /// live and kept in the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<bool>,
 }
 
 /// `PATCH /v1/pool`: the settings to change (absent: unchanged).

@@ -289,6 +289,16 @@ pub enum ShardMsg {
         /// Done, or why not.
         reply: Sender<Result<Result<(), CopyRefusal>, String>>,
     },
+    /// Make a volume full (reserving its space; `Err` when the pool cannot) or thin (giving
+    /// its reservation back); answers the extents reserved or given back.
+    Provision {
+        /// The target.
+        target: String,
+        /// Full (true) or thin (false).
+        full: bool,
+        /// Extents reserved or given back, or why not.
+        reply: Sender<Result<u64, String>>,
+    },
     /// The copy thread's answer to a `CrossCopy` of op `slot`.
     CopyDone {
         /// The op.
@@ -818,6 +828,13 @@ impl Shard {
                     let _ = reply.send(Ok(adopted));
                 }
                 ShardMsg::CopyDone { slot, result } => self.copy_done(slot, result),
+                ShardMsg::Provision {
+                    target,
+                    full,
+                    reply,
+                } => {
+                    let _ = reply.send(self.provision(&target, full));
+                }
                 ShardMsg::Stop => {
                     self.stopping = true;
                     let all: Vec<usize> = self.live_conns().map(|(i, _)| i).collect();

@@ -126,6 +126,23 @@ impl Shard {
             .ok_or_else(|| format!("target {target} is not a thin volume"))
     }
 
+    /// Makes `target`'s volume full or thin, and its logical unit say so (see
+    /// `ThinVolume::make_full` / `make_thin`).
+    pub(super) fn provision(&mut self, target: &str, full: bool) -> Result<u64, String> {
+        let volume = self.thin_of(target)?;
+        let changed = if full {
+            volume.make_full().map_err(|need| {
+                format!("the pool cannot reserve the {need} extents the volume does not own alone")
+            })?
+        } else {
+            volume.make_thin()
+        };
+        if let Ok(slot) = self.served_lun(target) {
+            slot.lu.set_thin(!full);
+        }
+        Ok(changed)
+    }
+
     pub(super) fn add_lun(&mut self, slot: LunSlot) {
         // Reuse the slot of a removed LUN (indexes are stable while connections use them).
         self.own_files.clear();

@@ -234,6 +234,17 @@ impl LogicalUnit {
         }
     }
 
+    /// The administrator makes the volume thin provisioned or full: LBPME (READ CAPACITY (16)),
+    /// the Logical Block Provisioning page and UNMAP / GET LBA STATUS follow, and every nexus
+    /// is told INQUIRY DATA HAS CHANGED (when it changed).
+    pub fn set_thin(&mut self, on: bool) {
+        let changed = self.info.thin != on;
+        self.info.thin = on;
+        if changed {
+            self.queue_unit_attention_all(Sense::inquiry_data_changed(), None);
+        }
+    }
+
     // ---- I_T nexuses and unit attentions ----
 
     /// Registers a new I_T nexus and queues POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for it.

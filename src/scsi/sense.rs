@@ -378,6 +378,12 @@ impl Sense {
         Sense::new(SenseKey::UnitAttention, 0x2A, 0x09)
     }
 
+    /// INQUIRY DATA HAS CHANGED (06/3F/03): a VPD page changed (thin provisioning turned on or
+    /// off).
+    pub const fn inquiry_data_changed() -> Self {
+        Sense::new(SenseKey::UnitAttention, 0x3F, 0x03)
+    }
+
     /// REPORTED LUNS DATA HAS CHANGED (06/3F/0E).
     pub const fn reported_luns_data_changed() -> Self {
         Sense::new(SenseKey::UnitAttention, 0x3F, 0x0E)

@@ -709,7 +709,11 @@ impl AdminBackend for Daemon {
 
     fn update_volume(&self, name: &str, req: &VolumePatch) -> Result<VolumeInfo, AdminError> {
         let mut st = self.lock();
-        let meta = Self::volume_meta(&st, name)?;
+        let mut meta = Self::volume_meta(&st, name)?;
+        if let Some(full) = req.full {
+            self.set_provisioning(&mut st, &meta, full)?;
+            meta = Self::volume_meta(&st, name)?;
+        }
         let qos = (req.iops_limit.is_some() || req.bandwidth_limit.is_some()).then(|| {
             let mut qos = st.settings.qos(&meta.name);
             let limit = |v: u64| (v > 0).then_some(v);

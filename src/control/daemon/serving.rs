@@ -104,6 +104,52 @@ impl Daemon {
         Ok(())
     }
 
+    /// Makes volume `meta` full (its shard reserves a pool extent for every extent it does not
+    /// own alone, then the catalog records it; 409 `no_space` when the pool cannot) or thin
+    /// (the catalog records it, then the shard gives the reservation back). A crash in between
+    /// leaves what the catalog says, which the next start applies.
+    pub(super) fn set_provisioning(
+        &self,
+        st: &mut State,
+        meta: &ImageMeta,
+        full: bool,
+    ) -> Result<(), AdminError> {
+        if meta.thin != full {
+            return Ok(());
+        }
+        let served = st.served.get(&meta.image).cloned().ok_or_else(|| {
+            AdminError::new(
+                ErrorCode::Conflict,
+                format!("volume {} is not served", meta.name),
+            )
+        })?;
+        let ask = |full: bool| {
+            self.ask(served.shard, |reply| ShardMsg::Provision {
+                target: served.target.clone(),
+                full,
+                reply,
+            })
+        };
+        if full {
+            ask(true).map_err(|e| {
+                let code = if e.contains("cannot reserve") {
+                    ErrorCode::NoSpace
+                } else {
+                    ErrorCode::Internal
+                };
+                AdminError::new(code, format!("volume {}: {e}", meta.name))
+            })?;
+            if let Err(e) = st.pool.set_thin(meta.image, false) {
+                let _ = ask(false);
+                return Err(pool_error(e));
+            }
+        } else {
+            st.pool.set_thin(meta.image, true).map_err(pool_error)?;
+            ask(false).map_err(internal)?;
+        }
+        Ok(())
+    }
+
     /// Hands image `meta` (its map taken from the pool) to a shard as `target`.
     pub(super) fn serve(
         &self,

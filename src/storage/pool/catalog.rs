@@ -655,6 +655,17 @@ impl Pool {
         Ok(())
     }
 
+    /// Makes volume `image` thin provisioned (`thin`) or full, durably (one catalog record).
+    /// The caller reserves or gives back its space (`RefTable::reserve` / `unreserve`).
+    pub fn set_thin(&mut self, image: u64, thin: bool) -> Result<(), PoolError> {
+        let seq = self.next_seq();
+        self.commit(seq, Op::Provision { image, thin })?;
+        if let Some(m) = self.images.get_mut(&image) {
+            m.thin = thin;
+        }
+        Ok(())
+    }
+
     /// Records a new size for `image` (before the shard grows its map).
     pub fn resize(&mut self, image: u64, size: u64) -> Result<(), PoolError> {
         let seq = self.next_seq();
@@ -961,6 +972,11 @@ fn apply(
             // Records of an image deleted later in the same replay were dropped with it.
             if let Some(m) = maps.get_mut(&image) {
                 m.set(lext, pext).map_err(bad)?;
+            }
+        }
+        Op::Provision { image, thin } => {
+            if let Some(meta) = images.get_mut(&image) {
+                meta.thin = thin;
             }
         }
         Op::MapGroup { image, entries } => {

@@ -16,6 +16,8 @@
 //!   record for a large UNMAP / WRITE SAME, where one `Map` per extent would flood the journal).
 //! - `MapGroup { image, entries }`: each `(lext, pext)` of `entries` as a `Map`, all or none (a
 //!   torn record is cut whole): the extents of a WRITE ATOMIC switch together.
+//! - `Provision { image, thin }`: the volume becomes thin (or full: space reserved for every
+//!   extent it does not own alone, which the catalog re-reserves at start).
 //! - `CreateImage(meta)`: adds `meta` to the catalog. With `parent == None` the image is empty
 //!   (every extent unmapped). With `parent == Some(p)` its map becomes a copy of `p`'s map as
 //!   replay has built it at this record's seq: `kind == Snapshot` is a snapshot of volume `p`,
@@ -96,6 +98,8 @@ const RENAME_IMAGE: Field = Field::first(8);
 const GROUP_IMAGE: Field = Field::first(8);
 const GROUP_COUNT: Field = Field::after(GROUP_IMAGE, 4);
 // MAP_GROUP: then `count` entries of lext u64, pext u64.
+const PROVISION_IMAGE: Field = Field::first(8);
+const PROVISION_THIN: Field = Field::after(PROVISION_IMAGE, 1);
 /// Bytes of one `MapGroup` entry.
 const GROUP_ENTRY_LEN: usize = 16;
 /// Most entries of one `MapGroup` (the record stays under [`MAX_RECORD_LEN`]).
@@ -133,6 +137,7 @@ record_kinds! {
     RENAME = 6,
     UNMAP_RANGE = 7,
     MAP_GROUP = 8,
+    PROVISION = 9,
 }
 
 impl std::fmt::Debug for RecordKind {
@@ -201,6 +206,13 @@ pub enum Op {
         /// [`MAX_GROUP_ENTRIES`].
         entries: Vec<(u64, u64)>,
     },
+    /// Volume `image` becomes thin provisioned, or full.
+    Provision {
+        /// Image id.
+        image: u64,
+        /// Thin (true) or full (false).
+        thin: bool,
+    },
 }
 
 impl Op {
@@ -215,6 +227,7 @@ impl Op {
             Op::Rename { .. } => RecordKind::RENAME,
             Op::UnmapRange { .. } => RecordKind::UNMAP_RANGE,
             Op::MapGroup { .. } => RecordKind::MAP_GROUP,
+            Op::Provision { .. } => RecordKind::PROVISION,
         }
     }
 
@@ -252,6 +265,10 @@ impl Op {
                 for &(lext, pext) in entries {
                     u64s(out, &[lext, pext]);
                 }
+            }
+            Op::Provision { image, thin } => {
+                u64s(out, &[*image]);
+                out.push(u8::from(*thin));
             }
         }
         Ok(())
@@ -323,6 +340,22 @@ impl Op {
                 }
             }
             RecordKind::MAP_GROUP => decode_map_group(p)?,
+            RecordKind::PROVISION => {
+                fixed(PROVISION_THIN)?;
+                let thin = match p[PROVISION_THIN.offset] {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(Malformed::Invalid(format!(
+                            "thin flag {other} in a Provision record"
+                        )));
+                    }
+                };
+                Op::Provision {
+                    image: PROVISION_IMAGE.u64(p),
+                    thin,
+                }
+            }
             other => {
                 return Err(Malformed::Invalid(format!(
                     "unknown record kind {}",
@@ -894,9 +927,11 @@ mod tests {
             RENAME_IMAGE,
             GROUP_IMAGE,
             GROUP_COUNT,
+            PROVISION_IMAGE,
+            PROVISION_THIN,
         ]
         .map(|f| f.offset);
-        assert_eq!(payloads, [0, 8, 16, 0, 8, 16, 0, 0, 8, 0, 8, 0, 0, 8]);
+        assert_eq!(payloads, [0, 8, 16, 0, 8, 16, 0, 0, 8, 0, 8, 0, 0, 8, 0, 8]);
     }
 
     #[test]
@@ -1144,6 +1179,7 @@ mod tests {
             ),
             1 => (any::<u64>(), proptest::collection::vec((any::<u64>(), any::<u64>()), 0..40))
                 .prop_map(|(image, entries)| Op::MapGroup { image, entries }),
+            1 => (any::<u64>(), any::<bool>()).prop_map(|(image, thin)| Op::Provision { image, thin }),
         ]
     }
 

@@ -137,6 +137,36 @@ impl ThinVolume {
         self
     }
 
+    /// Makes this thin volume full: reserves one extent of the pool for every logical extent
+    /// it does not own alone (unmapped, or shared with a snapshot or a clone), so that no write
+    /// can ever fail for space. One lookup per mapped extent, on the serving shard. `Ok`: the
+    /// extents reserved (0 when already full); `Err`: the extents needed, which the pool cannot
+    /// reserve (nothing changes).
+    pub fn make_full(&mut self) -> Result<u64, u64> {
+        if self.full {
+            return Ok(0);
+        }
+        let mut owned = 0u64;
+        let map = &self.map;
+        map.for_each_mapped(|lext, _| owned += u64::from(map.is_exclusive(lext)));
+        let need = map.len().saturating_sub(owned);
+        if !self.pool.refs.reserve(need) {
+            return Err(need);
+        }
+        self.full = true;
+        self.reserved_left = need;
+        Ok(need)
+    }
+
+    /// Makes this full volume thin: its reservation goes back to the pool (returned: the
+    /// extents given back).
+    pub fn make_thin(&mut self) -> u64 {
+        let given = std::mem::take(&mut self.reserved_left);
+        self.pool.refs.unreserve(given);
+        self.full = false;
+        given
+    }
+
     /// Extents still reserved for this volume (given back with `unreserve` when it goes).
     pub fn reserved_left(&self) -> u64 {
         self.reserved_left
