@@ -75,16 +75,5 @@ fn an_atomic_write_across_extents_reads_back_whole_and_survives_kill_9() {
     assert_eq!(read(&mut ini, 0, 512), want);
     drop(ini);
     let dir = t.kill();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(dir.path())
-        .arg("check")
-        .output()
-        .expect("shoal check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::check_pool(dir.path());
 }

@@ -93,17 +93,24 @@ fn an_iops_limit_holds_its_volume_back_and_survives_a_restart() {
     assert!(v["bandwidth_limit"].is_null(), "{v}");
 }
 
-#[test]
-fn a_lun_reset_ends_the_commands_a_limit_holds_back_without_running_them() {
+/// A target whose volume is limited to 1 IOPS, and a session that sent `n` READs at once (the
+/// limit holds all but the first back); their ITTs.
+fn reads_held_back(n: usize) -> (Target, RawInitiator, Vec<u32>) {
     let t = Target::start(&[]);
     t.cli_ok(&["volume", "set", "default", "--iops-limit", "1"]);
     let mut ini = session(&t, "default", 1);
-    // 10 READs queued at once: at 1 per second the limit would let them go over 9 s.
     let cdb = support::scsi::read10(0, 8);
-    for _ in 0..10 {
-        ini.send_command(&cdb, 4096, true, false, &[], false);
-    }
+    let itts = (0..n)
+        .map(|_| ini.send_command(&cdb, 4096, true, false, &[], false))
+        .collect();
     std::thread::sleep(Duration::from_millis(100));
+    (t, ini, itts)
+}
+
+#[test]
+fn a_lun_reset_ends_the_commands_a_limit_holds_back_without_running_them() {
+    // 10 READs queued at once: at 1 per second the limit would let them go over 9 s.
+    let (_t, mut ini, _) = reads_held_back(10);
     let start = Instant::now();
     let tmf_itt = ini.send_tmf(5, 0, 0xFFFF_FFFF, 0); // LOGICAL UNIT RESET
     let mut answered = 0;
@@ -136,15 +143,8 @@ fn a_lun_reset_ends_the_commands_a_limit_holds_back_without_running_them() {
 
 #[test]
 fn an_abort_task_ends_a_command_a_limit_holds_back_without_running_it() {
-    let t = Target::start(&[]);
-    t.cli_ok(&["volume", "set", "default", "--iops-limit", "1"]);
-    let mut ini = session(&t, "default", 1);
     // Five READs at once: at 1 per second the last would go after 4 s.
-    let cdb = support::scsi::read10(0, 8);
-    let itts: Vec<u32> = (0..5)
-        .map(|_| ini.send_command(&cdb, 4096, true, false, &[], false))
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    let (_t, mut ini, itts) = reads_held_back(5);
     let last = itts[4];
     let start = Instant::now();
     let tmf_itt = ini.send_tmf(1, 0, last, 0); // ABORT TASK

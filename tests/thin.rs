@@ -643,19 +643,7 @@ fn a_full_pool_grows_online_and_keeps_its_size_and_data_across_kill_9() {
     let back = ini.read10(15 * extent_blocks, 8);
     assert_eq!((back.status(), back.data), (0, pattern(4096, 1)));
     drop(ini);
-    let dir = t.kill();
-    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(dir.path())
-        .arg("check")
-        .output()
-        .expect("shoal check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::check_pool(t.kill().path());
 }
 
 #[test]

@@ -211,18 +211,7 @@ fn a_copy_of_whole_extents_shares_them_until_either_side_is_written() {
     assert_eq!(read_blocks(&mut ini, 32768, blocks), copy);
     drop(ini);
     let dir = t.kill();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(dir.path())
-        .arg("check")
-        .output()
-        .expect("shoal check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::check_pool(dir.path());
 }
 
 /// A session of initiator `name` to volume `volume`.
@@ -346,16 +335,5 @@ fn copy_between_volumes(shards: &str) {
     assert!(read_blocks(&mut b, 0, 16384) == want, "ds2 after kill -9");
     drop(b);
     let dir = t.kill();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--data")
-        .arg(dir.path())
-        .arg("check")
-        .output()
-        .expect("shoal check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::check_pool(dir.path());
 }

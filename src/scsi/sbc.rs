@@ -185,20 +185,7 @@ pub fn read(info: &LunInfo, io: &BlockIo) -> Outcome {
 /// FUA is forced when the write cache is disabled (WCE=0), so that every acknowledged write is
 /// durable.
 pub fn write(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &[u8]) -> Outcome {
-    if info.read_only {
-        return fail(Sense::write_protected());
-    }
-    let range = byte_range(info, io, info.max_transfer_blocks);
-    match range.and_then(|(offset, len)| Ok((offset, usable_data_out(info, len, data_out)?))) {
-        Err(sense) => fail(sense),
-        Ok((_, 0)) => done_good(),
-        Ok((offset, len)) => Outcome::Write {
-            offset,
-            len,
-            fua: io.fua || !write_cache,
-            atomic: false,
-        },
-    }
+    write_request(info, write_cache, io, data_out, false)
 }
 
 /// WRITE ATOMIC (16) (SBC-4 5.48): as WRITE, but the blocks land all or none, even across a
@@ -209,10 +196,26 @@ pub fn write_atomic(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &
     if info.max_atomic_blocks == 0 {
         return fail(Sense::invalid_opcode());
     }
+    write_request(info, write_cache, io, data_out, true)
+}
+
+/// The write request of a WRITE or (`atomic`) WRITE ATOMIC, with their checks.
+fn write_request(
+    info: &LunInfo,
+    write_cache: bool,
+    io: &BlockIo,
+    data_out: &[u8],
+    atomic: bool,
+) -> Outcome {
     if info.read_only {
         return fail(Sense::write_protected());
     }
-    let range = byte_range(info, io, info.max_atomic_blocks);
+    let max = if atomic {
+        info.max_atomic_blocks
+    } else {
+        info.max_transfer_blocks
+    };
+    let range = byte_range(info, io, max);
     match range.and_then(|(offset, len)| Ok((offset, usable_data_out(info, len, data_out)?))) {
         Err(sense) => fail(sense),
         Ok((_, 0)) => done_good(),
@@ -220,7 +223,7 @@ pub fn write_atomic(info: &LunInfo, write_cache: bool, io: &BlockIo, data_out: &
             offset,
             len,
             fua: io.fua || !write_cache,
-            atomic: true,
+            atomic,
         },
     }
 }

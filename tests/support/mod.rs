@@ -237,6 +237,23 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
 }
 
 /// Runs a command and asserts success, returning stdout.
+/// `shoal check` of the (stopped) pool in data directory `dir` must find nothing wrong.
+pub fn check_pool(dir: &Path) {
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--data")
+            .arg(dir)
+            .arg("check"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "shoal check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
     let desc = format!("{cmd:?}");
     let out = run(cmd, timeout);
