@@ -14,7 +14,9 @@
 //!   units are on the command's shard it lends and adopts itself; otherwise it hands the chunk
 //!   to the control plane's copy thread ([`CrossCopy`], `Daemon::cross_copy`), which asks the
 //!   source's shard to lend and the destination's to adopt, and answers with
-//!   `ShardMsg::CopyDone`. Shards never wait for one another.
+//!   `ShardMsg::CopyDone`. Shards never wait for one another, and the copy thread does not
+//!   wait long for the control state (an admin operation holding it may be waiting for this
+//!   very command): after 200 ms it refuses the chunk.
 //! - **References.** Lent extents carry one reference each from the moment they are lent; the
 //!   adopting map takes them over, or whoever refuses them gives them back — except on a
 //!   journal error (the adopter disposed of them) or when a shard did not answer (left counted:
@@ -238,7 +240,12 @@ impl Shard {
             return Err(CopyRefusal::NotReachable);
         }
         let adopted = thin.adopt_extents(first, lent);
-        self.after_adopt(lun, first, count, adopted)
+        match self.after_adopt(lun, first, count, adopted) {
+            // Cannot happen (the same checks just passed on this thread), but if it did,
+            // `adopt_extents` gave the references back: say so, so nobody releases them again.
+            Err(CopyRefusal::NotReachable) => Err(CopyRefusal::Io),
+            other => other,
+        }
     }
 
     /// Read-ahead dropped over the changed range, and the outcome of a share or adoption.

@@ -6,6 +6,9 @@
 use super::*;
 use crate::runtime::xcopy::{CopyRefusal, CopySide, CrossCopy};
 
+/// How long a chunk waits for the control state before it is refused.
+const STATE_WAIT: Duration = Duration::from_millis(200);
+
 /// Where one side of a copy is served: (shard, target, the initiator to check there — `None`
 /// for the command's own unit).
 type Side = (usize, String, Option<String>);
@@ -24,7 +27,11 @@ impl Daemon {
 
     fn copy_across_shards(&self, request: &CrossCopy) -> Result<(), CopyRefusal> {
         let (src, dst, refs) = {
-            let st = self.lock();
+            // Not `lock`: an admin operation holding the state may be waiting for the very
+            // command this chunk belongs to (a volume being taken offline waits for its
+            // commands), so a busy state refuses the chunk (the host copies by itself) rather
+            // than wait.
+            let st = self.lock_briefly().ok_or(CopyRefusal::NotReachable)?;
             let side = |s: &CopySide| Self::copy_side(&st, s, request);
             let shared = Arc::clone(st.pool.shared());
             (side(&request.src), side(&request.dst), shared)
@@ -66,6 +73,22 @@ impl Daemon {
                 eprintln!("shoal: extended copy to {}: {e}", request.initiator);
                 Err(CopyRefusal::NotReachable)
             }
+        }
+    }
+
+    /// The state, if no one holds it for long: tries for up to [`STATE_WAIT`].
+    fn lock_briefly(&self) -> Option<MutexGuard<'_, State>> {
+        let deadline = std::time::Instant::now() + STATE_WAIT;
+        loop {
+            match self.state.try_lock() {
+                Ok(st) => return Some(st),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
