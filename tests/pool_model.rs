@@ -973,15 +973,22 @@ impl Harness {
     }
 
     /// EXTENDED COPY by reference of `count` extents from `src` of volume `a` to `dst` of
-    /// volume `b`: lent by `a` unless it is full, adopted by `b` unless it is full; refused
-    /// references are given back (as the shard and the copy thread do), and then nothing
-    /// changes.
+    /// volume `b`: lent by `a` and adopted by `b` (a full volume may refuse either, when the
+    /// pool cannot grow its reservation: the checks after this step hold it to "never out of
+    /// space"); refused references are given back (as the shard and the copy thread do), and
+    /// then nothing changes.
     fn share_across(&mut self, a: u64, b: u64, src: u64, dst: u64, count: u64) -> Outcome {
-        let lent = self.vols[&a].lend_extents(src, count);
+        let lent = self
+            .vols
+            .get_mut(&a)
+            .expect("served")
+            .lend_extents(src, count);
         let (from_full, to_full) = (self.model[&a].full, self.model[&b].full);
+        // A thin volume with no write in flight always lends; a full one may not, when the
+        // pool cannot grow its reservation.
         ensure!(
-            lent.is_some() != from_full,
-            "lend from {} (full: {from_full}): {lent:?}",
+            lent.is_some() || from_full,
+            "lend from thin {} refused",
             self.model[&a].name
         );
         let adopted = match lent {
@@ -991,8 +998,8 @@ impl Harness {
                     .adopt_extents(dst, lent)
                     .map_err(|e| format!("adopt into image {b}: {e}"))?;
                 ensure!(
-                    adopted != to_full,
-                    "adopt into {} (full: {to_full}): {adopted}",
+                    adopted || to_full,
+                    "adopt into thin {} refused",
                     self.model[&b].name
                 );
                 adopted
@@ -1019,9 +1026,10 @@ impl Harness {
         Ok(())
     }
 
-    /// EXTENDED COPY by reference of `count` extents from `src` to `dst` of volume `id`: a
-    /// thin volume's destination extents then read as the sources did (overlapping ranges as
-    /// if through a buffer); a full volume refuses (its copy moves the data) and is unchanged.
+    /// EXTENDED COPY by reference of `count` extents from `src` to `dst` of volume `id`: the
+    /// destination extents then read as the sources did (overlapping ranges as if through a
+    /// buffer); a full volume first grows its reservation for what it will share, or refuses
+    /// (its copy then moves the data) and is unchanged.
     fn share(&mut self, id: u64, src: u64, dst: u64, count: u64) -> Outcome {
         let full = self.model[&id].full;
         let v = self.vols.get_mut(&id).expect("served");
@@ -1034,14 +1042,14 @@ impl Harness {
             m.name,
             if shared { "shared" } else { "refused" }
         ));
-        if full {
-            ensure!(!shared, "a full volume shared extents");
+        if !shared {
+            // Only a full volume whose reservation the pool cannot grow refuses.
+            ensure!(
+                full,
+                "a thin volume with no write in flight refused to share"
+            );
             return Ok(());
         }
-        ensure!(
-            shared,
-            "a thin volume with no write in flight refused to share"
-        );
         let sources: Vec<Vec<u8>> = (src..src + count).map(|l| m.extent(l).to_vec()).collect();
         m.remember(dst * ES, (dst + count) * ES);
         for (lext, bytes) in (dst..).zip(sources) {

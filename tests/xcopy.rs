@@ -337,3 +337,46 @@ fn copy_between_volumes(shards: &str) {
     let dir = t.kill();
     support::check_pool(dir.path());
 }
+
+/// A thick volume copies by reference too: it reserves the space its newly shared extents may
+/// need, so a write after the copy still never runs out of space.
+#[test]
+fn a_thick_volume_copies_by_reference_and_reserves_for_what_it_shares() {
+    let t = Target::start(&["--size", "1M"]);
+    t.cli_ok(&["volume", "create", "thick", "--size", "16M", "--full"]);
+    let mut ini = session_as(&t, "iqn.2026-11.dev.shoal:esx-1", "thick", 1);
+    let me = ini.naa_designator();
+    let data = pattern(31, 4 << 20);
+    write_blocks(&mut ini, 0, &data);
+    let reserved = |t: &Target| {
+        let v: serde_json::Value =
+            serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", "thick"])).unwrap();
+        v["reserved_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(reserved(&t), 12 << 20, "the 12 MiB it has not written");
+    let used = pool_used(&t);
+    let r = ini.extended_copy(
+        1,
+        0,
+        &[xcopy_cscd(&me)],
+        &[xcopy_segment(0, 8192, 0, 16384)],
+    );
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert_eq!(pool_used(&t), used, "shared, not copied");
+    assert_eq!(
+        reserved(&t),
+        16 << 20,
+        "its 4 MiB source is shared now: reserved too"
+    );
+    assert!(
+        read_blocks(&mut ini, 16384, 8192) == data,
+        "the copy reads back"
+    );
+    // Rewriting both sides takes new extents from the reservation (or writes in place once the
+    // other side's copy let go), and what it still has not written stays covered.
+    write_blocks(&mut ini, 0, &pattern(32, 4 << 20));
+    write_blocks(&mut ini, 16384, &pattern(33, 4 << 20));
+    assert!(reserved(&t) >= 8 << 20, "{}", reserved(&t));
+    write_blocks(&mut ini, 8192, &pattern(34, 4 << 20));
+    write_blocks(&mut ini, 24576, &pattern(35, 4 << 20));
+}

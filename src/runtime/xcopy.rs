@@ -19,8 +19,12 @@
 //!   very command): after 200 ms it refuses the chunk.
 //! - **References.** Lent extents carry one reference each from the moment they are lent; the
 //!   adopting map takes them over, or whoever refuses them gives them back — except on a
-//!   journal error (the adopter disposed of them) or when a shard did not answer (left counted:
-//!   space lost until the next start recounts, never an extent freed while mapped).
+//!   journal error or a late refusal (the adopter disposed of them) or when a shard did not
+//!   answer (left counted: space lost until the next start recounts, never an extent freed
+//!   while mapped).
+//! - **Full volumes** lend and adopt too: each first reserves one more pool extent for every
+//!   extent it owned alone and now shares (`ThinVolume::lend_extents` / `adopt_extents`), so
+//!   it still never runs out of space; when the pool cannot, the copy is refused.
 
 use super::io::Phase;
 use super::shard::{KIND_IO, Shard, log_error, user_data};
@@ -31,11 +35,15 @@ use crate::scsi::xcopy::CopySegment;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyRefusal {
     /// Not served, not reachable by this initiator, a reservation forbids it, partial extents,
-    /// a full or write-protected destination, extents being remapped: COPY TARGET DEVICE NOT
+    /// a write-protected destination, extents being remapped: COPY TARGET DEVICE NOT
     /// REACHABLE. Lent extents sent along were not taken.
     NotReachable,
     /// Past the unit's end: LOGICAL BLOCK ADDRESS OUT OF RANGE. Lent extents were not taken.
     OutOfRange,
+    /// The destination refused once it had the lent extents (a full volume whose reservation
+    /// the pool cannot grow): COPY TARGET DEVICE NOT REACHABLE, the references already given
+    /// back.
+    Refused,
     /// A journal record could not be written; lent extents were disposed of.
     Io,
 }
@@ -44,7 +52,7 @@ impl CopyRefusal {
     /// The ASC / ASCQ of the COPY ABORTED it ends the command with (`None`: an I/O error).
     fn sense_codes(self) -> Option<(u8, u8)> {
         match self {
-            CopyRefusal::NotReachable => Some((0x0D, 0x02)),
+            CopyRefusal::NotReachable | CopyRefusal::Refused => Some((0x0D, 0x02)),
             CopyRefusal::OutOfRange => Some((0x21, 0x00)),
             CopyRefusal::Io => None,
         }
@@ -241,9 +249,8 @@ impl Shard {
         }
         let adopted = thin.adopt_extents(first, lent);
         match self.after_adopt(lun, first, count, adopted) {
-            // Cannot happen (the same checks just passed on this thread), but if it did,
             // `adopt_extents` gave the references back: say so, so nobody releases them again.
-            Err(CopyRefusal::NotReachable) => Err(CopyRefusal::Io),
+            Err(CopyRefusal::NotReachable) => Err(CopyRefusal::Refused),
             other => other,
         }
     }

@@ -59,7 +59,8 @@ impl Daemon {
         });
         match adopted {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(CopyRefusal::Io)) => Err(CopyRefusal::Io),
+            // Disposed of by the destination's shard.
+            Ok(Err(refusal @ (CopyRefusal::Io | CopyRefusal::Refused))) => Err(refusal),
             Ok(Err(refusal)) => {
                 // Not taken: the references go back.
                 for p in lent.into_iter().flatten() {

@@ -371,13 +371,14 @@ impl ThinVolume {
 
     /// The physical extents of logical extents `first..first + count` (`None`: unmapped), each
     /// with one more reference, which the caller hands to [`ThinVolume::adopt_extents`] (of
-    /// this or another volume of the pool) or gives back with `RefTable::release`. `None`,
-    /// changing nothing, for a full volume (sharing would break its reservation), a range
-    /// outside the map, an extent being remapped by a write in flight, or an extent already
-    /// shared [`MAX_SHARES`] times (a host copying one extent over and over must not take its
-    /// count near overflow).
-    pub fn lend_extents(&self, first: u64, count: u64) -> Option<Vec<Option<u64>>> {
-        if self.full || !self.in_map(first, count) || self.any_busy(first, count) {
+    /// this or another volume of the pool) or gives back with [`ThinVolume::give_back`].
+    /// A full volume first reserves one more extent for each extent of the range it owns
+    /// alone (shared from now on, rewriting it will take a new one). `None`, changing nothing,
+    /// for a range outside the map, an extent being remapped by a write in flight, an extent
+    /// already shared [`MAX_SHARES`] times (a host copying one extent over and over must not
+    /// take its count near overflow), or a full volume whose reservation the pool cannot grow.
+    pub fn lend_extents(&mut self, first: u64, count: u64) -> Option<Vec<Option<u64>>> {
+        if !self.in_map(first, count) || self.any_busy(first, count) {
             return None;
         }
         let lent: Vec<Option<u64>> = (first..first + count).map(|l| self.map.get(l)).collect();
@@ -385,24 +386,30 @@ impl ThinVolume {
         if lent.iter().flatten().any(|&p| refs.count(p) >= MAX_SHARES) {
             return None;
         }
+        if self.full {
+            let owned = (first..first + count).filter(|&l| self.map.is_exclusive(l));
+            self.grow_reservation(owned.count() as u64)?;
+        }
         for &p in lent.iter().flatten() {
             // The map holds a reference, so the extent cannot be freed under us.
-            refs.incr(p);
+            self.pool.refs.incr(p);
         }
         Some(lent)
     }
 
-    /// Whether [`ThinVolume::adopt_extents`] would take `count` extents from `first`: not a
-    /// full volume or an exported snapshot, a range inside the map, no extent of it being
-    /// remapped.
+    /// Whether [`ThinVolume::adopt_extents`] may take `count` extents from `first`: not an
+    /// exported snapshot, a range inside the map, no extent of it being remapped (a full
+    /// volume may still refuse, when the pool cannot grow its reservation).
     pub fn may_adopt(&self, first: u64, count: u64) -> bool {
-        !self.full && !self.read_only && self.in_map(first, count) && !self.any_busy(first, count)
+        !self.read_only && self.in_map(first, count) && !self.any_busy(first, count)
     }
 
     /// Maps logical extents from `first` to the physical extents `lent` (from
     /// [`ThinVolume::lend_extents`], their references included), one `Map` record per changed
-    /// extent. `Ok(false)` when this volume cannot take them ([`ThinVolume::may_adopt`]); the
-    /// references are then given back, as they are on an error.
+    /// extent. A full volume first reserves one more extent for each extent it owned alone
+    /// and now shares (or, unmapped by the copy, may write again). `Ok(false)` when this volume
+    /// cannot take them ([`ThinVolume::may_adopt`], or a full volume's reservation the pool
+    /// cannot grow); the references are then given back, as they are on an error.
     pub fn adopt_extents(
         &mut self,
         first: u64,
@@ -412,6 +419,15 @@ impl ThinVolume {
         if !self.may_adopt(first, count) {
             self.give_back(lent);
             return Ok(false);
+        }
+        if self.full {
+            let replaced = (first..).zip(&lent).filter(|&(lext, &source)| {
+                self.map.get(lext) != source && self.map.is_exclusive(lext)
+            });
+            if self.grow_reservation(replaced.count() as u64).is_none() {
+                self.give_back(lent);
+                return Ok(false);
+            }
         }
         let mut rest = lent.into_iter();
         for lext in first..first + count {
@@ -428,6 +444,18 @@ impl ThinVolume {
             }
         }
         Ok(true)
+    }
+
+    /// A full volume about to share `n` extents it owned alone: reserves `n` more (`None` when
+    /// the pool cannot), and voids reservation trims measured before (they counted those
+    /// extents as owned).
+    fn grow_reservation(&mut self, n: u64) -> Option<()> {
+        self.share_epoch += 1;
+        if n > 0 && !self.pool.refs.reserve(n) {
+            return None;
+        }
+        self.reserved_left += n;
+        Some(())
     }
 
     /// Drops references lent by [`ThinVolume::lend_extents`] that no map took over.
