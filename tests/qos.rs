@@ -107,6 +107,24 @@ fn reads_held_back(n: usize) -> (Target, RawInitiator, Vec<u32>) {
     (t, ini, itts)
 }
 
+/// Receives until the FUNCTION COMPLETE of task management request `tmf_itt`, handing every
+/// other PDU to `other`.
+fn until_tmf_done(
+    ini: &mut RawInitiator,
+    tmf_itt: u32,
+    mut other: impl FnMut(&support::initiator::Pdu),
+) {
+    loop {
+        let p = ini.expect_pdu();
+        if p.bhs.opcode() == Opcode::TASK_MGMT_RESPONSE {
+            assert_eq!(p.bhs.itt(), tmf_itt);
+            assert_eq!(p.bhs.0[2], 0, "FUNCTION COMPLETE");
+            return;
+        }
+        other(&p);
+    }
+}
+
 #[test]
 fn a_lun_reset_ends_the_commands_a_limit_holds_back_without_running_them() {
     // 10 READs queued at once: at 1 per second the limit would let them go over 9 s.
@@ -114,15 +132,7 @@ fn a_lun_reset_ends_the_commands_a_limit_holds_back_without_running_them() {
     let start = Instant::now();
     let tmf_itt = ini.send_tmf(5, 0, 0xFFFF_FFFF, 0); // LOGICAL UNIT RESET
     let mut answered = 0;
-    loop {
-        let p = ini.expect_pdu();
-        if p.bhs.opcode() == Opcode::TASK_MGMT_RESPONSE {
-            assert_eq!(p.bhs.itt(), tmf_itt);
-            assert_eq!(p.bhs.0[2], 0, "FUNCTION COMPLETE");
-            break;
-        }
-        answered += 1;
-    }
+    until_tmf_done(&mut ini, tmf_itt, |_| answered += 1);
     let took = start.elapsed();
     assert!(
         answered <= 2,
@@ -158,15 +168,7 @@ fn an_abort_task_ends_a_command_a_limit_holds_back_without_running_it() {
             answered.push(itt);
         }
     };
-    loop {
-        let p = ini.expect_pdu();
-        if p.bhs.opcode() == Opcode::TASK_MGMT_RESPONSE {
-            assert_eq!(p.bhs.itt(), tmf_itt);
-            assert_eq!(p.bhs.0[2], 0, "FUNCTION COMPLETE");
-            break;
-        }
-        note(&p, &mut answered);
-    }
+    until_tmf_done(&mut ini, tmf_itt, |p| note(p, &mut answered));
     let took = start.elapsed();
     assert!(
         took < Duration::from_secs(3),
