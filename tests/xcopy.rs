@@ -380,3 +380,64 @@ fn a_thick_volume_copies_by_reference_and_reserves_for_what_it_shares() {
     write_blocks(&mut ini, 8192, &pattern(34, 4 << 20));
     write_blocks(&mut ini, 24576, &pattern(35, 4 << 20));
 }
+
+/// Copies by reference racing writes to their source: a writer rewrites extents of region A
+/// (checking each write reads back) while another session copies A to B and B to C over and
+/// over. A's data is exactly the writer's, and after kill -9 the pool's counts check out.
+#[test]
+fn copies_by_reference_racing_writes_keep_the_pool_consistent() {
+    let t = Target::start(&["--size", "64M", "--shards", "1"]);
+    let mut copier = RawInitiator::login_default(t.addr, 1, &[]);
+    while copier.test_unit_ready() != 0 {}
+    let me = copier.naa_designator();
+    let region = 4 << 20; // bytes: A at 0, B at 16 MiB, C at 32 MiB
+    let mut writer = RawInitiator::login_default(t.addr, 2, &[]);
+    while writer.test_unit_ready() != 0 {}
+    write_blocks(&mut writer, 0, &pattern(40, region));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let copies = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let blocks = (region / BLOCK) as u16;
+                for (src, dst) in [(0u64, 32768u64), (32768, 65536)] {
+                    let r = copier.extended_copy(
+                        0,
+                        0b11,
+                        &[xcopy_cscd(&me)],
+                        &[xcopy_segment(0, blocks, src, dst)],
+                    );
+                    assert_eq!(r.status(), 0, "{:?}", r.sense());
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut expected = pattern(40, region);
+    let mut seed = 41u64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(2) {
+        // 64 KiB (one extent) at a pseudo-random extent of A.
+        let extent = (seed * 7919 % 64) as usize;
+        let data = pattern(seed, 64 << 10);
+        let lba = (extent * (64 << 10) / BLOCK) as u32;
+        assert_eq!(writer.write10(lba, &data).status(), 0);
+        expected[extent * (64 << 10)..][..64 << 10].copy_from_slice(&data);
+        assert!(
+            read_blocks(&mut writer, lba, 128) == data,
+            "write {seed} reads back"
+        );
+        seed += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = copies.join().expect("copier");
+    assert!(rounds > 0, "no copy ran");
+    assert!(
+        read_blocks(&mut writer, 0, region / BLOCK) == expected,
+        "A is the writer's"
+    );
+    drop(writer);
+    support::check_pool(t.kill().path());
+}
