@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use shoal::cli::{self, AdminArgs, CliCommand, CliError};
 use shoal::control::admin::{self, AdminServer};
 use shoal::control::api::{
-    AdminBackend, AdminError, ClassStats, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, HistogramReport, LunStatsReport, PoolSettings, PoolStatus, ResetReport,
-    Resize, SnapshotInfo, StatsClass, StatsQuery, StatsReport, VolumeInfo,
+    AdminBackend, AdminError, ClassStats, CreateClone, CreateSnapshot, CreateSnapshotGroup,
+    CreateVolume, ErrorBody, ErrorCode, Export, HistogramReport, LunStatsReport, PoolSettings,
+    PoolStatus, ResetReport, Resize, SnapshotInfo, StatsClass, StatsQuery, StatsReport, VolumeInfo,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -268,6 +268,22 @@ impl AdminBackend for Fake {
             m.refresh_counts();
             Ok(s)
         })
+    }
+
+    fn create_snapshot_group(
+        &self,
+        req: &CreateSnapshotGroup,
+    ) -> Result<Vec<SnapshotInfo>, AdminError> {
+        req.snapshots
+            .iter()
+            .map(|full| {
+                let (volume, name) = full.split_once('@').unwrap_or((full, ""));
+                self.create_snapshot(&CreateSnapshot {
+                    volume: volume.to_string(),
+                    name: name.to_string(),
+                })
+            })
+            .collect()
     }
 
     fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
@@ -697,6 +713,26 @@ fn snapshots_and_clones_over_http() {
         404,
         ErrorCode::NotFound,
     );
+
+    let group: Vec<SnapshotInfo> = h.json(
+        "POST",
+        "/v1/snapshot-groups",
+        Some(r#"{"snapshots":["golden@g","other@g"]}"#),
+        201,
+    );
+    let names: Vec<&str> = group.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["golden@g", "other@g"]);
+    h.error(
+        "POST",
+        "/v1/snapshot-groups",
+        Some(r#"{"snapshots":["golden@g"],"extra":1}"#),
+        400,
+        ErrorCode::InvalidArgument,
+    );
+    for gone in ["golden@g", "other@g"] {
+        let (status, _) = h.call("DELETE", &format!("/v1/snapshots/{gone}"), None);
+        assert_eq!(status, 204);
+    }
 
     let all: Vec<SnapshotInfo> = h.json("GET", "/v1/snapshots", None, 200);
     assert_eq!(all.len(), 2);

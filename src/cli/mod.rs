@@ -16,10 +16,10 @@
 use crate::config::{self, ConfigError};
 use crate::control::admin;
 use crate::control::api::{
-    AccessInfo, AdminError, ChapInfo, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, PoolStatus, Rename, ReservationsInfo, ResetReport, Resize,
-    ScheduleInfo, SnapshotDiff, SnapshotInfo, SnapshotSchedule, StatsQuery, StatsReport,
-    VolumeChap, VolumeInfo, VolumePatch,
+    AccessInfo, AdminError, ChapInfo, CreateClone, CreateSnapshot, CreateSnapshotGroup,
+    CreateVolume, ErrorBody, ErrorCode, Export, PoolSettings, PoolStatus, Rename, ReservationsInfo,
+    ResetReport, Resize, ScheduleInfo, SnapshotDiff, SnapshotInfo, SnapshotSchedule, StatsQuery,
+    StatsReport, VolumeChap, VolumeInfo, VolumePatch,
 };
 use crate::control::{schedule, settings};
 use clap::Subcommand;
@@ -222,11 +222,12 @@ pub enum VolumeCommand {
 /// `shoal snapshot ...`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum SnapshotCommand {
-    /// Take a snapshot of a volume.
+    /// Take a snapshot of a volume; of several at one instant (crash-consistent together:
+    /// their new writes are held a moment), given several.
     Create {
-        /// VOLUME@SNAP.
-        #[arg(value_name = "VOLUME@SNAP")]
-        snapshot: SnapshotRef,
+        /// VOLUME@SNAP, one or more (each volume once).
+        #[arg(value_name = "VOLUME@SNAP", required = true, num_args = 1..)]
+        snapshots: Vec<SnapshotRef>,
     },
     /// List snapshots, of one volume or all.
     List {
@@ -761,6 +762,14 @@ impl AdminClient {
         self.fetch("POST", "/v1/snapshots", Some(req))
     }
 
+    /// `POST /v1/snapshot-groups`.
+    pub fn create_snapshot_group(
+        &self,
+        req: &CreateSnapshotGroup,
+    ) -> Result<Fetched<Vec<SnapshotInfo>>, CliError> {
+        self.fetch("POST", "/v1/snapshot-groups", Some(req))
+    }
+
     /// `DELETE /v1/snapshots/{vol}@{snap}`.
     pub fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), CliError> {
         let path = format!("/v1/snapshots/{}", encode_snapshot(volume, snapshot));
@@ -1003,13 +1012,26 @@ pub fn execute(
             }
         },
         CliCommand::Snapshot(cmd) => match cmd {
-            SnapshotCommand::Create { snapshot } => {
-                let req = CreateSnapshot {
-                    volume: snapshot.volume.clone(),
-                    name: snapshot.snapshot.clone(),
-                };
-                render(json, &client.create_snapshot(&req)?, show_snapshot)
-            }
+            SnapshotCommand::Create { snapshots } => match snapshots.as_slice() {
+                [snapshot] => {
+                    let req = CreateSnapshot {
+                        volume: snapshot.volume.clone(),
+                        name: snapshot.snapshot.clone(),
+                    };
+                    render(json, &client.create_snapshot(&req)?, show_snapshot)
+                }
+                many => {
+                    let req = CreateSnapshotGroup {
+                        snapshots: many
+                            .iter()
+                            .map(|s| format!("{}@{}", s.volume, s.snapshot))
+                            .collect(),
+                    };
+                    render(json, &client.create_snapshot_group(&req)?, |s| {
+                        snapshot_table(s)
+                    })
+                }
+            },
             SnapshotCommand::List { volume } => {
                 render(json, &client.list_snapshots(volume.as_deref())?, |s| {
                     snapshot_table(s)

@@ -14,9 +14,9 @@
 //! reads it back with [`read_addr_file`].
 
 use super::api::{
-    AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateVolume, ErrorBody,
-    ErrorCode, Export, PoolSettings, Rename, Resize, SnapshotSchedule, StatsClass, StatsQuery,
-    VolumeChap, VolumePatch,
+    AccessInfo, AdminBackend, AdminError, CreateClone, CreateSnapshot, CreateSnapshotGroup,
+    CreateVolume, ErrorBody, ErrorCode, Export, PoolSettings, Rename, Resize, SnapshotSchedule,
+    StatsClass, StatsQuery, VolumeChap, VolumePatch,
 };
 use super::metrics;
 use crate::cli::CliError;
@@ -649,6 +649,7 @@ enum Route {
     VolumeSchedule(String),
     VolumeChap(String),
     Snapshots,
+    SnapshotGroups,
     Snapshot(String),
     SnapshotRollback(String),
     SnapshotExport(String),
@@ -683,6 +684,7 @@ impl Route {
             | Route::VolumeRename(_)
             | Route::SnapshotRollback(_)
             | Route::SnapshotExport(_)
+            | Route::SnapshotGroups
             | Route::Clones => "POST",
         }
     }
@@ -746,6 +748,7 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "volumes", name, "schedule"] => Route::VolumeSchedule(name.to_string()),
         ["v1", "volumes", name, "chap"] => Route::VolumeChap(name.to_string()),
         ["v1", "snapshots"] => Route::Snapshots,
+        ["v1", "snapshot-groups"] => Route::SnapshotGroups,
         ["v1", "snapshots", snap] => Route::Snapshot(snap.to_string()),
         ["v1", "snapshots", snap, "rollback"] => Route::SnapshotRollback(snap.to_string()),
         ["v1", "snapshots", snap, "export"] => Route::SnapshotExport(snap.to_string()),
@@ -1039,6 +1042,10 @@ fn route_and_call(
             let req: CreateSnapshot = parse_body(body).map_err(err)?;
             Reply::json(201, &backend.create_snapshot(&req).map_err(err)?)
         }
+        ("POST", Route::SnapshotGroups) => {
+            let req: CreateSnapshotGroup = parse_body(body).map_err(err)?;
+            Reply::json(201, &backend.create_snapshot_group(&req).map_err(err)?)
+        }
         ("GET", Route::Snapshot(s)) => {
             let (vol, snap) = split_snapshot(s).map_err(err)?;
             let all = backend.list_snapshots(Some(vol)).map_err(err)?;
@@ -1253,6 +1260,12 @@ pub(crate) mod tests {
         }
         fn create_snapshot(&self, req: &CreateSnapshot) -> Result<SnapshotInfo, AdminError> {
             self.missing(format!("create_snapshot {}@{}", req.volume, req.name))
+        }
+        fn create_snapshot_group(
+            &self,
+            req: &CreateSnapshotGroup,
+        ) -> Result<Vec<SnapshotInfo>, AdminError> {
+            self.missing(format!("create_snapshot_group {}", req.snapshots.join(",")))
         }
         fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
             self.record(format!("delete_snapshot {volume} {snapshot}"));

@@ -251,6 +251,14 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
+/// `POST /v1/snapshot-groups`: snapshots of several volumes taken at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotGroup {
+    /// `VOLUME@SNAP` of each, every volume once.
+    pub snapshots: Vec<String>,
+}
+
 /// `POST /v1/clones`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateClone {
@@ -724,6 +732,11 @@ pub trait AdminBackend: Send + Sync {
     fn list_snapshots(&self, volume: Option<&str>) -> Result<Vec<SnapshotInfo>, AdminError>;
     /// Takes a snapshot.
     fn create_snapshot(&self, req: &CreateSnapshot) -> Result<SnapshotInfo, AdminError>;
+    /// Takes snapshots of several volumes at one instant (crash-consistent together).
+    fn create_snapshot_group(
+        &self,
+        req: &CreateSnapshotGroup,
+    ) -> Result<Vec<SnapshotInfo>, AdminError>;
     /// Deletes a snapshot.
     fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError>;
     /// Rolls a volume back to one of its snapshots (volume offline to initiators).

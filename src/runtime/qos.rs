@@ -87,6 +87,9 @@ pub struct Throttle<T> {
     bytes: Option<Bucket>,
     last: Option<Instant>,
     waiting: VecDeque<Held<T>>,
+    /// Frozen for a consistent snapshot of several volumes: every command held until
+    /// [`Throttle::thaw`], or this instant at the latest.
+    frozen_until: Option<Instant>,
 }
 
 impl<T> Default for Throttle<T> {
@@ -97,6 +100,7 @@ impl<T> Default for Throttle<T> {
             bytes: None,
             last: None,
             waiting: VecDeque::new(),
+            frozen_until: None,
         }
     }
 }
@@ -112,6 +116,22 @@ impl<T> Throttle<T> {
     /// The limits enforced.
     pub fn limits(&self) -> QosLimits {
         self.limits
+    }
+
+    /// Holds every command from now on, in order, until [`Throttle::thaw`] or `until` (so a
+    /// freeze nobody lifts ends by itself).
+    pub fn freeze(&mut self, until: Instant) {
+        self.frozen_until = Some(until);
+    }
+
+    /// Lets the commands a freeze held go (at the limits' pace).
+    pub fn thaw(&mut self) {
+        self.frozen_until = None;
+    }
+
+    /// Whether a freeze holds commands at `now`.
+    pub fn frozen(&self, now: Instant) -> bool {
+        self.frozen_until.is_some_and(|until| now < until)
     }
 
     /// Enforces `limits` from now on (buckets full). The commands waiting stay in order; with
@@ -133,7 +153,7 @@ impl<T> Throttle<T> {
     /// a token; it then takes its share.
     pub fn admit(&mut self, now: Instant, bytes: u64) -> bool {
         // Behind commands still waiting (even with the limits just removed), in order.
-        if !self.waiting.is_empty() {
+        if self.frozen(now) || !self.waiting.is_empty() {
             return false;
         }
         if self.ops.is_none() && self.bytes.is_none() {
@@ -150,7 +170,7 @@ impl<T> Throttle<T> {
 
     /// The waiting commands that may run now, in order (all of them when no limit is left).
     pub fn release(&mut self, now: Instant, out: &mut Vec<Held<T>>) {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() || self.frozen(now) {
             return;
         }
         if self.ops.is_none() && self.bytes.is_none() {
@@ -169,6 +189,12 @@ impl<T> Throttle<T> {
     /// How long until the first waiting command may run (`None`: nothing waits).
     pub fn wait(&self) -> Option<Duration> {
         let _ = self.waiting.front()?;
+        if let Some(until) = self.frozen_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Some(left);
+            }
+        }
         let ops = self.ops.map_or(Duration::ZERO, |b| b.time_to(1.0));
         let bytes = self.bytes.map_or(Duration::ZERO, |b| b.time_to(1.0));
         Some(ops.max(bytes))
@@ -323,6 +349,30 @@ mod tests {
         assert_eq!(t.waiting(), 0);
         // Order kept: the waiting commands come out by their index.
         assert!(out.windows(2).all(|w| w[0].what < w[1].what));
+    }
+
+    /// A freeze holds every command, in order, even with no limit; thawing, or its end,
+    /// lets them all go.
+    #[test]
+    fn a_freeze_holds_everything_until_thawed_or_over() {
+        let t0 = Instant::now();
+        let mut t: Throttle<u32> = Throttle::new(limits(None, None));
+        t.freeze(t0 + Duration::from_secs(1));
+        assert!(t.frozen(t0));
+        assert_eq!(offer(&mut t, t0, 3, 512), 0);
+        let mut out = Vec::new();
+        t.release(t0, &mut out);
+        assert!(out.is_empty() && t.wait().is_some());
+        t.thaw();
+        t.release(t0, &mut out);
+        assert_eq!(out.iter().map(|h| h.what).collect::<Vec<_>>(), [0, 1, 2]);
+        // Unthawed, it ends by itself.
+        t.freeze(t0 + Duration::from_millis(10));
+        assert_eq!(offer(&mut t, t0, 2, 512), 0);
+        out.clear();
+        t.release(t0 + Duration::from_millis(11), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(!t.frozen(t0 + Duration::from_millis(11)));
     }
 
     #[test]

@@ -299,6 +299,21 @@ pub enum ShardMsg {
         /// Extents reserved or given back, or why not.
         reply: Sender<Result<u64, String>>,
     },
+    /// Freeze `targets` for a consistent snapshot of several volumes: hold their new commands
+    /// (until `Thaw`, or `until`) and answer once the writes in flight on them have completed.
+    Freeze {
+        /// The targets.
+        targets: Vec<String>,
+        /// When the freeze ends by itself.
+        until: Instant,
+        /// Answered when frozen and drained, or why not.
+        reply: Sender<Result<(), String>>,
+    },
+    /// Lift a freeze.
+    Thaw {
+        /// The targets.
+        targets: Vec<String>,
+    },
     /// The copy thread's answer to a `CrossCopy` of op `slot`.
     CopyDone {
         /// The op.
@@ -457,6 +472,8 @@ pub struct Shard {
     /// Commands the QoS limits let go this round (kept to reuse its allocation).
     released: Vec<Held<HeldCommand>>,
     pub(super) pending_snapshots: Vec<PendingSnapshot>,
+    /// Freezes waiting for the writes in flight on their volumes (see `ShardMsg::Freeze`).
+    pub(super) pending_freezes: Vec<super::volumes::PendingFreeze>,
     pub(super) next_snapshot_id: u64,
     /// Group commit of durable writes, flushes and snapshots (see `sync.rs`).
     pub(super) group: GroupSync,
@@ -528,6 +545,7 @@ impl Shard {
             registry,
             released: Vec::new(),
             pending_snapshots: Vec::new(),
+            pending_freezes: Vec::new(),
             next_snapshot_id: 0,
             group: GroupSync::default(),
             pending_removals: Vec::new(),
@@ -828,6 +846,12 @@ impl Shard {
                     let _ = reply.send(Ok(adopted));
                 }
                 ShardMsg::CopyDone { slot, result } => self.copy_done(slot, result),
+                ShardMsg::Freeze {
+                    targets,
+                    until,
+                    reply,
+                } => self.freeze(&targets, until, reply),
+                ShardMsg::Thaw { targets } => self.thaw(&targets),
                 ShardMsg::Provision {
                     target,
                     full,
@@ -1201,10 +1225,14 @@ impl Shard {
             return;
         };
         let slot = &mut self.luns[sc.lun];
-        if !slot.qos.limits().unlimited() || slot.qos.waiting() > 0 {
+        let frozen = slot.qos.frozen(self.round_now);
+        if frozen || !slot.qos.limits().unlimited() || slot.qos.waiting() > 0 {
             let Some(task) = sc.conn.task(id) else { return };
             let cdb = &task.cmd.cdb;
-            let charge = scsi::cdb::qos_charge(cdb, slot.lu.info().block_size);
+            // A freeze also holds UNMAP, which changes what the volume reads without a charge.
+            let unmap = cdb.first() == Some(&scsi::cdb::opcode::UNMAP);
+            let charge = scsi::cdb::qos_charge(cdb, slot.lu.info().block_size)
+                .or_else(|| (frozen && unmap).then_some(0));
             if let Some(bytes) = charge.filter(|_| !task.refused()) {
                 if !slot.qos.admit(self.round_now, bytes) {
                     let held = HeldCommand {

@@ -46,6 +46,12 @@ pub(super) struct PendingSnapshot {
     reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
 }
 
+/// A freeze waiting for the writes in flight on its volumes.
+pub(super) struct PendingFreeze {
+    waiting_for: Vec<usize>,
+    reply: Sender<Result<(), String>>,
+}
+
 /// A LUN removal waiting for its connections to close.
 pub(super) struct PendingRemoval {
     lun: usize,
@@ -242,7 +248,64 @@ impl Shard {
 
     /// Starts the journal sync of snapshots no longer waiting for any write (after op `done`
     /// finished).
+    /// Holds the new commands of `targets` (see `Throttle::freeze`) and answers `reply` once
+    /// every write in flight on them has completed. An unknown target thaws the others and
+    /// fails the freeze.
+    pub(super) fn freeze(
+        &mut self,
+        targets: &[String],
+        until: std::time::Instant,
+        reply: Sender<Result<(), String>>,
+    ) {
+        let mut luns = Vec::new();
+        for target in targets {
+            match self.lun_index(target) {
+                Some(lun) => luns.push(lun),
+                None => {
+                    let _ = reply.send(Err(format!("target {target} is not served here")));
+                    return;
+                }
+            }
+        }
+        let mut waiting_for = Vec::new();
+        for lun in luns {
+            self.luns[lun].qos.freeze(until);
+            waiting_for.extend(self.write_ops_on(lun));
+        }
+        if waiting_for.is_empty() {
+            let _ = reply.send(Ok(()));
+        } else {
+            self.pending_freezes
+                .push(PendingFreeze { waiting_for, reply });
+        }
+    }
+
+    /// Lifts the freeze of `targets`: their held commands go (the loop releases them).
+    pub(super) fn thaw(&mut self, targets: &[String]) {
+        for target in targets {
+            if let Some(lun) = self.lun_index(target) {
+                self.luns[lun].qos.thaw();
+            }
+        }
+    }
+
+    /// Op `done` ended: answers the freezes that waited only for it.
+    fn finish_freezes(&mut self, done: Option<usize>) {
+        let Some(slot) = done else { return };
+        self.pending_freezes.retain_mut(|f| {
+            f.waiting_for.retain(|&s| s != slot);
+            if f.waiting_for.is_empty() {
+                let _ = f.reply.send(Ok(()));
+                return false;
+            }
+            true
+        });
+    }
+
     pub(super) fn finish_snapshots(&mut self, done: Option<usize>) {
+        if !self.pending_freezes.is_empty() {
+            self.finish_freezes(done);
+        }
         if self.pending_snapshots.is_empty() {
             return;
         }

@@ -296,7 +296,8 @@ impl Shard {
         if end.is_none_or(|end| end > slot.volume.capacity()) {
             return Err(CopyRefusal::OutOfRange);
         }
-        if write && slot.lu.info().read_only {
+        // Frozen for a consistent snapshot of several volumes: not changed until thawed.
+        if write && (slot.lu.info().read_only || slot.qos.frozen(std::time::Instant::now())) {
             return Err(CopyRefusal::NotReachable);
         }
         if let Some(initiator) = initiator {

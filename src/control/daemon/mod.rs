@@ -7,6 +7,7 @@
 //! returns its exclusively held extents to the free queue — happens here, off the shards.
 
 mod copy;
+mod group;
 mod schedules;
 mod serving;
 
@@ -988,6 +989,38 @@ impl AdminBackend for Daemon {
         let meta = self.take_snapshot(&mut st, &volume, &req.name)?;
         let usage = Self::fresh_usage(&st, meta.image, meta.image);
         Ok(self.snapshot_info_with(&st, &meta, &usage))
+    }
+
+    fn create_snapshot_group(
+        &self,
+        req: &CreateSnapshotGroup,
+    ) -> Result<Vec<SnapshotInfo>, AdminError> {
+        let bad = |message: String| AdminError::new(ErrorCode::InvalidArgument, message);
+        if req.snapshots.is_empty() {
+            return Err(bad("a snapshot group names at least one VOLUME@SNAP".into()));
+        }
+        let mut st = self.lock();
+        let mut volumes: Vec<(ImageMeta, String)> = Vec::new();
+        for name in &req.snapshots {
+            let Some((volume, snap)) = name.split_once('@') else {
+                return Err(bad(format!(
+                    "invalid snapshot {name:?}: expected VOLUME@SNAPSHOT"
+                )));
+            };
+            let meta = Self::volume_meta(&st, volume)?;
+            if volumes.iter().any(|(m, _)| m.image == meta.image) {
+                return Err(bad(format!("volume {volume} is named twice")));
+            }
+            volumes.push((meta, snap.to_string()));
+        }
+        let taken = self.snapshot_group(&mut st, &volumes)?;
+        Ok(taken
+            .iter()
+            .map(|meta| {
+                let usage = Self::fresh_usage(&st, meta.image, meta.image);
+                self.snapshot_info_with(&st, meta, &usage)
+            })
+            .collect())
     }
 
     fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
