@@ -1241,7 +1241,10 @@ impl Shard {
                         task: id,
                     };
                     slot.qos.hold(held, bytes);
-                    slot.stats.qos_held += 1;
+                    // A freeze's holds are not the limits' doing.
+                    if !frozen {
+                        slot.stats.qos_held += 1;
+                    }
                     return;
                 }
             }
