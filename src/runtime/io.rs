@@ -599,9 +599,10 @@ impl Shard {
         let Some(op) = self.ops[slot].as_mut() else {
             return;
         };
-        // A chunk adopted by another shard's volume was synced there when it had to be.
-        let failed = op.error || op.copy_aborted.is_some() || op.copy_remote;
-        if !failed && op.durable(write_cache) {
+        let failed = op.error || op.copy_aborted.is_some();
+        // A chunk the copy thread handled was synced by the adopting shard when it had to be.
+        let synced_there = op.copy_remote;
+        if !failed && !synced_there && op.durable(write_cache) {
             op.phase = Phase::SyncMeta;
             self.join_sync(lun, SyncWaiter::Op(slot));
         } else {
