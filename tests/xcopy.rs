@@ -248,6 +248,10 @@ fn copy_between_volumes(shards: &str) {
     const OTHER_HOST: &str = "iqn.2026-11.dev.shoal:esx-2";
     let t = Target::start(&["--size", "64M", "--shards", shards]);
     t.cli_ok(&["volume", "create", "ds2", "--size", "64M"]);
+    // With two shards, ds2 writes through: its shard syncs each adoption before answering.
+    if shards == "2" {
+        t.cli_ok(&["volume", "set", "ds2", "--write-cache", "off"]);
+    }
     let shard_of = |name: &str| {
         let v: serde_json::Value =
             serde_json::from_str(&t.cli_ok(&["--json", "volume", "show", name])).unwrap();
