@@ -653,11 +653,13 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any parameter list, mostly well-formed ones with random fields: parsing never
-        /// panics, and an accepted copy stays inside the logical unit.
+        /// Any parameter list, mostly well-formed ones with random fields and copy targets that
+        /// are this unit or another: parsing never panics, an accepted copy stays inside this
+        /// unit on its side, and names the other unit by its designator.
         #[test]
         fn accepted_copies_stay_inside_the_lu(
             cscd_count in 0usize..6,
+            others in proptest::prelude::any::<u8>(),
             segments in proptest::collection::vec(
                 (0u16..3, 0u16..3, proptest::prelude::any::<u16>(), 0u64..5000, 0u64..5000),
                 0..20,
@@ -666,7 +668,10 @@ mod tests {
             cut in proptest::prelude::any::<usize>(),
         ) {
             let i = info();
-            let cscds = vec![cscd(&i.naa, 512); cscd_count];
+            let other = [0x61; 16];
+            let cscds: Vec<Vec<u8>> = (0..cscd_count)
+                .map(|k| if others >> k & 1 == 1 { cscd(&other, 512) } else { cscd(&i.naa, 512) })
+                .collect();
             let segs: Vec<Vec<u8>> = segments
                 .iter()
                 .map(|&(s, d, n, src, dst)| {
@@ -681,7 +686,13 @@ mod tests {
             if let Ok(Some(plan)) = parse(&i, len as u32, &d) {
                 let end = i.num_blocks * 512;
                 for s in &plan.segments {
-                    proptest::prop_assert!(s.len > 0 && s.src + s.len <= end && s.dst + s.len <= end);
+                    proptest::prop_assert!(s.len > 0);
+                    for (at, lu) in [(s.src, s.src_lu), (s.dst, s.dst_lu)] {
+                        match lu {
+                            None => proptest::prop_assert!(at + s.len <= end),
+                            Some(naa) => proptest::prop_assert_eq!(naa, other),
+                        }
+                    }
                 }
             }
         }
