@@ -11,13 +11,13 @@ use support::{Target, run};
 
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
-/// A non-loopback IPv4 address of this machine, if it has one (`hostname -I`).
+/// A non-loopback IPv4 address of this machine, if it has one: the source address the kernel
+/// picks for a route off the machine (connecting a UDP socket sends nothing).
 fn own_address() -> Option<IpAddr> {
-    let out = Command::new("hostname").arg("-I").output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|a| a.parse::<IpAddr>().ok())
-        .find(|a| a.is_ipv4() && !a.is_loopback())
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
 #[test]
