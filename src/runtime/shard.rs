@@ -287,7 +287,7 @@ pub enum ShardMsg {
         /// Extents lent by the source's shard.
         lent: Vec<Option<u64>>,
         /// Done, or why not.
-        reply: Sender<Result<Result<(), CopyRefusal>, String>>,
+        reply: super::xcopy::AdoptReply,
     },
     /// Make a volume full (reserving its space; `Err` when the pool cannot) or thin (giving
     /// its reservation back); answers the extents reserved or given back.
@@ -472,9 +472,13 @@ pub struct Shard {
     /// Commands the QoS limits let go this round (kept to reuse its allocation).
     released: Vec<Held<HeldCommand>>,
     pub(super) pending_snapshots: Vec<PendingSnapshot>,
+    /// Adoptions for another shard's EXTENDED COPY waiting for a group sync (write-through
+    /// volumes), by id, with where to answer.
+    pub(super) pending_adopts: Vec<(u64, super::xcopy::AdoptReply)>,
     /// Freezes waiting for the writes in flight on their volumes (see `ShardMsg::Freeze`).
     pub(super) pending_freezes: Vec<super::volumes::PendingFreeze>,
-    pub(super) next_snapshot_id: u64,
+    /// Ids of snapshot and adoption waiters of the group sync.
+    pub(super) next_waiter_id: u64,
     /// Group commit of durable writes, flushes and snapshots (see `sync.rs`).
     pub(super) group: GroupSync,
     pub(super) pending_removals: Vec<PendingRemoval>,
@@ -546,7 +550,8 @@ impl Shard {
             released: Vec::new(),
             pending_snapshots: Vec::new(),
             pending_freezes: Vec::new(),
-            next_snapshot_id: 0,
+            pending_adopts: Vec::new(),
+            next_waiter_id: 0,
             group: GroupSync::default(),
             pending_removals: Vec::new(),
             pending_usage: Vec::new(),
@@ -836,15 +841,7 @@ impl Shard {
                     first,
                     lent,
                     reply,
-                } => {
-                    let adopted = match self.lun_of_target(&target) {
-                        Some(lun) => self
-                            .adopt_for_copy(lun, initiator.as_deref(), first, lent)
-                            .and_then(|()| self.sync_if_write_through(lun)),
-                        None => Err(CopyRefusal::NotReachable),
-                    };
-                    let _ = reply.send(Ok(adopted));
-                }
+                } => self.adopt_for_other_shard(&target, initiator.as_deref(), first, lent, reply),
                 ShardMsg::CopyDone { slot, result } => self.copy_done(slot, result),
                 ShardMsg::Freeze {
                     targets,

@@ -26,6 +26,9 @@ pub(super) enum SyncWaiter {
     Op(usize),
     /// A pending snapshot (its id).
     Snapshot(u64),
+    /// Extents adopted for another shard's EXTENDED COPY into a write-through volume (its id;
+    /// see `runtime::xcopy`).
+    Adopt(u64),
 }
 
 /// The shard's group-commit state (pure bookkeeping; the shard submits and completes rounds).
@@ -121,8 +124,11 @@ impl Shard {
                 match waiter {
                     // Writes and flushes: their data and the mappings they depend on.
                     SyncWaiter::Op(_) => slot.volume.sync_fds(&mut fds),
-                    // A snapshot depends on the mappings only (as before group commit).
-                    SyncWaiter::Snapshot(_) => slot.volume.metadata_fds(&mut fds),
+                    // A snapshot, or adopted extents, depend on the mappings only (as before
+                    // group commit: nothing was written to the data store).
+                    SyncWaiter::Snapshot(_) | SyncWaiter::Adopt(_) => {
+                        slot.volume.metadata_fds(&mut fds)
+                    }
                 }
             }
         }
@@ -160,6 +166,7 @@ impl Shard {
             match waiter {
                 SyncWaiter::Op(slot) => self.op_synced(slot, done.failed),
                 SyncWaiter::Snapshot(id) => self.snapshot_synced(id, done.failed),
+                SyncWaiter::Adopt(id) => self.adopt_synced(id, done.failed),
             }
         }
     }

@@ -233,8 +233,8 @@ impl Shard {
         // other durable work of the shard), before the answer.
         let taken = thin.share();
         let waiting_for = self.write_ops_on(lun);
-        let id = self.next_snapshot_id;
-        self.next_snapshot_id += 1;
+        let id = self.next_waiter_id;
+        self.next_waiter_id += 1;
         self.pending_snapshots.push(PendingSnapshot {
             id,
             lun,

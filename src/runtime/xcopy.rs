@@ -62,6 +62,9 @@ impl CopyRefusal {
 /// Extents lent for a copy (one reference each; `None`: unmapped), or why not.
 pub type Lent = Result<Vec<Option<u64>>, CopyRefusal>;
 
+/// Where a shard answers an adoption for the copy thread (outer `Err`: the shard failed).
+pub type AdoptReply = crossbeam::channel::Sender<Result<Result<(), CopyRefusal>, String>>;
+
 /// One side of a chunk another shard must help with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopySide {
@@ -200,16 +203,9 @@ impl Shard {
                 .map_or(Ok(false), |t| t.share_extents(src_first, dst_first, count));
             return self.after_adopt(dst, dst_first, count, shared);
         }
+        // The destination passed its checks above, on this thread: it takes what is lent.
         let lent = self.lend_for_copy(src, check(src), src_first, count)?;
-        let result = self.adopt_for_copy(dst, check(dst), dst_first, lent.clone());
-        if matches!(
-            result,
-            Err(CopyRefusal::NotReachable | CopyRefusal::OutOfRange)
-        ) && let Some(t) = self.luns[src].volume.as_thin()
-        {
-            t.give_back(lent);
-        }
-        result
+        self.adopt_checked(dst, dst_first, lent)
     }
 
     /// Lends `count` extents from `first` of LUN `lun` (checked for `initiator` when another
@@ -230,8 +226,8 @@ impl Shard {
     }
 
     /// Maps extents from `first` of LUN `lun` to `lent`. On `NotReachable` / `OutOfRange` the
-    /// lent references are untouched (the caller gives them back); on success or `Io` they are
-    /// taken or disposed of.
+    /// lent references are untouched (the caller gives them back); otherwise they are taken or
+    /// disposed of.
     pub(super) fn adopt_for_copy(
         &mut self,
         lun: usize,
@@ -239,15 +235,24 @@ impl Shard {
         first: u64,
         lent: Vec<Option<u64>>,
     ) -> Result<(), CopyRefusal> {
+        self.check_copy_side(lun, initiator, first, lent.len() as u64, true)?;
+        self.adopt_checked(lun, first, lent)
+    }
+
+    /// [`Shard::adopt_for_copy`] once `check_copy_side` passed for it: the references are
+    /// always taken or disposed of.
+    fn adopt_checked(
+        &mut self,
+        lun: usize,
+        first: u64,
+        lent: Vec<Option<u64>>,
+    ) -> Result<(), CopyRefusal> {
         let count = lent.len() as u64;
-        self.check_copy_side(lun, initiator, first, count, true)?;
-        let Some(thin) = self.luns[lun].volume.as_thin() else {
-            return Err(CopyRefusal::NotReachable);
+        let adopted = match self.luns[lun].volume.as_thin() {
+            Some(thin) => thin.adopt_extents(first, lent),
+            // `check_copy_side` found a thin-pool volume here.
+            None => return Err(CopyRefusal::Refused),
         };
-        if !thin.may_adopt(first, count) {
-            return Err(CopyRefusal::NotReachable);
-        }
-        let adopted = thin.adopt_extents(first, lent);
         match self.after_adopt(lun, first, count, adopted) {
             // `adopt_extents` gave the references back: say so, so nobody releases them again.
             Err(CopyRefusal::NotReachable) => Err(CopyRefusal::Refused),
@@ -314,6 +319,10 @@ impl Shard {
         if write && self.compare_and_write_overlaps(lun, first * es, count * es) {
             return Err(CopyRefusal::NotReachable);
         }
+        let adoptable = |t: &mut crate::storage::pool::thin::ThinVolume| t.may_adopt(first, count);
+        if write && !self.luns[lun].volume.as_thin().is_some_and(adoptable) {
+            return Err(CopyRefusal::NotReachable);
+        }
         Ok(())
     }
 
@@ -355,25 +364,41 @@ impl Shard {
             })
     }
 
-    /// With LUN `lun`'s write cache off, makes its journal durable now (a copy adopted for
-    /// another shard's command, which has no group sync of this shard to wait for: a rare,
-    /// short synchronous `fdatasync`).
-    pub(super) fn sync_if_write_through(&mut self, lun: usize) -> Result<(), CopyRefusal> {
-        if self.luns[lun].lu.write_cache_enabled() {
-            return Ok(());
+    /// `ShardMsg::AdoptExtents`: adopts `lent` into `target` and answers `reply`, after the
+    /// shard's group sync when the volume writes through (its journal must be durable before
+    /// the copy is acknowledged, as a written chunk's would be).
+    pub(super) fn adopt_for_other_shard(
+        &mut self,
+        target: &str,
+        initiator: Option<&str>,
+        first: u64,
+        lent: Vec<Option<u64>>,
+        reply: AdoptReply,
+    ) {
+        let Some(lun) = self.lun_of_target(target) else {
+            let _ = reply.send(Ok(Err(CopyRefusal::NotReachable)));
+            return;
+        };
+        let adopted = self.adopt_for_copy(lun, initiator, first, lent);
+        if adopted.is_err() || self.luns[lun].lu.write_cache_enabled() {
+            let _ = reply.send(Ok(adopted));
+            return;
         }
-        let mut fds = Vec::new();
-        self.luns[lun].volume.metadata_fds(&mut fds);
-        for fd in fds {
-            // SAFETY: `fd` is an open descriptor the volume owns for as long as it is served,
-            // and fdatasync reads nothing from our memory.
-            if unsafe { libc::fdatasync(fd) } != 0 {
-                let e = std::io::Error::last_os_error();
-                log_error(self.id, "syncing the journal of an extended copy", &e);
-                return Err(CopyRefusal::Io);
-            }
-        }
-        Ok(())
+        let id = self.next_waiter_id;
+        self.next_waiter_id += 1;
+        self.pending_adopts.push((id, reply));
+        self.join_sync(lun, super::sync::SyncWaiter::Adopt(id));
+    }
+
+    /// The group sync an adoption waited for is done: answer it (the extents are mapped
+    /// either way; a failed sync fails the copy).
+    pub(super) fn adopt_synced(&mut self, id: u64, failed: bool) {
+        let Some(i) = self.pending_adopts.iter().position(|(p, _)| *p == id) else {
+            return;
+        };
+        let (_, reply) = self.pending_adopts.swap_remove(i);
+        let result = if failed { Err(CopyRefusal::Io) } else { Ok(()) };
+        let _ = reply.send(Ok(result));
     }
 
     /// The copy thread's answer for op `slot`: its chunk ends (see `Shard::end_phase`).
