@@ -90,7 +90,7 @@ impl Daemon {
                 Ok(snapshot) => taken.push(snapshot),
                 Err(e) => {
                     for snapshot in taken {
-                        if let Err(undo) = st.pool.delete(snapshot.image) {
+                        if let Err(undo) = self.remove_snapshot(st, &snapshot) {
                             eprintln!(
                                 "shoal: group snapshot: removing {} after a failure: {undo}",
                                 snapshot.name

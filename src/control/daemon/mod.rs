@@ -1026,21 +1026,7 @@ impl AdminBackend for Daemon {
     fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<(), AdminError> {
         let mut st = self.lock();
         let meta = Self::snapshot_meta(&st, volume, snapshot)?;
-        self.unserve(&mut st, meta.image, false)?;
-        st.pool.delete(meta.image).map_err(pool_error)?;
-        // A snapshot of the same name made later starts unreserved.
-        self.drop_reservations(&snapshot_target(&meta.name))?;
-        // The snapshot may have pinned a full volume's data: what the volume owns alone again
-        // no longer needs reserved space.
-        if let Ok(volume) = Self::volume_meta(&st, volume) {
-            if !volume.thin {
-                // The snapshot's references are released at publication (after the journals
-                // are synced): publish them, so that the measurement sees them gone.
-                st.pool.publish_frees().map_err(pool_error)?;
-                self.trim_reservation(&st, &volume);
-            }
-        }
-        Ok(())
+        self.remove_snapshot(&mut st, &meta)
     }
 
     fn rename_volume(&self, name: &str, req: &Rename) -> Result<VolumeInfo, AdminError> {

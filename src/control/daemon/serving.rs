@@ -150,6 +150,31 @@ impl Daemon {
         Ok(())
     }
 
+    /// Deletes snapshot `meta`: withdraws its export, removes it from the catalog, forgets its
+    /// reservations, and gives back what its full volume no longer needs reserved.
+    pub(super) fn remove_snapshot(
+        &self,
+        st: &mut State,
+        meta: &ImageMeta,
+    ) -> Result<(), AdminError> {
+        self.unserve(st, meta.image, false)?;
+        st.pool.delete(meta.image).map_err(pool_error)?;
+        // A snapshot of the same name made later starts unreserved.
+        self.drop_reservations(&snapshot_target(&meta.name))?;
+        // The snapshot may have pinned a full volume's data: what the volume owns alone again
+        // no longer needs reserved space.
+        let volume = settings::volume_of(&meta.name);
+        if let Ok(volume) = Self::volume_meta(st, volume)
+            && !volume.thin
+        {
+            // The snapshot's references are released at publication (after the journals are
+            // synced): publish them, so that the measurement sees them gone.
+            st.pool.publish_frees().map_err(pool_error)?;
+            self.trim_reservation(st, &volume);
+        }
+        Ok(())
+    }
+
     /// Hands image `meta` (its map taken from the pool) to a shard as `target`.
     pub(super) fn serve(
         &self,
