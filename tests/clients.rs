@@ -434,6 +434,15 @@ fn bench_harness_runs_in_quick_mode() {
     // Where the time went, from `shoal stats`: the reads' backend phase took time.
     let backend_p50 = rows[0]["phases_us"]["read"]["backend"][0].as_f64();
     assert!(backend_p50.is_some_and(|us| us > 0.0), "{:?}", rows[0]);
+    // What the disk under --dir did: null only where no block device is behind it (tmpfs,
+    // overlayfs); otherwise the O_DIRECT reads kept it busy part of the window.
+    let disk = &rows[0]["disk"];
+    assert!(rows[0].get("disk").is_some(), "{:?}", rows[0]);
+    if !disk.is_null() {
+        let busy = disk["busy_pct"].as_f64().expect("busy_pct");
+        assert!(busy > 0.0 && busy <= 100.0, "{disk:?}");
+        assert!(disk["latency_us"].as_f64().is_some_and(|us| us > 0.0), "{disk:?}");
+    }
 }
 
 /// Group commit under load: a `write_cache = false` volume (every remapping write joins an
