@@ -441,7 +441,10 @@ fn bench_harness_runs_in_quick_mode() {
     if !disk.is_null() {
         let busy = disk["busy_pct"].as_f64().expect("busy_pct");
         assert!(busy > 0.0 && busy <= 100.0, "{disk:?}");
-        assert!(disk["latency_us"].as_f64().is_some_and(|us| us > 0.0), "{disk:?}");
+        assert!(
+            disk["latency_us"].as_f64().is_some_and(|us| us > 0.0),
+            "{disk:?}"
+        );
     }
 }
 

@@ -318,3 +318,80 @@ fn state_left_under_a_name_by_a_rename_cut_short_is_dropped_at_start() {
     assert_eq!(c.test_unit_ready(), 0);
     assert_eq!(c.write10(0, &[9u8; 512]).status(), 0, "not reserved");
 }
+
+/// PREEMPT AND ABORT, the way a cluster fences a node (Pacemaker's fence_scsi): node A takes over
+/// node B's Write Exclusive – Registrants Only reservation and removes B's key, and B's WRITE
+/// caught waiting for its data is aborted, so it never reaches the disk, even when B's data
+/// arrives after the fence. B is not answered for it (TAS=0); its next commands learn
+/// REGISTRATIONS PREEMPTED, then COMMANDS CLEARED BY ANOTHER INITIATOR, and it may no longer
+/// write.
+#[test]
+fn preempt_and_abort_fences_a_node_and_its_write_in_flight() {
+    use shoal::iscsi::pdu::Opcode;
+    use std::time::Duration;
+    use support::initiator::Event;
+    const WERO: u8 = 5; // Write Exclusive – Registrants Only
+    const PREEMPT_AND_ABORT: u8 = 0x05;
+    let t = Target::start(&[]);
+    let mut a = session(&t, 1);
+    // B sends no data before an R2T asks for it: its WRITE waits in the task set.
+    let mut b = RawInitiator::login_default(t.addr, 2, &[("ImmediateData", "No")]);
+    assert_eq!(b.test_unit_ready(), 0);
+    assert_eq!(prout(&mut a, 0x00, 0, 0, 0xA1).status(), 0, "A registers");
+    assert_eq!(prout(&mut b, 0x00, 0, 0, 0xB2).status(), 0, "B registers");
+    assert_eq!(prout(&mut b, 0x01, WERO, 0xB2, 0).status(), 0, "B reserves");
+    let caps = prin(&mut a, 0x02);
+    assert_eq!(caps[2] & 0x04, 0x04, "REPORT CAPABILITIES: ATP_C");
+
+    let fenced = vec![0xEEu8; 4096];
+    let cdb = support::scsi::write10(100, 8);
+    let write_itt = b.send_command(&cdb, 4096, false, true, &[], false);
+    let r2t = b.expect_pdu();
+    assert_eq!(r2t.bhs.opcode(), Opcode::R2T, "{:?}", r2t.bhs);
+
+    let r = prout(&mut a, PREEMPT_AND_ABORT, WERO, 0xA1, 0xB2);
+    assert_eq!(r.status(), 0, "PREEMPT AND ABORT: {:?}", r.sense());
+    // The reservation is A's, and B's key is gone.
+    assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
+    let info = reservations_cli(&t, &[]);
+    assert_eq!(
+        info["reservation"]["type"], "Write Exclusive - Registrants Only",
+        "{info}"
+    );
+
+    // B's data arrives late: dropped without a word, and its WRITE is never answered.
+    b.answer_r2t(&r2t, &fenced);
+    match b.next_non_ping(Duration::from_millis(300)) {
+        Event::Timeout => {}
+        other => panic!("nothing is owed to B for its aborted WRITE, got {other:?}"),
+    }
+    let tur = |b: &mut RawInitiator| b.command(&[0u8; 6], 0, false, &[]);
+    let first = tur(&mut b);
+    assert_eq!(
+        first.sense(),
+        Some((0x06, 0x2A, 0x05)),
+        "REGISTRATIONS PREEMPTED"
+    );
+    let second = tur(&mut b);
+    assert_eq!(
+        second.sense(),
+        Some((0x06, 0x2F, 0x00)),
+        "COMMANDS CLEARED BY ANOTHER INITIATOR"
+    );
+    assert_eq!(tur(&mut b).status(), 0);
+    assert_ne!(first.status_pdu.bhs.itt(), write_itt);
+    // Fenced: B may read but not write; the WRITE it had in flight never landed.
+    assert_eq!(
+        b.write10(100, &[0x55u8; 512]).status(),
+        0x18,
+        "RESERVATION CONFLICT"
+    );
+    let r = a.read10(100, 8);
+    assert_eq!(r.status(), 0);
+    assert!(
+        r.data.iter().all(|&x| x == 0),
+        "the fenced WRITE reached the disk"
+    );
+    // A, the new holder, writes.
+    assert_eq!(a.write10(100, &[0x11u8; 512]).status(), 0);
+}

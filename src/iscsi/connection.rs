@@ -323,7 +323,14 @@ pub struct Connection {
     pdus_taken: u64,
     /// An executing task was marked aborted since [`Connection::take_aborted`] last asked.
     aborted: bool,
+    /// ITTs of the last tasks aborted before they executed (at most [`ABORTED_ITTS_KEPT`]): a
+    /// Data-Out still on its way for one of them is dropped silently, not rejected (the
+    /// initiator may not know yet: a task aborted by another nexus, PREEMPT AND ABORT).
+    aborted_itts: VecDeque<u32>,
 }
+
+/// How many aborted tasks' ITTs a connection remembers for late Data-Out.
+const ABORTED_ITTS_KEPT: usize = 256;
 
 impl Connection {
     /// A connection entering full-feature phase. `exp_cmd_sn` and `stat_sn` continue the login's
@@ -358,6 +365,7 @@ impl Connection {
             pdus_queued: 0,
             pdus_taken: 0,
             aborted: false,
+            aborted_itts: VecDeque::new(),
         }
     }
 
@@ -701,7 +709,9 @@ impl Connection {
 
     fn on_data_out(&mut self, d: DataOut, bhs: &Bhs, data: &[u8], now: Instant) {
         let Some(&id) = self.by_itt.get(&d.itt) else {
-            self.reject(RejectReason::InvalidPduField, bhs);
+            if !self.aborted_itts.contains(&d.itt) {
+                self.reject(RejectReason::InvalidPduField, bhs);
+            }
             return;
         };
         match self.accept_data_out(id, &d, data) {
@@ -1091,6 +1101,12 @@ impl Connection {
                 self.aborted = true;
                 in_flight.push(id);
             } else {
+                if let Some(itt) = self.task(id).map(|t| t.cmd.itt) {
+                    if self.aborted_itts.len() == ABORTED_ITTS_KEPT {
+                        self.aborted_itts.pop_front();
+                    }
+                    self.aborted_itts.push_back(itt);
+                }
                 self.remove_task(id);
             }
         }

@@ -1324,7 +1324,9 @@ impl Shard {
         };
         let Some(task) = sc.conn.task(id) else { return };
         let submitted = self.stats_config.latency.then(Instant::now);
-        let slot = &mut self.luns[sc.lun];
+        let lun = sc.lun;
+        let mut preempted = Vec::new();
+        let slot = &mut self.luns[lun];
         let cdb = task.cmd.cdb;
         let block_size = slot.lu.info().block_size;
         let wanted_out = if task.cmd.write {
@@ -1350,6 +1352,7 @@ impl Shard {
                         // The port's id must outlive its sessions while it is registered.
                         self.registry.pin(sc.nexus, !registered);
                     }
+                    preempted = slot.lu.take_preempted_nexuses();
                     outcome
                 }
                 (Ok(()), None) => outcome,
@@ -1369,6 +1372,9 @@ impl Shard {
             }
             other => other,
         };
+        if !preempted.is_empty() {
+            self.abort_preempted(index, lun, &preempted);
+        }
         match outcome {
             Outcome::Done(c) => {
                 let wanted = if write {
@@ -1538,6 +1544,34 @@ impl Shard {
                     lu.commands_cleared(victim);
                 }
             }
+        }
+    }
+
+    /// PREEMPT AND ABORT (SPC-4 5.13.11.2.6) succeeded on connection `index`: every task the
+    /// preempted nexuses have on LU `lun` ends without status (TAS=0), as if by ABORT TASK SET
+    /// from their own nexus, and a nexus that lost tasks is told COMMANDS CLEARED BY ANOTHER
+    /// INITIATOR after REGISTRATIONS PREEMPTED. Their sessions stay up, and their tasks on
+    /// other LUs are untouched.
+    fn abort_preempted(&mut self, index: usize, lun: usize, preempted: &[NexusId]) {
+        let victims: Vec<usize> = self
+            .live_conns()
+            .filter(|(i, c)| c.lun == lun && *i != index && preempted.contains(&c.nexus))
+            .map(|(i, _)| i)
+            .collect();
+        let mut cleared = Vec::new();
+        for i in victims {
+            if let Some(sc) = self.conn_mut(i) {
+                if sc.conn.task_count() > 0 {
+                    cleared.push(sc.nexus);
+                }
+                sc.conn.abort_all();
+            }
+            self.flush(i);
+        }
+        self.end_aborted_held();
+        cleared.dedup();
+        for victim in cleared {
+            self.luns[lun].lu.commands_cleared(victim);
         }
     }
 

@@ -535,6 +535,7 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x02, &prout_usage(0x02)),
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x03, &prout_usage(0x03)),
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x04, &prout_usage(0x04)),
+    sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x05, &prout_usage(0x05)),
     sa_cmd(opcode::PERSISTENT_RESERVE_OUT, 0x06, &prout_usage(0x06)),
     sa_cmd(
         opcode::EXTENDED_COPY,

@@ -143,6 +143,8 @@ pub struct LogicalUnit {
     /// What the shard must store of the persistent reservations before answering the command
     /// that changed them (APTPL), if anything.
     pr_persist: Option<PrPersist>,
+    /// The nexuses a PREEMPT AND ABORT just preempted, whose tasks on this LU the shard aborts.
+    preempted: Vec<NexusId>,
 }
 
 /// A change of the persistent reservations to store (APTPL; see [`LogicalUnit::take_pr_persist`]).
@@ -171,6 +173,7 @@ impl LogicalUnit {
             pr: PrState::default(),
             port_names: BTreeMap::new(),
             pr_persist: None,
+            preempted: Vec::new(),
         }
     }
 
@@ -186,6 +189,12 @@ impl LogicalUnit {
     /// [`clear_reservations`](Self::clear_reservations)) before its status goes out.
     pub fn take_pr_persist(&mut self) -> Option<PrPersist> {
         self.pr_persist.take()
+    }
+
+    /// The nexuses the last command preempted with PREEMPT AND ABORT: the shard aborts their
+    /// tasks on this LU (TAS=0: without status) once the command succeeded.
+    pub fn take_preempted_nexuses(&mut self) -> Vec<NexusId> {
+        std::mem::take(&mut self.preempted)
     }
 
     /// Notes the persistent reservations changed: kept while APTPL is active, dropped when a
@@ -301,6 +310,7 @@ impl LogicalUnit {
     pub fn restore_reservation_state(&mut self, state: PrState) {
         self.pr = state;
         self.pr_persist = None;
+        self.preempted.clear();
     }
 
     /// Whether nexus `n` holds a persistent reservation registration.
@@ -492,7 +502,7 @@ impl LogicalUnit {
     ) -> Completion {
         use pr::action::*;
         let was_aptpl = self.pr.aptpl();
-        let needs_type = matches!(action, RESERVE | RELEASE | PREEMPT);
+        let needs_type = matches!(action, RESERVE | RELEASE | PREEMPT | PREEMPT_AND_ABORT);
         let kind = PrType::from_code(scope_type & 0x0F);
         let result = match (needs_type, scope_type >> 4, kind) {
             (true, scope, _) if scope != 0 => {
@@ -507,11 +517,14 @@ impl LogicalUnit {
             (RESERVE, Some(t)) => self.pr.reserve(n, p, t),
             (RELEASE, Some(t)) => self.pr.release(n, p, t),
             (CLEAR, _) => self.pr.clear(n, p),
-            (PREEMPT, Some(t)) => self.pr.preempt(n, p, t),
+            (PREEMPT | PREEMPT_AND_ABORT, Some(t)) => self.pr.preempt(n, p, t),
             _ => Err(PrError::Check(Sense::invalid_field_in_cdb(1, Some(4)))),
         });
         match result {
             Ok(notices) => {
+                if action == PREEMPT_AND_ABORT {
+                    self.preempted = notices.iter().map(|&(to, _)| to).collect();
+                }
                 for (to, ua) in notices {
                     self.queue_unit_attention(to, ua);
                 }
@@ -939,6 +952,28 @@ mod tests {
             Some(PrPersist::Remove),
             "APTPL turned off"
         );
+    }
+
+    #[test]
+    fn preempt_and_abort_names_the_preempted_nexuses_once_and_plain_preempt_none() {
+        let mut lu = lu();
+        prout(&mut lu, A, 0x00, 0, (0, 0xA1), false);
+        prout(&mut lu, B, 0x00, 0, (0, 0xB1), false);
+        prout(&mut lu, B, 0x01, 5, (0xB1, 0), false);
+        // PREEMPT removes B's key but aborts nothing.
+        prout(&mut lu, A, 0x04, 5, (0xA1, 0xB1), false);
+        assert!(lu.take_preempted_nexuses().is_empty());
+        lu.execute(B, &TUR, &[]); // REGISTRATIONS PREEMPTED
+        prout(&mut lu, B, 0x00, 0, (0, 0xB2), false);
+        prout(&mut lu, A, 0x05, 5, (0xA1, 0xB2), false);
+        assert_eq!(lu.take_preempted_nexuses(), vec![B]);
+        assert!(lu.take_preempted_nexuses().is_empty(), "taken once");
+        assert!(!lu.is_registered(B) && lu.is_registered(A));
+        // A type is required, as for PREEMPT.
+        let mut param = [0u8; 24];
+        param[..8].copy_from_slice(&0xA1u64.to_be_bytes());
+        let c = done(lu.execute(A, &cdb(&[0x5F, 0x05, 0x00, 0, 0, 0, 0, 0, 24]), &param));
+        assert_eq!(c.status, Status::CheckCondition);
     }
 
     fn cdb(bytes: &[u8]) -> [u8; 16] {

@@ -2,10 +2,14 @@
 //! logical unit, the PERSISTENT RESERVE OUT service actions that change them, the PERSISTENT
 //! RESERVE IN data that reports them, and which commands they refuse to which I_T nexus.
 //!
-//! Scope: LU scope only; REGISTER, REGISTER AND IGNORE EXISTING KEY, RESERVE, RELEASE, CLEAR and
-//! PREEMPT; READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS; persistence
-//! through power loss (APTPL). Not supported (and reported so by REPORT CAPABILITIES):
-//! SPEC_I_PT, ALL_TG_PT, PREEMPT AND ABORT, REGISTER AND MOVE — answered with INVALID FIELD.
+//! Scope: LU scope only; REGISTER, REGISTER AND IGNORE EXISTING KEY, RESERVE, RELEASE, CLEAR,
+//! PREEMPT and PREEMPT AND ABORT (the aborting is the shard's: see
+//! [`crate::scsi::lun::LogicalUnit::take_preempted_nexuses`]); READ KEYS, READ RESERVATION, REPORT
+//! CAPABILITIES and READ FULL STATUS; persistence through power loss (APTPL). ALL_TG_PT is
+//! accepted (ATP_C): a Shoal target has one target port (relative port 1, one portal group), so
+//! registering through "all target ports" registers through that one. Not supported (and
+//! reported so by REPORT CAPABILITIES): SPEC_I_PT, REGISTER AND MOVE — answered with INVALID
+//! FIELD.
 //!
 //! APTPL: the APTPL bit of the last successful REGISTER (or REGISTER AND IGNORE EXISTING KEY)
 //! turns persistence on or off for the whole LU state. While it is on, the state is kept as a
@@ -34,6 +38,8 @@ pub mod action {
     pub const CLEAR: u8 = 0x03;
     /// PREEMPT.
     pub const PREEMPT: u8 = 0x04;
+    /// PREEMPT AND ABORT: PREEMPT, and the preempted nexuses' tasks on the LU are aborted.
+    pub const PREEMPT_AND_ABORT: u8 = 0x05;
     /// REGISTER AND IGNORE EXISTING KEY.
     pub const REGISTER_AND_IGNORE: u8 = 0x06;
     /// PERSISTENT RESERVE IN: READ KEYS.
@@ -149,20 +155,19 @@ pub struct ProutParams {
 }
 
 /// Checks and decodes the basic parameter list (SPC-4 6.16.3): exactly 24 bytes (PARAMETER
-/// LIST LENGTH ERROR otherwise) and no SPEC_I_PT or ALL_TG_PT (not supported: INVALID FIELD IN
-/// PARAMETER LIST).
+/// LIST LENGTH ERROR otherwise) and no SPEC_I_PT (not supported: INVALID FIELD IN PARAMETER
+/// LIST). ALL_TG_PT needs nothing: the target has a single target port.
 pub fn parse_params(param_len: u32, data: &[u8]) -> Result<ProutParams, PrError> {
     if param_len != 24 || data.len() < 24 {
         return Err(PrError::Check(Sense::parameter_list_length_error()));
     }
     let flags = data[20];
-    for bit in [3u8, 2] {
-        if flags & (1 << bit) != 0 {
-            return Err(PrError::Check(Sense::invalid_field_in_parameter_list_bit(
-                20,
-                Some(bit),
-            )));
-        }
+    const SPEC_I_PT: u8 = 3;
+    if flags & (1 << SPEC_I_PT) != 0 {
+        return Err(PrError::Check(Sense::invalid_field_in_parameter_list_bit(
+            20,
+            Some(SPEC_I_PT),
+        )));
     }
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
@@ -525,12 +530,12 @@ impl PrState {
         d
     }
 
-    /// REPORT CAPABILITIES parameter data (SPC-4 6.15.4): no CRH, SIP_C or ATP_C; PTPL_C, and
+    /// REPORT CAPABILITIES parameter data (SPC-4 6.15.4): no CRH or SIP_C; ATP_C, PTPL_C, and
     /// PTPL_A while APTPL is active; TMV with every type this module implements.
     pub fn report_capabilities(&self) -> Vec<u8> {
         let mut d = vec![0u8; 8];
         d[1] = 8;
-        d[2] = 0x01; // PTPL_C
+        d[2] = 0x04 | 0x01; // ATP_C, PTPL_C
         d[3] = 0x80 | u8::from(self.aptpl); // TMV, PTPL_A
         d[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02; // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
         d[5] = 0x01; // EX_AC_AR
@@ -801,8 +806,8 @@ mod tests {
         let mut s = PrState::default();
         assert_eq!(
             s.report_capabilities()[2..4],
-            [0x01, 0x80],
-            "PTPL_C, not PTPL_A"
+            [0x05, 0x80],
+            "ATP_C and PTPL_C, not PTPL_A"
         );
         let with = ProutParams {
             aptpl: true,
@@ -922,9 +927,9 @@ mod tests {
         ));
         data[20] = 0x01; // APTPL
         assert_eq!(parse_params(24, &data).map(|p| p.aptpl), Ok(true));
-        for flag in [0x04, 0x08] {
-            data[20] = flag; // ALL_TG_PT, SPEC_I_PT
-            assert!(matches!(parse_params(24, &data), Err(PrError::Check(_))));
-        }
+        data[20] = 0x04; // ALL_TG_PT: the one target port
+        assert_eq!(parse_params(24, &data), Ok(p(1, 2)));
+        data[20] = 0x08; // SPEC_I_PT
+        assert!(matches!(parse_params(24, &data), Err(PrError::Check(_))));
     }
 }
