@@ -260,6 +260,8 @@ const FAST_SUITES: &[&str] = &[
     "Inquiry",
     "ReadCapacity10",
     "ReadCapacity16",
+    "ReadDefectData10",
+    "ReadDefectData12",
     "Read10",
     "Read16",
     "Write10",

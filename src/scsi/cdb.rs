@@ -64,6 +64,8 @@ pub mod opcode {
     pub const PRE_FETCH_10: u8 = 0x34;
     /// SYNCHRONIZE CACHE (10) (SBC-3 5.26).
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// READ DEFECT DATA (10) (SBC-3 5.17).
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     /// WRITE SAME (10) (SBC-3 5.45).
     pub const WRITE_SAME_10: u8 = 0x41;
     /// UNMAP (SBC-3 5.28).
@@ -108,6 +110,8 @@ pub mod opcode {
     pub const MAINTENANCE_IN: u8 = 0xA3;
     /// READ (12) (SBC-3 5.12).
     pub const READ_12: u8 = 0xA8;
+    /// READ DEFECT DATA (12) (SBC-3 5.18).
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
     /// WRITE (12) (SBC-3 5.34).
     pub const WRITE_12: u8 = 0xAA;
     /// WRITE AND VERIFY (12) (SBC-3 5.37).
@@ -161,6 +165,8 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         EXTENDED_COPY => "EXTENDED COPY",
         RECEIVE_COPY_RESULTS => "RECEIVE COPY RESULTS",
         READ_12 => "READ(12)",
+        READ_DEFECT_DATA_10 => "READ DEFECT DATA(10)",
+        READ_DEFECT_DATA_12 => "READ DEFECT DATA(12)",
         WRITE_12 => "WRITE(12)",
         WRITE_AND_VERIFY_12 => "WRITE AND VERIFY(12)",
         VERIFY_12 => "VERIFY(12)",
@@ -320,6 +326,20 @@ pub enum Command {
     },
     /// READ CAPACITY (10) (SBC-3 5.15).
     ReadCapacity10,
+    /// READ DEFECT DATA (10) and (12) (SBC-3 5.17, 5.18): a virtual disk has no defects, so
+    /// the lists asked for are valid and empty.
+    ReadDefectData {
+        /// READ DEFECT DATA (12): an 8-byte header.
+        twelve: bool,
+        /// REQ_PLIST: the primary defect list is asked for.
+        plist: bool,
+        /// REQ_GLIST: the grown defect list is asked for.
+        glist: bool,
+        /// DEFECT LIST FORMAT.
+        format: u8,
+        /// ALLOCATION LENGTH.
+        alloc_len: u32,
+    },
     /// READ CAPACITY (16) (SBC-3 5.16).
     ReadCapacity16 {
         /// ALLOCATION LENGTH.
@@ -511,6 +531,10 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
         &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
     ),
     cmd(
+        opcode::READ_DEFECT_DATA_10,
+        &[0x37, 0x00, 0x1F, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    cmd(
         opcode::WRITE_SAME_10,
         &[0x41, 0xFE, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0xFF, 0xFF, 0x04],
     ),
@@ -617,6 +641,12 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(opcode::WRITE_12, &WRITE_12_USAGE),
     cmd(opcode::WRITE_AND_VERIFY_12, &WRITE_AND_VERIFY_12_USAGE),
     cmd(opcode::VERIFY_12, &VERIFY_12_USAGE),
+    cmd(
+        opcode::READ_DEFECT_DATA_12,
+        &[
+            0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x04,
+        ],
+    ),
 ];
 
 /// A table entry for an operation code without service actions.
@@ -829,6 +859,8 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         }),
         PREVENT_ALLOW_MEDIUM_REMOVAL => parse_prevent_allow(cdb),
         READ_CAPACITY_10 => parse_read_capacity10(cdb),
+        READ_DEFECT_DATA_10 => parse_read_defect_data(byte(cdb, 2), be32(cdb, 7, 2), false, 2),
+        READ_DEFECT_DATA_12 => parse_read_defect_data(byte(cdb, 1), be32(cdb, 6, 4), true, 1),
         SERVICE_ACTION_IN_16 if u16::from(byte(cdb, 1) & 0x1F) == SA_GET_LBA_STATUS => {
             Ok(Command::GetLbaStatus {
                 lba: be(cdb, 2, 8),
@@ -942,6 +974,27 @@ fn parse_prevent_allow(cdb: &[u8]) -> Result<Command, Sense> {
         1 => Ok(Command::PreventAllowMediumRemoval { prevent: true }),
         _ => Err(Sense::invalid_field_in_cdb(4, Some(1))),
     }
+}
+
+/// READ DEFECT DATA (10)/(12): `flags` is the byte (at `at`) holding REQ_PLIST, REQ_GLIST and
+/// the DEFECT LIST FORMAT; format 111b is reserved.
+fn parse_read_defect_data(
+    flags: u8,
+    alloc_len: u32,
+    twelve: bool,
+    at: u16,
+) -> Result<Command, Sense> {
+    let format = flags & 0x07;
+    if format == 0x07 {
+        return Err(Sense::invalid_field_in_cdb(at, Some(2)));
+    }
+    Ok(Command::ReadDefectData {
+        twelve,
+        plist: flags & 0x10 != 0,
+        glist: flags & 0x08 != 0,
+        format,
+        alloc_len,
+    })
 }
 
 /// READ CAPACITY (10) (SBC-3 5.15.1): with PMI=0 the LBA field must be zero.
@@ -1414,7 +1467,7 @@ mod tests {
 
     #[test]
     fn unsupported_opcodes_rejected() {
-        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x37, 0x48, 0x7F, 0xFF] {
+        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x38, 0x48, 0x7F, 0xFF] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
                 Sense::invalid_opcode(),
@@ -1614,6 +1667,30 @@ mod tests {
     #[test]
     fn read_capacity_checks() {
         assert_eq!(parse(&cdb(&[0x25])).unwrap(), Command::ReadCapacity10);
+        assert_eq!(
+            parse(&cdb(&[0x37, 0, 0x1D, 0, 0, 0, 0, 0, 32])).unwrap(),
+            Command::ReadDefectData {
+                twelve: false,
+                plist: true,
+                glist: true,
+                format: 5,
+                alloc_len: 32
+            }
+        );
+        assert_eq!(
+            parse(&cdb(&[0xB7, 0x08, 0, 0, 0, 0, 0, 1, 0, 0])).unwrap(),
+            Command::ReadDefectData {
+                twelve: true,
+                plist: false,
+                glist: true,
+                format: 0,
+                alloc_len: 0x10000
+            }
+        );
+        assert!(
+            parse(&cdb(&[0x37, 0, 0x07, 0, 0, 0, 0, 0, 32])).is_err(),
+            "format 111b"
+        );
         assert_eq!(
             parse(&cdb(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0])).unwrap_err(),
             Sense::invalid_field_in_cdb(2, None)

@@ -576,6 +576,13 @@ impl LogicalUnit {
             }
             Command::ModeSelect(req) => self.mode_select(n, req, data_out),
             Command::ReadCapacity10 => sbc::read_capacity10(info),
+            Command::ReadDefectData {
+                twelve,
+                plist,
+                glist,
+                format,
+                alloc_len,
+            } => sbc::read_defect_data(twelve, plist, glist, format, alloc_len),
             Command::ReadCapacity16 { alloc_len } => sbc::read_capacity16(info, alloc_len),
             Command::Read(io) => return sbc::read(info, &io),
             Command::Write(io) => return sbc::write(info, self.mode.wce, &io, data_out),
@@ -777,6 +784,7 @@ fn access_of(cmd: &Command) -> Access {
         | Command::Verify { .. }
         | Command::PreFetch { .. }
         | Command::GetLbaStatus { .. }
+        | Command::ReadDefectData { .. }
         | Command::ModeSense(_) => Access::Read,
         Command::Write(_)
         | Command::WriteAtomic(_)

@@ -67,6 +67,26 @@ fn last_lba(info: &LunInfo) -> u64 {
     info.num_blocks.saturating_sub(1)
 }
 
+/// READ DEFECT DATA (10)/(12) parameter data (SBC-3 5.17.2, 5.18.2): the header only. The
+/// lists asked for are reported valid (PLISTV, GLISTV) and empty, in the format asked for;
+/// generation code 0. Cut to `alloc_len`.
+pub fn read_defect_data(
+    twelve: bool,
+    plist: bool,
+    glist: bool,
+    format: u8,
+    alloc_len: u32,
+) -> Completion {
+    let flags = (u8::from(plist) << 4) | (u8::from(glist) << 3) | (format & 0x07);
+    let mut d = if twelve {
+        vec![0, flags, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![0, flags, 0, 0]
+    };
+    d.truncate(alloc_len as usize);
+    Completion::good(d)
+}
+
 /// READ CAPACITY (10) parameter data (SBC-3 5.15.2): RETURNED LOGICAL BLOCK ADDRESS (FFFFFFFFh
 /// when the last LBA does not fit, telling the initiator to use READ CAPACITY (16)) and LOGICAL
 /// BLOCK LENGTH IN BYTES.
@@ -699,6 +719,23 @@ mod tests {
         let o = compare_and_write(&i, true, &caw(0, 1), &[0; 1024]);
         let c = complete(&o, IoResult::Miscompare { at: 300 });
         assert_eq!(c.sense, Some(Sense::miscompare(300)));
+    }
+
+    #[test]
+    fn read_defect_data_reports_empty_valid_lists_in_the_format_asked() {
+        assert_eq!(
+            read_defect_data(false, true, true, 5, 32).data,
+            vec![0, 0x1D, 0, 0]
+        );
+        assert_eq!(
+            read_defect_data(false, false, true, 0, 32).data,
+            vec![0, 0x08, 0, 0]
+        );
+        assert_eq!(
+            read_defect_data(true, true, false, 4, 32).data,
+            vec![0, 0x14, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(read_defect_data(true, true, true, 0, 3).data.len(), 3);
     }
 
     #[test]
