@@ -395,3 +395,70 @@ fn preempt_and_abort_fences_a_node_and_its_write_in_flight() {
     // A, the new holder, writes.
     assert_eq!(a.write10(100, &[0x11u8; 512]).status(), 0);
 }
+
+/// PREEMPT AND ABORT while the fenced node has reads at the disk: the fence waits for the
+/// aborted commands' storage I/O to finish, then answers (it must not hang), the aborted reads
+/// are never answered, and the fenced session goes on.
+#[test]
+fn preempt_and_abort_with_the_fenced_nodes_io_in_flight_answers_and_the_session_goes_on() {
+    use shoal::iscsi::pdu::Opcode;
+    use std::time::{Duration, Instant};
+    const WE: u8 = 1;
+    let t = Target::start(&["--size", "64M"]);
+    let mut a = session(&t, 1);
+    let mut b = session(&t, 2);
+    for lba in (0..32 * 2048).step_by(2048) {
+        assert_eq!(b.write10(lba, &vec![0x5Au8; 1 << 20]).status(), 0);
+    }
+    assert_eq!(prout(&mut a, 0x00, 0, 0, 0xA1).status(), 0);
+    assert_eq!(prout(&mut b, 0x00, 0, 0, 0xB2).status(), 0);
+    assert_eq!(prout(&mut b, 0x01, WE, 0xB2, 0).status(), 0);
+    let reads: Vec<u32> = (0..32u32)
+        .map(|i| {
+            let cdb = support::scsi::read10(i * 2048, 2048);
+            b.send_command(&cdb, 1 << 20, true, false, &[], false)
+        })
+        .collect();
+    let start = Instant::now();
+    let r = prout(&mut a, 0x05, WE, 0xA1, 0xB2);
+    assert_eq!(r.status(), 0, "PREEMPT AND ABORT: {:?}", r.sense());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // B: the reads that finished before the fence are answered and those aborted never; a
+    // read that reached the target after the fence, or the TEST UNIT READY sent now, carries
+    // REGISTRATIONS PREEMPTED.
+    let tur_itt = b.send_command(&[0u8; 6], 0, false, false, &[], false);
+    let mut statuses = 0;
+    let mut preempted_told = false;
+    loop {
+        let p = b.expect_pdu();
+        let itt = p.bhs.itt();
+        assert!(
+            itt == tur_itt || reads.contains(&itt),
+            "unexpected PDU {:?}",
+            p.bhs
+        );
+        if p.bhs.opcode() == Opcode::SCSI_RESPONSE {
+            statuses += 1;
+            // Fixed-format sense after the 2-byte SenseLength: key, then ASC/ASCQ.
+            let sense = p.data.get(2..).unwrap_or_default();
+            if p.bhs.0[3] == 0x02 && sense.len() >= 14 {
+                preempted_told |= (sense[2] & 0x0F, sense[12], sense[13]) == (0x06, 0x2A, 0x05);
+            }
+        } else if p.bhs.0[1] & 0x01 != 0 {
+            statuses += 1; // a READ's status in its last Data-In
+        }
+        if itt == tur_itt {
+            break;
+        }
+    }
+    assert!(statuses <= reads.len() + 1);
+    assert!(preempted_told, "B was never told REGISTRATIONS PREEMPTED");
+    let tur = |b: &mut RawInitiator| b.command(&[0u8; 6], 0, false, &[]);
+    while tur(&mut b).status() != 0 {}
+    assert_eq!(b.read10(0, 8).status(), 0, "Write Exclusive: B still reads");
+    assert_eq!(b.write10(0, &[1u8; 512]).status(), 0x18);
+}

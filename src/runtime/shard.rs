@@ -421,6 +421,19 @@ pub(super) struct Accounting {
     pub(super) extent: Option<(u64, u64)>,
 }
 
+/// A PREEMPT AND ABORT that succeeded, answered once the aborted tasks of the preempted nexuses
+/// whose storage I/O was in flight have finished (SAM-5: an aborted command no longer modifies
+/// the medium once the abort completes).
+pub(super) struct PendingPreempt {
+    index: usize,
+    id: TaskId,
+    completion: Completion,
+    wanted: u64,
+    acct: Accounting,
+    /// Aborted tasks still in flight: (connection, task).
+    waiting_for: Vec<(usize, TaskId)>,
+}
+
 /// A command answered, waiting for its response to be on the wire to be recorded.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PendingStat {
@@ -483,6 +496,8 @@ pub struct Shard {
     pub(super) group: GroupSync,
     pub(super) pending_removals: Vec<PendingRemoval>,
     pub(super) pending_usage: Vec<PendingUsage>,
+    /// PREEMPT AND ABORTs answered once the fenced tasks' storage I/O is done.
+    pending_preempts: Vec<PendingPreempt>,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -555,6 +570,7 @@ impl Shard {
             group: GroupSync::default(),
             pending_removals: Vec::new(),
             pending_usage: Vec::new(),
+            pending_preempts: Vec::new(),
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
@@ -662,6 +678,9 @@ impl Shard {
             cqes.clear();
             self.cqes = cqes;
             self.release_held();
+            if !self.pending_preempts.is_empty() {
+                self.settle_preempts();
+            }
             if !self.pending_usage.is_empty() {
                 self.advance_usage();
             }
@@ -1372,9 +1391,11 @@ impl Shard {
             }
             other => other,
         };
-        if !preempted.is_empty() {
-            self.abort_preempted(index, lun, &preempted);
-        }
+        let fenced_in_flight = if preempted.is_empty() {
+            Vec::new()
+        } else {
+            self.abort_preempted(index, lun, &preempted)
+        };
         match outcome {
             Outcome::Done(c) => {
                 let wanted = if write {
@@ -1389,7 +1410,18 @@ impl Shard {
                     backend_done: None,
                     extent: None,
                 };
-                self.finish(index, id, c, DataInSource::None, wanted, acct);
+                if fenced_in_flight.is_empty() {
+                    self.finish(index, id, c, DataInSource::None, wanted, acct);
+                } else {
+                    self.pending_preempts.push(PendingPreempt {
+                        index,
+                        id,
+                        completion: c,
+                        wanted,
+                        acct,
+                        waiting_for: fenced_in_flight,
+                    });
+                }
             }
             io => self.start_io(index, id, io, submitted),
         }
@@ -1552,19 +1584,29 @@ impl Shard {
     /// from their own nexus, and a nexus that lost tasks is told COMMANDS CLEARED BY ANOTHER
     /// INITIATOR after REGISTRATIONS PREEMPTED. Their sessions stay up, and their tasks on
     /// other LUs are untouched.
-    fn abort_preempted(&mut self, index: usize, lun: usize, preempted: &[NexusId]) {
+    ///
+    /// Returns the aborted tasks whose storage I/O is still in flight (connection, task): a
+    /// fenced node's WRITE already at the disk still lands, so the PREEMPT AND ABORT is answered
+    /// only once they are done ([`Shard::settle_preempts`]).
+    fn abort_preempted(
+        &mut self,
+        index: usize,
+        lun: usize,
+        preempted: &[NexusId],
+    ) -> Vec<(usize, TaskId)> {
         let victims: Vec<usize> = self
             .live_conns()
             .filter(|(i, c)| c.lun == lun && *i != index && preempted.contains(&c.nexus))
             .map(|(i, _)| i)
             .collect();
         let mut cleared = Vec::new();
+        let mut in_flight = Vec::new();
         for i in victims {
             if let Some(sc) = self.conn_mut(i) {
                 if sc.conn.task_count() > 0 {
                     cleared.push(sc.nexus);
                 }
-                sc.conn.abort_all();
+                in_flight.extend(sc.conn.abort_all().into_iter().map(|id| (i, id)));
             }
             self.flush(i);
         }
@@ -1572,6 +1614,35 @@ impl Shard {
         cleared.dedup();
         for victim in cleared {
             self.luns[lun].lu.commands_cleared(victim);
+        }
+        in_flight
+    }
+
+    /// Answers the PREEMPT AND ABORTs whose aborted tasks have all finished their storage I/O
+    /// (an aborted task stays in its connection, marked aborted, until then).
+    pub(super) fn settle_preempts(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_preempts);
+        for p in &mut pending {
+            p.waiting_for.retain(|&(i, id)| {
+                self.conns
+                    .get(i)
+                    .and_then(|c| c.as_deref())
+                    .and_then(|c| c.conn.task(id))
+                    .is_some_and(|t| t.aborted())
+            });
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|p| p.waiting_for.is_empty());
+        self.pending_preempts.extend(waiting);
+        for p in done {
+            self.finish(
+                p.index,
+                p.id,
+                p.completion,
+                DataInSource::None,
+                p.wanted,
+                p.acct,
+            );
         }
     }
 
