@@ -433,8 +433,10 @@ fn preempt_and_abort_with_the_fenced_nodes_io_in_flight_answers_and_the_session_
     let tur_itt = b.send_command(&[0u8; 6], 0, false, false, &[], false);
     let mut statuses = 0;
     let mut preempted_told = false;
-    loop {
-        let p = b.expect_pdu();
+    let mut tur_answered = false;
+    // Until B has heard everything it is owed (reads that reached the target after the fence
+    // run normally and may finish after the TEST UNIT READY).
+    while let support::initiator::Event::Pdu(p) = b.next_non_ping(Duration::from_millis(500)) {
         let itt = p.bhs.itt();
         assert!(
             itt == tur_itt || reads.contains(&itt),
@@ -451,10 +453,9 @@ fn preempt_and_abort_with_the_fenced_nodes_io_in_flight_answers_and_the_session_
         } else if p.bhs.0[1] & 0x01 != 0 {
             statuses += 1; // a READ's status in its last Data-In
         }
-        if itt == tur_itt {
-            break;
-        }
+        tur_answered |= itt == tur_itt;
     }
+    assert!(tur_answered);
     assert!(statuses <= reads.len() + 1);
     assert!(preempted_told, "B was never told REGISTRATIONS PREEMPTED");
     let tur = |b: &mut RawInitiator| b.command(&[0u8; 6], 0, false, &[]);

@@ -421,17 +421,33 @@ pub(super) struct Accounting {
     pub(super) extent: Option<(u64, u64)>,
 }
 
-/// A PREEMPT AND ABORT that succeeded, answered once the aborted tasks of the preempted nexuses
-/// whose storage I/O was in flight have finished (SAM-5: an aborted command no longer modifies
-/// the medium once the abort completes).
-pub(super) struct PendingPreempt {
+/// An answer held until the tasks it aborted on other connections, whose storage I/O was in
+/// flight, have finished (SAM-5: once an abort completes, the aborted commands no longer modify
+/// the medium): a PREEMPT AND ABORT, or a task management function that cleared other nexuses'
+/// tasks (CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET).
+pub(super) struct PendingFence {
+    /// The connection that gets the answer.
     index: usize,
-    id: TaskId,
-    completion: Completion,
-    wanted: u64,
-    acct: Accounting,
+    answer: FenceAnswer,
     /// Aborted tasks still in flight: (connection, task).
     waiting_for: Vec<(usize, TaskId)>,
+}
+
+/// What a [`PendingFence`] answers.
+pub(super) enum FenceAnswer {
+    /// The status of a PERSISTENT RESERVE OUT (PREEMPT AND ABORT).
+    Scsi {
+        id: TaskId,
+        completion: Completion,
+        wanted: u64,
+        acct: Accounting,
+    },
+    /// A task management response, which also waits for the connection's own aborted tasks.
+    Tmf {
+        itt: u32,
+        function: TmfFunction,
+        own: Vec<TaskId>,
+    },
 }
 
 /// A command answered, waiting for its response to be on the wire to be recorded.
@@ -496,8 +512,8 @@ pub struct Shard {
     pub(super) group: GroupSync,
     pub(super) pending_removals: Vec<PendingRemoval>,
     pub(super) pending_usage: Vec<PendingUsage>,
-    /// PREEMPT AND ABORTs answered once the fenced tasks' storage I/O is done.
-    pending_preempts: Vec<PendingPreempt>,
+    /// Answers held until the tasks they aborted on other connections are done.
+    pending_fences: Vec<PendingFence>,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -570,7 +586,7 @@ impl Shard {
             group: GroupSync::default(),
             pending_removals: Vec::new(),
             pending_usage: Vec::new(),
-            pending_preempts: Vec::new(),
+            pending_fences: Vec::new(),
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
@@ -678,8 +694,8 @@ impl Shard {
             cqes.clear();
             self.cqes = cqes;
             self.release_held();
-            if !self.pending_preempts.is_empty() {
-                self.settle_preempts();
+            if !self.pending_fences.is_empty() {
+                self.settle_fences();
             }
             if !self.pending_usage.is_empty() {
                 self.advance_usage();
@@ -1413,12 +1429,14 @@ impl Shard {
                 if fenced_in_flight.is_empty() {
                     self.finish(index, id, c, DataInSource::None, wanted, acct);
                 } else {
-                    self.pending_preempts.push(PendingPreempt {
+                    self.pending_fences.push(PendingFence {
                         index,
-                        id,
-                        completion: c,
-                        wanted,
-                        acct,
+                        answer: FenceAnswer::Scsi {
+                            id,
+                            completion: c,
+                            wanted,
+                            acct,
+                        },
                         waiting_for: fenced_in_flight,
                     });
                 }
@@ -1543,13 +1561,14 @@ impl Shard {
             .map(|(i, _)| i)
             .collect();
         let mut cleared = Vec::new();
+        let mut others_in_flight = Vec::new();
         for i in others {
             if let Some(sc) = self.conn_mut(i) {
                 // Control mode page TAS=0: the other nexus's aborted tasks end without status.
                 if sc.conn.task_count() > 0 {
                     cleared.push(sc.nexus);
                 }
-                sc.conn.abort_all();
+                others_in_flight.extend(sc.conn.abort_all().into_iter().map(|id| (i, id)));
                 // TARGET COLD RESET is a power-on: every session of the target ends (§11.5.1).
                 if function == TmfFunction::TargetColdReset {
                     sc.conn.shut(CloseReason::Reset);
@@ -1561,7 +1580,20 @@ impl Shard {
             return;
         };
         let in_flight = sc.conn.abort_all();
-        sc.conn.reset_done(itt, function, in_flight);
+        if others_in_flight.is_empty() {
+            sc.conn.reset_done(itt, function, in_flight);
+        } else {
+            // The answer waits for the other nexuses' aborted commands at the disk too.
+            self.pending_fences.push(PendingFence {
+                index,
+                answer: FenceAnswer::Tmf {
+                    itt,
+                    function,
+                    own: in_flight,
+                },
+                waiting_for: others_in_flight,
+            });
+        }
         // The aborted commands a QoS limit holds end now, so the reset's answer need not wait.
         self.end_aborted_held();
         let lu = &mut self.luns[lun].lu;
@@ -1587,7 +1619,7 @@ impl Shard {
     ///
     /// Returns the aborted tasks whose storage I/O is still in flight (connection, task): a
     /// fenced node's WRITE already at the disk still lands, so the PREEMPT AND ABORT is answered
-    /// only once they are done ([`Shard::settle_preempts`]).
+    /// only once they are done ([`Shard::settle_fences`]).
     fn abort_preempted(
         &mut self,
         index: usize,
@@ -1618,32 +1650,45 @@ impl Shard {
         in_flight
     }
 
-    /// Answers the PREEMPT AND ABORTs whose aborted tasks have all finished their storage I/O
-    /// (an aborted task stays in its connection, marked aborted, until then).
-    pub(super) fn settle_preempts(&mut self) {
-        let mut pending = std::mem::take(&mut self.pending_preempts);
+    /// Gives the held answers whose aborted tasks have all finished their storage I/O (an
+    /// aborted task stays in its connection, marked aborted, until then).
+    pub(super) fn settle_fences(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending_fences);
         for p in &mut pending {
-            p.waiting_for.retain(|&(i, id)| {
-                self.conns
-                    .get(i)
-                    .and_then(|c| c.as_deref())
-                    .and_then(|c| c.conn.task(id))
-                    .is_some_and(|t| t.aborted())
-            });
+            p.waiting_for.retain(|&(i, id)| self.still_aborting(i, id));
         }
         let (done, waiting): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(|p| p.waiting_for.is_empty());
-        self.pending_preempts.extend(waiting);
+        self.pending_fences.extend(waiting);
         for p in done {
-            self.finish(
-                p.index,
-                p.id,
-                p.completion,
-                DataInSource::None,
-                p.wanted,
-                p.acct,
-            );
+            match p.answer {
+                FenceAnswer::Scsi {
+                    id,
+                    completion,
+                    wanted,
+                    acct,
+                } => self.finish(p.index, id, completion, DataInSource::None, wanted, acct),
+                FenceAnswer::Tmf { itt, function, own } => {
+                    let own: Vec<TaskId> = own
+                        .into_iter()
+                        .filter(|&id| self.still_aborting(p.index, id))
+                        .collect();
+                    if let Some(sc) = self.conn_mut(p.index) {
+                        sc.conn.reset_done(itt, function, own);
+                    }
+                }
+            }
+            self.flush(p.index);
         }
+    }
+
+    /// Whether task `id` of connection `index` was aborted and is still in flight.
+    fn still_aborting(&self, index: usize, id: TaskId) -> bool {
+        self.conns
+            .get(index)
+            .and_then(|c| c.as_deref())
+            .and_then(|c| c.conn.task(id))
+            .is_some_and(|t| t.aborted())
     }
 
     fn text(&mut self, index: usize, req: &TextRequest) {
