@@ -337,6 +337,47 @@ pub(super) fn show_snapshot(s: &SnapshotInfo) -> String {
     ])
 }
 
+pub(super) fn session_table(sessions: &[SessionInfo]) -> String {
+    if sessions.is_empty() {
+        return "no sessions\n".into();
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            let digests = match (s.header_digest, s.data_digest) {
+                (false, false) => "-".to_string(),
+                (true, false) => "header".to_string(),
+                (false, true) => "data".to_string(),
+                (true, true) => "header,data".to_string(),
+            };
+            vec![
+                s.volume.clone(),
+                s.tsih.to_string(),
+                s.initiator.clone(),
+                s.isid.clone(),
+                dash(s.initiator_alias.as_deref()),
+                dash(s.peer.as_deref()),
+                s.logged_in_at.map_or_else(|| "-".into(), format_time),
+                digests,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "VOLUME",
+            "TSIH",
+            "INITIATOR",
+            "ISID",
+            "ALIAS",
+            "PEER",
+            "SINCE",
+            "DIGESTS",
+        ],
+        &[false, true, false, false, false, false, false, false],
+        &rows,
+    )
+}
+
 pub(super) fn snapshot_table(snaps: &[SnapshotInfo]) -> String {
     let rows: Vec<Vec<String>> = snaps
         .iter()

@@ -18,8 +18,8 @@ use crate::control::admin;
 use crate::control::api::{
     AccessInfo, AdminError, ChapInfo, CreateClone, CreateSnapshot, CreateSnapshotGroup,
     CreateVolume, ErrorBody, ErrorCode, Export, PoolSettings, PoolStatus, Rename, ReservationsInfo,
-    ResetReport, Resize, ScheduleInfo, SnapshotDiff, SnapshotInfo, SnapshotSchedule, StatsQuery,
-    StatsReport, VolumeChap, VolumeInfo, VolumePatch,
+    ResetReport, Resize, ScheduleInfo, SessionInfo, SnapshotDiff, SnapshotInfo, SnapshotSchedule,
+    StatsQuery, StatsReport, VolumeChap, VolumeInfo, VolumePatch,
 };
 use crate::control::{schedule, settings};
 use clap::Subcommand;
@@ -66,6 +66,26 @@ pub enum CliCommand {
     Pool(PoolCommand),
     /// Latency and throughput per volume: IOPS, MB/s and latency percentiles (µs).
     Stats(StatsArgs),
+    /// The sessions logged in (initiator, address, since when), and ending one.
+    #[command(subcommand)]
+    Session(SessionCommand),
+}
+
+/// `shoal session ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum SessionCommand {
+    /// List the sessions logged in: volume, initiator and its alias, address, TSIH, since when.
+    List {
+        /// Only the sessions to this volume (VOLUME@SNAP for an exported snapshot).
+        #[arg(long, value_name = "VOLUME")]
+        volume: Option<String>,
+    },
+    /// End a session (its connections are closed; the initiator may log in again unless an
+    /// access list or CHAP now refuses it).
+    Drop {
+        /// The session's TSIH, as `shoal session list` shows it.
+        tsih: u16,
+    },
 }
 
 /// `shoal stats [VOLUME] [--window N] [--watch [--count N]] [--reset]`.
@@ -745,6 +765,21 @@ impl AdminClient {
         self.send("DELETE", &path, None).map(drop)
     }
 
+    /// `GET /v1/sessions[?volume=V]`.
+    pub fn sessions(&self, volume: Option<&str>) -> Result<Fetched<Vec<SessionInfo>>, CliError> {
+        let path = match volume {
+            Some(v) => format!("/v1/sessions?volume={}", encode(v)),
+            None => "/v1/sessions".into(),
+        };
+        self.fetch("GET", &path, None)
+    }
+
+    /// `DELETE /v1/sessions/{tsih}`.
+    pub fn drop_session(&self, tsih: u16) -> Result<(), CliError> {
+        self.send("DELETE", &format!("/v1/sessions/{tsih}"), None)
+            .map(drop)
+    }
+
     /// `GET /v1/snapshots[?volume=V]`.
     pub fn list_snapshots(
         &self,
@@ -1094,6 +1129,15 @@ pub fn execute(
             render(json, &client.update_pool(&req)?, show_pool)
         }
         CliCommand::Stats(args) => stats_command(&client, args, json)?,
+        CliCommand::Session(SessionCommand::List { volume }) => {
+            render(json, &client.sessions(volume.as_deref())?, |s| {
+                session_table(s)
+            })
+        }
+        CliCommand::Session(SessionCommand::Drop { tsih }) => {
+            client.drop_session(*tsih)?;
+            done(json, format!("session {tsih} ended"))
+        }
     };
     Ok(out)
 }

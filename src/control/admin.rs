@@ -661,6 +661,9 @@ enum Route {
     StatsHistogram(String),
     StatsVolumeReset(String),
     Metrics,
+    Sessions,
+    /// `/v1/sessions/{tsih}`.
+    Session(String),
 }
 
 impl Route {
@@ -672,6 +675,8 @@ impl Route {
                 "GET"
             }
             Route::VolumeReservations(_) => "GET, DELETE",
+            Route::Sessions => "GET",
+            Route::Session(_) => "DELETE",
             Route::VolumeAccess(_) => "GET, PUT",
             Route::VolumeSchedule(_) | Route::VolumeChap(_) => "GET, PUT, DELETE",
             Route::StatsEntry(name) if name == "reset" => "GET, POST",
@@ -693,7 +698,7 @@ impl Route {
     fn params(&self, method: &str) -> &'static [&'static str] {
         match (self, method) {
             (Route::Volume(_), "DELETE") => &["force"],
-            (Route::Snapshots, "GET") => &["volume"],
+            (Route::Snapshots | Route::Sessions, "GET") => &["volume"],
             (Route::Stats | Route::StatsEntry(_), "GET") => &["window"],
             (Route::StatsHistogram(_), "GET") => &["class", "window", "format"],
             (Route::StatsEntry(_), "POST") => &["volume"],
@@ -754,6 +759,8 @@ fn parse_path(path: &str) -> Result<Option<Route>, AdminError> {
         ["v1", "snapshots", snap, "export"] => Route::SnapshotExport(snap.to_string()),
         ["v1", "snapshots", snap, "diff"] => Route::SnapshotDiff(snap.to_string()),
         ["v1", "clones"] => Route::Clones,
+        ["v1", "sessions"] => Route::Sessions,
+        ["v1", "sessions", tsih] => Route::Session(tsih.to_string()),
         _ => return Ok(None),
     };
     Ok(Some(route))
@@ -966,6 +973,19 @@ fn route_and_call(
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::prometheus(&stats, &pool),
             )
+        }
+        ("GET", Route::Sessions) => {
+            Reply::json(200, &backend.sessions(param("volume")).map_err(err)?)
+        }
+        ("DELETE", Route::Session(tsih)) => {
+            let tsih = tsih.parse::<u16>().map_err(|_| {
+                err(AdminError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("invalid TSIH {tsih:?}: expected a number from 0 to 65535"),
+                ))
+            })?;
+            backend.drop_session(tsih).map_err(err)?;
+            Reply::no_content()
         }
         ("GET", Route::Volumes) => Reply::json(200, &backend.list_volumes().map_err(err)?),
         ("POST", Route::Volumes) => {
@@ -1361,6 +1381,8 @@ pub(crate) mod tests {
             Some(Route::SnapshotExport("a@b".into()))
         );
         assert_eq!(r("/v1/clones"), Some(Route::Clones));
+        assert_eq!(r("/v1/sessions?volume=a"), Some(Route::Sessions));
+        assert_eq!(r("/v1/sessions/7"), Some(Route::Session("7".into())));
         assert_eq!(
             r("/v1/volumes/a%2Fb"),
             Some(Route::Volume("a/b".into())),
@@ -1434,6 +1456,12 @@ pub(crate) mod tests {
         assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
         assert_eq!(b.last(), "pool_status");
         assert!(String::from_utf8_lossy(&r.body).contains("shoal_pool_bytes{state=\"free\"} 1\n"));
+        assert_eq!(d("GET", "/v1/sessions", "").status, 200);
+        assert_eq!(d("GET", "/v1/sessions?volume=vm1", "").status, 200);
+        assert_eq!(d("DELETE", "/v1/sessions/x", "").status, 400);
+        assert_eq!(d("DELETE", "/v1/sessions/70000", "").status, 400);
+        assert_eq!(d("DELETE", "/v1/sessions/7", "").status, 404);
+        assert_eq!(d("POST", "/v1/sessions", "").status, 405);
         assert_eq!(d("GET", "/v1/volumes", "").status, 200);
         assert_eq!(b.last(), "list_volumes");
         let r = d("POST", "/v1/volumes", r#"{"name":"a","size_bytes":4096}"#);

@@ -634,6 +634,33 @@ pub struct ResetReport {
     pub volumes: Vec<String>,
 }
 
+/// `GET /v1/sessions`: one session logged in to a volume (or an exported snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Its TSIH: what `DELETE /v1/sessions/{tsih}` names.
+    pub tsih: u16,
+    /// The volume (`VOLUME@SNAP` for an exported snapshot).
+    pub volume: String,
+    /// The target IQN.
+    pub target: String,
+    /// InitiatorName.
+    pub initiator: String,
+    /// The ISID, 12 hex digits.
+    pub isid: String,
+    /// InitiatorAlias, if the initiator sent one (ESXi: its host name).
+    pub initiator_alias: Option<String>,
+    /// The initiator's address and port.
+    pub peer: Option<String>,
+    /// When it logged in, seconds since the epoch.
+    pub logged_in_at: Option<u64>,
+    /// CRC32C header digests.
+    pub header_digest: bool,
+    /// CRC32C data digests.
+    pub data_digest: bool,
+    /// The shard serving it.
+    pub shard: usize,
+}
+
 /// What the daemon does for the admin API. Called from the admin thread; each call is one
 /// complete operation (committed before it returns) or an error that changed nothing.
 pub trait AdminBackend: Send + Sync {
@@ -761,4 +788,17 @@ pub trait AdminBackend: Send + Sync {
     ) -> Result<HistogramReport, AdminError>;
     /// Starts the since-reset figures and windows anew, of every LUN or of one volume.
     fn reset_stats(&self, volume: Option<&str>) -> Result<ResetReport, AdminError>;
+    /// The sessions logged in, to every volume or to one.
+    fn sessions(&self, volume: Option<&str>) -> Result<Vec<SessionInfo>, AdminError> {
+        let _ = volume;
+        Ok(Vec::new())
+    }
+    /// Ends a session: its connections are closed (its initiator may log in again unless an
+    /// access list or CHAP now refuses it).
+    fn drop_session(&self, tsih: u16) -> Result<(), AdminError> {
+        Err(AdminError::new(
+            ErrorCode::NotFound,
+            format!("no session with TSIH {tsih}"),
+        ))
+    }
 }

@@ -14,7 +14,9 @@ pub mod settings;
 
 use crate::scsi::NexusId;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// One exported target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,9 +55,37 @@ pub struct SessionEntry {
     pub shard: usize,
 }
 
+/// What an administrator is shown of a live session beyond its registry entry (set at login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDetails {
+    /// The initiator's address (its end of the leading connection).
+    pub peer: Option<SocketAddr>,
+    /// When the login completed.
+    pub since: SystemTime,
+    /// InitiatorAlias (ESXi sends its host name).
+    pub alias: Option<String>,
+    /// Header and data digests (CRC32C) negotiated.
+    pub header_digest: bool,
+    /// See `header_digest`.
+    pub data_digest: bool,
+}
+
+/// A live session as an administrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// Initiator name, ISID and target.
+    pub key: NexusKey,
+    /// Nexus id, TSIH, shard.
+    pub entry: SessionEntry,
+    /// Set by the login once the session is in full feature phase.
+    pub details: Option<SessionDetails>,
+}
+
 #[derive(Debug, Default)]
 struct RegistryInner {
     sessions: HashMap<NexusKey, SessionEntry>,
+    /// Details of the live sessions, by TSIH.
+    details: HashMap<u16, SessionDetails>,
     /// The id of every I_T nexus ever seen: the same initiator port logging in again gets its
     /// id back, so what SCSI keeps for it beyond a session (persistent reservation
     /// registrations) is found again.
@@ -157,7 +187,41 @@ impl Registry {
             shard,
         };
         inner.sessions.insert(key, entry);
+        if let Some(old) = replaced {
+            inner.details.remove(&old.tsih);
+        }
         Registration { entry, replaced }
+    }
+
+    /// Records what an administrator is shown of the session with this TSIH (ignored when it
+    /// already ended).
+    pub fn describe(&self, tsih: u16, details: SessionDetails) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.sessions.values().any(|s| s.tsih == tsih) {
+            inner.details.insert(tsih, details);
+        }
+    }
+
+    /// Every live session, by target then initiator port.
+    pub fn list(&self) -> Vec<SessionView> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<SessionView> = inner
+            .sessions
+            .iter()
+            .map(|(key, entry)| SessionView {
+                key: key.clone(),
+                entry: *entry,
+                details: inner.details.get(&entry.tsih).cloned(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.key.target, &a.key.initiator, a.key.isid).cmp(&(
+                &b.key.target,
+                &b.key.initiator,
+                b.key.isid,
+            ))
+        });
+        out
     }
 
     /// Forgets the session with this TSIH (it ended). A newer session that reinstated the same
@@ -165,6 +229,7 @@ impl Registry {
     pub fn unregister(&self, tsih: u16) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.sessions.retain(|_, s| s.tsih != tsih);
+        inner.details.remove(&tsih);
     }
 
     /// Number of sessions logged in to `target`.
@@ -215,6 +280,35 @@ mod tests {
             isid: [isid; 6],
             target: "iqn.t".into(),
         }
+    }
+
+    #[test]
+    fn sessions_are_listed_with_their_details_until_they_end_or_are_replaced() {
+        let r = Registry::default();
+        let a = r.register(key(1), 0);
+        let details = SessionDetails {
+            peer: "127.0.0.1:5000".parse().ok(),
+            since: SystemTime::UNIX_EPOCH,
+            alias: Some("esx1".into()),
+            header_digest: true,
+            data_digest: false,
+        };
+        r.describe(a.entry.tsih, details.clone());
+        r.register(key(2), 1);
+        let list = r.list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].key, key(1));
+        assert_eq!(list[0].details.as_ref(), Some(&details));
+        assert_eq!(list[1].details, None, "not described yet");
+        // Reinstatement replaces the session and its details.
+        let again = r.register(key(1), 0);
+        assert_ne!(again.entry.tsih, a.entry.tsih);
+        assert_eq!(r.list()[0].details, None);
+        r.unregister(again.entry.tsih);
+        assert_eq!(r.list().len(), 1);
+        // A session that ended is not described after the fact.
+        r.describe(again.entry.tsih, details);
+        assert!(r.list().iter().all(|s| s.details.is_none()));
     }
 
     #[test]

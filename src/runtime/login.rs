@@ -4,7 +4,7 @@
 //! socket handed to the shard that owns its target.
 
 use super::shard::{NewConnection, ShardHandle, ShardMsg};
-use crate::control::{NexusKey, Registry, TargetEntry};
+use crate::control::{NexusKey, Registry, SessionDetails, TargetEntry};
 use crate::iscsi::connection::ConnParams;
 use crate::iscsi::discovery::{TextExchange, TextRequest as DiscoveryText};
 use crate::iscsi::login::{
@@ -20,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Time a login (or an idle discovery session) may take before the connection is dropped.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -360,6 +360,18 @@ fn finish_login(
         ctx.registry.register(key, shard)
     });
     response.tsih = registration.map_or(0x8000 | u16::from(h.isid[5]), |r| r.entry.tsih);
+    if let Some(reg) = registration {
+        ctx.registry.describe(
+            reg.entry.tsih,
+            SessionDetails {
+                peer: wire.stream.peer_addr().ok(),
+                since: SystemTime::now(),
+                alias: params.initiator_alias.clone(),
+                header_digest: params.header_digest,
+                data_digest: params.data_digest,
+            },
+        );
+    }
     if send_login_response(&mut wire, response, h.cmd_sn).is_err() {
         return;
     }

@@ -1249,6 +1249,80 @@ impl AdminBackend for Daemon {
         volumes.sort();
         Ok(ResetReport { volumes })
     }
+
+    fn sessions(&self, volume: Option<&str>) -> Result<Vec<SessionInfo>, AdminError> {
+        let names: HashMap<String, String> = {
+            let st = self.lock();
+            let names: HashMap<String, String> = st
+                .served
+                .values()
+                .map(|s| (s.target.clone(), s.alias.clone()))
+                .collect();
+            if let Some(v) = volume
+                && !names.values().any(|n| n == v)
+                && Self::volume_meta(&st, v).is_err()
+            {
+                return Err(not_found("volume", v));
+            }
+            names
+        };
+        let want = volume.map(volume_target);
+        Ok(self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|s| want.as_ref().is_none_or(|t| *t == s.key.target))
+            .map(|s| session_info(s, &names))
+            .collect())
+    }
+
+    fn drop_session(&self, tsih: u16) -> Result<(), AdminError> {
+        let session = self
+            .registry
+            .list()
+            .into_iter()
+            .find(|s| s.entry.tsih == tsih)
+            .ok_or_else(|| {
+                AdminError::new(ErrorCode::NotFound, format!("no session with TSIH {tsih}"))
+            })?;
+        let sent = self
+            .shards
+            .get(session.entry.shard)
+            .is_some_and(|h| h.send(ShardMsg::DropNexus(session.entry.nexus)));
+        if !sent {
+            return Err(internal(
+                "the shard serving the session did not take the request",
+            ));
+        }
+        eprintln!(
+            "shoal: session {tsih} of {} to {} ended by the administrator",
+            session.key.initiator, session.key.target
+        );
+        Ok(())
+    }
+}
+
+/// How the admin API shows a registry session; `names` maps targets to the images they serve.
+fn session_info(s: super::SessionView, names: &HashMap<String, String>) -> SessionInfo {
+    let details = s.details.as_ref();
+    SessionInfo {
+        tsih: s.entry.tsih,
+        volume: names.get(&s.key.target).cloned().unwrap_or_default(),
+        initiator: s.key.initiator,
+        isid: s.key.isid.iter().map(|b| format!("{b:02x}")).collect(),
+        target: s.key.target,
+        initiator_alias: details.and_then(|d| d.alias.clone()),
+        peer: details.and_then(|d| d.peer).map(|a| a.to_string()),
+        logged_in_at: details.and_then(|d| {
+            d.since
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|t| t.as_secs())
+        }),
+        header_digest: details.is_some_and(|d| d.header_digest),
+        data_digest: details.is_some_and(|d| d.data_digest),
+        shard: s.entry.shard,
+    }
 }
 
 /// The target a volume (or `VOLUME@SNAP`, an exported snapshot) is served as.
