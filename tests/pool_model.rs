@@ -103,7 +103,7 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use shoal::storage::pool::catalog::{self, Pool};
 use shoal::storage::pool::extent_map::{
-    ExtentMap, UsageSource, count_references, exclusive_extents,
+    ExtentMap, UsageSource, UsageWalk, count_references, exclusive_extents,
 };
 use shoal::storage::pool::format::{ImageKind, ImageMeta};
 use shoal::storage::pool::journal;
@@ -182,6 +182,10 @@ enum Op {
     /// Make a volume full (`ThinVolume::make_full`, then `Pool::set_thin`) or thin
     /// (`Pool::set_thin`, then `make_thin`), as the daemon's `set_provisioning` does.
     SetFull { vol: u16, full: bool },
+    /// Convert a volume to full the way the shard does, a few leaves at a time
+    /// (`ExtentMap::usage_step`, then `ThinVolume::make_full_measured`), with any other step
+    /// free to run between two of these: the walk starts, or goes on by `steps` leaves.
+    StepFull { vol: u16, steps: u16 },
     /// WRITE ATOMIC of `blocks` blocks of fresh bytes at block `at` of a volume.
     AtomicWrite { vol: u16, at: u16, blocks: u16 },
     /// `kill -9` right after a WRITE ATOMIC's data, before or after its one record; restart.
@@ -427,6 +431,9 @@ struct Harness {
     log: Vec<String>,
     /// A write is being retried after waiting for freed extents (once, as the shard does).
     waited_for_space: bool,
+    /// A conversion to full in progress ([`Op::StepFull`]): the volume, its walk, the marks
+    /// it started at.
+    full_walk: Option<(u64, UsageWalk, u64)>,
 }
 
 impl Harness {
@@ -439,6 +446,7 @@ impl Harness {
             capacity,
             pool: Some(pool),
             vols: BTreeMap::new(),
+            full_walk: None,
             model: BTreeMap::new(),
             max_id: 0,
             names: 0,
@@ -521,6 +529,10 @@ impl Harness {
         )
         .map_err(|e| format!("serve {}: {e}", meta.name))?
         .with_reservation(!meta.thin, reserved);
+        // A walk of a map this image had before (crash, rollback) is not one of this map.
+        if self.full_walk.as_ref().is_some_and(|w| w.0 == meta.image) {
+            self.full_walk = None;
+        }
         self.vols.insert(meta.image, v);
         Ok(())
     }
@@ -972,6 +984,57 @@ impl Harness {
         Ok(())
     }
 
+    /// One step of a conversion to full by a stepwise walk (see [`Op::StepFull`]). A walk
+    /// that went stale (the map was shared or unmapped meanwhile) is dropped; one that finishes
+    /// reserves what its count says, and every check after it holds the volume to "never out
+    /// of space", which an undercount would break.
+    fn step_full(&mut self, id: u64, steps: u64) -> Outcome {
+        let (id, mut walk, marks) = match self.full_walk.take() {
+            Some((walking, walk, marks)) if self.vols.contains_key(&walking) => {
+                (walking, walk, marks)
+            }
+            _ => {
+                if self.model[&id].full {
+                    return Ok(());
+                }
+                let marks = self.vols[&id].usage_marks();
+                (id, UsageWalk::new(), marks)
+            }
+        };
+        let v = self.vols.get_mut(&id).expect("served");
+        let done = v.map().usage_step(&mut walk, steps.max(1) as usize);
+        walk.drop_shared();
+        if !done {
+            self.full_walk = Some((id, walk, marks));
+            return Ok(());
+        }
+        let name = self.model[&id].name.clone();
+        match v.make_full_measured(walk.writable(), marks) {
+            None => self
+                .log
+                .push(format!("{name} -> full: walk stale, dropped")),
+            Some(Err(need)) => self
+                .log
+                .push(format!("{name} -> full (walked) refused ({need} needed)")),
+            Some(Ok(reserved)) => {
+                if !self.model[&id].full {
+                    self.pool
+                        .as_mut()
+                        .expect("pool open")
+                        .set_thin(id, false)
+                        .map_err(|e| format!("set_thin: {e}"))?;
+                    let m = self.model.get_mut(&id).expect("model");
+                    m.full = true;
+                    m.unbacked = false;
+                    self.control_durable()?;
+                }
+                self.log
+                    .push(format!("{name} -> full (walked, {reserved} reserved)"));
+            }
+        }
+        Ok(())
+    }
+
     /// EXTENDED COPY by reference of `count` extents from `src` of volume `a` to `dst` of
     /// volume `b`: lent by `a` and adopted by `b` (a full volume may refuse either, when the
     /// pool cannot grow its reservation: the checks after this step hold it to "never out of
@@ -1413,6 +1476,7 @@ impl Harness {
     fn shut_down(&mut self) {
         // The process dies: the shards' volumes and the control plane's pool go away.
         self.vols.clear();
+        self.full_walk = None;
         self.pool = None;
     }
 
@@ -1801,7 +1865,31 @@ impl Harness {
     fn check_all(&self) -> Outcome {
         self.check_catalog()?;
         self.check_contents()?;
-        self.check_refs()
+        self.check_refs()?;
+        self.check_full_volumes()
+    }
+
+    /// The invariant behind "never out of space": a full volume's reservation plus the extents
+    /// it owns alone (which it rewrites in place) cover every logical extent.
+    fn check_full_volumes(&self) -> Outcome {
+        for (id, v) in &self.vols {
+            let m = &self.model[id];
+            if !m.full || m.unbacked {
+                continue;
+            }
+            let map = v.map();
+            let mut owned = 0u64;
+            map.for_each_mapped(|lext, _| owned += u64::from(map.is_exclusive(lext)));
+            if v.reserved_left() + owned < map.len() {
+                return Err(format!(
+                    "full volume {}: {} reserved + {owned} owned alone < {} extents",
+                    m.name,
+                    v.reserved_left(),
+                    map.len()
+                ));
+            }
+        }
+        Ok(())
     }
 
     // ---- one step ----
@@ -1845,6 +1933,11 @@ impl Harness {
             Op::SetFull { vol, full } => {
                 if let Some(id) = self.pick(Some(ImageKind::Volume), vol) {
                     self.set_full(id, full)?;
+                }
+            }
+            Op::StepFull { vol, steps } => {
+                if let Some(id) = self.pick(Some(ImageKind::Volume), vol) {
+                    self.step_full(id, u64::from(steps))?;
                 }
             }
             Op::AtomicWrite { vol, at, blocks } => {
@@ -2016,6 +2109,7 @@ fn op_strategy(power_loss: bool) -> impl Strategy<Value = Op> {
         6 => range().prop_map(|(vol, at, blocks)| Op::Unmap { vol, at, blocks }),
         5 => range().prop_map(|(vol, at, blocks)| Op::AtomicWrite { vol, at, blocks }),
         2 => (any16(), any::<bool>()).prop_map(|(vol, full)| Op::SetFull { vol, full }),
+        4 => (any16(), 0u16..3).prop_map(|(vol, steps)| Op::StepFull { vol, steps }),
         4 => (any16(), any16(), any16(), any16(), 0u16..8).prop_map(
             |(from, to, src, dst, extents)| Op::ShareAcross { from, to, src, dst, extents }
         ),
@@ -2367,4 +2461,94 @@ fn checkpoint_after_a_crash_mid_checkpoint_keeps_the_live_journals() {
         Op::Restart,
     ];
     run(16, &[9, 9], &ops).unwrap();
+}
+
+/// A conversion to full walked a leaf at a time (as the shard does it, between I/O): an UNMAP
+/// between two steps of an extent the walk already counted as owned alone voids the count,
+/// which would otherwise reserve one extent too few. The volume spans two leaves, and the pool
+/// can hold it whole.
+#[test]
+fn full_conversion_walk_is_voided_by_an_unmap_under_it() {
+    let ops = [
+        write(FIRST, 0, 8),
+        Op::StepFull {
+            vol: FIRST,
+            steps: 1,
+        },
+        Op::Unmap {
+            vol: FIRST,
+            at: 0,
+            blocks: 7,
+        },
+        Op::StepFull {
+            vol: FIRST,
+            steps: 1,
+        },
+        // A fresh walk, undisturbed, converts it.
+        Op::StepFull {
+            vol: FIRST,
+            steps: 2,
+        },
+        write(FIRST, 0, 8),
+    ];
+    run(640, &[4608], &ops).unwrap();
+}
+
+/// The same when an EXTENDED COPY by reference replaces the counted extent with one shared
+/// with another volume.
+#[test]
+fn full_conversion_walk_is_voided_by_extents_adopted_under_it() {
+    let ops = [
+        write(FIRST, 0, 8),
+        write(1, 0, 8),
+        Op::StepFull {
+            vol: FIRST,
+            steps: 1,
+        },
+        Op::ShareAcross {
+            from: 1,
+            to: FIRST,
+            src: 0,
+            dst: 0,
+            extents: 0,
+        },
+        Op::StepFull {
+            vol: FIRST,
+            steps: 1,
+        },
+        Op::StepFull {
+            vol: FIRST,
+            steps: 2,
+        },
+    ];
+    run(640, &[4608, 16], &ops).unwrap();
+}
+
+/// And when it lends the counted extent to another volume (now shared, it is no longer its
+/// own alone).
+#[test]
+fn full_conversion_walk_is_voided_by_extents_lent_under_it() {
+    let ops = [
+        write(FIRST, 0, 8),
+        Op::StepFull {
+            vol: FIRST,
+            steps: 1,
+        },
+        Op::ShareAcross {
+            from: FIRST,
+            to: 1,
+            src: 0,
+            dst: 0,
+            extents: 0,
+        },
+        Op::StepFull {
+            vol: FIRST,
+            steps: 1,
+        },
+        Op::StepFull {
+            vol: FIRST,
+            steps: 2,
+        },
+    ];
+    run(640, &[4608, 16], &ops).unwrap();
 }

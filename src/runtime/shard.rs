@@ -22,7 +22,7 @@ use super::sync::GroupSync;
 use super::text::SessionDirectory;
 use super::tx::Tx;
 pub use super::volumes::UsageReport;
-use super::volumes::{PendingRemoval, PendingSnapshot, PendingUsage};
+use super::volumes::{PendingProvision, PendingRemoval, PendingSnapshot, PendingUsage};
 use super::xcopy::CopyRefusal;
 use crate::control::Registry;
 use crate::iscsi::connection::{
@@ -514,6 +514,8 @@ pub struct Shard {
     pub(super) pending_usage: Vec<PendingUsage>,
     /// Answers held until the tasks they aborted on other connections are done.
     pending_fences: Vec<PendingFence>,
+    /// Conversions to full volumes walking their maps.
+    pub(super) pending_provisions: Vec<PendingProvision>,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -587,6 +589,7 @@ impl Shard {
             pending_removals: Vec::new(),
             pending_usage: Vec::new(),
             pending_fences: Vec::new(),
+            pending_provisions: Vec::new(),
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
@@ -660,7 +663,9 @@ impl Shard {
             // With a usage walk in progress, or within the busy-poll window, poll instead of
             // sleeping.
             let polling = !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll;
-            let idle = self.pending_usage.is_empty() && self.inline_done.is_empty();
+            let idle = self.pending_usage.is_empty()
+                && self.pending_provisions.is_empty()
+                && self.inline_done.is_empty();
             let want = usize::from(idle && !polling);
             if self.pool.wants_registration() {
                 self.register_parked_buffers();
@@ -699,6 +704,9 @@ impl Shard {
             }
             if !self.pending_usage.is_empty() {
                 self.advance_usage();
+            }
+            if !self.pending_provisions.is_empty() {
+                self.advance_provisions();
             }
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
@@ -889,7 +897,11 @@ impl Shard {
                     full,
                     reply,
                 } => {
-                    let _ = reply.send(self.provision(&target, full));
+                    if full {
+                        self.start_provision(target, reply);
+                    } else {
+                        let _ = reply.send(self.provision(&target, false));
+                    }
                 }
                 ShardMsg::Stop => {
                     self.stopping = true;

@@ -46,6 +46,21 @@ pub(super) struct PendingSnapshot {
     reply: Sender<Result<(ExtentMap, u64), SnapshotError>>,
 }
 
+/// A thin volume becoming full: its map walked in steps (like a usage walk) to count the
+/// extents it owns alone, then the rest reserved (`ThinVolume::make_full_measured`).
+pub(super) struct PendingProvision {
+    target: String,
+    walk: UsageWalk,
+    marks: u64,
+    /// Walks begun again because the map was shared or unmapped under the last one.
+    restarts: u32,
+    reply: Sender<Result<u64, String>>,
+}
+
+/// Walks begun again before the conversion counts in one go instead (a map shared or unmapped
+/// that often is being written hard; the single count then stalls this shard briefly).
+const PROVISION_RESTARTS: u32 = 3;
+
 /// A freeze waiting for the writes in flight on its volumes.
 pub(super) struct PendingFreeze {
     waiting_for: Vec<usize>,
@@ -132,14 +147,75 @@ impl Shard {
             .ok_or_else(|| format!("target {target} is not a thin volume"))
     }
 
-    /// Makes `target`'s volume full or thin, and its logical unit say so (see
-    /// `ThinVolume::make_full` / `make_thin`).
+    /// Starts making `target`'s volume full: answered by `advance_provisions` once a stepwise
+    /// walk has counted what it owns alone (a volume already full answers at once).
+    pub(super) fn start_provision(&mut self, target: String, reply: Sender<Result<u64, String>>) {
+        match self.thin_of(&target) {
+            Ok(thin) => {
+                let marks = thin.usage_marks();
+                self.pending_provisions.push(PendingProvision {
+                    target,
+                    walk: UsageWalk::new(),
+                    marks,
+                    restarts: 0,
+                    reply,
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// One step of every conversion to full in progress; finished ones are answered and their
+    /// logical units told (INQUIRY DATA HAS CHANGED).
+    pub(super) fn advance_provisions(&mut self) {
+        let mut jobs = std::mem::take(&mut self.pending_provisions);
+        let mut converted = Vec::new();
+        jobs.retain_mut(|job| {
+            let thin = match self.thin_of(&job.target) {
+                Ok(thin) => thin,
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    return false;
+                }
+            };
+            let done = thin.map().usage_step(&mut job.walk, USAGE_STEP);
+            job.walk.drop_shared();
+            if !done {
+                return true;
+            }
+            let result = match thin.make_full_measured(job.walk.writable(), job.marks) {
+                Some(result) => result,
+                None if job.restarts < PROVISION_RESTARTS => {
+                    job.restarts += 1;
+                    job.walk = UsageWalk::new();
+                    job.marks = thin.usage_marks();
+                    return true;
+                }
+                None => thin.make_full(),
+            };
+            if result.is_ok() {
+                converted.push(job.target.clone());
+            }
+            let _ = job.reply.send(result.map_err(cannot_reserve));
+            false
+        });
+        jobs.append(&mut self.pending_provisions);
+        self.pending_provisions = jobs;
+        for target in converted {
+            if let Ok(slot) = self.served_lun(&target) {
+                slot.lu.set_thin(false);
+            }
+        }
+    }
+
+    /// Makes `target`'s volume full or thin at once, and its logical unit say so (see
+    /// `ThinVolume::make_full` / `make_thin`; the admin path to full is `start_provision`).
     pub(super) fn provision(&mut self, target: &str, full: bool) -> Result<u64, String> {
         let volume = self.thin_of(target)?;
         let changed = if full {
-            volume.make_full().map_err(|need| {
-                format!("the pool cannot reserve the {need} extents the volume does not own alone")
-            })?
+            volume.make_full().map_err(cannot_reserve)?
         } else {
             volume.make_thin()
         };
@@ -366,4 +442,9 @@ impl Shard {
         slot.lu.set_capacity(blocks);
         Ok(())
     }
+}
+
+/// Why a volume cannot become full (the admin API answers 507 `no_space` on "cannot reserve").
+fn cannot_reserve(need: u64) -> String {
+    format!("the pool cannot reserve the {need} extents the volume does not own alone")
 }

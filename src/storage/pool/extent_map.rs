@@ -196,7 +196,14 @@ impl Leaf {
     }
 
     fn owned_by(&self, refs: &Arc<RefTable>) -> bool {
-        self.owner.get().is_some_and(|o| Arc::ptr_eq(o, refs))
+        self.counted_in(refs)
+    }
+
+    /// Whether this leaf's entries are counted in `refs`.
+    fn counted_in(&self, refs: &RefTable) -> bool {
+        self.owner
+            .get()
+            .is_some_and(|o| std::ptr::eq(Arc::as_ptr(o), refs))
     }
 }
 

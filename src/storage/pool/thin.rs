@@ -81,8 +81,8 @@ pub struct ThinVolume {
     full: bool,
     /// Extents the current write plan took from the reservation (to give back on failure).
     reserved_in_plan: smallvec::SmallVec<[u64; 4]>,
-    /// Times the map was shared (snapshots, checkpoint cuts): a trim measured before the
-    /// latest share is void.
+    /// Times the map was shared (snapshots, checkpoint cuts, extents lent or adopted) or lost
+    /// extents it owned (UNMAP): a trim or a conversion to full measured before is void.
     share_epoch: u64,
 }
 
@@ -149,7 +149,31 @@ impl ThinVolume {
         let mut owned = 0u64;
         let map = &self.map;
         map.for_each_mapped(|lext, _| owned += u64::from(map.is_exclusive(lext)));
-        let need = map.len().saturating_sub(owned);
+        self.reserve_full(owned)
+    }
+
+    /// [`ThinVolume::make_full`] with the extents it owns alone measured by a stepwise walk
+    /// ([`ExtentMap::usage_step`], [`UsageWalk::writable`]) that started at `marks`
+    /// ([`ThinVolume::usage_marks`]), so the serving shard's I/O never waits for a whole-map
+    /// count. `None` when the map was shared or unmapped since (the count may be too high:
+    /// measure again); otherwise as `make_full`. Writes during the walk only add extents the
+    /// volume owns alone, so the count is a lower bound and the reservation enough.
+    ///
+    /// [`UsageWalk::writable`]: crate::storage::pool::extent_map::UsageWalk::writable
+    pub fn make_full_measured(&mut self, owned: u64, marks: u64) -> Option<Result<u64, u64>> {
+        if self.full {
+            return Some(Ok(0));
+        }
+        if self.share_epoch != marks {
+            return None;
+        }
+        Some(self.reserve_full(owned))
+    }
+
+    /// Reserves one pool extent per logical extent beyond the `owned` it owns alone, and makes
+    /// the volume full; `Err(needed)` when the pool cannot (nothing changes).
+    fn reserve_full(&mut self, owned: u64) -> Result<u64, u64> {
+        let need = self.map.len().saturating_sub(owned);
         if !self.pool.refs.reserve(need) {
             return Err(need);
         }
@@ -343,6 +367,7 @@ impl ThinVolume {
                 continue;
             }
             self.map.set(lext, None);
+            self.share_epoch += 1; // an extent it may have owned alone is gone
             self.journal_map(lext, 0)?;
             freed += 1;
         }
@@ -386,6 +411,8 @@ impl ThinVolume {
         if lent.iter().flatten().any(|&p| refs.count(p) >= MAX_SHARES) {
             return None;
         }
+        // What it owned alone in the range is shared from now on.
+        self.share_epoch += 1;
         if self.full {
             let owned = (first..first + count).filter(|&l| self.map.is_exclusive(l));
             self.grow_reservation(owned.count() as u64)?;
@@ -420,6 +447,8 @@ impl ThinVolume {
             self.give_back(lent);
             return Ok(false);
         }
+        // Extents it owned alone may be replaced by shared ones.
+        self.share_epoch += 1;
         if self.full {
             let replaced = (first..).zip(&lent).filter(|&(lext, &source)| {
                 self.map.get(lext) != source && self.map.is_exclusive(lext)

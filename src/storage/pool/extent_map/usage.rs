@@ -47,6 +47,9 @@ pub struct UsageWalk {
     mapped: u64,
     /// Entries of leaves held by this map alone whose extent has one reference.
     sole: u64,
+    /// The part of `sole` in leaves counted in the walked map's own reference table: the
+    /// extents its owner may write in place ([`ExtentMap::is_exclusive`]).
+    sole_owned: u64,
     /// Subtrees with other holders, to be resolved by [`exclusive_extents`].
     shared: Vec<SharedSubtree>,
 }
@@ -65,6 +68,19 @@ impl UsageWalk {
     /// Mapped extents of the walked map.
     pub fn mapped(&self) -> u64 {
         self.mapped
+    }
+
+    /// Lets go of the shared subtrees met so far (a walk that only wants [`Self::writable`]:
+    /// holding them would keep their extents counted until the walk ends).
+    pub fn drop_shared(&mut self) {
+        self.shared.clear();
+    }
+
+    /// Extents the walked map's owner could write in place, each at the moment its leaf was
+    /// visited: a lower bound of that number at the end of the walk when nothing was shared or
+    /// unmapped meanwhile (writes only add such extents).
+    pub fn writable(&self) -> u64 {
+        self.sole_owned
     }
 }
 
@@ -136,7 +152,11 @@ fn step(
     }
     match node {
         Node::Leaf(leaf) => {
-            walk.sole += sole_entries(leaf, refs);
+            let sole = sole_entries(leaf, refs);
+            walk.sole += sole;
+            if leaf.counted_in(refs) {
+                walk.sole_owned += sole;
+            }
             walk.next_leaf = end;
             *left -= 1;
         }
