@@ -874,12 +874,7 @@ impl Shard {
         }
         // A copy whose task was aborted (or whose connection is closing) stops here: the
         // task-management answer and the connection's teardown wait for it.
-        let gone = self
-            .conns
-            .get(op.conn)
-            .and_then(|c| c.as_deref())
-            .is_none_or(|sc| sc.closing || sc.conn.task(op.task).is_none_or(|t| t.aborted()));
-        if gone {
+        if self.abandoned(slot) {
             return false;
         }
         self.invalidate_read_ahead(slot);
@@ -949,7 +944,27 @@ impl Shard {
     }
 
     /// Plans a write; parks it when an extent it needs is busy.
+    /// Whether op `slot`'s task was aborted, or its connection is closing: what it has not
+    /// written yet, it must not write (a fenced node's WRITE parked behind a busy extent).
+    fn abandoned(&self, slot: usize) -> bool {
+        let Some(op) = self.ops.get(slot).and_then(Option::as_ref) else {
+            return true;
+        };
+        self.conns
+            .get(op.conn)
+            .and_then(|c| c.as_deref())
+            .is_none_or(|sc| sc.closing || sc.conn.task(op.task).is_none_or(|t| t.aborted()))
+    }
+
     fn plan_write(&mut self, slot: usize) {
+        if self.abandoned(slot) {
+            // Nothing planned yet: end it unwritten (an aborted task gets no response).
+            if let Some(op) = self.ops[slot].as_mut() {
+                op.error = true;
+            }
+            self.finish_op(slot);
+            return;
+        }
         let Some(lun) = self.lun_of(slot) else { return };
         let Some(op) = self.ops[slot].as_mut() else {
             return;
