@@ -2463,92 +2463,56 @@ fn checkpoint_after_a_crash_mid_checkpoint_keeps_the_live_journals() {
     run(16, &[9, 9], &ops).unwrap();
 }
 
-/// A conversion to full walked a leaf at a time (as the shard does it, between I/O): an UNMAP
-/// between two steps of an extent the walk already counted as owned alone voids the count,
-/// which would otherwise reserve one extent too few. The volume spans two leaves, and the pool
-/// can hold it whole.
-#[test]
-fn full_conversion_walk_is_voided_by_an_unmap_under_it() {
-    let ops = [
-        write(FIRST, 0, 8),
-        Op::StepFull {
-            vol: FIRST,
-            steps: 1,
-        },
-        Op::Unmap {
-            vol: FIRST,
-            at: 0,
-            blocks: 7,
-        },
-        Op::StepFull {
-            vol: FIRST,
-            steps: 1,
-        },
-        // A fresh walk, undisturbed, converts it.
-        Op::StepFull {
-            vol: FIRST,
-            steps: 2,
-        },
-        write(FIRST, 0, 8),
-    ];
-    run(640, &[4608], &ops).unwrap();
-}
-
-/// The same when an EXTENDED COPY by reference replaces the counted extent with one shared
-/// with another volume.
-#[test]
-fn full_conversion_walk_is_voided_by_extents_adopted_under_it() {
+/// A conversion to full walked a leaf at a time (as the shard does it, between I/O), with
+/// `under` run after the walk has counted leaf 0 (where the first volume has one extent it owns
+/// alone) and before it finishes; then a fresh, undisturbed walk. The first volume spans two
+/// leaves and the pool can hold it whole, so a count `under` makes wrong would reserve one extent
+/// too few, which the full-volume check after every step reports.
+fn conversion_walk_interrupted_by(under: Op) {
+    let step = |steps| Op::StepFull { vol: FIRST, steps };
     let ops = [
         write(FIRST, 0, 8),
         write(1, 0, 8),
-        Op::StepFull {
-            vol: FIRST,
-            steps: 1,
-        },
-        Op::ShareAcross {
-            from: 1,
-            to: FIRST,
-            src: 0,
-            dst: 0,
-            extents: 0,
-        },
-        Op::StepFull {
-            vol: FIRST,
-            steps: 1,
-        },
-        Op::StepFull {
-            vol: FIRST,
-            steps: 2,
-        },
+        step(1),
+        under,
+        step(1),
+        step(2),
+        write(FIRST, 0, 8),
     ];
     run(640, &[4608, 16], &ops).unwrap();
 }
 
-/// And when it lends the counted extent to another volume (now shared, it is no longer its
-/// own alone).
+/// An UNMAP of the counted extent voids the count.
+#[test]
+fn full_conversion_walk_is_voided_by_an_unmap_under_it() {
+    conversion_walk_interrupted_by(Op::Unmap {
+        vol: FIRST,
+        at: 0,
+        blocks: 7,
+    });
+}
+
+/// So does an EXTENDED COPY by reference that replaces it with an extent shared with another
+/// volume.
+#[test]
+fn full_conversion_walk_is_voided_by_extents_adopted_under_it() {
+    conversion_walk_interrupted_by(Op::ShareAcross {
+        from: 1,
+        to: FIRST,
+        src: 0,
+        dst: 0,
+        extents: 0,
+    });
+}
+
+/// And one that lends it to another volume (shared, it is no longer its own alone).
 #[test]
 fn full_conversion_walk_is_voided_by_extents_lent_under_it() {
-    let ops = [
-        write(FIRST, 0, 8),
-        Op::StepFull {
-            vol: FIRST,
-            steps: 1,
-        },
-        Op::ShareAcross {
-            from: FIRST,
-            to: 1,
-            src: 0,
-            dst: 0,
-            extents: 0,
-        },
-        Op::StepFull {
-            vol: FIRST,
-            steps: 1,
-        },
-        Op::StepFull {
-            vol: FIRST,
-            steps: 2,
-        },
-    ];
-    run(640, &[4608, 16], &ops).unwrap();
+    conversion_walk_interrupted_by(Op::ShareAcross {
+        from: FIRST,
+        to: 1,
+        src: 0,
+        dst: 0,
+        extents: 0,
+    });
 }

@@ -1572,22 +1572,9 @@ impl Shard {
             .filter(|(i, c)| c.lun == lun && *i != index)
             .map(|(i, _)| i)
             .collect();
-        let mut cleared = Vec::new();
-        let mut others_in_flight = Vec::new();
-        for i in others {
-            if let Some(sc) = self.conn_mut(i) {
-                // Control mode page TAS=0: the other nexus's aborted tasks end without status.
-                if sc.conn.task_count() > 0 {
-                    cleared.push(sc.nexus);
-                }
-                others_in_flight.extend(sc.conn.abort_all().into_iter().map(|id| (i, id)));
-                // TARGET COLD RESET is a power-on: every session of the target ends (§11.5.1).
-                if function == TmfFunction::TargetColdReset {
-                    sc.conn.shut(CloseReason::Reset);
-                }
-            }
-            self.flush(i);
-        }
+        // TARGET COLD RESET is a power-on: every session of the target ends (§11.5.1).
+        let shut = function == TmfFunction::TargetColdReset;
+        let (mut cleared, others_in_flight) = self.abort_tasks_of(others, shut);
         let Some(sc) = self.conn_mut(index) else {
             return;
         };
@@ -1643,23 +1630,38 @@ impl Shard {
             .filter(|(i, c)| c.lun == lun && *i != index && preempted.contains(&c.nexus))
             .map(|(i, _)| i)
             .collect();
-        let mut cleared = Vec::new();
-        let mut in_flight = Vec::new();
-        for i in victims {
-            if let Some(sc) = self.conn_mut(i) {
-                if sc.conn.task_count() > 0 {
-                    cleared.push(sc.nexus);
-                }
-                in_flight.extend(sc.conn.abort_all().into_iter().map(|id| (i, id)));
-            }
-            self.flush(i);
-        }
+        let (mut cleared, in_flight) = self.abort_tasks_of(victims, false);
         self.end_aborted_held();
         cleared.dedup();
         for victim in cleared {
             self.luns[lun].lu.commands_cleared(victim);
         }
         in_flight
+    }
+
+    /// Aborts every task of connections `conns` on behalf of another nexus (Control mode page
+    /// TAS=0: they end without status), closing them too when `shut`. Returns the nexuses that
+    /// lost tasks, and the aborted tasks whose storage I/O is still in flight.
+    fn abort_tasks_of(
+        &mut self,
+        conns: Vec<usize>,
+        shut: bool,
+    ) -> (Vec<NexusId>, Vec<(usize, TaskId)>) {
+        let mut cleared = Vec::new();
+        let mut in_flight = Vec::new();
+        for i in conns {
+            if let Some(sc) = self.conn_mut(i) {
+                if sc.conn.task_count() > 0 {
+                    cleared.push(sc.nexus);
+                }
+                in_flight.extend(sc.conn.abort_all().into_iter().map(|id| (i, id)));
+                if shut {
+                    sc.conn.shut(CloseReason::Reset);
+                }
+            }
+            self.flush(i);
+        }
+        (cleared, in_flight)
     }
 
     /// Gives the held answers whose aborted tasks have all finished their storage I/O (an
