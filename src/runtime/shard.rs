@@ -431,7 +431,14 @@ pub(super) struct PendingFence {
     answer: FenceAnswer,
     /// Aborted tasks still in flight: (connection, task).
     waiting_for: Vec<(usize, TaskId)>,
+    /// When the abort happened ([`FENCE_WAIT_LIMIT`]).
+    since: Instant,
 }
+
+/// The longest a fence or reset answer waits for aborted storage I/O. Storage I/O ends in
+/// bounded time, so this is a safety net: past it the answer goes out (logged) rather than leave
+/// a cluster's fencing or a host's reset hanging.
+const FENCE_WAIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// What a [`PendingFence`] answers.
 pub(super) enum FenceAnswer {
@@ -1450,6 +1457,7 @@ impl Shard {
                             acct,
                         },
                         waiting_for: fenced_in_flight,
+                        since: Instant::now(),
                     });
                 }
             }
@@ -1591,6 +1599,7 @@ impl Shard {
                     own: in_flight,
                 },
                 waiting_for: others_in_flight,
+                since: Instant::now(),
             });
         }
         // The aborted commands a QoS limit holds end now, so the reset's answer need not wait.
@@ -1668,8 +1677,15 @@ impl Shard {
     /// aborted task stays in its connection, marked aborted, until then).
     pub(super) fn settle_fences(&mut self) {
         let mut pending = std::mem::take(&mut self.pending_fences);
+        let now = self.round_now;
         for p in &mut pending {
             p.waiting_for.retain(|&(i, id)| self.still_aborting(i, id));
+            if !p.waiting_for.is_empty() && now.duration_since(p.since) > FENCE_WAIT_LIMIT {
+                let n = p.waiting_for.len();
+                let e = format!("{n} aborted commands still in flight after {FENCE_WAIT_LIMIT:?}");
+                log_error(self.id, "answering a fence or reset anyway", &e);
+                p.waiting_for.clear();
+            }
         }
         let (done, waiting): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(|p| p.waiting_for.is_empty());
