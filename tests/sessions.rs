@@ -1,7 +1,8 @@
 //! Sessions as an administrator sees them, against the real binary: `shoal session list` (and
 //! `GET /v1/sessions`) names each session's volume, initiator, ISID, alias, address and login
 //! time; `--volume` narrows it and an unknown volume is an error; `shoal session drop TSIH`
-//! closes that session's connection and no other, and the list follows.
+//! closes that session's connection and no other, and the list follows; `/metrics` counts
+//! sessions per volume.
 
 mod support;
 
@@ -53,6 +54,21 @@ fn sessions_are_listed_and_one_can_be_ended() {
     let at = s["logged_in_at"].as_u64().expect("login time");
     assert!(at >= before && at <= before + 60, "{s}");
     let tsih = s["tsih"].as_u64().unwrap();
+
+    // Monitoring counts them per volume (a datastore losing a path shows as a drop).
+    let metrics = ureq::get(&format!("{}/metrics", t.admin()))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("shoal_sessions{volume=\"default\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shoal_sessions{volume=\"other\"} 1\n"),
+        "{metrics}"
+    );
 
     // One volume's sessions; the table names them too.
     let only = sessions(&t, &["--volume", "other"]);

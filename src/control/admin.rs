@@ -969,9 +969,15 @@ fn route_and_call(
             };
             let stats = backend.stats(&query).map_err(err)?;
             let pool = backend.pool_status().map_err(err)?;
+            let sessions: Vec<(String, u64)> = backend
+                .list_volumes()
+                .map_err(err)?
+                .into_iter()
+                .map(|v| (v.name, v.sessions))
+                .collect();
             Reply::text(
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::prometheus(&stats, &pool),
+                metrics::prometheus(&stats, &pool, &sessions),
             )
         }
         ("GET", Route::Sessions) => {

@@ -190,7 +190,7 @@ fn sum_and_count(out: &mut String, family: &str, labels: &str, sum_ns: u64, coun
 /// The text exposition (format 0.0.4) of `stats` (taken over the last
 /// [`METRICS_WINDOW_SECS`] seconds: the quantiles; counters, sums and counts are lifetime
 /// figures) and of the pool.
-pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
+pub fn prometheus(stats: &StatsReport, pool: &PoolStatus, sessions: &[(String, u64)]) -> String {
     let mut out = String::new();
     let rows: Vec<(String, &ClassStats)> = stats
         .luns
@@ -410,6 +410,19 @@ pub fn prometheus(stats: &StatsReport, pool: &PoolStatus) -> String {
     ] {
         let _ = writeln!(out, "shoal_logins_total{{result=\"{result}\"}} {n}");
     }
+    header(
+        &mut out,
+        "shoal_sessions",
+        "gauge",
+        "Sessions logged in to each volume: one per host and path, so a drop is a lost path.",
+    );
+    for (volume, n) in sessions {
+        let _ = writeln!(
+            out,
+            "shoal_sessions{{volume=\"{}\"}} {n}",
+            escape_label(volume)
+        );
+    }
     out
 }
 
@@ -525,7 +538,16 @@ mod tests {
                 ..Default::default()
             },
         };
-        let text = prometheus(&report, &pool());
+        let sessions = [("vm1".to_string(), 2), ("a\"b".to_string(), 0)];
+        let text = prometheus(&report, &pool(), &sessions);
+        assert!(
+            text.contains("shoal_sessions{volume=\"vm1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_sessions{volume=\"a\\\"b\"} 0\n"),
+            "{text}"
+        );
         assert!(
             text.contains("shoal_logins_total{result=\"accepted\"} 3\n"),
             "{text}"
@@ -605,7 +627,8 @@ mod tests {
                 "shoal_pool_size_bytes",
                 "shoal_pool_bytes",
                 "shoal_volumes",
-                "shoal_logins_total"
+                "shoal_logins_total",
+                "shoal_sessions"
             ]
         );
         let labels = r#"volume="vm\"1",target="iqn.2026-11.dev.shoal:vm\"1",lun="0",class="read""#;
