@@ -247,7 +247,9 @@ fn a_damaged_reservations_record_stops_the_start_with_its_path() {
 fn a_change_that_cannot_be_stored_fails_and_changes_nothing() {
     let t = Target::start(&[]);
     let mut a = session(&t, 1);
+    let mut b = session(&t, 2);
     assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
+    assert_eq!(prout_flags(&mut b, 0x00, 0, 0, 0xB2, APTPL).status(), 0);
     // The record can no longer be written: the directory is now a plain file.
     let dir = t.dir.path().join("reservations");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -264,8 +266,20 @@ fn a_change_that_cannot_be_stored_fails_and_changes_nothing() {
         &[0, 0, 0, 0],
         "no reservation: the RESERVE was undone"
     );
-    let mut b = session(&t, 2);
     assert_eq!(b.write10(0, &[1u8; 512]).status(), 0, "nobody holds the LU");
+    // A PREEMPT that cannot be stored removes nobody, and tells nobody it did.
+    let r = prout(&mut a, 0x04, WRITE_EXCLUSIVE, 0xA1, 0xB2);
+    assert_eq!(r.sense(), Some((0x04, 0x44, 0x00)));
+    let tur = b.command(&[0u8; 6], 0, false, &[]);
+    assert_eq!(
+        tur.status(),
+        0,
+        "no REGISTRATIONS PREEMPTED for B: {:?}",
+        tur.sense()
+    );
+    let mut registered = keys(&prin(&mut a, 0x00));
+    registered.sort_unstable();
+    assert_eq!(registered, vec![0xA1, 0xB2]);
 }
 
 #[test]

@@ -147,6 +147,14 @@ pub struct LogicalUnit {
     preempted: Vec<NexusId>,
 }
 
+/// The persistent reservations and pending unit attentions of a logical unit, as
+/// [`LogicalUnit::reservation_state`] copied them.
+#[derive(Debug, Clone)]
+pub struct ReservationState {
+    pr: PrState,
+    unit_attentions: BTreeMap<NexusId, VecDeque<Sense>>,
+}
+
 /// A change of the persistent reservations to store (APTPL; see [`LogicalUnit::take_pr_persist`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PrPersist {
@@ -299,16 +307,21 @@ impl LogicalUnit {
         }
     }
 
-    /// A copy of the persistent reservations (to put back with
-    /// [`restore_reservation_state`](Self::restore_reservation_state)).
-    pub fn reservation_state(&self) -> PrState {
-        self.pr.clone()
+    /// A copy of the persistent reservations and of the pending unit attentions (to put back
+    /// with [`restore_reservation_state`](Self::restore_reservation_state)).
+    pub fn reservation_state(&self) -> ReservationState {
+        ReservationState {
+            pr: self.pr.clone(),
+            unit_attentions: self.nexuses.clone(),
+        }
     }
 
     /// Puts back persistent reservations copied before a PERSISTENT RESERVE OUT whose change
-    /// could not be stored (APTPL): the command fails, so it changed nothing.
-    pub fn restore_reservation_state(&mut self, state: PrState) {
-        self.pr = state;
+    /// could not be stored (APTPL): the command fails, so it changed nothing, and the unit
+    /// attentions it queued for others (RESERVATIONS PREEMPTED...) go too.
+    pub fn restore_reservation_state(&mut self, state: ReservationState) {
+        self.pr = state.pr;
+        self.nexuses = state.unit_attentions;
         self.pr_persist = None;
         self.preempted.clear();
     }
