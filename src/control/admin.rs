@@ -1460,7 +1460,7 @@ pub(crate) mod tests {
         let r = d("GET", "/metrics", "");
         assert_eq!(r.status, 200);
         assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
-        assert_eq!(b.last(), "pool_status");
+        assert_eq!(b.last(), "list_volumes", "sessions per volume come last");
         assert!(String::from_utf8_lossy(&r.body).contains("shoal_pool_bytes{state=\"free\"} 1\n"));
         assert_eq!(d("GET", "/v1/sessions", "").status, 200);
         assert_eq!(d("GET", "/v1/sessions?volume=vm1", "").status, 200);
