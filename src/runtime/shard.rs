@@ -907,7 +907,7 @@ impl Shard {
                     if full {
                         self.start_provision(target, reply);
                     } else {
-                        let _ = reply.send(self.provision(&target, false));
+                        let _ = reply.send(self.make_thin(&target));
                     }
                 }
                 ShardMsg::Stop => {

@@ -210,19 +210,14 @@ impl Shard {
         }
     }
 
-    /// Makes `target`'s volume full or thin at once, and its logical unit say so (see
-    /// `ThinVolume::make_full` / `make_thin`; the admin path to full is `start_provision`).
-    pub(super) fn provision(&mut self, target: &str, full: bool) -> Result<u64, String> {
-        let volume = self.thin_of(target)?;
-        let changed = if full {
-            volume.make_full().map_err(cannot_reserve)?
-        } else {
-            volume.make_thin()
-        };
+    /// Makes `target`'s volume thin: its reservation goes back to the pool and its logical unit
+    /// says so (the way to full is `start_provision`). Returns the extents given back.
+    pub(super) fn make_thin(&mut self, target: &str) -> Result<u64, String> {
+        let given = self.thin_of(target)?.make_thin();
         if let Ok(slot) = self.served_lun(target) {
-            slot.lu.set_thin(!full);
+            slot.lu.set_thin(true);
         }
-        Ok(changed)
+        Ok(given)
     }
 
     pub(super) fn add_lun(&mut self, slot: LunSlot) {
