@@ -323,7 +323,8 @@ impl IoOp {
             | Outcome::Read { .. }
             | Outcome::Verify { .. }
             | Outcome::Flush
-            | Outcome::GetLbaStatus { .. } => SmallVec::new(),
+            | Outcome::GetLbaStatus { .. }
+            | Outcome::Sanitize { .. } => SmallVec::new(),
         }
     }
 }

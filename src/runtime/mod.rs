@@ -7,6 +7,7 @@ pub mod io;
 pub mod login;
 pub mod qos;
 mod readahead;
+mod sanitize;
 pub mod server;
 pub mod shard;
 mod sync;

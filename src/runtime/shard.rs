@@ -18,6 +18,7 @@ use super::buf::BufPool;
 use super::files::OwnFiles;
 use super::qos::{Held, Throttle};
 use super::readahead::ReadAhead;
+use super::sanitize::PendingSanitize;
 use super::sync::GroupSync;
 use super::text::SessionDirectory;
 use super::tx::Tx;
@@ -57,6 +58,7 @@ pub(super) const KIND_IO: u64 = 3;
 const KIND_WAKE: u64 = 4;
 pub(super) const KIND_SYNC: u64 = 5;
 pub(super) const KIND_READAHEAD: u64 = 6;
+pub(super) const KIND_SANITIZE: u64 = 7;
 const TICK: Duration = Duration::from_millis(100);
 /// Shortest sleep while QoS holds commands back (finer than the kernel timer slack gains nothing).
 const MIN_HELD_WAIT: Duration = Duration::from_micros(200);
@@ -342,6 +344,16 @@ pub enum SnapshotError {
         /// Extents it would need reserved.
         needed: u64,
     },
+    /// The volume is being sanitized: a snapshot would catch it half erased, and the extents
+    /// it holds alone must not gain another holder before they are erased.
+    #[error(
+        "volume of target {target} is being sanitized (SANITIZE from an initiator); snapshot it \
+         once that has ended"
+    )]
+    Sanitizing {
+        /// The volume's target.
+        target: String,
+    },
     /// Anything else (not served here, journal sync failed).
     #[error("{0}")]
     Failed(String),
@@ -523,6 +535,8 @@ pub struct Shard {
     pending_fences: Vec<PendingFence>,
     /// Conversions to full volumes walking their maps.
     pub(super) pending_provisions: Vec<PendingProvision>,
+    /// SANITIZE BLOCK ERASE jobs in progress.
+    pub(super) pending_sanitizes: Vec<PendingSanitize>,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -597,6 +611,7 @@ impl Shard {
             pending_usage: Vec::new(),
             pending_fences: Vec::new(),
             pending_provisions: Vec::new(),
+            pending_sanitizes: Vec::new(),
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
@@ -672,6 +687,7 @@ impl Shard {
             let polling = !self.busy_poll.is_zero() && last_work.elapsed() < self.busy_poll;
             let idle = self.pending_usage.is_empty()
                 && self.pending_provisions.is_empty()
+                && !self.pending_sanitizes.iter().any(PendingSanitize::runnable)
                 && self.inline_done.is_empty();
             let want = usize::from(idle && !polling);
             if self.pool.wants_registration() {
@@ -714,6 +730,9 @@ impl Shard {
             }
             if !self.pending_provisions.is_empty() {
                 self.advance_provisions();
+            }
+            if !self.pending_sanitizes.is_empty() {
+                self.advance_sanitizes();
             }
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
@@ -780,6 +799,7 @@ impl Shard {
             KIND_IO => self.on_io(index, res),
             KIND_SYNC => self.on_sync(res),
             KIND_READAHEAD => self.on_readahead(index, res),
+            KIND_SANITIZE => self.on_sanitize_io(index, res),
             KIND_WAKE => {
                 self.drain_inbox();
                 if !self.stopping {
@@ -1126,7 +1146,7 @@ impl Shard {
         self.flush(index);
     }
 
-    fn flush(&mut self, index: usize) {
+    pub(super) fn flush(&mut self, index: usize) {
         let Some(sc) = self.conn_mut(index) else {
             return;
         };
@@ -1423,6 +1443,17 @@ impl Shard {
         let outcome = match outcome {
             Outcome::GetLbaStatus { lba, alloc_len } => {
                 Outcome::Done(lba_status(slot, lba, alloc_len))
+            }
+            Outcome::Sanitize { immed, ause } => {
+                let acct = Accounting {
+                    class: OpClass::Other,
+                    bytes: 0,
+                    submitted,
+                    backend_done: None,
+                    extent: None,
+                };
+                self.start_sanitize(index, id, lun, (immed, ause), acct);
+                return;
             }
             other => other,
         };

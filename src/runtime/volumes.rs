@@ -290,6 +290,11 @@ impl Shard {
             let _ = reply.send(Err(SnapshotError::Failed(e)));
             return;
         };
+        if self.luns[lun].lu.sanitize_state() != crate::scsi::SanitizeState::Idle {
+            let target = target.to_string();
+            let _ = reply.send(Err(SnapshotError::Sanitizing { target }));
+            return;
+        }
         let Some(thin) = self.luns[lun].volume.as_thin() else {
             let e = format!("target {target} is not a thin volume");
             let _ = reply.send(Err(SnapshotError::Failed(e)));

@@ -297,6 +297,10 @@ impl Shard {
             return Err(CopyRefusal::NotReachable);
         };
         let slot = &self.luns[lun];
+        // Being sanitized: its extents must neither gain a holder nor change under the erase.
+        if slot.lu.sanitize_state() != crate::scsi::SanitizeState::Idle {
+            return Err(CopyRefusal::NotReachable);
+        }
         let end = first.checked_add(count).and_then(|e| e.checked_mul(es));
         if end.is_none_or(|end| end > slot.volume.capacity()) {
             return Err(CopyRefusal::OutOfRange);

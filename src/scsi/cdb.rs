@@ -70,6 +70,8 @@ pub mod opcode {
     pub const WRITE_SAME_10: u8 = 0x41;
     /// UNMAP (SBC-3 5.28).
     pub const UNMAP: u8 = 0x42;
+    /// SANITIZE (SBC-4 5.30).
+    pub const SANITIZE: u8 = 0x48;
     /// MODE SELECT (10) (SPC-4 6.10).
     pub const MODE_SELECT_10: u8 = 0x55;
     /// MODE SENSE (10) (SPC-4 6.12).
@@ -145,6 +147,7 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
         SYNCHRONIZE_CACHE_10 => "SYNCHRONIZE CACHE(10)",
         WRITE_SAME_10 => "WRITE SAME(10)",
         UNMAP => "UNMAP",
+        SANITIZE => "SANITIZE",
         MODE_SELECT_10 => "MODE SELECT(10)",
         MODE_SENSE_10 => "MODE SENSE(10)",
         READ_16 => "READ(16)",
@@ -179,6 +182,10 @@ pub fn opcode_name(op: u8) -> std::borrow::Cow<'static, str> {
 pub const SA_READ_CAPACITY_16: u16 = 0x10;
 /// SERVICE ACTION IN (16) service action GET LBA STATUS (SBC-3 5.9).
 pub const SA_GET_LBA_STATUS: u16 = 0x12;
+/// SANITIZE service action BLOCK ERASE (SBC-4 5.30).
+pub const SA_SANITIZE_BLOCK_ERASE: u16 = 0x02;
+/// SANITIZE service action EXIT FAILURE MODE (SBC-4 5.30).
+pub const SA_SANITIZE_EXIT_FAILURE_MODE: u16 = 0x1F;
 /// MAINTENANCE IN service action REPORT SUPPORTED OPERATION CODES (SPC-4 6.35).
 pub const SA_REPORT_SUPPORTED_OPCODES: u16 = 0x0C;
 /// MAINTENANCE IN service action REPORT TARGET PORT GROUPS.
@@ -439,6 +446,18 @@ pub enum Command {
         /// ALLOCATION LENGTH.
         alloc_len: u32,
     },
+    /// SANITIZE (SBC-4 5.30): BLOCK ERASE or EXIT FAILURE MODE, the only service actions
+    /// implemented (OVERWRITE and CRYPTOGRAPHIC ERASE are INVALID FIELD IN CDB). Neither takes
+    /// a parameter list: a non-zero PARAMETER LIST LENGTH was refused.
+    Sanitize {
+        /// The service action: [`SA_SANITIZE_BLOCK_ERASE`] or
+        /// [`SA_SANITIZE_EXIT_FAILURE_MODE`].
+        action: u16,
+        /// IMMED: GOOD status once the operation has started.
+        immed: bool,
+        /// AUSE: if the operation fails, EXIT FAILURE MODE may end the failure mode.
+        ause: bool,
+    },
     /// EXTENDED COPY (LID1) (SPC-4 6.4): see `scsi::xcopy`.
     ExtendedCopy {
         /// PARAMETER LIST LENGTH.
@@ -475,7 +494,9 @@ impl CommandInfo {
     pub fn thin_only(&self) -> bool {
         matches!(
             (self.opcode, self.service_action),
-            (opcode::UNMAP, None) | (opcode::SERVICE_ACTION_IN_16, Some(SA_GET_LBA_STATUS))
+            (opcode::UNMAP, None)
+                | (opcode::SANITIZE, Some(SA_SANITIZE_BLOCK_ERASE))
+                | (opcode::SERVICE_ACTION_IN_16, Some(SA_GET_LBA_STATUS))
         )
     }
 }
@@ -541,6 +562,16 @@ pub const SUPPORTED_COMMANDS: &[CommandInfo] = &[
     cmd(
         opcode::UNMAP,
         &[0x42, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x04],
+    ),
+    sa_cmd(
+        opcode::SANITIZE,
+        SA_SANITIZE_BLOCK_ERASE,
+        &sanitize_usage(SA_SANITIZE_BLOCK_ERASE as u8),
+    ),
+    sa_cmd(
+        opcode::SANITIZE,
+        SA_SANITIZE_EXIT_FAILURE_MODE,
+        &sanitize_usage(SA_SANITIZE_EXIT_FAILURE_MODE as u8),
     ),
     cmd(
         opcode::MODE_SELECT_10,
@@ -665,6 +696,22 @@ const fn sa_cmd(opcode: u8, service_action: u16, usage: &'static [u8]) -> Comman
         service_action: Some(service_action),
         usage,
     }
+}
+
+/// CDB usage data of SANITIZE: IMMED, AUSE, SERVICE ACTION; PARAMETER LIST LENGTH; CONTROL.
+const fn sanitize_usage(sa: u8) -> [u8; 10] {
+    [
+        0x48,
+        0xA0 | sa,
+        0x00,
+        0x00,
+        0x00,
+        0x00,
+        0x00,
+        0xFF,
+        0xFF,
+        0x04,
+    ]
 }
 
 /// CDB usage data of PERSISTENT RESERVE IN: SERVICE ACTION, ALLOCATION LENGTH, CONTROL.
@@ -793,6 +840,7 @@ pub fn parse(cdb: &[u8]) -> Result<Command, Sense> {
                 | opcode::PERSISTENT_RESERVE_OUT
                 | opcode::EXTENDED_COPY
                 | opcode::RECEIVE_COPY_RESULTS
+                | opcode::SANITIZE
         ) {
             return Err(Sense::invalid_field_in_cdb(1, Some(4)));
         }
@@ -844,6 +892,7 @@ fn parse_fields(op: u8, cdb: &[u8]) -> Result<Command, Sense> {
         EXTENDED_COPY => Ok(Command::ExtendedCopy {
             param_len: be32(cdb, 10, 4),
         }),
+        SANITIZE => parse_sanitize(cdb),
         RECEIVE_COPY_RESULTS => Ok(Command::ReceiveCopyResults {
             action: byte(cdb, 1) & 0x1F,
             list_id: byte(cdb, 2),
@@ -994,6 +1043,25 @@ fn parse_read_defect_data(
         glist: flags & 0x08 != 0,
         format,
         alloc_len,
+    })
+}
+
+/// SANITIZE (SBC-4 5.30.1): the reserved bit of byte 1 and reserved bytes 2..=6 must be zero,
+/// and neither implemented service action takes a parameter list.
+fn parse_sanitize(cdb: &[u8]) -> Result<Command, Sense> {
+    if byte(cdb, 1) & 0x40 != 0 {
+        return Err(Sense::invalid_field_in_cdb(1, Some(6)));
+    }
+    if let Some(i) = (2..=6).find(|&i| byte(cdb, i) != 0) {
+        return Err(Sense::invalid_field_in_cdb(i as u16, None));
+    }
+    if be(cdb, 7, 2) != 0 {
+        return Err(Sense::invalid_field_in_cdb(7, None));
+    }
+    Ok(Command::Sanitize {
+        action: u16::from(byte(cdb, 1) & 0x1F),
+        immed: byte(cdb, 1) & 0x80 != 0,
+        ause: byte(cdb, 1) & 0x20 != 0,
     })
 }
 
@@ -1243,7 +1311,7 @@ pub fn data_out_length(cdb: &[u8], block_size: u32) -> u64 {
             }
         }
         MODE_SELECT_6 => u64::from(byte(cdb, 4)),
-        MODE_SELECT_10 | UNMAP => be(cdb, 7, 2),
+        MODE_SELECT_10 | UNMAP | SANITIZE => be(cdb, 7, 2),
         PERSISTENT_RESERVE_OUT => be(cdb, 5, 4),
         EXTENDED_COPY => be(cdb, 10, 4),
         WRITE_SAME_10 => bs,
@@ -1467,7 +1535,7 @@ mod tests {
 
     #[test]
     fn unsupported_opcodes_rejected() {
-        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x38, 0x48, 0x7F, 0xFF] {
+        for op in [0x8Cu8, 0x5D, 0x5C, 0x56, 0x57, 0x38, 0x4C, 0x7F, 0xFF] {
             assert_eq!(
                 parse(&cdb(&[op])).unwrap_err(),
                 Sense::invalid_opcode(),
@@ -2070,13 +2138,16 @@ mod tests {
             .filter(|c| c.thin_only())
             .map(|c| (c.opcode, c.service_action))
             .collect();
-        assert_eq!(thin_only, vec![(0x42, None), (0x9E, Some(0x12))]);
+        assert_eq!(
+            thin_only,
+            vec![(0x42, None), (0x48, Some(0x02)), (0x9E, Some(0x12))]
+        );
     }
 
     #[test]
     fn supported_table_matches_parser_exactly() {
         for op in 0..=255u8 {
-            let sas: Vec<u8> = if matches!(op, 0x9E | 0xA3 | 0x5E | 0x5F | 0x83 | 0x84) {
+            let sas: Vec<u8> = if matches!(op, 0x9E | 0xA3 | 0x5E | 0x5F | 0x83 | 0x84 | 0x48) {
                 (0..32).collect()
             } else {
                 vec![0]
@@ -2087,7 +2158,7 @@ mod tests {
                     Err(e) if e == Sense::invalid_opcode() => true,
                     // PERSISTENT RESERVE IN/OUT, the copy commands: an unsupported service action.
                     Err(e) => {
-                        matches!(op, 0x5E | 0x5F | 0x83 | 0x84)
+                        matches!(op, 0x5E | 0x5F | 0x83 | 0x84 | 0x48)
                             && e == Sense::invalid_field_in_cdb(1, Some(4))
                     }
                     Ok(_) => false,

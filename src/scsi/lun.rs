@@ -145,6 +145,31 @@ pub struct LogicalUnit {
     pr_persist: Option<PrPersist>,
     /// The nexuses a PREEMPT AND ABORT just preempted, whose tasks on this LU the shard aborts.
     preempted: Vec<NexusId>,
+    /// Where the logical unit stands with SANITIZE.
+    sanitize: SanitizeState,
+}
+
+/// Where a logical unit stands with SANITIZE (SBC-4 4.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SanitizeState {
+    /// No sanitize operation in progress, none failed.
+    #[default]
+    Idle,
+    /// A sanitize operation is in progress, `done` of 65536 of it: every command but INQUIRY,
+    /// REPORT LUNS, REQUEST SENSE (which reports the progress) and MAINTENANCE IN (REPORT
+    /// TARGET PORT GROUPS and REPORT SUPPORTED OPERATION CODES, which multipath initiators and
+    /// the sanitizing one ask) is NOT READY, SANITIZE IN PROGRESS.
+    Running {
+        /// Progress, in 65536ths.
+        done: u16,
+    },
+    /// The last sanitize operation failed: the medium is in the sanitize failure mode, where
+    /// commands that access it fail with SANITIZE COMMAND FAILED until a SANITIZE succeeds,
+    /// or EXIT FAILURE MODE when the failed one had AUSE set.
+    Failed {
+        /// AUSE of the failed command.
+        ause: bool,
+    },
 }
 
 /// The persistent reservations and pending unit attentions of a logical unit, as
@@ -182,6 +207,7 @@ impl LogicalUnit {
             port_names: BTreeMap::new(),
             pr_persist: None,
             preempted: Vec::new(),
+            sanitize: SanitizeState::Idle,
         }
     }
 
@@ -444,17 +470,85 @@ impl LogicalUnit {
         if let Some(ua) = ua {
             return Outcome::Done(Completion::check(ua));
         }
+        if let SanitizeState::Running { done } = self.sanitize
+            && !allowed_while_sanitizing(cdb)
+        {
+            return Outcome::Done(Completion::check(Sense::sanitize_in_progress(done)));
+        }
         match cdb::parse(cdb) {
             Ok(cmd) if self.conflicts(n, &cmd) => Outcome::Done(Completion::reservation_conflict()),
+            Ok(cmd) if self.in_sanitize_failure_mode() && accesses_medium(&cmd) => {
+                Outcome::Done(Completion::check(Sense::sanitize_failed()))
+            }
             Ok(cmd) => self.dispatch(n, &cmd, data_out),
             Err(sense) => Outcome::Done(Completion::check(sense)),
         }
+    }
+
+    /// Where the logical unit stands with SANITIZE.
+    pub fn sanitize_state(&self) -> SanitizeState {
+        self.sanitize
+    }
+
+    /// Records how much of the sanitize operation in progress is done (`done` of 65536); no
+    /// effect when none is.
+    pub fn set_sanitize_progress(&mut self, done: u16) {
+        if let SanitizeState::Running { .. } = self.sanitize {
+            self.sanitize = SanitizeState::Running { done };
+        }
+    }
+
+    /// Ends the sanitize operation in progress (an `Outcome::Sanitize` that
+    /// [`execute`](Self::execute) returned): back to normal when it succeeded, else into the
+    /// sanitize failure mode. Returns the completion for the command, if it is still owed one
+    /// (IMMED=0).
+    pub fn sanitize_ended(&mut self, ok: bool, ause: bool) -> Completion {
+        self.sanitize = if ok {
+            SanitizeState::Idle
+        } else {
+            SanitizeState::Failed { ause }
+        };
+        if ok {
+            Completion::good(Vec::new())
+        } else {
+            Completion::check(Sense::sanitize_failed())
+        }
+    }
+
+    fn in_sanitize_failure_mode(&self) -> bool {
+        matches!(self.sanitize, SanitizeState::Failed { .. })
+    }
+
+    /// SANITIZE: EXIT FAILURE MODE is answered here; BLOCK ERASE of a writable thin LU starts
+    /// the sanitize state and is handed to the runtime.
+    fn sanitize(&mut self, action: u16, immed: bool, ause: bool) -> Outcome {
+        let done = if action == cdb::SA_SANITIZE_EXIT_FAILURE_MODE {
+            if self.sanitize == (SanitizeState::Failed { ause: false }) {
+                // SBC-4 5.30.1: the failed SANITIZE did not allow it.
+                Completion::check(Sense::invalid_field_in_cdb(1, Some(4)))
+            } else {
+                self.sanitize = SanitizeState::Idle;
+                Completion::good(Vec::new())
+            }
+        } else if !self.info.thin {
+            // BLOCK ERASE leaves the blocks deallocated: thin LUs only (not reported otherwise).
+            Completion::check(Sense::invalid_field_in_cdb(1, Some(4)))
+        } else if self.info.read_only {
+            Completion::check(Sense::write_protected())
+        } else {
+            self.sanitize = SanitizeState::Running { done: 0 };
+            return Outcome::Sanitize { immed, ause };
+        };
+        Outcome::Done(done)
     }
 
     /// Whether a reservation forbids nexus `n` to read the medium (or, with `write`, to change
     /// it): what EXTENDED COPY received by another logical unit asks of this one on behalf of
     /// the same initiator.
     pub fn forbids(&self, n: NexusId, write: bool) -> bool {
+        if self.sanitize != SanitizeState::Idle {
+            return true;
+        }
         let io = cdb::BlockIo {
             lba: 0,
             blocks: 0,
@@ -576,7 +670,10 @@ impl LogicalUnit {
                 param_len,
             } => self.persistent_reserve_out(n, action, scope_type, param_len, data_out),
             Command::RequestSense { desc, alloc_len } => {
-                let sense = self.pop_unit_attention(n).unwrap_or(Sense::no_sense());
+                let sense = self.pop_unit_attention(n).unwrap_or(match self.sanitize {
+                    SanitizeState::Running { done } => Sense::sanitize_in_progress(done),
+                    _ => Sense::no_sense(),
+                });
                 spc::request_sense(desc, alloc_len, &sense)
             }
             Command::Inquiry {
@@ -637,6 +734,11 @@ impl LogicalUnit {
             Command::ExtendedCopy { param_len } => {
                 return self.extended_copy(n, param_len, data_out);
             }
+            Command::Sanitize {
+                action,
+                immed,
+                ause,
+            } => return self.sanitize(action, immed, ause),
             Command::ReceiveCopyResults {
                 action,
                 list_id,
@@ -812,8 +914,45 @@ fn access_of(cmd: &Command) -> Access {
         | Command::PreventAllowMediumRemoval { .. }
         | Command::Reserve6
         | Command::Release6
-        | Command::ExtendedCopy { .. } => Access::Write,
+        | Command::ExtendedCopy { .. }
+        | Command::Sanitize { .. } => Access::Write,
     }
+}
+
+/// The commands a logical unit executes while a sanitize operation is in progress (SBC-4
+/// 4.11.4): INQUIRY, REPORT LUNS, REQUEST SENSE, and MAINTENANCE IN (REPORT TARGET PORT GROUPS,
+/// REPORT SUPPORTED OPERATION CODES).
+fn allowed_while_sanitizing(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first().copied(),
+        Some(
+            cdb::opcode::INQUIRY
+                | cdb::opcode::REPORT_LUNS
+                | cdb::opcode::REQUEST_SENSE
+                | cdb::opcode::MAINTENANCE_IN
+        )
+    )
+}
+
+/// Whether a command reads or changes the logical blocks (what the sanitize failure mode
+/// refuses).
+fn accesses_medium(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Read(_)
+            | Command::Write(_)
+            | Command::WriteAtomic(_)
+            | Command::Verify { .. }
+            | Command::WriteAndVerify { .. }
+            | Command::WriteSame(_)
+            | Command::CompareAndWrite(_)
+            | Command::OrWrite(_)
+            | Command::Unmap { .. }
+            | Command::PreFetch { .. }
+            | Command::SynchronizeCache { .. }
+            | Command::GetLbaStatus { .. }
+            | Command::ExtendedCopy { .. }
+    )
 }
 
 fn reports_no_unit_attention(cdb: &[u8]) -> bool {
@@ -1297,6 +1436,10 @@ mod tests {
             // COMPARE AND WRITE of zero blocks does nothing, and takes no Data-Out.
             let data = vec![0u8; if c.opcode == 0x89 { 0 } else { 512 }];
             let out = lu.execute(A, &bytes, &data);
+            if let Outcome::Sanitize { .. } = out {
+                // BLOCK ERASE: the runtime would end it; the next commands need the LU back.
+                lu.sanitize_ended(true, false);
+            }
             if let Outcome::Done(done) = &out {
                 // PERSISTENT RESERVE OUT from an unregistered nexus: a conflict, not an error.
                 if c.opcode == 0x5F && done.status == Status::ReservationConflict {
@@ -1439,6 +1582,113 @@ mod tests {
                 .sense,
             Some(Sense::medium_error(false))
         );
+    }
+
+    const BLOCK_ERASE: [u8; 16] = [0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    const READ10: [u8; 16] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+
+    fn sense_of(o: Outcome) -> Option<(SenseKey, u8, u8)> {
+        done(o).sense.map(|s| (s.key, s.asc, s.ascq))
+    }
+
+    #[test]
+    fn sanitize_state_gates_commands_and_reports_progress() {
+        let mut lu = thin_lu();
+        assert_eq!(
+            lu.execute(A, &BLOCK_ERASE, &[]),
+            Outcome::Sanitize {
+                immed: false,
+                ause: false
+            }
+        );
+        lu.set_sanitize_progress(0x8000);
+        let not_ready = Some((SenseKey::NotReady, 0x04, 0x1B));
+        // Every nexus: media access, TEST UNIT READY, another SANITIZE.
+        for (n, c) in [(A, READ10), (B, READ10), (B, TUR), (A, BLOCK_ERASE)] {
+            assert_eq!(sense_of(lu.execute(n, &c, &[])), not_ready);
+        }
+        let c = done(lu.execute(B, &cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]), &[]));
+        assert_eq!(c.sense.and_then(|s| s.progress), Some(0x8000));
+        // INQUIRY, REPORT LUNS and REQUEST SENSE (with the progress) still work.
+        assert_eq!(
+            done(lu.execute(B, &cdb(&[0x12, 0, 0, 0, 36, 0]), &[])).status as u8,
+            0
+        );
+        assert_eq!(
+            done(lu.execute(B, &cdb(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0]), &[])).status as u8,
+            0
+        );
+        let rs = done(lu.execute(B, &cdb(&[0x03, 0, 0, 0, 18, 0]), &[]));
+        assert_eq!((rs.data[2], rs.data[12], rs.data[13]), (0x02, 0x04, 0x1B));
+        assert_eq!(&rs.data[15..18], &[0x80, 0x80, 0x00]);
+        // Success: back to normal.
+        assert_eq!(lu.sanitize_ended(true, false).status as u8, 0);
+        assert!(matches!(lu.execute(A, &READ10, &[]), Outcome::Read { .. }));
+        assert_eq!(lu.sanitize_state(), SanitizeState::Idle);
+    }
+
+    #[test]
+    fn sanitize_failure_mode_until_a_sanitize_succeeds_or_exit_when_allowed() {
+        let exit = cdb(&[0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let failed = Some((SenseKey::MediumError, 0x31, 0x03));
+        for ause in [false, true] {
+            let mut lu = thin_lu();
+            let byte1 = 0x02 | if ause { 0x20 } else { 0 };
+            let erase = cdb(&[0x48, byte1, 0, 0, 0, 0, 0, 0, 0, 0]);
+            assert!(matches!(
+                lu.execute(A, &erase, &[]),
+                Outcome::Sanitize { .. }
+            ));
+            let c = lu.sanitize_ended(false, ause);
+            assert_eq!(c.sense.map(|s| (s.key, s.asc, s.ascq)), failed);
+            // Media access fails on every nexus; TEST UNIT READY and INQUIRY do not.
+            assert_eq!(sense_of(lu.execute(B, &READ10, &[])), failed);
+            assert_eq!(done(lu.execute(B, &TUR, &[])).sense, None);
+            let answer = sense_of(lu.execute(A, &exit, &[]));
+            if ause {
+                assert_eq!(answer, None, "AUSE=1: EXIT FAILURE MODE ends it");
+                assert!(matches!(lu.execute(B, &READ10, &[]), Outcome::Read { .. }));
+            } else {
+                assert_eq!(answer, Some((SenseKey::IllegalRequest, 0x24, 0x00)));
+                assert_eq!(sense_of(lu.execute(B, &READ10, &[])), failed);
+                // A new BLOCK ERASE that succeeds ends it.
+                assert!(matches!(
+                    lu.execute(A, &erase, &[]),
+                    Outcome::Sanitize { .. }
+                ));
+                lu.sanitize_ended(true, false);
+                assert!(matches!(lu.execute(B, &READ10, &[]), Outcome::Read { .. }));
+            }
+        }
+    }
+
+    #[test]
+    fn sanitize_is_refused_where_it_cannot_run() {
+        // A fully provisioned LU has no BLOCK ERASE (nothing to deallocate).
+        let mut full = lu();
+        assert_eq!(
+            sense_of(full.execute(A, &BLOCK_ERASE, &[])),
+            Some((SenseKey::IllegalRequest, 0x24, 0x00))
+        );
+        // Write protected.
+        let mut ro = thin_lu();
+        ro.set_read_only(true);
+        ro.execute(A, &TUR, &[]);
+        assert_eq!(
+            sense_of(ro.execute(A, &BLOCK_ERASE, &[])),
+            Some((SenseKey::DataProtect, 0x27, 0x00))
+        );
+        // Another nexus's RESERVE (6).
+        let mut lu = thin_lu();
+        lu.execute(B, &cdb(&[0x16, 0, 0, 0, 0, 0]), &[]);
+        assert!(matches!(
+            lu.execute(A, &BLOCK_ERASE, &[]),
+            Outcome::Done(Completion {
+                status: crate::scsi::Status::ReservationConflict,
+                ..
+            })
+        ));
+        assert_eq!(lu.sanitize_state(), SanitizeState::Idle);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod spc;
 pub mod xcopy;
 
 pub use cdb::{data_out_length, op_class};
-pub use lun::{LogicalUnit, LunInfo, decode_lun, encode_lun, lun_not_supported};
+pub use lun::{LogicalUnit, LunInfo, SanitizeState, decode_lun, encode_lun, lun_not_supported};
 pub use sense::{Sense, SenseKey, Status};
 
 /// Identifies one I_T nexus (initiator port = initiator name + ISID, target port) for unit
@@ -188,6 +188,18 @@ pub enum Outcome {
         held: Option<u8>,
         /// Segments of `segments` copied so far.
         done: usize,
+    },
+    /// SANITIZE BLOCK ERASE (SBC-4 5.30, 4.11) of a thin LU: erase every logical block (it
+    /// reads as zeros afterwards, LBPRZ) so that what it held cannot be recovered from the
+    /// storage. The logical unit is in the sanitize state from now on (other commands get
+    /// NOT READY, SANITIZE IN PROGRESS) until the runtime reports the end with
+    /// [`LogicalUnit::sanitize_ended`]; with `immed` the command is answered GOOD at once, else
+    /// when the erase is done.
+    Sanitize {
+        /// IMMED bit.
+        immed: bool,
+        /// AUSE bit: a failure may be ended with EXIT FAILURE MODE.
+        ause: bool,
     },
 }
 

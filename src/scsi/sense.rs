@@ -123,6 +123,9 @@ pub struct Sense {
     pub information: Option<u64>,
     /// Sense-key-specific field pointer (SKSV bit).
     pub field_pointer: Option<FieldPointer>,
+    /// Sense-key-specific PROGRESS INDICATION (SPC-4 4.5.2.4.4): the fraction of a long
+    /// operation done, in 65536ths (SKSV bit). Not set together with `field_pointer`.
+    pub progress: Option<u16>,
 }
 
 /// Length of fixed format sense data as built by [`Sense::to_bytes`].
@@ -137,6 +140,7 @@ impl Sense {
             ascq,
             information: None,
             field_pointer: None,
+            progress: None,
         }
     }
 
@@ -150,6 +154,21 @@ impl Sense {
     pub const fn with_field_pointer(mut self, pointer: FieldPointer) -> Self {
         self.field_pointer = Some(pointer);
         self
+    }
+
+    /// This sense with a sense-key-specific progress indication (`done` of 65536).
+    pub const fn with_progress(mut self, done: u16) -> Self {
+        self.progress = Some(done);
+        self
+    }
+
+    /// The three sense-key-specific bytes, when there are any.
+    fn key_specific(&self) -> Option<[u8; 3]> {
+        if let Some(fp) = self.field_pointer {
+            return Some(fp.to_bytes());
+        }
+        let [hi, lo] = self.progress?.to_be_bytes();
+        Some([0x80, hi, lo]) // SKSV
     }
 
     /// Whether the sense key is UNIT ATTENTION.
@@ -172,8 +191,8 @@ impl Sense {
         b[7] = (FIXED_SENSE_LEN - 8) as u8; // ADDITIONAL SENSE LENGTH
         b[12] = self.asc;
         b[13] = self.ascq;
-        if let Some(fp) = self.field_pointer {
-            b[15..18].copy_from_slice(&fp.to_bytes());
+        if let Some(sks) = self.key_specific() {
+            b[15..18].copy_from_slice(&sks);
         }
         b
     }
@@ -187,10 +206,10 @@ impl Sense {
             b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             b.extend_from_slice(&info.to_be_bytes());
         }
-        if let Some(fp) = self.field_pointer {
+        if let Some(sks) = self.key_specific() {
             // Sense key specific descriptor (4.5.2.4): type 02h, length 06h.
             b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            b.extend_from_slice(&fp.to_bytes());
+            b.extend_from_slice(&sks);
             b.push(0x00);
         }
         b[7] = (b.len() - 8) as u8; // ADDITIONAL SENSE LENGTH
@@ -314,7 +333,21 @@ impl Sense {
         Sense::new(SenseKey::Miscompare, 0x1D, 0x00).with_information(offset)
     }
 
+    // ---- NOT READY ----
+
+    /// LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (02/04/1B), with how much of it is done
+    /// (`done` of 65536).
+    pub const fn sanitize_in_progress(done: u16) -> Self {
+        Sense::new(SenseKey::NotReady, 0x04, 0x1B).with_progress(done)
+    }
+
     // ---- MEDIUM ERROR ----
+
+    /// SANITIZE COMMAND FAILED (03/31/03): the last SANITIZE failed and the medium is in the
+    /// sanitize failure mode until a SANITIZE succeeds (or EXIT FAILURE MODE, when allowed).
+    pub const fn sanitize_failed() -> Self {
+        Sense::new(SenseKey::MediumError, 0x31, 0x03)
+    }
 
     /// UNRECOVERED READ ERROR (03/11/00) for a read, WRITE ERROR (03/0C/00) for a write.
     pub const fn medium_error(read: bool) -> Self {
@@ -579,5 +612,25 @@ mod tests {
         }
         assert!(Sense::power_on_reset().is_unit_attention());
         assert!(!Sense::write_protected().is_unit_attention());
+    }
+
+    #[test]
+    fn sanitize_in_progress_carries_its_progress_in_both_formats() {
+        let s = Sense::sanitize_in_progress(0x4000);
+        let fixed = s.to_bytes();
+        assert_eq!((fixed[2], fixed[12], fixed[13]), (0x02, 0x04, 0x1B));
+        assert_eq!(
+            &fixed[15..18],
+            &[0x80, 0x40, 0x00],
+            "SKSV + PROGRESS INDICATION"
+        );
+        let desc = s.to_descriptor_bytes();
+        assert_eq!(&desc[8..15], &[0x02, 0x06, 0x00, 0x00, 0x80, 0x40, 0x00]);
+        assert_eq!(desc[7] as usize, desc.len() - 8);
+        let failed = Sense::sanitize_failed().to_bytes();
+        assert_eq!(
+            (failed[2], failed[12], failed[13], failed[15]),
+            (0x03, 0x31, 0x03, 0)
+        );
     }
 }

@@ -129,7 +129,7 @@ pub fn vpd_page(info: &LunInfo, page_code: u8) -> Option<Vec<u8>> {
         0x86 => extended_inquiry(),
         0x8F => super::xcopy::third_party_copy_vpd(),
         0xB0 => block_limits(info),
-        0xB1 => block_device_characteristics(),
+        0xB1 => block_device_characteristics(info),
         0xB2 => logical_block_provisioning(info),
         _ => return None,
     };
@@ -318,10 +318,15 @@ fn block_limits(info: &LunInfo) -> Vec<u8> {
 }
 
 /// Block Device Characteristics (B1h) body, PAGE LENGTH 3Ch: MEDIUM ROTATION RATE 1
-/// (non-rotating), nominal form factor not reported.
-fn block_device_characteristics() -> Vec<u8> {
+/// (non-rotating), nominal form factor not reported; on a thin LU, which implements SANITIZE
+/// BLOCK ERASE, WABEREQ 01b (SBC-4 6.6.2: a read of a block erased by it completes with GOOD;
+/// here it reads zeros, LBPRZ). WACEREQ 00b: no CRYPTOGRAPHIC ERASE.
+fn block_device_characteristics(info: &LunInfo) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0..2].copy_from_slice(&1u16.to_be_bytes()); // bytes 4-5
+    if info.thin {
+        b[3] = 0x40; // byte 7: WABEREQ 01b
+    }
     b
 }
 
@@ -973,6 +978,11 @@ mod tests {
         let d = inquiry(&info(), true, 0xB1, 255).data;
         assert_eq!(d.len(), 64);
         assert_eq!(&d[..8], &[0x00, 0xB1, 0x00, 0x3C, 0x00, 0x01, 0x00, 0x00]);
+        let d = inquiry(&thin_info(), true, 0xB1, 255).data;
+        assert_eq!(
+            d[7], 0x40,
+            "WABEREQ 01b where SANITIZE BLOCK ERASE is implemented"
+        );
     }
 
     #[test]
@@ -1342,13 +1352,15 @@ mod tests {
         assert_eq!(rsoc_of(false, false, 1, 0x41, 0, 65535).data[1], 0x03);
         assert_eq!(rsoc_of(false, false, 1, 0x93, 0, 65535).data[1], 0x03);
         let all = rsoc_of(false, false, 0, 0, 0, 65535).data;
-        let n = cdb::SUPPORTED_COMMANDS.len() - 2;
+        let n = cdb::SUPPORTED_COMMANDS.len() - 3; // UNMAP, GET LBA STATUS, BLOCK ERASE
         assert_eq!(
             u32::from_be_bytes([all[0], all[1], all[2], all[3]]) as usize,
             n * 8
         );
         assert!(!all[4..].chunks(8).any(|c| c[0] == 0x42));
         assert!(!all[4..].chunks(8).any(|c| c[0] == 0x9E && c[3] == 0x12));
+        assert!(!all[4..].chunks(8).any(|c| c[0] == 0x48 && c[3] == 0x02));
+        assert!(all[4..].chunks(8).any(|c| c[0] == 0x48 && c[3] == 0x1F));
     }
 
     #[test]

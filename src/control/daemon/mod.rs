@@ -466,6 +466,9 @@ impl Daemon {
                     Ok(Err(e @ SnapshotError::NoSpace { .. })) => {
                         return Err(AdminError::new(ErrorCode::NoSpace, e.to_string()));
                     }
+                    Ok(Err(e @ SnapshotError::Sanitizing { .. })) => {
+                        return Err(AdminError::new(ErrorCode::Conflict, e.to_string()));
+                    }
                     Ok(Err(e)) => return Err(internal(e)),
                     Err(_) => return Err(internal("shard did not answer")),
                 }

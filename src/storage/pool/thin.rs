@@ -269,6 +269,36 @@ impl ThinVolume {
         self.pool.extent_size
     }
 
+    /// The data store's descriptor (what SANITIZE erases extents in).
+    pub fn data_fd(&self) -> std::os::fd::RawFd {
+        self.pool.data.as_raw_fd()
+    }
+
+    /// Byte offset of physical extent `pext` in the data store.
+    pub fn data_offset(&self, pext: u64) -> u64 {
+        self.pool.offset_of(pext)
+    }
+
+    /// The physical extents behind logical extents `first..end` that no other image can see
+    /// ([`ExtentMap::is_exclusive`]), as runs `(first physical extent, count)` of consecutive
+    /// ones, in logical order: what SANITIZE erases in the data store before it unmaps them.
+    pub fn exclusive_runs(&self, first: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for lext in first..end.min(self.map.len()) {
+            if !self.map.is_exclusive(lext) {
+                continue;
+            }
+            let Some(pext) = self.map.get(lext) else {
+                continue;
+            };
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n == pext => *n += 1,
+                _ => runs.push((pext, 1)),
+            }
+        }
+        runs
+    }
+
     /// Whether this serves a snapshot (read-only, its map shared from the control plane's)
     /// rather than a volume whose map this shard owns.
     pub fn is_snapshot_view(&self) -> bool {

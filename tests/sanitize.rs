@@ -1,0 +1,235 @@
+//! SANITIZE BLOCK ERASE through the real binary: the volume reads zeros afterwards, its data is
+//! gone from the pool's data store too (not merely unmapped), a snapshot keeps what it shares,
+//! and while the erase runs the logical unit answers NOT READY, SANITIZE IN PROGRESS with its
+//! progress and the admin cannot snapshot the volume.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::Target;
+use support::initiator::RawInitiator;
+
+const MIB: usize = 1 << 20;
+const BLOCK: usize = 512;
+
+/// SANITIZE with service action BLOCK ERASE (02h), IMMED as asked.
+fn block_erase(immed: bool) -> [u8; 10] {
+    [
+        0x48,
+        0x02 | if immed { 0x80 } else { 0 },
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
+}
+
+fn session(t: &Target) -> RawInitiator {
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    assert_eq!(ini.test_unit_ready(), 0, "power-on unit attention cleared");
+    ini
+}
+
+fn write_all(ini: &mut RawInitiator, data: &[u8]) {
+    for (i, chunk) in data.chunks(256 << 10).enumerate() {
+        let lba = (i * (256 << 10) / BLOCK) as u32;
+        assert_eq!(ini.write10(lba, chunk).status(), 0);
+    }
+}
+
+fn read_all(ini: &mut RawInitiator, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    for lba in (0..len / BLOCK).step_by(256) {
+        let r = ini.read10(lba as u32, 256);
+        assert_eq!(r.status(), 0);
+        out.extend_from_slice(&r.data);
+    }
+    out
+}
+
+/// Whether any 4 KiB-aligned block of `file` equals one of the 4 KiB blocks of `data`.
+fn holds_any_block_of(file: &[u8], data: &[u8]) -> bool {
+    let wanted: std::collections::HashSet<&[u8]> = data.chunks(4096).collect();
+    file.chunks(4096).any(|b| wanted.contains(b))
+}
+
+fn post(t: &Target, path: &str, body: Value) -> Result<Value, Box<ureq::Error>> {
+    ureq::post(&format!("{}{path}", t.admin()))
+        .send_json(body)
+        .map(|r| r.into_json().expect("json"))
+        .map_err(Box::new)
+}
+
+#[test]
+fn block_erase_erases_the_data_store_and_spares_what_a_snapshot_shares() {
+    let t = Target::start(&["--size", "4M", "--pool-size", "16M"]);
+    let mut ini = session(&t);
+    let kept = support::scsi::pattern(1, 4 * MIB);
+    write_all(&mut ini, &kept);
+    post(
+        &t,
+        "/v1/snapshots",
+        json!({"volume": "default", "name": "s"}),
+    )
+    .expect("snapshot");
+    // The first MiB rewritten after the snapshot: extents only the volume sees.
+    let secret = support::scsi::pattern(2, MIB);
+    write_all(&mut ini, &secret);
+    let data_store = t.dir.path().join("pool").join("data");
+    assert!(holds_any_block_of(
+        &std::fs::read(&data_store).unwrap(),
+        &secret
+    ));
+
+    let r = ini.command(&block_erase(false), 0, false, &[]);
+    assert_eq!(r.status(), 0, "SANITIZE BLOCK ERASE: {:?}", r.sense());
+
+    assert!(read_all(&mut ini, 4 * MIB).iter().all(|&b| b == 0));
+    let store = std::fs::read(&data_store).unwrap();
+    assert!(
+        !holds_any_block_of(&store, &secret),
+        "the volume's own extents were erased in the data store, not just unmapped"
+    );
+    assert!(
+        holds_any_block_of(&store, &kept[..MIB]) && holds_any_block_of(&store, &kept[MIB..]),
+        "the snapshot's extents keep their data"
+    );
+    // The snapshot still reads what it held.
+    let exported = post(
+        &t,
+        "/v1/snapshots/default@s/export",
+        json!({"enabled": true}),
+    )
+    .expect("export");
+    let target = exported["export"].as_str().expect("export target");
+    let initiator = "iqn.2026-11.dev.shoal.test:snapshot-reader";
+    let isid = support::initiator::isid(2);
+    let mut snap = RawInitiator::login_as(t.addr, initiator, isid, target, &[]);
+    assert_eq!(snap.test_unit_ready(), 0);
+    assert_eq!(read_all(&mut snap, 4 * MIB), kept);
+    // Writes work again and land normally.
+    let again = support::scsi::pattern(3, 64 << 10);
+    assert_eq!(ini.write10(0, &again).status(), 0);
+    assert_eq!(ini.read10(0, 128).data, again);
+    support::check_pool(t.dir.path());
+}
+
+#[test]
+fn while_erasing_the_unit_is_not_ready_reports_progress_and_refuses_snapshots() {
+    // A sparse 64 TiB volume: nothing to erase, but its 2^30 extents take a while to walk.
+    let t = Target::start_logged(&["--size", "64T"]);
+    let mut ini = session(&t);
+    assert_eq!(
+        ini.write10(0, &support::scsi::pattern(4, 64 << 10))
+            .status(),
+        0
+    );
+    let last = (64u64 << 40) / BLOCK as u64 - 8;
+    let at_end = support::scsi::pattern(5, 8 * BLOCK);
+    assert_eq!(
+        ini.command(&rw16(0x8A, last, 8), 4096, false, &at_end)
+            .status(),
+        0
+    );
+    assert_eq!(
+        ini.command(&rw16(0x88, last, 8), 4096, true, &[]).data,
+        at_end
+    );
+    let r = ini.command(&block_erase(true), 0, false, &[]);
+    assert_eq!(r.status(), 0, "IMMED: GOOD once started");
+
+    let mut saw_progress = None;
+    let mut refused_snapshot = false;
+    let mut rounds = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the erase never ended");
+        // REQUEST SENSE (fixed format) reports the progress.
+        let r = ini.command(&[0x03, 0, 0, 0, 18, 0], 18, true, &[]);
+        assert_eq!(r.status(), 0);
+        let sense = &r.data;
+        if (sense[2] & 0x0F, sense[12], sense[13]) != (0x02, 0x04, 0x1B) {
+            assert_eq!(sense[2] & 0x0F, 0, "NO SENSE once done: {sense:?}");
+            break;
+        }
+        assert_eq!(sense[15] & 0x80, 0x80, "SKSV: a progress indication");
+        saw_progress = Some(u16::from_be_bytes([sense[16], sense[17]]));
+        rounds += 1;
+        // Media access and TEST UNIT READY: NOT READY, SANITIZE IN PROGRESS.
+        let read = ini.read10(0, 1);
+        assert_eq!(read.status(), 2);
+        assert_eq!(read.sense(), Some((0x02, 0x04, 0x1B)));
+        // INQUIRY still works.
+        let inq = ini.command(&support::scsi::inquiry(36), 36, true, &[]);
+        assert_eq!(inq.status(), 0);
+        if !refused_snapshot {
+            match post(
+                &t,
+                "/v1/snapshots",
+                json!({"volume": "default", "name": "x"}),
+            ) {
+                Err(e) if matches!(*e, ureq::Error::Status(409, _)) => {
+                    let ureq::Error::Status(_, resp) = *e else {
+                        unreachable!()
+                    };
+                    let body = resp.into_string().unwrap_or_default();
+                    assert!(body.contains("sanitized"), "{body}");
+                    refused_snapshot = true;
+                }
+                // The erase ended just before: nothing more to check there.
+                Ok(_) => break,
+                Err(e) => panic!("snapshot during SANITIZE: {e}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(rounds > 0, "the erase was observed in progress");
+    assert!(
+        saw_progress.is_some_and(|p| p > 0),
+        "its progress moved: {saw_progress:?}"
+    );
+    assert!(refused_snapshot, "a snapshot was refused while erasing");
+    assert_eq!(ini.test_unit_ready(), 0);
+    let r = ini.read10(0, 128);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert!(r.data.iter().all(|&b| b == 0));
+    let r = ini.command(&rw16(0x88, last, 8), 4096, true, &[]);
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "the last blocks were erased too"
+    );
+}
+
+/// READ (16) (88h) or WRITE (16) (8Ah) of `blocks` at `lba`.
+fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[test]
+fn exit_failure_mode_and_bad_requests() {
+    let t = Target::start(&["--size", "4M"]);
+    let mut ini = session(&t);
+    // Not in the failure mode: EXIT FAILURE MODE is harmless.
+    let r = ini.command(&[0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, &[]);
+    assert_eq!(r.status(), 0);
+    // OVERWRITE and CRYPTOGRAPHIC ERASE are not implemented; BLOCK ERASE takes no parameters.
+    for sa in [0x01u8, 0x03, 0x00, 0x10] {
+        let r = ini.command(&[0x48, sa, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, &[]);
+        assert_eq!(
+            r.sense(),
+            Some((0x05, 0x24, 0x00)),
+            "service action {sa:#x}"
+        );
+    }
+    let r = ini.command(&[0x48, 0x02, 0, 0, 0, 0, 0, 0, 8, 0], 8, false, &[0; 8]);
+    assert_eq!(r.sense(), Some((0x05, 0x24, 0x00)));
+}
