@@ -147,6 +147,9 @@ pub struct LogicalUnit {
     preempted: Vec<NexusId>,
     /// Where the logical unit stands with SANITIZE.
     sanitize: SanitizeState,
+    /// Write protected by the administrator (`info.read_only` is that or the control page's
+    /// SWP, set by an initiator).
+    base_read_only: bool,
 }
 
 /// Where a logical unit stands with SANITIZE (SBC-4 4.11).
@@ -194,7 +197,9 @@ impl LogicalUnit {
     pub fn new(info: LunInfo) -> Self {
         let default_mode = ModeState {
             wce: info.write_cache,
+            swp: false,
         };
+        let base_read_only = info.read_only;
         LogicalUnit {
             info,
             mode: default_mode,
@@ -208,6 +213,7 @@ impl LogicalUnit {
             pr_persist: None,
             preempted: Vec::new(),
             sanitize: SanitizeState::Idle,
+            base_read_only,
         }
     }
 
@@ -270,11 +276,19 @@ impl LogicalUnit {
     /// UNMAP, COMPARE AND WRITE and EXTENDED COPY get DATA PROTECT / WRITE PROTECTED, MODE SENSE
     /// reports WP, and every nexus is told MODE PARAMETERS CHANGED (when it changed).
     pub fn set_read_only(&mut self, on: bool) {
-        let changed = self.info.read_only != on;
-        self.info.read_only = on;
+        self.base_read_only = on;
+        let changed = self.apply_write_protection();
         if changed {
             self.queue_unit_attention_all(Sense::mode_parameters_changed(), None);
         }
+    }
+
+    /// Sets the write protection from the administrator's and SWP; whether it changed.
+    fn apply_write_protection(&mut self) -> bool {
+        let on = self.base_read_only || self.mode.swp;
+        let changed = self.info.read_only != on;
+        self.info.read_only = on;
+        changed
     }
 
     /// The administrator makes the volume thin provisioned or full: LBPME (READ CAPACITY (16)),
@@ -797,6 +811,7 @@ impl LogicalUnit {
             Ok(next) => {
                 if next != self.mode {
                     self.mode = next;
+                    self.apply_write_protection();
                     self.queue_unit_attention_all(Sense::mode_parameters_changed(), Some(n));
                 }
                 Completion::good(Vec::new())
@@ -1326,6 +1341,55 @@ mod tests {
         // A LUN reset keeps the mode parameters.
         lu.lun_reset(A);
         assert!(!lu.write_cache_enabled());
+    }
+
+    /// MODE SELECT (6) of the control page with SWP as given (the other fields current).
+    fn select_control(swp: bool) -> ([u8; 16], Vec<u8>) {
+        let mut params = vec![
+            0, 0, 0, 0, 0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+        ];
+        params[8] = if swp { 0x08 } else { 0 };
+        (cdb(&[0x15, 0x10, 0, 0, params.len() as u8, 0]), params)
+    }
+
+    #[test]
+    fn software_write_protect_from_one_nexus_protects_the_unit_for_all() {
+        let mut lu = thin_lu();
+        let w = cdb(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let (c, p) = select_control(true);
+        assert_eq!(done(lu.execute(A, &c, &p)).status, Status::Good);
+        assert_eq!(ua_of(lu.execute(B, &TUR, &[])), Some((0x2A, 0x01)));
+        for n in [A, B] {
+            assert_eq!(
+                done(lu.execute(n, &w, &[0; 512])).sense,
+                Some(Sense::write_protected())
+            );
+            assert_eq!(
+                done(lu.execute(n, &BLOCK_ERASE, &[])).sense,
+                Some(Sense::write_protected())
+            );
+        }
+        // MODE SENSE: WP in the header, SWP in the control page.
+        let c = done(lu.execute(B, &cdb(&[0x1A, 0x08, 0x0A, 0, 255, 0]), &[]));
+        assert_eq!((c.data[2] & 0x80, c.data[8]), (0x80, 0x08));
+        // Cleared: writable again; the administrator's protection is separate.
+        let (c, p) = select_control(false);
+        assert_eq!(done(lu.execute(B, &c, &p)).status, Status::Good);
+        lu.execute(A, &TUR, &[]);
+        assert!(matches!(
+            lu.execute(A, &w, &[0; 512]),
+            Outcome::Write { .. }
+        ));
+        lu.set_read_only(true);
+        let (c, p) = select_control(true);
+        lu.execute(A, &TUR, &[]);
+        assert_eq!(done(lu.execute(A, &c, &p)).status, Status::Good);
+        let (c, p) = select_control(false);
+        assert_eq!(done(lu.execute(A, &c, &p)).status, Status::Good);
+        assert!(
+            lu.info().read_only,
+            "clearing SWP keeps the administrator's write protection"
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct ModeState {
     /// Caching page WCE: write-back caching enabled (SYNCHRONIZE CACHE makes writes durable);
     /// when clear every write is forced to FUA.
     pub wce: bool,
+    /// Control page SWP (software write protect, SPC-4 7.5.8): set by an initiator, the logical
+    /// unit is write protected for every nexus until cleared (or the target restarts).
+    pub swp: bool,
 }
 
 /// Truncates Data-In to the CDB's allocation length.
@@ -401,10 +404,13 @@ pub fn mode_page(
         }
         MODE_PAGE_CONTROL => {
             let mut p = vec![0u8; 0x0C];
+            if changeable || state.swp {
+                p[4] = 0x08; // SWP (UA_INTLCK_CTRL=00b)
+            }
             if !changeable {
                 p[2] = 0x02; // TST=000b, D_SENSE=0, GLTSD=1 (no log pages to save)
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER=1 (unrestricted), QERR=00b
-                // byte 4: UA_INTLCK_CTRL=00b, SWP=0; byte 5: TAS=0, ATO=0, AUTOLOAD=0
+                // byte 5: TAS=0, ATO=0, AUTOLOAD=0
                 p[8..10].copy_from_slice(&0xFFFFu16.to_be_bytes()); // BUSY TIMEOUT: unlimited
             }
             p
@@ -549,12 +555,12 @@ fn check_block_descriptor(
 /// Checks one mode page of a MODE SELECT parameter list at `offset` against the current values
 /// and the changeable mask; returns the page's length in the list and the new WCE if it is the
 /// caching page.
-fn check_mode_page(
-    params: &[u8],
+fn check_mode_page<'a>(
+    params: &'a [u8],
     offset: usize,
     current: &ModeState,
     default: &ModeState,
-) -> Result<(usize, Option<bool>), Sense> {
+) -> Result<(usize, &'a [u8]), Sense> {
     let Some(&b0) = params.get(offset) else {
         return Err(Sense::parameter_list_length_error());
     };
@@ -592,12 +598,12 @@ fn check_mode_page(
             ));
         }
     }
-    let wce = (page == MODE_PAGE_CACHING).then(|| new[2] & 0x04 != 0);
-    Ok((cur.len(), wce))
+    Ok((cur.len(), new))
 }
 
 /// MODE SELECT (6)/(10) (SPC-4 6.9, 6.10): validates the whole parameter list (header, block
-/// descriptors, pages) and returns the new mode state. Only the caching page's WCE is changeable;
+/// descriptors, pages) and returns the new mode state. Only the caching page's WCE and the control
+/// page's SWP are changeable;
 /// any other field that differs from its current value is INVALID FIELD IN PARAMETER LIST. Nothing
 /// changes unless the whole list is valid. An empty list changes nothing.
 pub fn mode_select(
@@ -643,9 +649,11 @@ pub fn mode_select(
     let mut next = *current;
     let mut offset = header_len + bd_len;
     while offset < params.len() {
-        let (len, wce) = check_mode_page(params, offset, current, default)?;
-        if let Some(wce) = wce {
-            next.wce = wce;
+        let (len, page) = check_mode_page(params, offset, current, default)?;
+        match page[0] & 0x3F {
+            MODE_PAGE_CACHING => next.wce = page[2] & 0x04 != 0,
+            MODE_PAGE_CONTROL => next.swp = page[4] & 0x08 != 0,
+            _ => {}
         }
         offset += len;
     }
@@ -761,8 +769,14 @@ mod tests {
         }
     }
 
-    const WCE_ON: ModeState = ModeState { wce: true };
-    const WCE_OFF: ModeState = ModeState { wce: false };
+    const WCE_ON: ModeState = ModeState {
+        wce: true,
+        swp: false,
+    };
+    const WCE_OFF: ModeState = ModeState {
+        wce: false,
+        swp: false,
+    };
 
     fn ms(ten: bool, dbd: bool, llbaa: bool, pc: PageControl, page: u8, alloc: u32) -> ModeSense {
         ModeSense {
@@ -1089,7 +1103,8 @@ mod tests {
             &WCE_OFF,
             &WCE_ON,
         );
-        assert_eq!(&c.data[4..], &[0x0A, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // Only SWP is changeable in the control page.
+        assert_eq!(&c.data[4..], &[0x0A, 0x0A, 0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -1214,11 +1229,23 @@ mod tests {
     fn mode_select_rejects_unchangeable_fields() {
         let i = info();
         let mut control = page(0x0A, PageControl::Current, &WCE_ON);
-        control[4] |= 0x08; // SWP
+        control[4] |= 0x10; // TST... byte 4 bit 4: reserved
         assert_eq!(
-            mode_select(&i, &WCE_ON, &WCE_ON, false, &select6(&[control])),
-            Err(Sense::invalid_field_in_parameter_list_bit(8, Some(3)))
+            mode_select(&i, &WCE_ON, &WCE_ON, false, &select6(&[control.clone()])),
+            Err(Sense::invalid_field_in_parameter_list_bit(8, Some(4)))
         );
+        // SWP is changeable, and MODE SENSE reports it.
+        control[4] = 0x08;
+        let swp = ModeState {
+            swp: true,
+            ..WCE_ON
+        };
+        assert_eq!(
+            mode_select(&i, &WCE_ON, &WCE_ON, false, &select6(&[control.clone()])),
+            Ok(swp)
+        );
+        assert_eq!(page(0x0A, PageControl::Current, &swp), control);
+        assert_eq!(page(0x0A, PageControl::Changeable, &WCE_ON)[4], 0x08);
         let mut caching = page(0x08, PageControl::Current, &WCE_ON);
         caching[2] = 0x05; // RCD
         assert_eq!(
