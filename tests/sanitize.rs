@@ -8,7 +8,7 @@ mod support;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::Target;
-use support::initiator::RawInitiator;
+use support::initiator::{RawInitiator, read_blocks, session, write_blocks};
 
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 512;
@@ -29,29 +29,6 @@ fn block_erase(immed: bool) -> [u8; 10] {
     ]
 }
 
-fn session(t: &Target) -> RawInitiator {
-    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
-    assert_eq!(ini.test_unit_ready(), 0, "power-on unit attention cleared");
-    ini
-}
-
-fn write_all(ini: &mut RawInitiator, data: &[u8]) {
-    for (i, chunk) in data.chunks(256 << 10).enumerate() {
-        let lba = (i * (256 << 10) / BLOCK) as u32;
-        assert_eq!(ini.write10(lba, chunk).status(), 0);
-    }
-}
-
-fn read_all(ini: &mut RawInitiator, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    for lba in (0..len / BLOCK).step_by(256) {
-        let r = ini.read10(lba as u32, 256);
-        assert_eq!(r.status(), 0);
-        out.extend_from_slice(&r.data);
-    }
-    out
-}
-
 /// Whether any 4 KiB-aligned block of `file` equals one of the 4 KiB blocks of `data`.
 fn holds_any_block_of(file: &[u8], data: &[u8]) -> bool {
     let wanted: std::collections::HashSet<&[u8]> = data.chunks(4096).collect();
@@ -68,9 +45,9 @@ fn post(t: &Target, path: &str, body: Value) -> Result<Value, Box<ureq::Error>> 
 #[test]
 fn block_erase_erases_the_data_store_and_spares_what_a_snapshot_shares() {
     let t = Target::start(&["--size", "4M", "--pool-size", "16M"]);
-    let mut ini = session(&t);
+    let mut ini = session(t.addr, 1);
     let kept = support::scsi::pattern(1, 4 * MIB);
-    write_all(&mut ini, &kept);
+    write_blocks(&mut ini, 0, &kept);
     post(
         &t,
         "/v1/snapshots",
@@ -79,7 +56,7 @@ fn block_erase_erases_the_data_store_and_spares_what_a_snapshot_shares() {
     .expect("snapshot");
     // The first MiB rewritten after the snapshot: extents only the volume sees.
     let secret = support::scsi::pattern(2, MIB);
-    write_all(&mut ini, &secret);
+    write_blocks(&mut ini, 0, &secret);
     let data_store = t.dir.path().join("pool").join("data");
     assert!(holds_any_block_of(
         &std::fs::read(&data_store).unwrap(),
@@ -89,7 +66,11 @@ fn block_erase_erases_the_data_store_and_spares_what_a_snapshot_shares() {
     let r = ini.command(&block_erase(false), 0, false, &[]);
     assert_eq!(r.status(), 0, "SANITIZE BLOCK ERASE: {:?}", r.sense());
 
-    assert!(read_all(&mut ini, 4 * MIB).iter().all(|&b| b == 0));
+    assert!(
+        read_blocks(&mut ini, 0, 4 * MIB / BLOCK)
+            .iter()
+            .all(|&b| b == 0)
+    );
     let store = std::fs::read(&data_store).unwrap();
     assert!(
         !holds_any_block_of(&store, &secret),
@@ -111,19 +92,20 @@ fn block_erase_erases_the_data_store_and_spares_what_a_snapshot_shares() {
     let isid = support::initiator::isid(2);
     let mut snap = RawInitiator::login_as(t.addr, initiator, isid, target, &[]);
     assert_eq!(snap.test_unit_ready(), 0);
-    assert_eq!(read_all(&mut snap, 4 * MIB), kept);
+    assert_eq!(read_blocks(&mut snap, 0, 4 * MIB / BLOCK), kept);
     // Writes work again and land normally.
     let again = support::scsi::pattern(3, 64 << 10);
     assert_eq!(ini.write10(0, &again).status(), 0);
     assert_eq!(ini.read10(0, 128).data, again);
-    support::check_pool(t.dir.path());
+    drop((ini, snap));
+    support::check_pool(t.kill().path());
 }
 
 #[test]
 fn while_erasing_the_unit_is_not_ready_reports_progress_and_refuses_snapshots() {
     // A sparse 64 TiB volume: nothing to erase, but its 2^30 extents take a while to walk.
     let t = Target::start_logged(&["--size", "64T"]);
-    let mut ini = session(&t);
+    let mut ini = session(t.addr, 1);
     assert_eq!(
         ini.write10(0, &support::scsi::pattern(4, 64 << 10))
             .status(),
@@ -215,9 +197,49 @@ fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
 }
 
 #[test]
+fn an_aborted_sanitize_ends_without_status_and_its_erase_goes_on() {
+    // 64 TiB with data at both ends: the erase walks 2^30 extents.
+    let t = Target::start(&["--size", "64T"]);
+    let mut ini = session(t.addr, 1);
+    let last = (64u64 << 40) / BLOCK as u64 - 8;
+    let at_end = support::scsi::pattern(6, 8 * BLOCK);
+    assert_eq!(ini.write10(0, &at_end).status(), 0);
+    let w = ini.command(&rw16(0x8A, last, 8), 4096, false, &at_end);
+    assert_eq!(w.status(), 0);
+
+    let cmd_sn = ini.cmd_sn;
+    let itt = ini.send_command(&block_erase(false), 0, false, false, &[], false);
+    // ABORT TASK (01h): answered at once, not when the erase ends.
+    let started = Instant::now();
+    let resp = ini.tmf(0x01, 0, itt, cmd_sn);
+    assert_eq!(resp.bhs.0[2], 0, "Function complete");
+    // The erase goes on: NOT READY, SANITIZE IN PROGRESS, then done. The aborted SANITIZE
+    // never answers (`command` panics on a PDU for another task).
+    let mut in_progress = 0;
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(120), "never ended");
+        let r = ini.command(&[0x03, 0, 0, 0, 18, 0], 18, true, &[]);
+        if (r.data[2] & 0x0F, r.data[12], r.data[13]) != (0x02, 0x04, 0x1B) {
+            break;
+        }
+        in_progress += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        in_progress > 0,
+        "the abort did not wait for the erase to end"
+    );
+    for lba in [0, last] {
+        let r = ini.command(&rw16(0x88, lba, 8), 4096, true, &[]);
+        assert_eq!(r.status(), 0, "{:?}", r.sense());
+        assert!(r.data.iter().all(|&b| b == 0), "LBA {lba} erased");
+    }
+}
+
+#[test]
 fn exit_failure_mode_and_bad_requests() {
     let t = Target::start(&["--size", "4M"]);
-    let mut ini = session(&t);
+    let mut ini = session(t.addr, 1);
     // Not in the failure mode: EXIT FAILURE MODE is harmless.
     let r = ini.command(&[0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0], 0, false, &[]);
     assert_eq!(r.status(), 0);

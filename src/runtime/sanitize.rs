@@ -23,12 +23,13 @@
 //!   shares keep their data: they are the snapshot's, and snapshot contents never change.
 //! - Every step runs on the shard thread between completions; the erases and syncs go through
 //!   the ring, so the shard keeps serving its other volumes.
-//! - The job survives the loss of the connection that sent the command (the answer is then
-//!   dropped), as SBC-4 wants of a sanitize operation; if the volume stops being served the
-//!   job ends.
+//! - The job survives the loss of the connection that sent the command, and an abort of the
+//!   command (either only drops the answer), as SBC-4 wants of a sanitize operation. When the
+//!   volume is being removed the job submits nothing more, and the removal waits until its
+//!   erases in flight are done: they name physical extents the pool would otherwise free.
 
-use super::shard::{Accounting, KIND_SANITIZE, Shard, user_data};
-use crate::iscsi::connection::{DataInSource, TaskId};
+use super::shard::{Accounting, HeldCommand, KIND_SANITIZE, Shard, user_data};
+use crate::iscsi::connection::DataInSource;
 use crate::scsi::Completion;
 use io_uring::{opcode, types};
 use std::os::fd::RawFd;
@@ -75,22 +76,13 @@ enum Stage {
     Syncing,
 }
 
-/// The answer a sanitize without IMMED still owes: connection slot, its session (a slot may be
-/// reused once the connection is gone), task and accounting.
-pub(super) struct HeldAnswer {
-    pub(super) index: usize,
-    pub(super) tsih: u16,
-    pub(super) task: TaskId,
-    pub(super) acct: Accounting,
-}
-
 /// A SANITIZE BLOCK ERASE in progress on one of the shard's volumes.
 pub(super) struct PendingSanitize {
     /// Names its operations in `user_data`.
     id: usize,
     target: String,
-    ause: bool,
-    answer: Option<HeldAnswer>,
+    /// The command still owed its answer (IMMED=0), and its accounting.
+    answer: Option<(HeldCommand, Accounting)>,
     stage: Stage,
     /// The next logical extent to look at.
     next: u64,
@@ -110,46 +102,35 @@ impl PendingSanitize {
     pub(super) fn runnable(&self) -> bool {
         self.stage != Stage::Draining && self.in_flight == 0
     }
+
+    /// Whether it has erases or syncs in flight on the volume of `target`.
+    pub(super) fn busy_on(&self, target: &str) -> bool {
+        self.in_flight > 0 && self.target == target
+    }
 }
 
 impl Shard {
-    /// Starts SANITIZE BLOCK ERASE of LUN `lun`'s volume, for task `task` of connection
-    /// `index`: answered GOOD now with `immed`, else when the erase is done.
+    /// Starts SANITIZE BLOCK ERASE of LUN `lun`'s volume for command `cmd`: answered GOOD now
+    /// with `immed`, else when the erase is done. (The caller flushes the connection.)
     pub(super) fn start_sanitize(
         &mut self,
-        index: usize,
-        task: TaskId,
+        cmd: HeldCommand,
         lun: usize,
-        (immed, ause): (bool, bool),
+        immed: bool,
         acct: Accounting,
     ) {
-        let tsih = self.conn_mut(index).map_or(0, |sc| sc.tsih);
-        let answer = HeldAnswer {
-            index,
-            tsih,
-            task,
-            acct,
-        };
         let answer = if immed {
-            self.finish(
-                index,
-                task,
-                Completion::good(Vec::new()),
-                DataInSource::None,
-                0,
-                acct,
-            );
-            self.flush(index);
+            let good = Completion::good(Vec::new());
+            self.finish(cmd.index, cmd.task, good, DataInSource::None, 0, acct);
             None
         } else {
-            Some(answer)
+            Some((cmd, acct))
         };
         let id = self.next_waiter_id as usize;
         self.next_waiter_id += 1;
         self.pending_sanitizes.push(PendingSanitize {
             id,
             target: self.luns[lun].target.clone(),
-            ause,
             answer,
             stage: Stage::Draining,
             next: 0,
@@ -187,33 +168,34 @@ impl Shard {
         let mut jobs = std::mem::take(&mut self.pending_sanitizes);
         let mut ended = Vec::new();
         jobs.retain_mut(|job| {
+            if job.in_flight > 0 {
+                return true; // nothing to do before its completions
+            }
             let Some(lun) = self.lun_index(&job.target) else {
                 return false; // no longer served here: nothing left to erase or answer
             };
+            if self.pending_removals.iter().any(|r| r.lun == lun) {
+                return false; // going away: erase nothing more (the removal waited for us)
+            }
             if self.advance_sanitize(job, lun) {
                 return true;
             }
-            ended.push((lun, job.ause, !job.failed, job.answer.take()));
+            ended.push((lun, !job.failed, job.answer.take()));
             false // its zeros, if any, go back to the pool
         });
         jobs.append(&mut self.pending_sanitizes);
         self.pending_sanitizes = jobs;
-        for (lun, ause, ok, answer) in ended {
-            self.end_sanitize(lun, ok, ause, answer);
+        for (lun, ok, answer) in ended {
+            self.end_sanitize(lun, ok, answer);
         }
     }
 
-    /// Moves `job` on; false once it is over.
+    /// Moves `job` (with nothing in flight) on; false once it is over.
     fn advance_sanitize(&mut self, job: &mut PendingSanitize, lun: usize) -> bool {
-        if job.in_flight > 0 {
-            return true;
-        }
         match job.stage {
             Stage::Draining => {
                 if self.write_ops_on(lun).is_empty() {
                     job.stage = Stage::Erasing;
-                    let capacity = self.luns[lun].volume.capacity();
-                    self.readahead.invalidate(lun, 0, capacity);
                 }
                 true
             }
@@ -366,20 +348,42 @@ impl Shard {
     }
 
     /// Ends LUN `lun`'s sanitize state and answers the command if it still waits.
-    fn end_sanitize(&mut self, lun: usize, ok: bool, ause: bool, answer: Option<HeldAnswer>) {
+    fn end_sanitize(&mut self, lun: usize, ok: bool, answer: Option<(HeldCommand, Accounting)>) {
+        // Nothing read the volume meanwhile, but read-ahead from before may still be cached.
         let capacity = self.luns[lun].volume.capacity();
         self.readahead.invalidate(lun, 0, capacity);
-        let completion = self.luns[lun].lu.sanitize_ended(ok, ause);
+        let completion = self.luns[lun].lu.sanitize_ended(ok);
         if !ok {
             let target = &self.luns[lun].target;
             let e = format!("target {target}: the volume is in the sanitize failure mode");
             super::shard::log_error(self.id, "SANITIZE failed", &e);
         }
-        let Some(a) = answer else { return };
-        if self.conn_mut(a.index).is_none_or(|sc| sc.tsih != a.tsih) {
+        let Some((cmd, acct)) = answer else { return };
+        if self.held_conn(cmd).is_none() {
             return; // its connection is gone
         }
-        self.finish(a.index, a.task, completion, DataInSource::None, 0, a.acct);
-        self.flush(a.index);
+        self.finish(cmd.index, cmd.task, completion, DataInSource::None, 0, acct);
+        self.flush(cmd.index);
+    }
+
+    /// Ends without status the SANITIZE commands a task management function aborted while
+    /// their erase runs on (SBC-4: a sanitize operation is not stopped by an abort or reset),
+    /// so the function's answer does not wait for the erase.
+    pub(super) fn end_aborted_sanitize_answers(&mut self) {
+        let mut aborted = Vec::new();
+        for job in &mut self.pending_sanitizes {
+            let Some((cmd, _)) = job.answer else { continue };
+            let state = self.conns.get(cmd.index).and_then(|c| c.as_deref());
+            let task = state
+                .filter(|sc| sc.tsih == cmd.tsih)
+                .and_then(|sc| sc.conn.task(cmd.task));
+            if task.is_none_or(|t| t.aborted()) {
+                job.answer = None;
+                aborted.push(cmd);
+            }
+        }
+        for cmd in aborted {
+            self.end_without_status(cmd);
+        }
     }
 }

@@ -89,13 +89,14 @@ pub struct LunSlot {
     pub qos: Throttle<HeldCommand>,
 }
 
-/// A command a QoS limit holds back: its connection (slot and session, since a slot may be
-/// reused once the connection is gone) and task.
+/// A command held back (by a QoS limit, or a SANITIZE answered when its erase ends): its
+/// connection (slot and session, since a slot may be reused once the connection is gone) and
+/// task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldCommand {
-    index: usize,
-    tsih: u16,
-    task: TaskId,
+    pub(super) index: usize,
+    pub(super) tsih: u16,
+    pub(super) task: TaskId,
 }
 
 impl LunSlot {
@@ -438,8 +439,9 @@ pub(super) struct Accounting {
 /// the medium): a PREEMPT AND ABORT, or a task management function that cleared other nexuses'
 /// tasks (CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET).
 pub(super) struct PendingFence {
-    /// The connection that gets the answer.
+    /// The connection that gets the answer (and its session: the slot may be reused).
     index: usize,
+    tsih: u16,
     answer: FenceAnswer,
     /// Aborted tasks still in flight: (connection, task).
     waiting_for: Vec<(usize, TaskId)>,
@@ -1300,10 +1302,9 @@ impl Shard {
         if frozen || !slot.qos.limits().unlimited() || slot.qos.waiting() > 0 {
             let Some(task) = sc.conn.task(id) else { return };
             let cdb = &task.cmd.cdb;
-            // A freeze also holds UNMAP, which changes what the volume reads without a charge.
-            let unmap = cdb.first() == Some(&scsi::cdb::opcode::UNMAP);
+            // A freeze also holds what changes the blocks without a charge (UNMAP, SANITIZE).
             let charge = scsi::cdb::qos_charge(cdb, slot.lu.info().block_size)
-                .or_else(|| (frozen && unmap).then_some(0));
+                .or_else(|| (frozen && scsi::lun::changes_medium(cdb)).then_some(0));
             if let Some(bytes) = charge.filter(|_| !task.refused()) {
                 if !slot.qos.admit(self.round_now, bytes) {
                     let held = HeldCommand {
@@ -1333,8 +1334,8 @@ impl Shard {
             }
             self.luns[lun].qos.release(self.round_now, &mut released);
             for held in released.drain(..) {
-                let HeldCommand { index, tsih, task } = held.what;
-                let Some(sc) = self.conn_mut(index).filter(|sc| sc.tsih == tsih) else {
+                let HeldCommand { index, task, .. } = held.what;
+                let Some(sc) = self.held_conn(held.what) else {
                     continue;
                 };
                 match sc.conn.task(task).map(|t| t.aborted()) {
@@ -1376,15 +1377,24 @@ impl Shard {
                 &mut ended,
             );
             for held in ended.drain(..) {
-                let HeldCommand { index, tsih, task } = held.what;
-                let Some(sc) = self.conn_mut(index).filter(|sc| sc.tsih == tsih) else {
-                    continue;
-                };
-                sc.conn.complete(task, TaskResponse::nothing());
-                self.flush(index);
+                self.end_without_status(held.what);
             }
         }
         self.released = ended;
+        self.end_aborted_sanitize_answers();
+    }
+
+    /// The connection of held command `cmd`, if it is still the same session's.
+    pub(super) fn held_conn(&mut self, cmd: HeldCommand) -> Option<&mut ShardConn> {
+        self.conn_mut(cmd.index).filter(|sc| sc.tsih == cmd.tsih)
+    }
+
+    /// Ends held command `cmd` without a response (it was aborted).
+    pub(super) fn end_without_status(&mut self, cmd: HeldCommand) {
+        if let Some(sc) = self.held_conn(cmd) {
+            sc.conn.complete(cmd.task, TaskResponse::nothing());
+            self.flush(cmd.index);
+        }
     }
 
     /// How long until a held command may run (`None`: none is held).
@@ -1399,6 +1409,7 @@ impl Shard {
         let Some(task) = sc.conn.task(id) else { return };
         let submitted = self.stats_config.latency.then(Instant::now);
         let lun = sc.lun;
+        let tsih = sc.tsih;
         let mut preempted = Vec::new();
         let slot = &mut self.luns[lun];
         let cdb = task.cmd.cdb;
@@ -1444,19 +1455,24 @@ impl Shard {
             Outcome::GetLbaStatus { lba, alloc_len } => {
                 Outcome::Done(lba_status(slot, lba, alloc_len))
             }
-            Outcome::Sanitize { immed, ause } => {
-                let acct = Accounting {
-                    class: OpClass::Other,
-                    bytes: 0,
-                    submitted,
-                    backend_done: None,
-                    extent: None,
-                };
-                self.start_sanitize(index, id, lun, (immed, ause), acct);
-                return;
-            }
             other => other,
         };
+        let acct = Accounting {
+            class: scsi::cdb::op_class(&cdb),
+            bytes: 0,
+            submitted,
+            backend_done: None,
+            extent: None,
+        };
+        if let Outcome::Sanitize { immed } = outcome {
+            let cmd = HeldCommand {
+                index,
+                tsih,
+                task: id,
+            };
+            self.start_sanitize(cmd, lun, immed, acct);
+            return;
+        }
         let fenced_in_flight = if preempted.is_empty() {
             Vec::new()
         } else {
@@ -1469,18 +1485,12 @@ impl Shard {
                 } else {
                     c.data.len() as u64
                 };
-                let acct = Accounting {
-                    class: scsi::cdb::op_class(&cdb),
-                    bytes: 0,
-                    submitted,
-                    backend_done: None,
-                    extent: None,
-                };
                 if fenced_in_flight.is_empty() {
                     self.finish(index, id, c, DataInSource::None, wanted, acct);
                 } else {
                     self.pending_fences.push(PendingFence {
                         index,
+                        tsih,
                         answer: FenceAnswer::Scsi {
                             id,
                             completion: c,
@@ -1622,8 +1632,10 @@ impl Shard {
             sc.conn.reset_done(itt, function, in_flight);
         } else {
             // The answer waits for the other nexuses' aborted commands at the disk too.
+            let tsih = self.conn_mut(index).map_or(0, |sc| sc.tsih);
             self.pending_fences.push(PendingFence {
                 index,
+                tsih,
                 answer: FenceAnswer::Tmf {
                     itt,
                     function,
@@ -1722,6 +1734,9 @@ impl Shard {
             pending.into_iter().partition(|p| p.waiting_for.is_empty());
         self.pending_fences.extend(waiting);
         for p in done {
+            if self.conn_mut(p.index).is_none_or(|sc| sc.tsih != p.tsih) {
+                continue; // its connection is gone (the slot may serve another session now)
+            }
             match p.answer {
                 FenceAnswer::Scsi {
                     id,

@@ -69,7 +69,7 @@ pub(super) struct PendingFreeze {
 
 /// A LUN removal waiting for its connections to close.
 pub(super) struct PendingRemoval {
-    lun: usize,
+    pub(super) lun: usize,
     reply: Sender<Result<Option<(ExtentMap, u64)>, String>>,
 }
 
@@ -263,7 +263,10 @@ impl Shard {
         let mut i = 0;
         while i < self.pending_removals.len() {
             let lun = self.pending_removals[i].lun;
-            if self.live_conns().any(|(_, c)| c.lun == lun) {
+            let target = &self.luns[lun].target;
+            // A sanitize's erases in flight name extents the pool frees once the map goes back.
+            let erasing = self.pending_sanitizes.iter().any(|j| j.busy_on(target));
+            if erasing || self.live_conns().any(|(_, c)| c.lun == lun) {
                 i += 1;
                 continue;
             }

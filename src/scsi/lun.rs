@@ -165,6 +165,8 @@ pub enum SanitizeState {
     Running {
         /// Progress, in 65536ths.
         done: u16,
+        /// AUSE of the command: if it fails, EXIT FAILURE MODE may end the failure mode.
+        ause: bool,
     },
     /// The last sanitize operation failed: the medium is in the sanitize failure mode, where
     /// commands that access it fail with SANITIZE COMMAND FAILED until a SANITIZE succeeds,
@@ -484,18 +486,35 @@ impl LogicalUnit {
         if let Some(ua) = ua {
             return Outcome::Done(Completion::check(ua));
         }
-        if let SanitizeState::Running { done } = self.sanitize
-            && !allowed_while_sanitizing(cdb)
+        if self.sanitize != SanitizeState::Idle
+            && let Some(refusal) = self.sanitize_refusal(cdb)
         {
-            return Outcome::Done(Completion::check(Sense::sanitize_in_progress(done)));
+            return Outcome::Done(Completion::check(refusal));
         }
         match cdb::parse(cdb) {
             Ok(cmd) if self.conflicts(n, &cmd) => Outcome::Done(Completion::reservation_conflict()),
-            Ok(cmd) if self.in_sanitize_failure_mode() && accesses_medium(&cmd) => {
-                Outcome::Done(Completion::check(Sense::sanitize_failed()))
-            }
             Ok(cmd) => self.dispatch(n, &cmd, data_out),
             Err(sense) => Outcome::Done(Completion::check(sense)),
+        }
+    }
+
+    /// What a sanitize operation in progress, or its failure mode, answers `cdb` with instead of
+    /// running it (SBC-4 4.11.4): NOT READY, SANITIZE IN PROGRESS for every command but INQUIRY,
+    /// REPORT LUNS, REQUEST SENSE and MAINTENANCE IN (REPORT TARGET PORT GROUPS and REPORT
+    /// SUPPORTED OPERATION CODES, which multipath initiators and the sanitizing one ask);
+    /// SANITIZE COMMAND FAILED for the commands that read or change the logical blocks.
+    fn sanitize_refusal(&self, cdb: &[u8]) -> Option<Sense> {
+        match self.sanitize {
+            SanitizeState::Idle => None,
+            SanitizeState::Running { done, .. } => {
+                let allowed = reports_no_unit_attention(cdb)
+                    || cdb.first() == Some(&cdb::opcode::MAINTENANCE_IN);
+                (!allowed).then_some(Sense::sanitize_in_progress(done))
+            }
+            // Only a new SANITIZE may get the medium out of the failure mode.
+            SanitizeState::Failed { .. } => cdb::parse(cdb)
+                .is_ok_and(|cmd| class_of(&cmd).1 && !matches!(cmd, Command::Sanitize { .. }))
+                .then_some(Sense::sanitize_failed()),
         }
     }
 
@@ -507,8 +526,8 @@ impl LogicalUnit {
     /// Records how much of the sanitize operation in progress is done (`done` of 65536); no
     /// effect when none is.
     pub fn set_sanitize_progress(&mut self, done: u16) {
-        if let SanitizeState::Running { .. } = self.sanitize {
-            self.sanitize = SanitizeState::Running { done };
+        if let SanitizeState::Running { ause, .. } = self.sanitize {
+            self.sanitize = SanitizeState::Running { done, ause };
         }
     }
 
@@ -516,21 +535,17 @@ impl LogicalUnit {
     /// [`execute`](Self::execute) returned): back to normal when it succeeded, else into the
     /// sanitize failure mode. Returns the completion for the command, if it is still owed one
     /// (IMMED=0).
-    pub fn sanitize_ended(&mut self, ok: bool, ause: bool) -> Completion {
-        self.sanitize = if ok {
-            SanitizeState::Idle
-        } else {
-            SanitizeState::Failed { ause }
+    pub fn sanitize_ended(&mut self, ok: bool) -> Completion {
+        let SanitizeState::Running { ause, .. } = self.sanitize else {
+            return Completion::good(Vec::new()); // none in progress
         };
         if ok {
+            self.sanitize = SanitizeState::Idle;
             Completion::good(Vec::new())
         } else {
+            self.sanitize = SanitizeState::Failed { ause };
             Completion::check(Sense::sanitize_failed())
         }
-    }
-
-    fn in_sanitize_failure_mode(&self) -> bool {
-        matches!(self.sanitize, SanitizeState::Failed { .. })
     }
 
     /// SANITIZE: EXIT FAILURE MODE is answered here; BLOCK ERASE of a writable thin LU starts
@@ -550,8 +565,8 @@ impl LogicalUnit {
         } else if self.info.read_only {
             Completion::check(Sense::write_protected())
         } else {
-            self.sanitize = SanitizeState::Running { done: 0 };
-            return Outcome::Sanitize { immed, ause };
+            self.sanitize = SanitizeState::Running { done: 0, ause };
+            return Outcome::Sanitize { immed };
         };
         Outcome::Done(done)
     }
@@ -560,9 +575,6 @@ impl LogicalUnit {
     /// it): what EXTENDED COPY received by another logical unit asks of this one on behalf of
     /// the same initiator.
     pub fn forbids(&self, n: NexusId, write: bool) -> bool {
-        if self.sanitize != SanitizeState::Idle {
-            return true;
-        }
         let io = cdb::BlockIo {
             lba: 0,
             blocks: 0,
@@ -596,7 +608,7 @@ impl LogicalUnit {
         if matches!(cmd, Command::Reserve6 | Command::Release6) && self.pr.active() {
             return true;
         }
-        self.pr.conflicts(n, access_of(cmd))
+        self.pr.conflicts(n, class_of(cmd).0)
     }
 
     /// PERSISTENT RESERVE IN.
@@ -685,7 +697,7 @@ impl LogicalUnit {
             } => self.persistent_reserve_out(n, action, scope_type, param_len, data_out),
             Command::RequestSense { desc, alloc_len } => {
                 let sense = self.pop_unit_attention(n).unwrap_or(match self.sanitize {
-                    SanitizeState::Running { done } => Sense::sanitize_in_progress(done),
+                    SanitizeState::Running { done, .. } => Sense::sanitize_in_progress(done),
                     _ => Sense::no_sense(),
                 });
                 spc::request_sense(desc, alloc_len, &sense)
@@ -881,8 +893,6 @@ fn push_ua(queue: &mut VecDeque<Sense>, ua: Sense) {
     }
 }
 
-/// INQUIRY, REPORT LUNS and REQUEST SENSE are executed despite a pending unit attention
-/// (SAM-5 5.14, SPC-4 5.12).
 /// What [`LogicalUnit::reservations`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservations {
@@ -896,8 +906,10 @@ pub struct Reservations {
     pub scsi2_holder: Option<String>,
 }
 
-/// How a command touches the medium, for persistent reservations (SPC-4 table 63, simplified).
-fn access_of(cmd: &Command) -> Access {
+/// How a command touches the logical unit: its access for persistent reservations (SPC-4 table
+/// 63, simplified), and whether it reads or changes the logical blocks (what the sanitize
+/// failure mode refuses; mode pages, reservations and the like are not blocks).
+fn class_of(cmd: &Command) -> (Access, bool) {
     match cmd {
         Command::Inquiry { .. }
         | Command::RequestSense { .. }
@@ -909,13 +921,17 @@ fn access_of(cmd: &Command) -> Access {
         | Command::ReportTargetPortGroups { .. }
         | Command::PersistentReserveIn { .. }
         | Command::PersistentReserveOut { .. }
-        | Command::ReceiveCopyResults { .. } => Access::Always,
+        | Command::ReceiveCopyResults { .. } => (Access::Always, false),
+        Command::ReadDefectData { .. } | Command::ModeSense(_) => (Access::Read, false),
         Command::Read(_)
         | Command::Verify { .. }
         | Command::PreFetch { .. }
-        | Command::GetLbaStatus { .. }
-        | Command::ReadDefectData { .. }
-        | Command::ModeSense(_) => Access::Read,
+        | Command::GetLbaStatus { .. } => (Access::Read, true),
+        Command::ModeSelect(_)
+        | Command::StartStopUnit { .. }
+        | Command::PreventAllowMediumRemoval { .. }
+        | Command::Reserve6
+        | Command::Release6 => (Access::Write, false),
         Command::Write(_)
         | Command::WriteAtomic(_)
         | Command::WriteAndVerify { .. }
@@ -924,52 +940,20 @@ fn access_of(cmd: &Command) -> Access {
         | Command::OrWrite(_)
         | Command::Unmap { .. }
         | Command::SynchronizeCache { .. }
-        | Command::ModeSelect(_)
-        | Command::StartStopUnit { .. }
-        | Command::PreventAllowMediumRemoval { .. }
-        | Command::Reserve6
-        | Command::Release6
         | Command::ExtendedCopy { .. }
-        | Command::Sanitize { .. } => Access::Write,
+        | Command::Sanitize { .. } => (Access::Write, true),
     }
 }
 
-/// The commands a logical unit executes while a sanitize operation is in progress (SBC-4
-/// 4.11.4): INQUIRY, REPORT LUNS, REQUEST SENSE, and MAINTENANCE IN (REPORT TARGET PORT GROUPS,
-/// REPORT SUPPORTED OPERATION CODES).
-fn allowed_while_sanitizing(cdb: &[u8]) -> bool {
-    matches!(
-        cdb.first().copied(),
-        Some(
-            cdb::opcode::INQUIRY
-                | cdb::opcode::REPORT_LUNS
-                | cdb::opcode::REQUEST_SENSE
-                | cdb::opcode::MAINTENANCE_IN
-        )
-    )
+/// Whether a CDB asks to change logical blocks (what a freeze for a consistent group snapshot
+/// holds back): WRITE and its kin, UNMAP, EXTENDED COPY, SANITIZE... A CDB that does not parse
+/// changes nothing.
+pub fn changes_medium(cdb: &[u8]) -> bool {
+    cdb::parse(cdb).is_ok_and(|cmd| class_of(&cmd) == (Access::Write, true))
 }
 
-/// Whether a command reads or changes the logical blocks (what the sanitize failure mode
-/// refuses).
-fn accesses_medium(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Read(_)
-            | Command::Write(_)
-            | Command::WriteAtomic(_)
-            | Command::Verify { .. }
-            | Command::WriteAndVerify { .. }
-            | Command::WriteSame(_)
-            | Command::CompareAndWrite(_)
-            | Command::OrWrite(_)
-            | Command::Unmap { .. }
-            | Command::PreFetch { .. }
-            | Command::SynchronizeCache { .. }
-            | Command::GetLbaStatus { .. }
-            | Command::ExtendedCopy { .. }
-    )
-}
-
+/// INQUIRY, REPORT LUNS and REQUEST SENSE are executed despite a pending unit attention
+/// (SAM-5 5.14, SPC-4 5.12).
 fn reports_no_unit_attention(cdb: &[u8]) -> bool {
     matches!(
         cdb.first().copied(),
@@ -1147,8 +1131,9 @@ mod tests {
         // A type is required, as for PREEMPT.
         let mut param = [0u8; 24];
         param[..8].copy_from_slice(&0xA1u64.to_be_bytes());
+        param[8..16].copy_from_slice(&0xC1u64.to_be_bytes());
         let c = done(lu.execute(A, &cdb(&[0x5F, 0x05, 0x00, 0, 0, 0, 0, 0, 24]), &param));
-        assert_eq!(c.status, Status::CheckCondition);
+        assert_eq!(c.sense, Some(Sense::invalid_field_in_cdb(2, Some(3))));
     }
 
     fn cdb(bytes: &[u8]) -> [u8; 16] {
@@ -1502,7 +1487,7 @@ mod tests {
             let out = lu.execute(A, &bytes, &data);
             if let Outcome::Sanitize { .. } = out {
                 // BLOCK ERASE: the runtime would end it; the next commands need the LU back.
-                lu.sanitize_ended(true, false);
+                lu.sanitize_ended(true);
             }
             if let Outcome::Done(done) = &out {
                 // PERSISTENT RESERVE OUT from an unregistered nexus: a conflict, not an error.
@@ -1660,10 +1645,7 @@ mod tests {
         let mut lu = thin_lu();
         assert_eq!(
             lu.execute(A, &BLOCK_ERASE, &[]),
-            Outcome::Sanitize {
-                immed: false,
-                ause: false
-            }
+            Outcome::Sanitize { immed: false }
         );
         lu.set_sanitize_progress(0x8000);
         let not_ready = Some((SenseKey::NotReady, 0x04, 0x1B));
@@ -1672,7 +1654,10 @@ mod tests {
             assert_eq!(sense_of(lu.execute(n, &c, &[])), not_ready);
         }
         let c = done(lu.execute(B, &cdb(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]), &[]));
-        assert_eq!(c.sense.and_then(|s| s.progress), Some(0x8000));
+        assert_eq!(
+            c.sense.and_then(|s| s.key_specific),
+            Some(crate::scsi::sense::KeySpecific::Progress(0x8000))
+        );
         // INQUIRY, REPORT LUNS and REQUEST SENSE (with the progress) still work.
         assert_eq!(
             done(lu.execute(B, &cdb(&[0x12, 0, 0, 0, 36, 0]), &[])).status as u8,
@@ -1686,7 +1671,7 @@ mod tests {
         assert_eq!((rs.data[2], rs.data[12], rs.data[13]), (0x02, 0x04, 0x1B));
         assert_eq!(&rs.data[15..18], &[0x80, 0x80, 0x00]);
         // Success: back to normal.
-        assert_eq!(lu.sanitize_ended(true, false).status as u8, 0);
+        assert_eq!(lu.sanitize_ended(true).status as u8, 0);
         assert!(matches!(lu.execute(A, &READ10, &[]), Outcome::Read { .. }));
         assert_eq!(lu.sanitize_state(), SanitizeState::Idle);
     }
@@ -1703,7 +1688,7 @@ mod tests {
                 lu.execute(A, &erase, &[]),
                 Outcome::Sanitize { .. }
             ));
-            let c = lu.sanitize_ended(false, ause);
+            let c = lu.sanitize_ended(false);
             assert_eq!(c.sense.map(|s| (s.key, s.asc, s.ascq)), failed);
             // Media access fails on every nexus; TEST UNIT READY and INQUIRY do not.
             assert_eq!(sense_of(lu.execute(B, &READ10, &[])), failed);
@@ -1720,9 +1705,24 @@ mod tests {
                     lu.execute(A, &erase, &[]),
                     Outcome::Sanitize { .. }
                 ));
-                lu.sanitize_ended(true, false);
+                lu.sanitize_ended(true);
                 assert!(matches!(lu.execute(B, &READ10, &[]), Outcome::Read { .. }));
             }
+        }
+    }
+
+    #[test]
+    fn what_a_freeze_holds_changes_the_blocks() {
+        for (c, changes) in [
+            (cdb(&[0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]), true), // WRITE (10)
+            (cdb(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]), true), // UNMAP
+            (BLOCK_ERASE, true),
+            (READ10, false),
+            (cdb(&[0x12, 0, 0, 0, 36, 0]), false),    // INQUIRY
+            (cdb(&[0x15, 0x10, 0, 0, 24, 0]), false), // MODE SELECT (6)
+            (cdb(&[0x48, 0x40, 0, 0, 0, 0, 0, 0, 0, 0]), false), // malformed
+        ] {
+            assert_eq!(changes_medium(&c), changes, "{:#04x}", c[0]);
         }
     }
 

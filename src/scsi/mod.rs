@@ -198,8 +198,6 @@ pub enum Outcome {
     Sanitize {
         /// IMMED bit.
         immed: bool,
-        /// AUSE bit: a failure may be ended with EXIT FAILURE MODE.
-        ause: bool,
     },
 }
 

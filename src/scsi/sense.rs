@@ -121,11 +121,30 @@ pub struct Sense {
     pub ascq: u8,
     /// INFORMATION field (VALID bit), e.g. the miscompare offset.
     pub information: Option<u64>,
-    /// Sense-key-specific field pointer (SKSV bit).
-    pub field_pointer: Option<FieldPointer>,
-    /// Sense-key-specific PROGRESS INDICATION (SPC-4 4.5.2.4.4): the fraction of a long
-    /// operation done, in 65536ths (SKSV bit). Not set together with `field_pointer`.
-    pub progress: Option<u16>,
+    /// The sense-key-specific field (SKSV bit), when there is one.
+    pub key_specific: Option<KeySpecific>,
+}
+
+/// The SENSE KEY SPECIFIC field (SPC-4 4.5.2.4): its meaning depends on the sense key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeySpecific {
+    /// FIELD POINTER (ILLEGAL REQUEST): the byte and bit in error.
+    Field(FieldPointer),
+    /// PROGRESS INDICATION (NOT READY): the fraction of a long operation done, in 65536ths.
+    Progress(u16),
+}
+
+impl KeySpecific {
+    /// The three bytes, SKSV set.
+    fn to_bytes(self) -> [u8; 3] {
+        match self {
+            KeySpecific::Field(fp) => fp.to_bytes(),
+            KeySpecific::Progress(done) => {
+                let [hi, lo] = done.to_be_bytes();
+                [0x80, hi, lo]
+            }
+        }
+    }
 }
 
 /// Length of fixed format sense data as built by [`Sense::to_bytes`].
@@ -139,8 +158,7 @@ impl Sense {
             asc,
             ascq,
             information: None,
-            field_pointer: None,
-            progress: None,
+            key_specific: None,
         }
     }
 
@@ -152,23 +170,14 @@ impl Sense {
 
     /// This sense with a sense-key-specific field pointer.
     pub const fn with_field_pointer(mut self, pointer: FieldPointer) -> Self {
-        self.field_pointer = Some(pointer);
+        self.key_specific = Some(KeySpecific::Field(pointer));
         self
     }
 
     /// This sense with a sense-key-specific progress indication (`done` of 65536).
     pub const fn with_progress(mut self, done: u16) -> Self {
-        self.progress = Some(done);
+        self.key_specific = Some(KeySpecific::Progress(done));
         self
-    }
-
-    /// The three sense-key-specific bytes, when there are any.
-    fn key_specific(&self) -> Option<[u8; 3]> {
-        if let Some(fp) = self.field_pointer {
-            return Some(fp.to_bytes());
-        }
-        let [hi, lo] = self.progress?.to_be_bytes();
-        Some([0x80, hi, lo]) // SKSV
     }
 
     /// Whether the sense key is UNIT ATTENTION.
@@ -191,8 +200,8 @@ impl Sense {
         b[7] = (FIXED_SENSE_LEN - 8) as u8; // ADDITIONAL SENSE LENGTH
         b[12] = self.asc;
         b[13] = self.ascq;
-        if let Some(sks) = self.key_specific() {
-            b[15..18].copy_from_slice(&sks);
+        if let Some(sks) = self.key_specific {
+            b[15..18].copy_from_slice(&sks.to_bytes());
         }
         b
     }
@@ -206,10 +215,10 @@ impl Sense {
             b.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             b.extend_from_slice(&info.to_be_bytes());
         }
-        if let Some(sks) = self.key_specific() {
+        if let Some(sks) = self.key_specific {
             // Sense key specific descriptor (4.5.2.4): type 02h, length 06h.
             b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            b.extend_from_slice(&sks);
+            b.extend_from_slice(&sks.to_bytes());
             b.push(0x00);
         }
         b[7] = (b.len() - 8) as u8; // ADDITIONAL SENSE LENGTH

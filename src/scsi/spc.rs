@@ -1229,7 +1229,7 @@ mod tests {
     fn mode_select_rejects_unchangeable_fields() {
         let i = info();
         let mut control = page(0x0A, PageControl::Current, &WCE_ON);
-        control[4] |= 0x10; // TST... byte 4 bit 4: reserved
+        control[4] |= 0x10; // UA_INTLCK_CTRL: not changeable
         assert_eq!(
             mode_select(&i, &WCE_ON, &WCE_ON, false, &select6(&[control.clone()])),
             Err(Sense::invalid_field_in_parameter_list_bit(8, Some(4)))

@@ -238,6 +238,64 @@ pub fn isid(n: u16) -> [u8; 6] {
     [0x80, 0, 0, 0, hi, lo]
 }
 
+/// A session of the test initiator to the default volume with ISID `isid(n)`, the power-on unit
+/// attention cleared (TEST UNIT READY must then answer GOOD).
+pub fn session(addr: SocketAddr, n: u16) -> RawInitiator {
+    let mut ini = RawInitiator::login_default(addr, n, &[]);
+    assert_eq!(ini.test_unit_ready(), 0, "power-on unit attention cleared");
+    ini
+}
+
+/// A session of initiator `initiator` to volume `volume` with ISID `isid(n)`, once TEST UNIT
+/// READY answers GOOD (unit attentions consumed; panics unless it does within
+/// [`READ_TIMEOUT`]).
+pub fn session_as(addr: SocketAddr, initiator: &str, volume: &str, n: u16) -> RawInitiator {
+    let target = format!("iqn.2026-11.dev.shoal:{volume}");
+    let mut ini = RawInitiator::login_as(addr, initiator, isid(n), &target, &[]);
+    let start = std::time::Instant::now();
+    while ini.test_unit_ready() != 0 {
+        assert!(
+            start.elapsed() < READ_TIMEOUT,
+            "{target} not ready for {initiator} within {READ_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ini
+}
+
+/// Writes `data` (whole 512-byte blocks) from `lba` on, 256 blocks per WRITE(10), each
+/// required to succeed.
+pub fn write_blocks(ini: &mut RawInitiator, lba: u32, data: &[u8]) {
+    for (i, chunk) in data.chunks(256 * 512).enumerate() {
+        let r = ini.write10(lba + (i * 256) as u32, chunk);
+        assert_eq!(
+            r.status(),
+            0,
+            "WRITE(10) at {}: {:?}",
+            lba + (i * 256) as u32,
+            r.sense()
+        );
+    }
+}
+
+/// Reads `blocks` 512-byte blocks from `lba` on, 256 per READ(10), each required to succeed.
+pub fn read_blocks(ini: &mut RawInitiator, lba: u32, blocks: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blocks * 512);
+    for at in (0..blocks).step_by(256) {
+        let n = (blocks - at).min(256) as u16;
+        let r = ini.read10(lba + at as u32, n);
+        assert_eq!(
+            r.status(),
+            0,
+            "READ(10) at {}: {:?}",
+            lba + at as u32,
+            r.sense()
+        );
+        out.extend(r.data);
+    }
+    out
+}
+
 /// Encodes `key=value\0` pairs.
 pub fn text_data(keys: &[(&str, &str)]) -> Vec<u8> {
     let mut data = Vec::new();

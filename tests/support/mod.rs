@@ -236,7 +236,6 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
-/// Runs a command and asserts success, returning stdout.
 /// `shoal check` of the (stopped) pool in data directory `dir` must find nothing wrong.
 pub fn check_pool(dir: &Path) {
     let out = run(
@@ -254,6 +253,7 @@ pub fn check_pool(dir: &Path) {
     );
 }
 
+/// Runs a command and asserts success, returning stdout.
 pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
     let desc = format!("{cmd:?}");
     let out = run(cmd, timeout);

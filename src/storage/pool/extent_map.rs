@@ -643,31 +643,32 @@ impl ExtentMap {
     /// write the merged extent there, then [`ExtentMap::set`]. Meaningful to the map's owner (the
     /// thread that calls `set`); out of range → false.
     pub fn is_exclusive(&self, lext: u64) -> bool {
+        self.exclusive_extent(lext).is_some()
+    }
+
+    /// The physical extent at `lext` when [`ExtentMap::is_exclusive`] holds, in one walk.
+    pub fn exclusive_extent(&self, lext: u64) -> Option<u64> {
         if lext >= self.len {
-            return false;
+            return None;
         }
-        let Some(mut node) = self.root.as_ref() else {
-            return false;
-        };
+        let mut node = self.root.as_ref()?;
         let mut level = self.height;
         loop {
             match node {
                 Node::Interior(n) => {
                     if Arc::strong_count(n) != 1 {
-                        return false;
+                        return None;
                     }
-                    let Some(child) = n.children[index_at(lext, level)].as_ref() else {
-                        return false;
-                    };
-                    node = child;
+                    node = n.children[index_at(lext, level)].as_ref()?;
                     level -= 1;
                 }
                 Node::Leaf(leaf) => {
                     let p = leaf.entries[index_at(lext, 0)];
-                    return p != 0
+                    let exclusive = p != 0
                         && Arc::strong_count(leaf) == 1
                         && leaf.owned_by(&self.refs)
                         && self.refs.count(p) == 1;
+                    return exclusive.then_some(p);
                 }
             }
         }

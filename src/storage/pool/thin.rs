@@ -285,10 +285,7 @@ impl ThinVolume {
     pub fn exclusive_runs(&self, first: u64, end: u64) -> Vec<(u64, u64)> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for lext in first..end.min(self.map.len()) {
-            if !self.map.is_exclusive(lext) {
-                continue;
-            }
-            let Some(pext) = self.map.get(lext) else {
+            let Some(pext) = self.map.exclusive_extent(lext) else {
                 continue;
             };
             match runs.last_mut() {
@@ -693,8 +690,10 @@ impl ThinVolume {
                 self.undo(out, start);
                 return Err(PlanError::Busy);
             }
-            let mapped = self.map.get(lext);
-            let exclusive = mapped.is_some() && self.map.is_exclusive(lext);
+            // One walk of the map for an extent the volume owns alone (the usual overwrite).
+            let owned = self.map.exclusive_extent(lext);
+            let exclusive = owned.is_some();
+            let mapped = owned.or_else(|| self.map.get(lext));
             match mapped {
                 Some(p) if exclusive && !atomic => {
                     let piece = WritePiece::InPlace {
