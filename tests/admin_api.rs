@@ -10,7 +10,8 @@ use shoal::control::admin::{self, AdminServer};
 use shoal::control::api::{
     AdminBackend, AdminError, ClassStats, CreateClone, CreateSnapshot, CreateSnapshotGroup,
     CreateVolume, ErrorBody, ErrorCode, Export, HistogramReport, LunStatsReport, PoolSettings,
-    PoolStatus, ResetReport, Resize, SnapshotInfo, StatsClass, StatsQuery, StatsReport, VolumeInfo,
+    PoolStatus, ResetReport, Resize, SessionInfo, SnapshotInfo, StatsClass, StatsQuery,
+    StatsReport, VolumeInfo,
 };
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -121,6 +122,28 @@ impl Model {
             bandwidth_limit: None,
             read_only: false,
         }
+    }
+
+    /// One session per count of `set_sessions`, numbered from TSIH 1 in volume order.
+    fn sessions(&self) -> Vec<SessionInfo> {
+        self.volumes
+            .values()
+            .flat_map(|v| (0..v.sessions).map(move |_| v))
+            .zip(1u16..)
+            .map(|(v, tsih)| SessionInfo {
+                tsih,
+                volume: v.name.clone(),
+                target: v.target.clone(),
+                initiator: format!("iqn.2026-11.dev.shoal:host{tsih}"),
+                isid: format!("{tsih:012x}"),
+                initiator_alias: None,
+                peer: None,
+                logged_in_at: None,
+                header_digest: false,
+                data_digest: false,
+                shard: 0,
+            })
+            .collect()
     }
 
     fn refresh_counts(&mut self) {
@@ -423,6 +446,39 @@ impl AdminBackend for Fake {
                 None => m.volumes.keys().cloned().collect(),
             };
             Ok(ResetReport { volumes })
+        })
+    }
+
+    fn sessions(&self, volume: Option<&str>) -> Result<Vec<SessionInfo>, AdminError> {
+        self.with(|m| {
+            if let Some(v) = volume {
+                m.volume(v)?;
+            }
+            Ok(m.sessions()
+                .into_iter()
+                .filter(|s| volume.is_none_or(|v| s.volume == v))
+                .collect())
+        })
+    }
+
+    fn session_counts(&self) -> Result<Vec<(String, u64)>, AdminError> {
+        self.with(|m| {
+            Ok(m.volumes
+                .values()
+                .map(|v| (v.name.clone(), v.sessions))
+                .collect())
+        })
+    }
+
+    fn drop_session(&self, tsih: u16) -> Result<(), AdminError> {
+        self.with(|m| {
+            let Some(s) = m.sessions().into_iter().find(|s| s.tsih == tsih) else {
+                return err(ErrorCode::NotFound, format!("no session with TSIH {tsih}"));
+            };
+            if let Some(v) = m.volumes.get_mut(&s.volume) {
+                v.sessions -= 1;
+            }
+            Ok(())
         })
     }
 }

@@ -969,12 +969,8 @@ fn route_and_call(
             };
             let stats = backend.stats(&query).map_err(err)?;
             let pool = backend.pool_status().map_err(err)?;
-            let sessions: Vec<(String, u64)> = backend
-                .list_volumes()
-                .map_err(err)?
-                .into_iter()
-                .map(|v| (v.name, v.sessions))
-                .collect();
+            // Not `list_volumes`: its usage figures walk every served volume's map.
+            let sessions = backend.session_counts().map_err(err)?;
             Reply::text(
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::prometheus(&stats, &pool, &sessions),
@@ -1186,17 +1182,46 @@ pub(crate) mod tests {
         assert!(!same_secret(b"abc", b"abcd"));
     }
     use crate::control::api::{
-        HistogramReport, PoolStatus, ResetReport, SnapshotInfo, StatsReport, VolumeInfo,
+        HistogramReport, PoolStatus, ResetReport, SessionInfo, SnapshotInfo, StatsReport,
+        VolumeInfo,
     };
     use std::sync::Mutex;
 
-    /// Records the last call; answers `not_found` for every named object.
-    #[derive(Default)]
+    /// Records the last call; answers `not_found` for every named object. Its sessions are a
+    /// fixed list: TSIH 3 to `vm1`, none to `vm2`.
     struct Recorder {
         calls: Mutex<Vec<String>>,
+        sessions: Vec<SessionInfo>,
+        /// The TSIHs `drop_session` ended.
+        dropped: Mutex<Vec<u16>>,
+    }
+
+    impl Default for Recorder {
+        fn default() -> Self {
+            Recorder {
+                calls: Mutex::default(),
+                sessions: vec![SessionInfo {
+                    tsih: 3,
+                    volume: "vm1".into(),
+                    target: "iqn.2026-11.dev.shoal:vm1".into(),
+                    initiator: "iqn.1998-01.com.vmware:esx1".into(),
+                    isid: "400001370000".into(),
+                    initiator_alias: None,
+                    peer: None,
+                    logged_in_at: None,
+                    header_digest: false,
+                    data_digest: false,
+                    shard: 0,
+                }],
+                dropped: Mutex::default(),
+            }
+        }
     }
 
     impl Recorder {
+        /// The volumes it knows of (for sessions).
+        const VOLUMES: [&str; 2] = ["vm1", "vm2"];
+
         fn record(&self, call: String) {
             self.calls.lock().unwrap().push(call);
         }
@@ -1344,6 +1369,38 @@ pub(crate) mod tests {
             self.record(format!("reset_stats {volume:?}"));
             Ok(ResetReport::default())
         }
+        fn sessions(&self, volume: Option<&str>) -> Result<Vec<SessionInfo>, AdminError> {
+            if let Some(v) = volume
+                && !Self::VOLUMES.contains(&v)
+            {
+                return self.missing(format!("sessions {volume:?}"));
+            }
+            self.record(format!("sessions {volume:?}"));
+            Ok(self
+                .sessions
+                .iter()
+                .filter(|s| volume.is_none_or(|v| s.volume == v))
+                .cloned()
+                .collect())
+        }
+        fn session_counts(&self) -> Result<Vec<(String, u64)>, AdminError> {
+            self.record("session_counts".into());
+            Ok(Self::VOLUMES
+                .iter()
+                .map(|v| {
+                    let n = self.sessions.iter().filter(|s| s.volume == *v).count();
+                    (v.to_string(), n as u64)
+                })
+                .collect())
+        }
+        fn drop_session(&self, tsih: u16) -> Result<(), AdminError> {
+            if !self.sessions.iter().any(|s| s.tsih == tsih) {
+                return self.missing(format!("drop_session {tsih}"));
+            }
+            self.record(format!("drop_session {tsih}"));
+            self.dropped.lock().unwrap().push(tsih);
+            Ok(())
+        }
     }
 
     fn code(reply: &Reply) -> ErrorCode {
@@ -1460,13 +1517,50 @@ pub(crate) mod tests {
         let r = d("GET", "/metrics", "");
         assert_eq!(r.status, 200);
         assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
-        assert_eq!(b.last(), "list_volumes", "sessions per volume come last");
-        assert!(String::from_utf8_lossy(&r.body).contains("shoal_pool_bytes{state=\"free\"} 1\n"));
-        assert_eq!(d("GET", "/v1/sessions", "").status, 200);
-        assert_eq!(d("GET", "/v1/sessions?volume=vm1", "").status, 200);
+        assert_eq!(
+            b.last(),
+            "session_counts",
+            "sessions per volume come last, from session_counts"
+        );
+        assert!(
+            !b.calls.lock().unwrap().iter().any(|c| c == "list_volumes"),
+            "a scrape walks no volume's map"
+        );
+        let text = String::from_utf8_lossy(&r.body);
+        assert!(text.contains("shoal_pool_bytes{state=\"free\"} 1\n"));
+        assert!(
+            text.contains("shoal_sessions{volume=\"vm1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_sessions{volume=\"vm2\"} 0\n"),
+            "{text}"
+        );
+        let r = d("GET", "/v1/sessions", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(b.last(), "sessions None");
+        let all: Vec<SessionInfo> = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(all, b.sessions);
+        let r = d("GET", "/v1/sessions?volume=vm1", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(b.last(), r#"sessions Some("vm1")"#);
+        let one: Vec<SessionInfo> = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(one.iter().map(|s| s.tsih).collect::<Vec<_>>(), [3]);
+        let r = d("GET", "/v1/sessions?volume=vm2", "");
+        assert_eq!(r.status, 200);
+        let none: Vec<SessionInfo> = serde_json::from_slice(&r.body).unwrap();
+        assert!(none.is_empty());
+        let r = d("GET", "/v1/sessions?volume=nope", "");
+        assert_eq!((r.status, code(&r)), (404, ErrorCode::NotFound));
         assert_eq!(d("DELETE", "/v1/sessions/x", "").status, 400);
         assert_eq!(d("DELETE", "/v1/sessions/70000", "").status, 400);
-        assert_eq!(d("DELETE", "/v1/sessions/7", "").status, 404);
+        let r = d("DELETE", "/v1/sessions/7", "");
+        assert_eq!((r.status, code(&r)), (404, ErrorCode::NotFound));
+        assert_eq!(b.last(), "drop_session 7", "the backend's own answer");
+        let r = d("DELETE", "/v1/sessions/3", "");
+        assert_eq!((r.status, r.body.len()), (204, 0));
+        assert_eq!(b.last(), "drop_session 3");
+        assert_eq!(*b.dropped.lock().unwrap(), [3]);
         assert_eq!(d("POST", "/v1/sessions", "").status, 405);
         assert_eq!(d("GET", "/v1/volumes", "").status, 200);
         assert_eq!(b.last(), "list_volumes");

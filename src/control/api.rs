@@ -789,16 +789,12 @@ pub trait AdminBackend: Send + Sync {
     /// Starts the since-reset figures and windows anew, of every LUN or of one volume.
     fn reset_stats(&self, volume: Option<&str>) -> Result<ResetReport, AdminError>;
     /// The sessions logged in, to every volume or to one.
-    fn sessions(&self, volume: Option<&str>) -> Result<Vec<SessionInfo>, AdminError> {
-        let _ = volume;
-        Ok(Vec::new())
-    }
+    fn sessions(&self, volume: Option<&str>) -> Result<Vec<SessionInfo>, AdminError>;
+    /// The number of sessions logged in to each volume, every volume listed (0 when none), by
+    /// name: what `/metrics` scrapes, so it must be cheap — it reads no map and asks no shard
+    /// (unlike [`AdminBackend::list_volumes`], whose usage figures walk every served map).
+    fn session_counts(&self) -> Result<Vec<(String, u64)>, AdminError>;
     /// Ends a session: its connections are closed (its initiator may log in again unless an
-    /// access list or CHAP now refuses it).
-    fn drop_session(&self, tsih: u16) -> Result<(), AdminError> {
-        Err(AdminError::new(
-            ErrorCode::NotFound,
-            format!("no session with TSIH {tsih}"),
-        ))
-    }
+    /// access list or CHAP now refuses it). `NotFound` when no session has this TSIH.
+    fn drop_session(&self, tsih: u16) -> Result<(), AdminError>;
 }

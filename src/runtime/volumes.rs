@@ -211,8 +211,17 @@ impl Shard {
     }
 
     /// Makes `target`'s volume thin: its reservation goes back to the pool and its logical unit
-    /// says so (the way to full is `start_provision`). Returns the extents given back.
+    /// says so (the way to full is `start_provision`). A conversion to full still walking is
+    /// dropped (it would reserve once done). Returns the extents given back.
     pub(super) fn make_thin(&mut self, target: &str) -> Result<u64, String> {
+        self.pending_provisions.retain(|job| {
+            if job.target != target {
+                return true;
+            }
+            let e = format!("target {target} was made thin before its space was reserved");
+            let _ = job.reply.send(Err(e));
+            false
+        });
         let given = self.thin_of(target)?.make_thin();
         if let Ok(slot) = self.served_lun(target) {
             slot.lu.set_thin(true);

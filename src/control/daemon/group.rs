@@ -6,8 +6,9 @@
 //! answer comes once the writes in flight have completed), then each volume is snapshotted as
 //! usual (no write is in flight on any of them), then every freeze is lifted, whatever
 //! happened. A freeze ends by itself after [`FREEZE_LIMIT`], so hosts are never held longer if
-//! the control plane fails in between. If one snapshot fails, those already taken are deleted:
-//! the group is taken whole or not at all.
+//! the control plane fails in between. If one snapshot fails, or the last one is only answered
+//! once the freeze may have ended, those already taken are deleted: the group is taken whole
+//! and consistent or not at all. The names are checked before anything is frozen.
 
 use super::*;
 use std::collections::BTreeMap;
@@ -23,6 +24,10 @@ impl Daemon {
         st: &mut State,
         volumes: &[(ImageMeta, String)],
     ) -> Result<Vec<ImageMeta>, AdminError> {
+        // A name that cannot be taken fails the group before any host is held.
+        for (meta, snap) in volumes {
+            Self::check_snapshot_name(st, meta, snap)?;
+        }
         let mut by_shard: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (meta, _) in volumes {
             if let Some(served) = st.served.get(&meta.image) {
@@ -32,8 +37,9 @@ impl Daemon {
                     .push(served.target.clone());
             }
         }
-        let frozen = self.freeze_all(&by_shard);
-        let taken = frozen.and_then(|()| self.take_all(st, volumes));
+        let until = Instant::now() + FREEZE_LIMIT;
+        let frozen = self.freeze_all(&by_shard, until);
+        let taken = frozen.and_then(|()| self.take_all(st, volumes, until));
         for (&shard, targets) in &by_shard {
             if let Some(s) = self.shards.get(shard) {
                 s.send(ShardMsg::Thaw {
@@ -44,9 +50,28 @@ impl Daemon {
         taken
     }
 
-    /// Freezes every target of `by_shard` and waits until each shard has drained its writes.
-    fn freeze_all(&self, by_shard: &BTreeMap<usize, Vec<String>>) -> Result<(), AdminError> {
-        let until = Instant::now() + FREEZE_LIMIT;
+    /// Snapshot `snap` of `volume` could be taken: a valid name, not taken yet (the checks
+    /// `take_snapshot` makes, made here before the hosts are frozen).
+    fn check_snapshot_name(st: &State, volume: &ImageMeta, snap: &str) -> Result<(), AdminError> {
+        config::validate_volume_name(snap)
+            .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let full = format!("{}@{snap}", volume.name);
+        if st.pool.find(&full).is_some() {
+            return Err(AdminError::new(
+                ErrorCode::AlreadyExists,
+                format!("snapshot {full:?} already exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Freezes every target of `by_shard` until `until` at the latest, and waits until each
+    /// shard has drained its writes.
+    fn freeze_all(
+        &self,
+        by_shard: &BTreeMap<usize, Vec<String>>,
+        until: Instant,
+    ) -> Result<(), AdminError> {
         // All freezes go out before any answer is awaited: the shards drain at the same time.
         let mut answers = Vec::new();
         for (&shard, targets) in by_shard {
@@ -78,29 +103,51 @@ impl Daemon {
         Ok(())
     }
 
-    /// Snapshots every volume; on a failure deletes the ones taken.
+    /// Snapshots every volume while the freeze holds (it ends by itself at `until`); on a
+    /// failure, or when the last snapshot was answered after `until` (writes may have gone
+    /// in between the snapshots), deletes the ones taken.
     fn take_all(
         &self,
         st: &mut State,
         volumes: &[(ImageMeta, String)],
+        until: Instant,
     ) -> Result<Vec<ImageMeta>, AdminError> {
         let mut taken: Vec<ImageMeta> = Vec::new();
+        let late = || {
+            internal(format!(
+                "the snapshots were not all taken within the {} s the volumes may be frozen; \
+                 none was kept",
+                FREEZE_LIMIT.as_secs()
+            ))
+        };
         for (meta, snap) in volumes {
-            match self.take_snapshot(st, meta, snap) {
+            // A snapshot answered before `until` was taken while its volume was frozen.
+            let result = if Instant::now() >= until {
+                Err(late())
+            } else {
+                self.take_snapshot(st, meta, snap)
+            };
+            match result {
                 Ok(snapshot) => taken.push(snapshot),
-                Err(e) => {
-                    for snapshot in taken {
-                        if let Err(undo) = self.remove_snapshot(st, &snapshot) {
-                            eprintln!(
-                                "shoal: group snapshot: removing {} after a failure: {undo}",
-                                snapshot.name
-                            );
-                        }
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(self.drop_taken(st, taken, e)),
             }
         }
+        if Instant::now() >= until {
+            return Err(self.drop_taken(st, taken, late()));
+        }
         Ok(taken)
+    }
+
+    /// Deletes the snapshots `taken` of a group that failed with `error` (returned).
+    fn drop_taken(&self, st: &mut State, taken: Vec<ImageMeta>, error: AdminError) -> AdminError {
+        for snapshot in taken {
+            if let Err(undo) = self.remove_snapshot(st, &snapshot) {
+                eprintln!(
+                    "shoal: group snapshot: removing {} after a failure: {undo}",
+                    snapshot.name
+                );
+            }
+        }
+        error
     }
 }

@@ -1279,6 +1279,28 @@ impl AdminBackend for Daemon {
             .collect())
     }
 
+    fn session_counts(&self) -> Result<Vec<(String, u64)>, AdminError> {
+        // The names only, under the state lock; the counts from one read of the registry.
+        let names: Vec<String> = self
+            .lock()
+            .pool
+            .images()
+            .filter(|m| m.kind == ImageKind::Volume)
+            .map(|m| m.name.clone())
+            .collect();
+        let mut per_target: HashMap<String, u64> = HashMap::new();
+        for s in self.registry.list() {
+            *per_target.entry(s.key.target).or_default() += 1;
+        }
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let n = per_target.get(&target_name(&name)).copied().unwrap_or(0);
+                (name, n)
+            })
+            .collect())
+    }
+
     fn drop_session(&self, tsih: u16) -> Result<(), AdminError> {
         let session = self
             .registry

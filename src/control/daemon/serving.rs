@@ -106,8 +106,10 @@ impl Daemon {
 
     /// Makes volume `meta` full (its shard reserves a pool extent for every extent it does not
     /// own alone, then the catalog records it; 409 `no_space` when the pool cannot) or thin
-    /// (the catalog records it, then the shard gives the reservation back). A crash in between
-    /// leaves what the catalog says, which the next start applies.
+    /// (the catalog records it, then the shard gives the reservation back). A conversion to
+    /// full that fails otherwise than for space (the shard's walk outlasting the wait included)
+    /// is undone on the shard, so that it never reserves for a volume the catalog says is
+    /// thin. A crash in between leaves what the catalog says, which the next start applies.
     pub(super) fn set_provisioning(
         &self,
         st: &mut State,
@@ -130,17 +132,32 @@ impl Daemon {
                 reply,
             })
         };
+        // After a failed conversion to full, the shard may still reserve the space (its walk
+        // outlived the wait, or the catalog refused the record): making it thin again gives
+        // the reservation back, and drops a walk still in progress.
+        let undo = |why: &str| {
+            if let Err(e) = ask(false) {
+                eprintln!(
+                    "shoal: volume {}: giving back its reservation after {why}: {e}",
+                    meta.name
+                );
+            }
+        };
         if full {
-            ask(true).map_err(|e| {
-                let code = if e.contains("cannot reserve") {
-                    ErrorCode::NoSpace
-                } else {
-                    ErrorCode::Internal
-                };
-                AdminError::new(code, format!("volume {}: {e}", meta.name))
-            })?;
+            if let Err(e) = ask(true) {
+                // The pool's refusal (nothing reserved) is told by its message: the reply of
+                // `ShardMsg::Provision` is a `Result<u64, String>`.
+                if e.contains("cannot reserve") {
+                    return Err(AdminError::new(
+                        ErrorCode::NoSpace,
+                        format!("volume {}: {e}", meta.name),
+                    ));
+                }
+                undo(&e);
+                return Err(internal(format!("volume {}: {e}", meta.name)));
+            }
             if let Err(e) = st.pool.set_thin(meta.image, false) {
-                let _ = ask(false);
+                undo("the catalog failed to record it full");
                 return Err(pool_error(e));
             }
         } else {
