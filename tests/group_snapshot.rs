@@ -10,21 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::Target;
-use support::initiator::RawInitiator;
+use support::initiator::{RawInitiator, session_as};
 
-const IQN: &str = "iqn.2026-11.dev.shoal";
-
-fn session(t: &Target, target: &str, isid: u8) -> RawInitiator {
-    let mut ini = RawInitiator::login_as(
-        t.addr,
-        "iqn.2026-11.dev.shoal:host",
-        [0x80, 0, 0, 0, 0, isid],
-        &format!("{IQN}:{target}"),
-        &[],
-    );
-    while ini.test_unit_ready() != 0 {}
-    ini
-}
+/// The host's initiator name.
+const HOST: &str = "iqn.2026-11.dev.shoal:host";
 
 /// Block 0 holding `n`.
 fn block(n: u64) -> Vec<u8> {
@@ -43,8 +32,8 @@ fn number(ini: &mut RawInitiator) -> u64 {
 fn a_group_snapshot_never_holds_a_write_without_the_one_it_followed() {
     let t = Target::start(&["--size", "16M", "--shards", "2"]);
     t.cli_ok(&["volume", "create", "logs", "--size", "16M"]);
-    let mut a = session(&t, "default", 1);
-    let mut b = session(&t, "logs", 2);
+    let mut a = session_as(t.addr, HOST, "default", 1);
+    let mut b = session_as(t.addr, HOST, "logs", 2);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = Arc::clone(&stop);
@@ -69,8 +58,8 @@ fn a_group_snapshot_never_holds_a_write_without_the_one_it_followed() {
         ]);
         t.cli_ok(&["snapshot", "export", &format!("default@{snap}")]);
         t.cli_ok(&["snapshot", "export", &format!("logs@{snap}")]);
-        let in_a = number(&mut session(&t, &format!("default:{snap}"), 3));
-        let in_b = number(&mut session(&t, &format!("logs:{snap}"), 4));
+        let in_a = number(&mut session_as(t.addr, HOST, &format!("default:{snap}"), 3));
+        let in_b = number(&mut session_as(t.addr, HOST, &format!("logs:{snap}"), 4));
         assert!(
             in_b <= in_a && in_a <= in_b + 1,
             "round {round}: A's snapshot holds write {in_a}, B's {in_b}"

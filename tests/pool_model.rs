@@ -950,17 +950,9 @@ impl Harness {
             let v = self.vols.get_mut(&id).expect("served");
             match v.make_full() {
                 Ok(reserved) => {
-                    self.pool
-                        .as_mut()
-                        .expect("pool open")
-                        .set_thin(id, false)
-                        .map_err(|e| format!("set_thin: {e}"))?;
+                    self.record_full(id, true)?;
                     self.log
                         .push(format!("{name} -> full ({reserved} reserved)"));
-                    let m = self.model.get_mut(&id).expect("model");
-                    m.full = true;
-                    m.unbacked = false;
-                    self.control_durable()?;
                 }
                 Err(need) => {
                     self.log
@@ -968,20 +960,25 @@ impl Harness {
                 }
             }
         } else {
-            self.pool
-                .as_mut()
-                .expect("pool open")
-                .set_thin(id, true)
-                .map_err(|e| format!("set_thin: {e}"))?;
+            self.record_full(id, false)?;
             let given = self.vols.get_mut(&id).expect("served").make_thin();
             self.log
                 .push(format!("{name} -> thin ({given} given back)"));
-            let m = self.model.get_mut(&id).expect("model");
-            m.full = false;
-            m.unbacked = false;
-            self.control_durable()?;
         }
         Ok(())
+    }
+
+    /// Records volume `id` as full or thin in the catalog (`Pool::set_thin`, a catalog
+    /// operation: the control journal is durable once it returns) and in the model (a volume
+    /// just made full is backed by its new reservation).
+    fn record_full(&mut self, id: u64, full: bool) -> Outcome {
+        self.pool()
+            .set_thin(id, !full)
+            .map_err(|e| format!("set_thin: {e}"))?;
+        let m = self.model.get_mut(&id).expect("model");
+        m.full = full;
+        m.unbacked = false;
+        self.control_durable()
     }
 
     /// One step of a conversion to full by a stepwise walk (see [`Op::StepFull`]). A walk
@@ -1018,15 +1015,7 @@ impl Harness {
                 .push(format!("{name} -> full (walked) refused ({need} needed)")),
             Some(Ok(reserved)) => {
                 if !self.model[&id].full {
-                    self.pool
-                        .as_mut()
-                        .expect("pool open")
-                        .set_thin(id, false)
-                        .map_err(|e| format!("set_thin: {e}"))?;
-                    let m = self.model.get_mut(&id).expect("model");
-                    m.full = true;
-                    m.unbacked = false;
-                    self.control_durable()?;
+                    self.record_full(id, true)?;
                 }
                 self.log
                     .push(format!("{name} -> full (walked, {reserved} reserved)"));
@@ -2083,6 +2072,11 @@ impl Harness {
 /// Runs `ops` on a fresh pool of `capacity` extents with volumes of `sizes` blocks; the error
 /// carries the resolved steps.
 fn run(capacity: u64, sizes: &[u64], ops: &[Op]) -> Outcome {
+    run_harness(capacity, sizes, ops).map(drop)
+}
+
+/// [`run`], returning the harness after the final restart (its model and log) to look at.
+fn run_harness(capacity: u64, sizes: &[u64], ops: &[Op]) -> Result<Harness, String> {
     let mut h = Harness::new(capacity, sizes)?;
     let mut result = h.check_all();
     for (i, op) in ops.iter().enumerate() {
@@ -2098,7 +2092,8 @@ fn run(capacity: u64, sizes: &[u64], ops: &[Op]) -> Outcome {
             .and_then(|()| h.check_all())
             .map_err(|e| format!("final restart: {e}"));
     }
-    result.map_err(|e| format!("{e}\nresolved steps:\n  {}", h.log.join("\n  ")))
+    result.map_err(|e| format!("{e}\nresolved steps:\n  {}", h.log.join("\n  ")))?;
+    Ok(h)
 }
 
 fn op_strategy(power_loss: bool) -> impl Strategy<Value = Op> {
@@ -2474,12 +2469,32 @@ fn conversion_walk_interrupted_by(under: Op) {
         write(FIRST, 0, 8),
         write(1, 0, 8),
         step(1),
-        under,
+        under.clone(),
         step(1),
         step(2),
         write(FIRST, 0, 8),
     ];
-    run(640, &[4608, 16], &ops).unwrap();
+    let h = run_harness(640, &[4608, 16], &ops).unwrap();
+    // The check after every step only holds full volumes to "never out of space": make sure
+    // the disturbed walk was dropped and the fresh one did make the volume full (the catalog,
+    // checked against the model, says so too after the final restart).
+    let log = h.log.join("\n  ");
+    let id = h
+        .pick(Some(ImageKind::Volume), FIRST)
+        .expect("the first volume");
+    let name = &h.model[&id].name;
+    assert!(
+        log.contains(&format!("{name} -> full: walk stale, dropped")),
+        "the walk that {under:?} ran under was not dropped:\n  {log}"
+    );
+    assert!(
+        log.contains(&format!("{name} -> full (walked, ")),
+        "the fresh walk did not convert {name}:\n  {log}"
+    );
+    assert!(
+        h.model[&id].full && !h.model[&id].unbacked,
+        "{name} is not full (and backed) at the end:\n  {log}"
+    );
 }
 
 /// An UNMAP of the counted extent voids the count.

@@ -7,15 +7,9 @@
 mod support;
 
 use support::Target;
-use support::initiator::{RawInitiator, Reply};
+use support::initiator::{RawInitiator, Reply, session};
 
 const WRITE_EXCLUSIVE: u8 = 1;
-
-fn session(t: &Target, isid: u16) -> RawInitiator {
-    let mut ini = RawInitiator::login_default(t.addr, isid, &[]);
-    assert_eq!(ini.test_unit_ready(), 0);
-    ini
-}
 
 /// PERSISTENT RESERVE OUT with the basic 24-byte parameter list.
 fn prout(ini: &mut RawInitiator, action: u8, kind: u8, key: u64, sa_key: u64) -> Reply {
@@ -71,13 +65,13 @@ fn keys(data: &[u8]) -> Vec<u64> {
 #[test]
 fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers() {
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(prout(&mut a, 0x00, 0, 0, 0xA1).status(), 0, "REGISTER");
     assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
     drop(a); // connection lost: the registration stays with the initiator port
     // Let the target end that session first (a login meanwhile would reinstate it instead).
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
     let full = prin(&mut a, 0x03);
     let text = String::from_utf8_lossy(&full);
@@ -91,7 +85,7 @@ fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers
         0,
         "RESERVE"
     );
-    let mut b = session(&t, 2);
+    let mut b = session(t.addr, 2);
     assert_eq!(b.read10(0, 1).status(), 0);
     assert_eq!(
         b.write10(0, &[7u8; 512]).status(),
@@ -125,14 +119,14 @@ fn a_registration_outlives_its_session_and_a_reservation_holds_off_other_writers
 fn the_administrator_can_clear_a_dead_hosts_reservation() {
     const EXCLUSIVE_ACCESS: u8 = 3;
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(prout(&mut a, 0x00, 0, 0, 0xA1).status(), 0, "REGISTER");
     assert_eq!(
         prout(&mut a, 0x01, EXCLUSIVE_ACCESS, 0xA1, 0).status(),
         0,
         "RESERVE"
     );
-    let mut b = session(&t, 2);
+    let mut b = session(t.addr, 2);
     assert_eq!(b.read10(0, 1).status(), 0x18, "B is locked out");
     let info = reservations_cli(&t, &["--clear"]);
     assert!(info["reservation"].is_null(), "{info}");
@@ -159,7 +153,7 @@ fn ptpl(ini: &mut RawInitiator) -> (bool, bool) {
 #[test]
 fn with_aptpl_a_reservation_survives_kill_9_until_a_register_turns_it_off() {
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(ptpl(&mut a), (true, false), "capable, not active");
     assert_eq!(
         prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(),
@@ -176,7 +170,7 @@ fn with_aptpl_a_reservation_survives_kill_9_until_a_register_turns_it_off() {
     let t = Target::start_in(t.kill(), &[]);
 
     // Another initiator port is held off after the restart; the holder is recognised.
-    let mut b = session(&t, 2);
+    let mut b = session(t.addr, 2);
     assert_eq!(
         b.read10(0, 1).status(),
         0,
@@ -187,7 +181,7 @@ fn with_aptpl_a_reservation_survives_kill_9_until_a_register_turns_it_off() {
         0x18,
         "RESERVATION CONFLICT"
     );
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(keys(&prin(&mut a, 0x00)), vec![0xA1]);
     let r = prin(&mut a, 0x01);
     assert_eq!(
@@ -205,7 +199,7 @@ fn with_aptpl_a_reservation_survives_kill_9_until_a_register_turns_it_off() {
     assert_eq!(ptpl(&mut a), (true, false));
     drop((a, b));
     let t = Target::start_in(t.kill(), &[]);
-    let mut b = session(&t, 2);
+    let mut b = session(t.addr, 2);
     assert_eq!(b.write10(0, &[7u8; 512]).status(), 0);
     assert!(keys(&prin(&mut b, 0x00)).is_empty());
 }
@@ -213,7 +207,7 @@ fn with_aptpl_a_reservation_survives_kill_9_until_a_register_turns_it_off() {
 #[test]
 fn a_damaged_reservations_record_stops_the_start_with_its_path() {
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
     drop(a);
     let dir = t.kill();
@@ -239,15 +233,15 @@ fn a_damaged_reservations_record_stops_the_start_with_its_path() {
     // Removing the record lets the target start (unreserved).
     std::fs::remove_file(&file).unwrap();
     let t = Target::start_in(dir, &[]);
-    let mut b = session(&t, 2);
+    let mut b = session(t.addr, 2);
     assert_eq!(b.write10(0, &[7u8; 512]).status(), 0);
 }
 
 #[test]
 fn a_change_that_cannot_be_stored_fails_and_changes_nothing() {
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
-    let mut b = session(&t, 2);
+    let mut a = session(t.addr, 1);
+    let mut b = session(t.addr, 2);
     assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
     assert_eq!(prout_flags(&mut b, 0x00, 0, 0, 0xB2, APTPL).status(), 0);
     // The record can no longer be written: the directory is now a plain file.
@@ -285,7 +279,7 @@ fn a_change_that_cannot_be_stored_fails_and_changes_nothing() {
 #[test]
 fn state_left_under_a_name_by_a_rename_cut_short_is_dropped_at_start() {
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     assert_eq!(prout_flags(&mut a, 0x00, 0, 0, 0xA1, APTPL).status(), 0);
     assert_eq!(prout(&mut a, 0x01, WRITE_EXCLUSIVE, 0xA1, 0).status(), 0);
     drop(a);
@@ -315,7 +309,7 @@ fn state_left_under_a_name_by_a_rename_cut_short_is_dropped_at_start() {
     assert_eq!(file["volumes"]["default"]["qos"]["iops"], 1000, "{file}");
     assert!(!db_record.exists(), "the orphaned record is removed");
     // The volume keeps its reservation...
-    let mut b = session(&t, 2);
+    let mut b = session(t.addr, 2);
     assert_eq!(b.write10(0, &[7u8; 512]).status(), 0x18, "still reserved");
     // ...and a new volume of the other name inherits neither.
     t.cli_ok(&["volume", "create", "db", "--size", "1M"]);
@@ -347,7 +341,7 @@ fn preempt_and_abort_fences_a_node_and_its_write_in_flight() {
     const WERO: u8 = 5; // Write Exclusive – Registrants Only
     const PREEMPT_AND_ABORT: u8 = 0x05;
     let t = Target::start(&[]);
-    let mut a = session(&t, 1);
+    let mut a = session(t.addr, 1);
     // B sends no data before an R2T asks for it: its WRITE waits in the task set.
     let mut b = RawInitiator::login_default(t.addr, 2, &[("ImmediateData", "No")]);
     assert_eq!(b.test_unit_ready(), 0);
@@ -419,8 +413,8 @@ fn preempt_and_abort_with_the_fenced_nodes_io_in_flight_answers_and_the_session_
     use std::time::{Duration, Instant};
     const WE: u8 = 1;
     let t = Target::start(&["--size", "64M"]);
-    let mut a = session(&t, 1);
-    let mut b = session(&t, 2);
+    let mut a = session(t.addr, 1);
+    let mut b = session(t.addr, 2);
     for lba in (0..32 * 2048).step_by(2048) {
         assert_eq!(b.write10(lba, &vec![0x5Au8; 1 << 20]).status(), 0);
     }

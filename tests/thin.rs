@@ -289,18 +289,11 @@ fn unmap_releases_extents_and_reads_zeros() {
     assert!(back.iter().all(|&b| b == 0));
 }
 
-/// Logs in to the default volume and clears the power-on unit attention.
-fn raw_session(t: &Target) -> support::initiator::RawInitiator {
-    let mut ini = support::initiator::RawInitiator::login_default(t.addr, 1, &[]);
-    assert_eq!(ini.test_unit_ready(), 0);
-    ini
-}
-
 #[test]
 fn full_pool_fails_new_extents_keeps_overwrites_and_resumes_when_space_is_freed() {
     // 1 MiB pool of 64 KiB extents: 16 extents; the thin volume is larger than the pool.
     let t = Target::start(&["--size", "4M", "--pool-size", "1M"]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     let extent_blocks = (EXTENT / 512) as u32;
     let block = |seed: u64| pattern(4096, seed);
     let mut soft_threshold_attentions = 0;
@@ -363,7 +356,7 @@ fn full_pool_fails_new_extents_keeps_overwrites_and_resumes_when_space_is_freed(
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(used(&t), MIB / 2);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     assert_eq!(
         ini.write10(16 * extent_blocks, &block(99)).status(),
         0,
@@ -429,7 +422,7 @@ fn soft_threshold_is_set_online_through_the_cli_and_kept_across_restarts() {
     }
     assert_eq!(get(&t, "/v1/pool")["soft_threshold_percent"], 50);
 
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     let extent_blocks = (EXTENT / 512) as u32;
     let mut attention_at = None;
     for i in 0..12u32 {
@@ -524,7 +517,7 @@ fn full_volume_with_snapshots_never_runs_out_of_space() {
     assert_eq!(pool["free_bytes"], 0);
     assert_eq!(get(&t, "/v1/volumes/thick")["reserved_bytes"], MIB);
     // The pool is now full for everyone else...
-    let mut thin = raw_session(&t);
+    let mut thin = support::initiator::session(t.addr, 1);
     assert_eq!(
         past_soft_threshold_ua(|| thin.write10(0, &pattern(4096, 1))).sense(),
         Some((0x07, 0x27, 0x07))
@@ -602,7 +595,7 @@ fn deleting_the_snapshot_of_a_full_volume_gives_its_extra_reservation_back() {
 fn a_full_pool_grows_online_and_keeps_its_size_and_data_across_kill_9() {
     // 16 extents of 64 KiB; the thin volume is larger than the pool.
     let t = Target::start(&["--size", "4M", "--pool-size", "1M"]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     let extent_blocks = (EXTENT / 512) as u32;
     for i in 0..16u32 {
         let r = past_soft_threshold_ua(|| ini.write10(i * extent_blocks, &pattern(4096, 1)));
@@ -637,7 +630,7 @@ fn a_full_pool_grows_online_and_keeps_its_size_and_data_across_kill_9() {
         2 * MIB,
         "kept in the superblock"
     );
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     let back = ini.read10(16 * extent_blocks, 8);
     assert_eq!((back.status(), back.data), (0, pattern(4096, 2)));
     let back = ini.read10(15 * extent_blocks, 8);
@@ -649,7 +642,7 @@ fn a_full_pool_grows_online_and_keeps_its_size_and_data_across_kill_9() {
 #[test]
 fn a_snapshot_diff_names_the_extents_written_since_the_base() {
     let t = Target::start(&["--size", "4M"]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     let extent_blocks = (EXTENT / 512) as u32;
     for e in [0u32, 3] {
         assert_eq!(
@@ -696,7 +689,7 @@ fn a_snapshot_diff_names_the_extents_written_since_the_base() {
 #[test]
 fn a_renamed_volume_keeps_its_data_snapshots_and_settings_across_kill_9() {
     let t = Target::start(&["--size", "4M"]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     assert_eq!(ini.write10(0, &pattern(4096, 5)).status(), 0);
     t.cli_ok(&["snapshot", "create", "default@s1"]);
     t.cli_ok(&["volume", "set", "default", "--iops-limit", "1000"]);
@@ -759,7 +752,7 @@ fn a_renamed_volume_keeps_its_data_snapshots_and_settings_across_kill_9() {
 #[test]
 fn a_write_protected_volume_refuses_writes_live_and_across_kill_9() {
     let t = Target::start(&["--size", "4M"]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     assert_eq!(ini.write10(0, &pattern(4096, 3)).status(), 0);
     let v: Value = serde_json::from_str(&t.cli_ok(&[
         "--json",
@@ -791,7 +784,7 @@ fn a_write_protected_volume_refuses_writes_live_and_across_kill_9() {
     assert_eq!(ms.data[2] & 0x80, 0x80, "WP");
     drop(ini);
     let t = Target::start_in(t.kill(), &[]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     assert_eq!(
         ini.write10(8, &pattern(4096, 4)).sense(),
         Some((0x07, 0x27, 0x00))
@@ -809,7 +802,7 @@ fn a_write_protected_volume_refuses_writes_live_and_across_kill_9() {
 #[test]
 fn a_volume_turns_full_and_thin_again_live_and_across_kill_9() {
     let t = Target::start(&["--size", "16M", "--pool-size", "24M"]);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     for i in 0..4u32 {
         assert_eq!(
             ini.write10(i * 2048, &pattern(MIB, u64::from(i))).status(),
@@ -885,7 +878,7 @@ fn a_volume_turns_full_and_thin_again_live_and_across_kill_9() {
     // Thin again: the reservation goes back, UNMAP works.
     t.cli_ok(&["volume", "set", "default", "--provisioning", "thin"]);
     assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 0);
-    let mut ini = raw_session(&t);
+    let mut ini = support::initiator::session(t.addr, 1);
     assert_eq!(unmap(&mut ini).status(), 0);
     assert_eq!(get(&t, "/v1/volumes/default")["mapped_bytes"], 3 * MIB);
     let v = volume(&Target::start_in(t.kill(), &[]));

@@ -8,7 +8,7 @@
 mod support;
 
 use support::Target;
-use support::initiator::RawInitiator;
+use support::initiator::{RawInitiator, read_blocks, session_as, write_blocks};
 use support::scsi::{pattern, xcopy_cscd, xcopy_segment};
 
 const BLOCK: usize = 512;
@@ -25,24 +25,6 @@ fn copy_status(ini: &mut RawInitiator, list_id: u8) -> (u8, u16, u8, u32) {
     let d = &r.data;
     let count = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
     (d[4], u16::from_be_bytes([d[5], d[6]]), d[7], count)
-}
-
-fn write_blocks(ini: &mut RawInitiator, lba: u32, data: &[u8]) {
-    for (i, chunk) in data.chunks(256 * BLOCK).enumerate() {
-        let r = ini.write10(lba + (i * 256) as u32, chunk);
-        assert_eq!(r.status(), 0);
-    }
-}
-
-fn read_blocks(ini: &mut RawInitiator, lba: u32, blocks: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for at in (0..blocks).step_by(256) {
-        let n = (blocks - at).min(256) as u16;
-        let r = ini.read10(lba + at as u32, n);
-        assert_eq!(r.status(), 0);
-        out.extend(r.data);
-    }
-    out
 }
 
 #[test]
@@ -214,19 +196,6 @@ fn a_copy_of_whole_extents_shares_them_until_either_side_is_written() {
     support::check_pool(dir.path());
 }
 
-/// A session of initiator `name` to volume `volume`.
-fn session_as(t: &Target, name: &str, volume: &str, isid: u8) -> RawInitiator {
-    let mut ini = RawInitiator::login_as(
-        t.addr,
-        name,
-        [0x80, 0, 0, 0, 0, isid],
-        &format!("{IQN}:{volume}"),
-        &[],
-    );
-    while ini.test_unit_ready() != 0 {}
-    ini
-}
-
 /// A segment from CSCD `src_id` to CSCD `dst_id`.
 fn segment_between(src_id: u16, dst_id: u16, blocks: u16, src: u64, dst: u64) -> Vec<u8> {
     let mut d = xcopy_segment(dst_id, blocks, src, dst);
@@ -262,12 +231,12 @@ fn copy_between_volumes(shards: &str) {
         shards == "1",
         "one shard each with two shards"
     );
-    let mut a = session_as(&t, HOST, "default", 1);
+    let mut a = session_as(t.addr, HOST, "default", 1);
     let me = a.naa_designator();
     let data = pattern(21, 8 << 20);
     write_blocks(&mut a, 0, &data);
     // ds2's designator, seen through another host's session: this host has none to ds2 yet.
-    let mut other = session_as(&t, OTHER_HOST, "ds2", 2);
+    let mut other = session_as(t.addr, OTHER_HOST, "ds2", 2);
     let ds2 = other.naa_designator();
     let cscds = [xcopy_cscd(&me), xcopy_cscd(&ds2)];
     let to_ds2 = [
@@ -283,7 +252,7 @@ fn copy_between_volumes(shards: &str) {
     drop(other);
 
     // With a session of its own to ds2, the copy shares the extents: no space taken.
-    let mut b = session_as(&t, HOST, "ds2", 3);
+    let mut b = session_as(t.addr, HOST, "ds2", 3);
     let used = pool_used(&t);
     let r = a.extended_copy(1, 0, &cscds, &to_ds2);
     assert_eq!(r.status(), 0, "{:?}", r.sense());
@@ -303,7 +272,7 @@ fn copy_between_volumes(shards: &str) {
         "the source keeps its data"
     );
     // Another host's reservation of ds2 (Write Exclusive) keeps this host's copy out.
-    let mut other = session_as(&t, OTHER_HOST, "ds2", 4);
+    let mut other = session_as(t.addr, OTHER_HOST, "ds2", 4);
     let prout = |ini: &mut RawInitiator, action: u8, key: u64, sa_key: u64| {
         let mut param = [0u8; 24];
         param[..8].copy_from_slice(&key.to_be_bytes());
@@ -333,7 +302,7 @@ fn copy_between_volumes(shards: &str) {
     // Persisted: kill -9, both volumes read back, the pool's counts check out.
     drop((a, b));
     let t = Target::start_in(t.kill(), &[]);
-    let mut b = session_as(&t, HOST, "ds2", 3);
+    let mut b = session_as(t.addr, HOST, "ds2", 3);
     let mut want = data.clone();
     want[..4096].copy_from_slice(&pattern(22, 4096));
     assert!(read_blocks(&mut b, 0, 16384) == want, "ds2 after kill -9");
@@ -348,7 +317,7 @@ fn copy_between_volumes(shards: &str) {
 fn a_thick_volume_copies_by_reference_and_reserves_for_what_it_shares() {
     let t = Target::start(&["--size", "1M"]);
     t.cli_ok(&["volume", "create", "thick", "--size", "16M", "--full"]);
-    let mut ini = session_as(&t, "iqn.2026-11.dev.shoal:esx-1", "thick", 1);
+    let mut ini = session_as(t.addr, "iqn.2026-11.dev.shoal:esx-1", "thick", 1);
     let me = ini.naa_designator();
     let data = pattern(31, 4 << 20);
     write_blocks(&mut ini, 0, &data);
