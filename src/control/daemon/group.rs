@@ -50,9 +50,13 @@ impl Daemon {
         taken
     }
 
-    /// Snapshot `snap` of `volume` could be taken: a valid name, not taken yet (the checks
-    /// `take_snapshot` makes, made here before the hosts are frozen).
-    fn check_snapshot_name(st: &State, volume: &ImageMeta, snap: &str) -> Result<(), AdminError> {
+    /// Snapshot `snap` of `volume` could be taken: a valid name, not taken yet (what
+    /// `take_snapshot` checks first; a group checks it before the hosts are frozen).
+    pub(super) fn check_snapshot_name(
+        st: &State,
+        volume: &ImageMeta,
+        snap: &str,
+    ) -> Result<(), AdminError> {
         config::validate_volume_name(snap)
             .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let full = format!("{}@{snap}", volume.name);

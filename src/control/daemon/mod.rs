@@ -445,15 +445,8 @@ impl Daemon {
         volume: &ImageMeta,
         snap: &str,
     ) -> Result<ImageMeta, AdminError> {
-        config::validate_volume_name(snap)
-            .map_err(|e| AdminError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        Self::check_snapshot_name(st, volume, snap)?;
         let full = format!("{}@{snap}", volume.name);
-        if st.pool.find(&full).is_some() {
-            return Err(AdminError::new(
-                ErrorCode::AlreadyExists,
-                format!("snapshot {full:?} already exists"),
-            ));
-        }
         let (map, seq) = match st.served.get(&volume.image).cloned() {
             Some(s) => {
                 let (reply, answer) = bounded(1);
