@@ -301,8 +301,19 @@ fn state_left_under_a_name_by_a_rename_cut_short_is_dropped_at_start() {
         &db_record,
     )
     .unwrap();
+    // A sanitize record too (the volume had an erase in progress): a new volume of the name
+    // must not come up sanitizing.
+    let sanitize_record = dir
+        .path()
+        .join("sanitize")
+        .join("iqn.2026-11.dev.shoal%3Adb.json");
+    std::fs::write(&sanitize_record, r#"{"state": "running", "ause": false}"#).unwrap();
 
     let t = Target::start_in(dir, &[]);
+    assert!(
+        !sanitize_record.exists(),
+        "the orphaned sanitize record is removed"
+    );
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert!(file["volumes"].get("db").is_none(), "{file}");

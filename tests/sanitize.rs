@@ -255,3 +255,77 @@ fn exit_failure_mode_and_bad_requests() {
     let r = ini.command(&[0x48, 0x02, 0, 0, 0, 0, 0, 0, 8, 0], 8, false, &[0; 8]);
     assert_eq!(r.sense(), Some((0x05, 0x24, 0x00)));
 }
+
+#[test]
+fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
+    // A sparse 64 TiB volume: its erase takes a while to walk, so a kill lands mid-erase.
+    let t = Target::start(&["--size", "64T"]);
+    let mut ini = session(t.addr, 1);
+    let first = support::scsi::pattern(6, 64 << 10);
+    assert_eq!(ini.write10(0, &first).status(), 0);
+    let last = (64u64 << 40) / BLOCK as u64 - 8;
+    let at_end = support::scsi::pattern(7, 8 * BLOCK);
+    assert_eq!(
+        ini.command(&rw16(0x8A, last, 8), 4096, false, &at_end)
+            .status(),
+        0
+    );
+    post(
+        &t,
+        "/v1/snapshots",
+        json!({"volume": "default", "name": "before"}),
+    )
+    .expect("snapshot");
+    let r = ini.command(&block_erase(true), 0, false, &[]);
+    assert_eq!(r.status(), 0, "IMMED: GOOD once started");
+    // The operation is on disk before its GOOD.
+    let record = t
+        .dir
+        .path()
+        .join("sanitize")
+        .join("iqn.2026-11.dev.shoal%3Adefault.json");
+    let text = std::fs::read_to_string(&record).expect("the sanitize record");
+    assert!(text.contains("running"), "{text}");
+    drop(ini);
+    let dir = t.kill(); // SIGKILL, mid-erase
+
+    let t = Target::start_in(dir, &[]);
+    // Rolling back would hand the erase the snapshot's data: refused while it resumes.
+    match post(&t, "/v1/snapshots/default@before/rollback", json!({})) {
+        Err(e) if matches!(*e, ureq::Error::Status(409, _)) => {}
+        other => panic!("rollback during a resumed SANITIZE: {other:?}"),
+    }
+    let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut resumed = false;
+    loop {
+        assert!(Instant::now() < deadline, "the resumed erase never ended");
+        let r = ini.command(&[0x03, 0, 0, 0, 18, 0], 18, true, &[]);
+        assert_eq!(r.status(), 0);
+        if r.data[2] & 0x0F == 0x06 {
+            continue; // the power-on unit attention
+        }
+        if (r.data[2] & 0x0F, r.data[12], r.data[13]) == (0x02, 0x04, 0x1B) {
+            resumed = true;
+        } else {
+            assert_eq!(r.data[2] & 0x0F, 0, "NO SENSE once done: {:?}", r.data);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(resumed, "the unit came back sanitizing");
+    assert!(!record.exists(), "the record goes once the erase is done");
+    let r = ini.read10(0, 128);
+    assert_eq!(r.status(), 0, "{:?}", r.sense());
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "the first blocks were erased"
+    );
+    let r = ini.command(&rw16(0x88, last, 8), 4096, true, &[]);
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "the last blocks were erased too: the erase resumed"
+    );
+    drop(ini);
+    support::check_pool(t.kill().path());
+}

@@ -21,6 +21,10 @@
 //!   Snapshots (and EXTENDED COPY by reference) of a volume being sanitized are refused, so no
 //!   image gains a hold on an extent between the check and the erase. Extents a snapshot
 //!   shares keep their data: they are the snapshot's, and snapshot contents never change.
+//! - A checkpoint writer holding the shard's maps (from the cut until the checkpoint is
+//!   written) makes every node look shared: no chunk is judged meanwhile, the job waits for the
+//!   writer's [`super::shard::CheckpointHold`] to drop, so no extent only this volume sees is
+//!   unmapped without being erased.
 //! - Every step runs on the shard thread between completions; the erases and syncs go through
 //!   the ring, so the shard keeps serving its other volumes.
 //! - The job survives the loss of the connection that sent the command, and an abort of the
@@ -31,6 +35,7 @@
 use super::shard::{Accounting, HeldCommand, KIND_SANITIZE, Shard, user_data};
 use crate::iscsi::connection::DataInSource;
 use crate::scsi::Completion;
+use crate::scsi::lun::SanitizeState;
 use io_uring::{opcode, types};
 use std::os::fd::RawFd;
 
@@ -92,6 +97,8 @@ pub(super) struct PendingSanitize {
     in_flight: u32,
     /// An erase the file system does not support: redo the chunk with the next eraser.
     unsupported: bool,
+    /// Waiting for a checkpoint writer to drop the shard's maps before the next chunk.
+    awaiting_checkpoint: bool,
     failed: bool,
     /// Zeros for [`Eraser::WriteZeros`] (kept until its writes complete).
     zeros: Option<super::buf::AlignedBuf>,
@@ -100,7 +107,7 @@ pub(super) struct PendingSanitize {
 impl PendingSanitize {
     /// Whether the next round has work for it without waiting for a completion.
     pub(super) fn runnable(&self) -> bool {
-        self.stage != Stage::Draining && self.in_flight == 0
+        self.stage != Stage::Draining && self.in_flight == 0 && !self.awaiting_checkpoint
     }
 
     /// Whether it has erases or syncs in flight on the volume of `target`.
@@ -126,6 +133,22 @@ impl Shard {
         } else {
             Some((cmd, acct))
         };
+        self.queue_sanitize(lun, answer);
+    }
+
+    /// Resumes the erase of LUN `lun`, which came with a sanitize operation in progress (kept
+    /// across a restart, or a rename): from the start, since what was erased and unmapped
+    /// before is simply found unmapped. Nobody waits for an answer.
+    pub(super) fn resume_sanitize(&mut self, lun: usize) {
+        let target = &self.luns[lun].target;
+        eprintln!(
+            "shoal: shard {}: target {target}: resuming its SANITIZE",
+            self.id
+        );
+        self.queue_sanitize(lun, None);
+    }
+
+    fn queue_sanitize(&mut self, lun: usize, answer: Option<(HeldCommand, Accounting)>) {
         let id = self.next_waiter_id as usize;
         self.next_waiter_id += 1;
         self.pending_sanitizes.push(PendingSanitize {
@@ -138,6 +161,7 @@ impl Shard {
             eraser: Eraser::PunchHole,
             in_flight: 0,
             unsupported: false,
+            awaiting_checkpoint: false,
             failed: false,
             zeros: None,
         });
@@ -247,6 +271,12 @@ impl Shard {
             if job.failed || job.next >= extents {
                 break;
             }
+            // While a checkpoint writer holds the maps, every extent looks shared and would be
+            // unmapped without being erased: wait (polled each round, at most a tick apart).
+            job.awaiting_checkpoint = self.checkpoint_holds_maps();
+            if job.awaiting_checkpoint {
+                return;
+            }
             let first = job.next;
             let end = (first + CHUNK_EXTENTS).min(extents);
             job.chunk = Some((first, end));
@@ -348,11 +378,32 @@ impl Shard {
     }
 
     /// Ends LUN `lun`'s sanitize state and answers the command if it still waits.
-    fn end_sanitize(&mut self, lun: usize, ok: bool, answer: Option<(HeldCommand, Accounting)>) {
+    fn end_sanitize(
+        &mut self,
+        lun: usize,
+        mut ok: bool,
+        answer: Option<(HeldCommand, Accounting)>,
+    ) {
         // Nothing read the volume meanwhile, but read-ahead from before may still be cached.
         let capacity = self.luns[lun].volume.capacity();
         self.readahead.invalidate(lun, 0, capacity);
-        let completion = self.luns[lun].lu.sanitize_ended(ok);
+        let slot = &mut self.luns[lun];
+        let mut completion = slot.lu.sanitize_ended(ok);
+        if let Err(e) = slot.store_sanitize() {
+            super::shard::log_error(self.id, "storing the end of a SANITIZE", &e);
+            if ok {
+                // The record may still say the erase runs, and the next start would erase
+                // whatever was written meanwhile: the medium stays closed, in the failure mode
+                // (EXIT FAILURE MODE allowed, once the record can be stored).
+                let failed = SanitizeState::Failed { ause: true };
+                slot.lu.restore_sanitize(failed);
+                completion = Completion::check(crate::scsi::Sense::sanitize_failed());
+                if let Err(e) = slot.store_sanitize_state(failed) {
+                    super::shard::log_error(self.id, "storing a SANITIZE failure", &e);
+                }
+                ok = false;
+            }
+        }
         if !ok {
             let target = &self.luns[lun].target;
             let e = format!("target {target}: the volume is in the sanitize failure mode");

@@ -217,15 +217,17 @@ impl Server {
             auth: RwLock::new(cfg.auth.clone()),
             counts: Default::default(),
         });
-        crate::storage::reservations::prepare(&cfg.data_dir)
-            .map_err(|e| StartError::Volumes(format!("reservations directory: {e}")))?;
+        for kind in crate::storage::records::ALL_KINDS {
+            kind.prepare(&cfg.data_dir)
+                .map_err(|e| StartError::Volumes(format!("records directory: {e}")))?;
+        }
         let settings = crate::control::settings::VolumeSettings::load(&cfg.data_dir)
             .map_err(|e| StartError::Volumes(format!("volume settings: {e}")))?;
         let daemon = Arc::new(
             Daemon::new(pool, shards.clone(), Arc::clone(&ctx), registry)
                 .with_latency_stats(cfg.latency_stats)
                 .with_settings(settings)
-                .with_reservations_in(&cfg.data_dir),
+                .with_records_in(&cfg.data_dir),
         );
         daemon
             .start(&cfg.volumes)

@@ -34,14 +34,14 @@ use crate::iscsi::login::{SessionParams, TargetLimits};
 use crate::iscsi::pdu::frame::{self, FrameError, Next};
 use crate::iscsi::pdu::initiator::TmfFunction;
 use crate::iscsi::pdu::target::TmfResponse;
-use crate::scsi::lun::PrPersist;
+use crate::scsi::lun::{PrPersist, SanitizeState};
 use crate::scsi::{self, Completion, LogicalUnit, NexusId, OpClass, Outcome};
 use crate::stats::slow::{SlowCommand, SlowLog};
 use crate::stats::{
     LunSnapshot, LunStats, PhaseTimes, QosCounters, Stamps, StatsConfig, Window, second_of,
 };
 use crate::storage::pool::extent_map::ExtentMap;
-use crate::storage::reservations::{self, ReservationsError};
+use crate::storage::records::{self, RecordError};
 use crate::storage::{Piece, Volume};
 use crossbeam::channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
@@ -83,8 +83,8 @@ pub struct LunSlot {
     pub volume: Box<dyn Volume + Send>,
     /// Latency and throughput.
     pub stats: LunStats,
-    /// Where its persistent reservations are kept while APTPL is active (none: not kept).
-    pub pr_file: Option<PathBuf>,
+    /// Where its state is kept across a restart (none: not kept).
+    pub records: RecordFiles,
     /// Its QoS limits and the commands they hold back.
     pub qos: Throttle<HeldCommand>,
 }
@@ -99,17 +99,49 @@ pub struct HeldCommand {
     pub(super) task: TaskId,
 }
 
+/// The files a LUN's state is kept in across a restart (`storage::records`); none: not kept.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFiles {
+    /// Its persistent reservations, while APTPL is active.
+    pub reservations: Option<PathBuf>,
+    /// Its sanitize operation in progress, or failure mode.
+    pub sanitize: Option<PathBuf>,
+}
+
 impl LunSlot {
     /// Stores what the last command changed of the persistent reservations (APTPL), before its
     /// status goes out.
-    pub fn store_reservations(&mut self) -> Result<(), ReservationsError> {
-        let (Some(change), Some(path)) = (self.lu.take_pr_persist(), self.pr_file.as_deref())
-        else {
+    pub fn store_reservations(&mut self) -> Result<(), RecordError> {
+        let (Some(change), Some(path)) = (
+            self.lu.take_pr_persist(),
+            self.records.reservations.as_deref(),
+        ) else {
             return Ok(());
         };
         match change {
-            PrPersist::Save(record) => reservations::save(path, &record),
-            PrPersist::Remove => reservations::remove(path),
+            PrPersist::Save(record) => records::save(path, &record),
+            PrPersist::Remove => records::remove(path),
+        }
+    }
+
+    /// Stores what changed of the sanitize state (a SANITIZE started or ended, EXIT FAILURE
+    /// MODE), before the status of the command that changed it goes out: an erase an initiator
+    /// was told had started resumes after a restart.
+    pub fn store_sanitize(&mut self) -> Result<(), RecordError> {
+        match self.lu.take_sanitize_persist() {
+            Some(state) => self.store_sanitize_state(state),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores sanitize state `state` (no record for `Idle`).
+    pub(super) fn store_sanitize_state(&self, state: SanitizeState) -> Result<(), RecordError> {
+        let Some(path) = self.records.sanitize.as_deref() else {
+            return Ok(());
+        };
+        match state {
+            SanitizeState::Idle => records::remove(path),
+            other => records::save(path, &other),
         }
     }
 }
@@ -261,7 +293,7 @@ pub enum ShardMsg {
         /// The superblock generation of the coming checkpoint.
         generation: u64,
         /// The cuts, or why a volume could not rotate.
-        reply: Sender<Result<Vec<JournalCut>, String>>,
+        reply: Sender<Result<Cuts, String>>,
     },
     /// EXTENDED COPY by another shard's command: lend `count` extents from extent `first` of
     /// `target` (`ThinVolume::lend_extents`), checked for `initiator` (None: the command's own
@@ -330,6 +362,23 @@ pub enum ShardMsg {
 
 /// A checkpoint cut of one volume: (image, its map at the cut, the cut's sequence number).
 pub type JournalCut = (u64, ExtentMap, u64);
+
+/// A shard's checkpoint cuts, and the token that tells the shard the checkpoint writer still
+/// holds those maps: their nodes are shared meanwhile, so every extent of the shard's volumes
+/// looks shared, and SANITIZE waits for the token to be dropped before it judges which extents
+/// only its volume sees (see `runtime::sanitize`). Drop the token with the maps.
+pub struct Cuts {
+    /// One per writable thin volume of the shard.
+    pub cuts: Vec<JournalCut>,
+    /// Held while the maps are.
+    pub hold: CheckpointHold,
+}
+
+/// See [`Cuts`].
+#[derive(Debug)]
+pub struct CheckpointHold {
+    pub(super) _token: Arc<()>,
+}
 
 /// Why a shard refused a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -539,6 +588,9 @@ pub struct Shard {
     pub(super) pending_provisions: Vec<PendingProvision>,
     /// SANITIZE BLOCK ERASE jobs in progress.
     pub(super) pending_sanitizes: Vec<PendingSanitize>,
+    /// Shared with the [`CheckpointHold`] of the last cuts: more than one strong reference
+    /// while a checkpoint writer holds this shard's maps.
+    pub(super) cut_hold: Arc<()>,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -614,6 +666,7 @@ impl Shard {
             pending_fences: Vec::new(),
             pending_provisions: Vec::new(),
             pending_sanitizes: Vec::new(),
+            cut_hold: Arc::new(()),
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
@@ -1430,7 +1483,20 @@ impl Shard {
             // stored (the initiator is told the command failed, so nothing may have changed).
             let before = (cdb[0] == scsi::cdb::opcode::PERSISTENT_RESERVE_OUT)
                 .then(|| (slot.lu.reservation_state(), slot.lu.is_registered(sc.nexus)));
+            // SANITIZE: likewise with the sanitize state (started, or the failure mode left).
+            let sanitize_before =
+                (cdb[0] == scsi::cdb::opcode::SANITIZE).then(|| slot.lu.sanitize_state());
             let outcome = slot.lu.execute(sc.nexus, &cdb, task.data_out());
+            let outcome = match slot.store_sanitize() {
+                Ok(()) => outcome,
+                Err(e) => {
+                    log_error(self.id, "storing the sanitize state", &e);
+                    if let Some(state) = sanitize_before {
+                        slot.lu.restore_sanitize(state);
+                    }
+                    Outcome::Done(Completion::check(scsi::Sense::internal_target_failure()))
+                }
+            };
             match (slot.store_reservations(), before) {
                 (Ok(()), Some((_, registered))) => {
                     if slot.lu.is_registered(sc.nexus) != registered {

@@ -6,11 +6,13 @@
 //! Everything here runs on the shard thread between completions; nothing blocks on the control
 //! thread, which waits for the replies.
 
-use super::shard::{JournalCut, LunSlot, Shard, SnapshotError};
+use super::shard::{CheckpointHold, Cuts, LunSlot, Shard, SnapshotError};
 use super::sync::SyncWaiter;
+use crate::scsi::lun::SanitizeState;
 use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
 use crate::storage::pool::thin::ThinVolume;
 use crossbeam::channel::Sender;
+use std::sync::Arc;
 
 /// Leaves (or shared subtrees) a usage walk visits per loop round: a few tens of µs at most,
 /// so a walk of a TiB map never stalls the shard's I/O.
@@ -232,12 +234,22 @@ impl Shard {
     pub(super) fn add_lun(&mut self, slot: LunSlot) {
         // Reuse the slot of a removed LUN (indexes are stable while connections use them).
         self.own_files.clear();
-        match self.luns.iter().position(|l| l.target.is_empty()) {
+        let lun = match self.luns.iter().position(|l| l.target.is_empty()) {
             Some(i) => {
                 self.readahead.forget_lun(i);
                 self.luns[i] = slot;
+                i
             }
-            None => self.luns.push(slot),
+            None => {
+                self.luns.push(slot);
+                self.luns.len() - 1
+            }
+        };
+        if matches!(
+            self.luns[lun].lu.sanitize_state(),
+            SanitizeState::Running { .. }
+        ) {
+            self.resume_sanitize(lun);
         }
     }
 
@@ -427,7 +439,7 @@ impl Shard {
         let _ = p.reply.send(answer);
     }
 
-    pub(super) fn rotate(&mut self, generation: u64) -> Result<Vec<JournalCut>, String> {
+    pub(super) fn rotate(&mut self, generation: u64) -> Result<Cuts, String> {
         let mut cuts = Vec::new();
         // Volumes only: an exported snapshot's map is the control plane's (a write-protected
         // volume's is still its shard's).
@@ -437,7 +449,15 @@ impl Shard {
                 cuts.push((thin.image(), map, seq));
             }
         }
-        Ok(cuts)
+        let hold = CheckpointHold {
+            _token: Arc::clone(&self.cut_hold),
+        };
+        Ok(Cuts { cuts, hold })
+    }
+
+    /// Whether a checkpoint writer still holds maps this shard cut (see [`Cuts`]).
+    pub(super) fn checkpoint_holds_maps(&self) -> bool {
+        Arc::strong_count(&self.cut_hold) > 1
     }
 
     pub(super) fn resize(&mut self, target: &str, size: u64, reserved: u64) -> Result<(), String> {

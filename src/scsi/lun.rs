@@ -18,6 +18,7 @@
 //! - single-level LUN encoding (SAM-5 4.7.3, peripheral and flat addressing): [`encode_lun`],
 //!   [`decode_lun`].
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::cdb::{self, Command, ModeSelect};
@@ -147,13 +148,19 @@ pub struct LogicalUnit {
     preempted: Vec<NexusId>,
     /// Where the logical unit stands with SANITIZE.
     sanitize: SanitizeState,
+    /// What the shard must store of the sanitize state before answering the command that
+    /// changed it (or, for an erase ending, before the LU is used again), if anything.
+    sanitize_persist: Option<SanitizeState>,
     /// Write protected by the administrator (`info.read_only` is that or the control page's
     /// SWP, set by an initiator).
     base_read_only: bool,
 }
 
-/// Where a logical unit stands with SANITIZE (SBC-4 4.11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a logical unit stands with SANITIZE (SBC-4 4.11). Kept across a restart
+/// (`storage::records`, as `{"state": "running", ...}`): an erase in progress resumes, a failure
+/// mode stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum SanitizeState {
     /// No sanitize operation in progress, none failed.
     #[default]
@@ -163,7 +170,9 @@ pub enum SanitizeState {
     /// TARGET PORT GROUPS and REPORT SUPPORTED OPERATION CODES, which multipath initiators and
     /// the sanitizing one ask) is NOT READY, SANITIZE IN PROGRESS.
     Running {
-        /// Progress, in 65536ths.
+        /// Progress, in 65536ths (not kept across a restart: the erase resumes from the start,
+        /// and finds nothing left where it had been).
+        #[serde(default, skip_serializing)]
         done: u16,
         /// AUSE of the command: if it fails, EXIT FAILURE MODE may end the failure mode.
         ause: bool,
@@ -215,6 +224,7 @@ impl LogicalUnit {
             pr_persist: None,
             preempted: Vec::new(),
             sanitize: SanitizeState::Idle,
+            sanitize_persist: None,
             base_read_only,
         }
     }
@@ -225,6 +235,35 @@ impl LogicalUnit {
         self.pr = pr;
         self.port_names.extend(ports);
         self
+    }
+
+    /// The same, with the sanitize state kept across a restart: an erase in progress (which
+    /// the shard resumes from the start) or the failure mode.
+    pub fn with_sanitize(mut self, state: SanitizeState) -> Self {
+        self.sanitize = match state {
+            SanitizeState::Running { ause, .. } => SanitizeState::Running { done: 0, ause },
+            other => other,
+        };
+        self
+    }
+
+    /// What must be stored of the sanitize state: a command (SANITIZE, EXIT FAILURE MODE)
+    /// changed it, before its status goes out; or an erase ended, before the LU is used again.
+    /// Progress alone is never a change.
+    pub fn take_sanitize_persist(&mut self) -> Option<SanitizeState> {
+        self.sanitize_persist.take()
+    }
+
+    /// Puts back the sanitize state from before a change that could not be stored.
+    pub fn restore_sanitize(&mut self, state: SanitizeState) {
+        self.sanitize = state;
+        self.sanitize_persist = None;
+    }
+
+    /// Moves to sanitize state `state`, noting it to be stored.
+    fn set_sanitize(&mut self, state: SanitizeState) {
+        self.sanitize = state;
+        self.sanitize_persist = Some(state);
     }
 
     /// What must be stored of the persistent reservations changed by the last command (or by
@@ -540,10 +579,10 @@ impl LogicalUnit {
             return Completion::good(Vec::new()); // none in progress
         };
         if ok {
-            self.sanitize = SanitizeState::Idle;
+            self.set_sanitize(SanitizeState::Idle);
             Completion::good(Vec::new())
         } else {
-            self.sanitize = SanitizeState::Failed { ause };
+            self.set_sanitize(SanitizeState::Failed { ause });
             Completion::check(Sense::sanitize_failed())
         }
     }
@@ -556,7 +595,9 @@ impl LogicalUnit {
                 // SBC-4 5.30.1: the failed SANITIZE did not allow it.
                 Completion::check(Sense::invalid_field_in_cdb(1, Some(4)))
             } else {
-                self.sanitize = SanitizeState::Idle;
+                if self.sanitize != SanitizeState::Idle {
+                    self.set_sanitize(SanitizeState::Idle);
+                }
                 Completion::good(Vec::new())
             }
         } else if !self.info.thin {
@@ -565,7 +606,7 @@ impl LogicalUnit {
         } else if self.info.read_only {
             Completion::check(Sense::write_protected())
         } else {
-            self.sanitize = SanitizeState::Running { done: 0, ause };
+            self.set_sanitize(SanitizeState::Running { done: 0, ause });
             return Outcome::Sanitize { immed };
         };
         Outcome::Done(done)
@@ -1709,6 +1750,70 @@ mod tests {
                 assert!(matches!(lu.execute(B, &READ10, &[]), Outcome::Read { .. }));
             }
         }
+    }
+
+    #[test]
+    fn sanitize_state_changes_are_handed_out_to_be_stored_and_restored_from_a_record() {
+        let mut lu = thin_lu();
+        let erase_ause = cdb(&[0x48, 0x22, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            lu.execute(A, &erase_ause, &[]),
+            Outcome::Sanitize { .. }
+        ));
+        let running = SanitizeState::Running {
+            done: 0,
+            ause: true,
+        };
+        assert_eq!(lu.take_sanitize_persist(), Some(running));
+        assert_eq!(lu.take_sanitize_persist(), None, "taken once");
+        // Progress is not a change to store; the end is.
+        lu.set_sanitize_progress(0x4000);
+        assert_eq!(lu.take_sanitize_persist(), None);
+        lu.sanitize_ended(false);
+        let failed = SanitizeState::Failed { ause: true };
+        assert_eq!(lu.take_sanitize_persist(), Some(failed));
+        // EXIT FAILURE MODE leaves the failure mode: stored as no record at all.
+        lu.execute(A, &cdb(&[0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0]), &[]);
+        assert_eq!(lu.take_sanitize_persist(), Some(SanitizeState::Idle));
+        // ...and changes nothing when there was no failure mode.
+        lu.execute(A, &cdb(&[0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0]), &[]);
+        assert_eq!(lu.take_sanitize_persist(), None);
+        // Other commands change nothing.
+        lu.execute(A, &READ10, &[]);
+        assert_eq!(lu.take_sanitize_persist(), None);
+
+        // A change that could not be stored is put back.
+        lu.execute(A, &BLOCK_ERASE, &[]);
+        lu.restore_sanitize(SanitizeState::Idle);
+        assert_eq!(lu.take_sanitize_persist(), None);
+        assert!(matches!(lu.execute(A, &READ10, &[]), Outcome::Read { .. }));
+
+        // The record's form, and a unit served again from it: an erase in progress (from the
+        // start) or the failure mode, with nothing to store until it changes.
+        let record = serde_json::to_value(SanitizeState::Running {
+            done: 7,
+            ause: true,
+        })
+        .unwrap();
+        assert_eq!(
+            record,
+            serde_json::json!({"state": "running", "ause": true})
+        );
+        let state: SanitizeState = serde_json::from_value(record).unwrap();
+        let mut resumed = thin_lu().with_sanitize(state);
+        assert_eq!(resumed.sanitize_state(), running);
+        assert_eq!(resumed.take_sanitize_persist(), None);
+        assert_eq!(
+            sense_of(resumed.execute(B, &READ10, &[])),
+            Some((SenseKey::NotReady, 0x04, 0x1B))
+        );
+        let record = serde_json::json!({"state": "failed", "ause": false});
+        let state: SanitizeState = serde_json::from_value(record).unwrap();
+        let mut failed_lu = thin_lu().with_sanitize(state);
+        assert_eq!(
+            sense_of(failed_lu.execute(B, &READ10, &[])),
+            Some((SenseKey::MediumError, 0x31, 0x03))
+        );
     }
 
     #[test]

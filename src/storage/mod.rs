@@ -10,7 +10,7 @@
 
 pub mod file;
 pub mod pool;
-pub mod reservations;
+pub mod records;
 
 pub use file::FileVolume;
 

@@ -21,16 +21,17 @@ use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::qos::Throttle;
 use crate::runtime::shard::{
-    LunChange, LunSlot, ShardHandle, ShardMsg, SnapshotError, UsageReport,
+    LunChange, LunSlot, RecordFiles, ShardHandle, ShardMsg, SnapshotError, UsageReport,
 };
-use crate::scsi::pr::PrState;
+use crate::scsi::lun::SanitizeState;
+use crate::scsi::pr::{PrRecord, PrState};
 use crate::scsi::{LogicalUnit, LunInfo};
 use crate::stats::{LunSnapshot, MAX_WINDOW_SECS, Window};
 use crate::storage::pool::catalog::{Pool, PoolError};
 use crate::storage::pool::extent_map::{ExtentMap, UsageSource, exclusive_extents};
 use crate::storage::pool::format::{ImageKind, ImageMeta};
 use crate::storage::pool::thin::ThinVolume;
-use crate::storage::reservations;
+use crate::storage::records;
 use crossbeam::channel::{Receiver, bounded};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -81,8 +82,9 @@ pub struct Daemon {
     registry: Arc<Registry>,
     max_transfer_bytes: u64,
     latency_stats: bool,
-    /// The data directory persistent reservations are kept under (APTPL); none: not kept.
-    reservations_dir: Option<PathBuf>,
+    /// The data directory the targets' records are kept under (APTPL reservations, sanitize
+    /// operations: `storage::records`); none: not kept.
+    records_dir: Option<PathBuf>,
 }
 
 fn internal(e: impl std::fmt::Display) -> AdminError {
@@ -138,14 +140,15 @@ impl Daemon {
             registry,
             max_transfer_bytes: 16 << 20,
             latency_stats: true,
-            reservations_dir: None,
+            records_dir: None,
         }
     }
 
-    /// Keeps persistent reservations that ask for it (APTPL) under data directory `data`, and
-    /// restores them when a volume is served.
-    pub fn with_reservations_in(mut self, data: &Path) -> Self {
-        self.reservations_dir = Some(data.to_path_buf());
+    /// Keeps the targets' records under data directory `data` (persistent reservations that
+    /// ask for it, APTPL; sanitize operations in progress or failed), and restores them when a
+    /// volume is served.
+    pub fn with_records_in(mut self, data: &Path) -> Self {
+        self.records_dir = Some(data.to_path_buf());
         self
     }
 
@@ -220,11 +223,15 @@ impl Daemon {
             crate::storage::pool::journal::list_journals(st.pool.dir()).map_err(internal)?;
         let generation = st.pool.next_generation();
         let mut live = Vec::new();
+        // Dropped with the maps, once the checkpoint is written: until then the shards'
+        // SANITIZE jobs wait (the maps' nodes look shared).
+        let mut holds = Vec::new();
         for shard in 0..self.shards.len() {
-            live.extend(
-                self.ask(shard, |reply| ShardMsg::Rotate { generation, reply })
-                    .map_err(internal)?,
-            );
+            let cut = self
+                .ask(shard, |reply| ShardMsg::Rotate { generation, reply })
+                .map_err(internal)?;
+            live.extend(cut.cuts);
+            holds.push(cut.hold);
         }
         st.pool.checkpoint(live, old_journals).map_err(pool_error)
     }
@@ -847,7 +854,7 @@ impl AdminBackend for Daemon {
         }
         // A new volume of the same name starts open, as any new volume, and unreserved.
         st.settings.remove(name).map_err(internal)?;
-        self.drop_reservations(&target_name(name))
+        self.drop_records(&target_name(name))
     }
 
     fn snapshot_diff(
@@ -1115,6 +1122,21 @@ impl AdminBackend for Daemon {
                 ),
             )
         })?;
+        // Its shard no longer serves it, so its sanitize record is settled: an erase that was
+        // started (and resumes when the volume is served) must not erase the rolled-back data.
+        let sanitizing = self.sanitizing(volume);
+        if !matches!(sanitizing, Ok(false)) {
+            if let Some((map, reserved)) = old {
+                st.pool.put_map(vol.image, map);
+                self.serve_reserved(&mut st, &vol, target_name(volume), false, reserved)?;
+            }
+            return Err(sanitizing.err().unwrap_or_else(|| {
+                AdminError::new(
+                    ErrorCode::Conflict,
+                    format!("volume {volume} is being sanitized: roll it back once the erase ends"),
+                )
+            }));
+        }
         let map = st
             .pool
             .rollback(vol.image, snap.image)

@@ -1,43 +1,69 @@
 //! Serving images: handing a volume or an exported snapshot to the shard that will own its LUN
-//! (its logical unit built with the settings and APTPL reservations kept for it), telling the
-//! login threads about its target, and taking it back; and keeping those settings and records
-//! in step with the catalog's names (a rename copies them before its record and removes the old
+//! (its logical unit built with the settings and records kept for it: APTPL reservations, a
+//! sanitize operation to resume), telling the login threads about its target, and taking it
+//! back; and keeping those settings and records in step with the catalog's names (a rename copies them before its record and removes the old
 //! name's after it; a start drops what a crash left under a name no image has).
 
 use super::*;
 
 impl Daemon {
-    /// The logical unit of `target`, with the persistent reservations kept for it (APTPL), and
-    /// the file they are kept in. A record that cannot be read is an error: serving the volume
-    /// without its reservation could let a fenced cluster node write.
+    /// The logical unit of `target`, with what its records kept across a restart (APTPL
+    /// reservations, a sanitize operation in progress or failed), and the files they are kept
+    /// in. A record that cannot be read is an error: serving the volume without its
+    /// reservation could let a fenced cluster node write, and without its sanitize state would
+    /// serve data an initiator was told is being erased.
     pub(super) fn logical_unit(
         &self,
         info: LunInfo,
         target: &str,
-    ) -> Result<(LogicalUnit, Option<PathBuf>), AdminError> {
-        let lu = LogicalUnit::new(info);
-        let Some(dir) = &self.reservations_dir else {
-            return Ok((lu, None));
+    ) -> Result<(LogicalUnit, RecordFiles), AdminError> {
+        let mut lu = LogicalUnit::new(info);
+        let Some(dir) = &self.records_dir else {
+            return Ok((lu, RecordFiles::default()));
         };
-        let path = reservations::path(dir, target);
-        let Some(record) = reservations::load(&path).map_err(internal)? else {
-            return Ok((lu, Some(path)));
+        let files = RecordFiles {
+            reservations: Some(records::RESERVATIONS.path(dir, target)),
+            sanitize: Some(records::SANITIZE.path(dir, target)),
         };
-        let (state, ports) =
-            PrState::from_record(&record, |port| self.registry.nexus_of_port(port, target))
-                .map_err(|e| internal(format!("{}: {e}", path.display())))?;
-        Ok((lu.with_reservations(state, ports), Some(path)))
-    }
-
-    /// Forgets the persistent reservations kept for `target` (its volume is deleted).
-    pub(super) fn drop_reservations(&self, target: &str) -> Result<(), AdminError> {
-        match &self.reservations_dir {
-            Some(dir) => reservations::remove(&reservations::path(dir, target)).map_err(internal),
-            None => Ok(()),
+        if let Some(path) = &files.reservations
+            && let Some(record) = records::load::<PrRecord>(path).map_err(internal)?
+        {
+            let (state, ports) =
+                PrState::from_record(&record, |port| self.registry.nexus_of_port(port, target))
+                    .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+            lu = lu.with_reservations(state, ports);
         }
+        if let Some(path) = &files.sanitize
+            && let Some(state) = records::load::<SanitizeState>(path).map_err(internal)?
+        {
+            lu = lu.with_sanitize(state);
+        }
+        Ok((lu, files))
     }
 
-    /// Copies volume `from`'s settings and APTPL record to the name `to`, durably.
+    /// Forgets the records kept for `target` (its image is deleted).
+    pub(super) fn drop_records(&self, target: &str) -> Result<(), AdminError> {
+        let Some(dir) = &self.records_dir else {
+            return Ok(());
+        };
+        for kind in records::ALL_KINDS {
+            records::remove(&kind.path(dir, target)).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Whether volume `name` has a sanitize operation in progress: from its record, so also
+    /// while the volume is not served (the erase resumes when it is).
+    pub(super) fn sanitizing(&self, name: &str) -> Result<bool, AdminError> {
+        let Some(dir) = &self.records_dir else {
+            return Ok(false);
+        };
+        let path = records::SANITIZE.path(dir, &target_name(name));
+        let state = records::load::<SanitizeState>(&path).map_err(internal)?;
+        Ok(matches!(state, Some(SanitizeState::Running { .. })))
+    }
+
+    /// Copies volume `from`'s settings and records to the name `to`, durably.
     pub(super) fn copy_volume_state(
         &self,
         st: &mut State,
@@ -45,25 +71,27 @@ impl Daemon {
         to: &str,
     ) -> Result<(), AdminError> {
         st.settings.copy(from, to).map_err(internal)?;
-        if let Some(dir) = &self.reservations_dir {
-            reservations::copy(
-                &reservations::path(dir, &target_name(from)),
-                &reservations::path(dir, &target_name(to)),
-            )
-            .map_err(internal)?;
+        if let Some(dir) = &self.records_dir {
+            for kind in records::ALL_KINDS {
+                records::copy(
+                    &kind.path(dir, &target_name(from)),
+                    &kind.path(dir, &target_name(to)),
+                )
+                .map_err(internal)?;
+            }
         }
         Ok(())
     }
 
-    /// Removes the settings and APTPL record kept under volume name `name`, which no volume has
+    /// Removes the settings and records kept under volume name `name`, which no volume has
     /// now. A failure is logged: the next start drops them (see [`Daemon::drop_orphans`]).
     pub(super) fn forget_volume_state(&self, st: &mut State, name: &str) {
         if let Err(e) = st.settings.remove(name) {
             eprintln!("shoal: removing the settings of the former volume name {name}: {e}");
         }
-        if let Err(e) = self.drop_reservations(&target_name(name)) {
+        if let Err(e) = self.drop_records(&target_name(name)) {
             eprintln!(
-                "shoal: removing the reservations of the former volume name {name}: {}",
+                "shoal: removing the records of the former volume name {name}: {}",
                 e.message
             );
         }
@@ -86,19 +114,22 @@ impl Daemon {
         for name in dropped {
             eprintln!("shoal: dropped the settings of {name}: no such volume");
         }
-        if let Some(dir) = &self.reservations_dir {
-            let targets: HashSet<PathBuf> = st
-                .pool
-                .images()
-                .map(|m| reservations::path(dir, &target_name(&m.name)))
-                .collect();
-            let dropped =
-                reservations::retain(dir, |path| targets.contains(path)).map_err(internal)?;
-            for path in dropped {
-                eprintln!(
-                    "shoal: removed {}: no such volume or snapshot",
-                    path.display()
-                );
+        if let Some(dir) = &self.records_dir {
+            for kind in records::ALL_KINDS {
+                let targets: HashSet<PathBuf> = st
+                    .pool
+                    .images()
+                    .map(|m| kind.path(dir, &target_name(&m.name)))
+                    .collect();
+                let dropped = kind
+                    .retain(dir, |path| targets.contains(path))
+                    .map_err(internal)?;
+                for path in dropped {
+                    eprintln!(
+                        "shoal: removed {}: no such volume or snapshot",
+                        path.display()
+                    );
+                }
             }
         }
         Ok(())
@@ -177,7 +208,7 @@ impl Daemon {
         self.unserve(st, meta.image, false)?;
         st.pool.delete(meta.image).map_err(pool_error)?;
         // A snapshot of the same name made later starts unreserved.
-        self.drop_reservations(&snapshot_target(&meta.name))?;
+        self.drop_records(&snapshot_target(&meta.name))?;
         // The snapshot may have pinned a full volume's data: what the volume owns alone again
         // no longer needs reserved space.
         let volume = settings::volume_of(&meta.name);
@@ -253,7 +284,7 @@ impl Daemon {
                 .min(self.max_transfer_bytes)
                 / u64::from(meta.block_size)) as u32,
         };
-        let (lu, pr_file) = self.logical_unit(info, &target)?;
+        let (lu, records) = self.logical_unit(info, &target)?;
         let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);
         st.next_shard += 1;
         let slot = LunSlot {
@@ -261,7 +292,7 @@ impl Daemon {
             lu,
             volume: Box::new(volume),
             stats: Default::default(),
-            pr_file,
+            records,
             qos: Throttle::new(st.settings.qos(&meta.name).limits()),
         };
         if !self.shards[shard].send(ShardMsg::AddLun(Box::new(slot))) {
