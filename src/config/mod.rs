@@ -92,6 +92,10 @@ pub struct Config {
     /// Responses are sent by io_uring's worker threads rather than the shard thread (see
     /// docs/config.md: for initiators that share the target's CPUs).
     pub async_send: bool,
+    /// Device reads a shard hands to the kernel as soon as this many wait in its ring while it
+    /// parses a burst of commands (0: only once per loop round; at most
+    /// [`MAX_READ_SUBMIT_BATCH`]).
+    pub read_submit_batch: u32,
     /// Measure command latencies (histograms per LUN, class and phase); counts are kept either
     /// way.
     pub latency_stats: bool,
@@ -211,6 +215,24 @@ pub fn registered_buffers_value(bytes: u64) -> Result<u64, ConfigError> {
     Ok(bytes)
 }
 
+/// Default of [`Config::read_submit_batch`]: two, so that a lone read (QD1) costs no extra
+/// system call while a burst starts on the device at once.
+pub const DEFAULT_READ_SUBMIT_BATCH: u32 = 2;
+/// Largest [`Config::read_submit_batch`].
+pub const MAX_READ_SUBMIT_BATCH: u32 = 4096;
+
+/// Checks a [`Config::read_submit_batch`].
+pub fn read_submit_batch_value(n: u32) -> Result<u32, ConfigError> {
+    if n > MAX_READ_SUBMIT_BATCH {
+        return Err(invalid(
+            "read submit batch",
+            n,
+            "at most 4096 (0: once per loop round)",
+        ));
+    }
+    Ok(n)
+}
+
 /// Largest read-ahead window (a shard holds at most this much read ahead in all).
 pub const MAX_READ_AHEAD: u64 = 16 << 20;
 
@@ -245,6 +267,7 @@ impl Default for Config {
             admin_token: None,
             busy_poll: Duration::ZERO,
             async_send: false,
+            read_submit_batch: DEFAULT_READ_SUBMIT_BATCH,
             latency_stats: true,
             slow_command: None,
             read_ahead: 1 << 20,
@@ -272,6 +295,7 @@ struct FileConfig {
     admin_token_file: Option<PathBuf>,
     busy_poll_us: Option<u64>,
     async_send: Option<bool>,
+    read_submit_batch: Option<u32>,
     latency_stats: Option<bool>,
     slow_command_ms: Option<f64>,
     read_ahead: Option<SizeValue>,
@@ -375,6 +399,9 @@ impl Config {
         }
         if let Some(on) = file.async_send {
             self.async_send = on;
+        }
+        if let Some(n) = file.read_submit_batch {
+            self.read_submit_batch = read_submit_batch_value(n)?;
         }
         if let Some(on) = file.latency_stats {
             self.latency_stats = on;
@@ -686,6 +713,19 @@ mod tests {
         let err = c.apply_toml("registered_buffers = \"2G\"").unwrap_err();
         assert!(err.to_string().contains("registered-buffers"), "{err}");
         assert_eq!(c.registered_buffers, 0, "a bad value changes nothing");
+    }
+
+    #[test]
+    fn toml_read_submit_batch() {
+        let mut c = Config::default();
+        assert_eq!(c.read_submit_batch, DEFAULT_READ_SUBMIT_BATCH);
+        c.apply_toml("read_submit_batch = 0").unwrap();
+        assert_eq!(c.read_submit_batch, 0);
+        c.apply_toml("read_submit_batch = 4096").unwrap();
+        let err = c.apply_toml("read_submit_batch = 4097").unwrap_err();
+        assert!(err.to_string().contains("read submit batch"), "{err}");
+        assert_eq!(c.read_submit_batch, 4096, "a bad value changes nothing");
+        assert!(c.apply_toml("read_submit_batch = -1").is_err());
     }
 
     #[test]

@@ -121,6 +121,7 @@ fn start_shards(
     };
     let busy_poll = cfg.busy_poll;
     let async_send = cfg.async_send;
+    let read_submit_batch = cfg.read_submit_batch;
     let read_ahead = cfg.read_ahead;
     let registered_buffers = cfg.registered_buffers as usize;
     let stats_config = crate::stats::StatsConfig {
@@ -162,6 +163,7 @@ fn start_shards(
                         let shard = shard
                             .with_busy_poll(busy_poll)
                             .with_async_send(async_send)
+                            .with_read_submit_batch(read_submit_batch)
                             .with_read_ahead(read_ahead)
                             .with_registered_buffers(registered_buffers)
                             .with_copy_requests(copy_requests);

@@ -591,6 +591,10 @@ pub struct Shard {
     /// Shared with the [`CheckpointHold`] of the last cuts: more than one strong reference
     /// while a checkpoint writer holds this shard's maps.
     pub(super) cut_hold: Arc<()>,
+    /// Device reads queued in the SQ since the last submission.
+    pub(super) unsubmitted_reads: u32,
+    /// Device reads queued that are submitted at once (0: at the round's end only).
+    pub(super) read_submit_batch: u32,
     pub(super) stopping: bool,
     /// Keep polling the ring this long after the last completion before sleeping (0: never
     /// poll). Saves the wake-up latency of the shard thread at the cost of a spinning core.
@@ -667,6 +671,8 @@ impl Shard {
             pending_provisions: Vec::new(),
             pending_sanitizes: Vec::new(),
             cut_hold: Arc::new(()),
+            unsubmitted_reads: 0,
+            read_submit_batch: 0,
             stopping: false,
             busy_poll: Duration::ZERO,
             async_send: false,
@@ -676,6 +682,12 @@ impl Shard {
             slow,
             ticks: 0,
         })
+    }
+
+    /// Submits device reads as soon as `n` wait in the ring (zero: once per loop round).
+    pub fn with_read_submit_batch(mut self, n: u32) -> Self {
+        self.read_submit_batch = n;
+        self
     }
 
     /// Polls the ring for `window` after the last completion before sleeping (zero: off).
@@ -748,6 +760,7 @@ impl Shard {
             if self.pool.wants_registration() {
                 self.register_parked_buffers();
             }
+            self.unsubmitted_reads = 0;
             match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
