@@ -619,7 +619,12 @@ impl Shard {
         if let Some(op) = self.ops[slot].as_mut() {
             op.buf = Some(buf);
         }
-        let reads = sqes.len() as u32;
+        // A memory-backed volume's reads are done inline: nothing waits in the ring.
+        let reads = if self.luns[lun].volume.data_in_memory() {
+            0
+        } else {
+            sqes.len() as u32
+        };
         self.submit_all(slot, &mut sqes);
         self.sqes = sqes;
         self.submit_reads_early(reads);
@@ -630,7 +635,7 @@ impl Shard {
     /// rest of a burst of commands. (A virtual disk that answers a batch only once it has
     /// worked through all of it otherwise idles in lockstep with the initiator's bursts.)
     fn submit_reads_early(&mut self, reads: u32) {
-        if self.read_submit_batch == 0 {
+        if self.read_submit_batch == 0 || reads == 0 {
             return;
         }
         self.unsubmitted_reads += reads;
