@@ -841,9 +841,10 @@ fn a_volume_turns_full_and_thin_again_live_and_across_kill_9() {
     assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 12 * MIB);
     let out = t.cli(&["volume", "set", "big", "--provisioning", "full"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        !out.status.success() && stderr.contains("cannot reserve"),
-        "{stderr}"
+        stderr.contains("cannot reserve") && stderr.contains("(no_space)"),
+        "refused as no space, not as an internal error: {stderr}"
     );
     assert_eq!(get(&t, "/v1/volumes/big")["thin"], true);
     assert_eq!(get(&t, "/v1/pool")["reserved_bytes"], 12 * MIB);

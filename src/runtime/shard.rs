@@ -332,7 +332,7 @@ pub enum ShardMsg {
         /// Full (true) or thin (false).
         full: bool,
         /// Extents reserved or given back, or why not.
-        reply: Sender<Result<u64, String>>,
+        reply: Sender<Result<u64, ProvisionError>>,
     },
     /// Freeze `targets` for a consistent snapshot of several volumes: hold their new commands
     /// (until `Thaw`, or `until`) and answer once the writes in flight on them have completed.
@@ -378,6 +378,26 @@ pub struct Cuts {
 #[derive(Debug)]
 pub struct CheckpointHold {
     pub(super) _token: Arc<()>,
+}
+
+/// Why a shard did not make a volume full (or thin).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    /// The pool cannot reserve what the volume does not own alone (nothing was reserved).
+    #[error("the pool cannot reserve the {needed} extents the volume does not own alone")]
+    NoSpace {
+        /// Extents it would need.
+        needed: u64,
+    },
+    /// Anything else: the volume is not served here, or was made thin meanwhile.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for ProvisionError {
+    fn from(e: String) -> Self {
+        ProvisionError::Other(e)
+    }
 }
 
 /// Why a shard refused a snapshot.
@@ -995,7 +1015,7 @@ impl Shard {
                     if full {
                         self.start_provision(target, reply);
                     } else {
-                        let _ = reply.send(self.make_thin(&target));
+                        let _ = reply.send(self.make_thin(&target).map_err(ProvisionError::from));
                     }
                 }
                 ShardMsg::Stop => {

@@ -6,7 +6,7 @@
 //! Everything here runs on the shard thread between completions; nothing blocks on the control
 //! thread, which waits for the replies.
 
-use super::shard::{CheckpointHold, Cuts, LunSlot, Shard, SnapshotError};
+use super::shard::{CheckpointHold, Cuts, LunSlot, ProvisionError, Shard, SnapshotError};
 use super::sync::SyncWaiter;
 use crate::scsi::lun::SanitizeState;
 use crate::storage::pool::extent_map::{ExtentMap, UsageWalk};
@@ -56,7 +56,7 @@ pub(super) struct PendingProvision {
     marks: u64,
     /// Walks begun again because the map was shared or unmapped under the last one.
     restarts: u32,
-    reply: Sender<Result<u64, String>>,
+    reply: Sender<Result<u64, ProvisionError>>,
 }
 
 /// Walks begun again before the conversion counts in one go instead (a map shared or unmapped
@@ -151,7 +151,11 @@ impl Shard {
 
     /// Starts making `target`'s volume full: answered by `advance_provisions` once a stepwise
     /// walk has counted what it owns alone (a volume already full answers at once).
-    pub(super) fn start_provision(&mut self, target: String, reply: Sender<Result<u64, String>>) {
+    pub(super) fn start_provision(
+        &mut self,
+        target: String,
+        reply: Sender<Result<u64, ProvisionError>>,
+    ) {
         match self.thin_of(&target) {
             Ok(thin) => {
                 let marks = thin.usage_marks();
@@ -164,7 +168,7 @@ impl Shard {
                 });
             }
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(e.into()));
             }
         }
     }
@@ -178,7 +182,7 @@ impl Shard {
             let thin = match self.thin_of(&job.target) {
                 Ok(thin) => thin,
                 Err(e) => {
-                    let _ = job.reply.send(Err(e));
+                    let _ = job.reply.send(Err(e.into()));
                     return false;
                 }
             };
@@ -200,7 +204,8 @@ impl Shard {
             if result.is_ok() {
                 converted.push(job.target.clone());
             }
-            let _ = job.reply.send(result.map_err(cannot_reserve));
+            let needed = |needed| ProvisionError::NoSpace { needed };
+            let _ = job.reply.send(result.map_err(needed));
             false
         });
         jobs.append(&mut self.pending_provisions);
@@ -221,7 +226,7 @@ impl Shard {
                 return true;
             }
             let e = format!("target {target} was made thin before its space was reserved");
-            let _ = job.reply.send(Err(e));
+            let _ = job.reply.send(Err(e.into()));
             false
         });
         let given = self.thin_of(target)?.make_thin();
@@ -474,9 +479,4 @@ impl Shard {
         slot.lu.set_capacity(blocks);
         Ok(())
     }
-}
-
-/// Why a volume cannot become full (the admin API answers 507 `no_space` on "cannot reserve").
-fn cannot_reserve(need: u64) -> String {
-    format!("the pool cannot reserve the {need} extents the volume does not own alone")
 }

@@ -21,7 +21,8 @@ use crate::config::{self, target_name};
 use crate::runtime::login::LoginContext;
 use crate::runtime::qos::Throttle;
 use crate::runtime::shard::{
-    LunChange, LunSlot, RecordFiles, ShardHandle, ShardMsg, SnapshotError, UsageReport,
+    LunChange, LunSlot, ProvisionError, RecordFiles, ShardHandle, ShardMsg, SnapshotError,
+    UsageReport,
 };
 use crate::scsi::lun::SanitizeState;
 use crate::scsi::pr::{PrRecord, PrState};

@@ -175,17 +175,19 @@ impl Daemon {
             }
         };
         if full {
-            if let Err(e) = ask(true) {
-                // The pool's refusal (nothing reserved) is told by its message: the reply of
-                // `ShardMsg::Provision` is a `Result<u64, String>`.
-                if e.contains("cannot reserve") {
+            match ask(true) {
+                Ok(_) => {}
+                // The pool's refusal: nothing was reserved.
+                Err(e @ ProvisionError::NoSpace { .. }) => {
                     return Err(AdminError::new(
                         ErrorCode::NoSpace,
                         format!("volume {}: {e}", meta.name),
                     ));
                 }
-                undo(&e);
-                return Err(internal(format!("volume {}: {e}", meta.name)));
+                Err(e) => {
+                    undo(&e.to_string());
+                    return Err(internal(format!("volume {}: {e}", meta.name)));
+                }
             }
             if let Err(e) = st.pool.set_thin(meta.image, false) {
                 undo("the catalog failed to record it full");
@@ -314,17 +316,17 @@ impl Daemon {
 
     /// Sends shard `shard` the message `msg` builds around a reply channel and waits (at most
     /// `SHARD_TIMEOUT`) for its answer.
-    pub(super) fn ask<T>(
+    pub(super) fn ask<T, E: From<String>>(
         &self,
         shard: usize,
-        msg: impl FnOnce(crossbeam::channel::Sender<Result<T, String>>) -> ShardMsg,
-    ) -> Result<T, String> {
-        let (tx, rx): (_, Receiver<Result<T, String>>) = bounded(1);
+        msg: impl FnOnce(crossbeam::channel::Sender<Result<T, E>>) -> ShardMsg,
+    ) -> Result<T, E> {
+        let (tx, rx): (_, Receiver<Result<T, E>>) = bounded(1);
         if !self.shards.get(shard).is_some_and(|s| s.send(msg(tx))) {
-            return Err("shard is gone".into());
+            return Err(E::from("shard is gone".to_string()));
         }
         rx.recv_timeout(SHARD_TIMEOUT)
-            .map_err(|_| "shard did not answer".to_string())?
+            .map_err(|_| E::from("shard did not answer".to_string()))?
     }
 
     /// What the login threads know of a target: its volume's access list and CHAP credentials
