@@ -258,7 +258,12 @@ fn exit_failure_mode_and_bad_requests() {
 
 #[test]
 fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
-    // A sparse 64 TiB volume: its erase takes a while to walk, so a kill lands mid-erase.
+    // A sparse 64 TiB volume: its erase takes a while to walk (about a second in a release
+    // build, several in the debug build CI runs), so the kill lands mid-erase and the restarted
+    // target is still erasing when asked. Were the walk ever faster than that, this test would
+    // fail (no NOT READY seen, or the rollback let through), not pass wrongly. The snapshot
+    // shares every extent, so the resumed job only unmaps here; the other tests check the
+    // erase of the data store itself.
     let t = Target::start(&["--size", "64T"]);
     let mut ini = session(t.addr, 1);
     let first = support::scsi::pattern(6, 64 << 10);
@@ -292,7 +297,13 @@ fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
     let t = Target::start_in(dir, &[]);
     // Rolling back would hand the erase the snapshot's data: refused while it resumes.
     match post(&t, "/v1/snapshots/default@before/rollback", json!({})) {
-        Err(e) if matches!(*e, ureq::Error::Status(409, _)) => {}
+        Err(e) if matches!(*e, ureq::Error::Status(409, _)) => {
+            let ureq::Error::Status(_, resp) = *e else {
+                unreachable!()
+            };
+            let body: Value = resp.into_json().expect("json");
+            assert_eq!(body["error"]["code"], "conflict", "{body}");
+        }
         other => panic!("rollback during a resumed SANITIZE: {other:?}"),
     }
     let mut ini = RawInitiator::login_default(t.addr, 1, &[]);
@@ -325,6 +336,62 @@ fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
     assert!(
         r.data.iter().all(|&b| b == 0),
         "the last blocks were erased too: the erase resumed"
+    );
+    drop(ini);
+    support::check_pool(t.kill().path());
+}
+
+#[test]
+fn an_unreadable_sanitize_record_is_an_error_that_loses_no_map() {
+    let t = Target::start(&["--size", "4M", "--pool-size", "16M"]);
+    post(
+        &t,
+        "/v1/volumes",
+        json!({"name": "db", "size_bytes": 4 * MIB}),
+    )
+    .expect("volume");
+    let ini_name = support::initiator::INITIATOR_NAME;
+    let mut ini = support::initiator::session_as(t.addr, ini_name, "db", 1);
+    write_blocks(&mut ini, 0, &support::scsi::pattern(1, 4 * MIB));
+    post(&t, "/v1/snapshots", json!({"volume": "db", "name": "s"})).expect("snapshot");
+    let rewritten = support::scsi::pattern(2, 4 * MIB);
+    write_blocks(&mut ini, 0, &rewritten);
+    drop(ini);
+    let records = t.dir.path().join("sanitize");
+    let damaged = b"{\"state\": \"runn";
+    std::fs::write(records.join("iqn.2026-11.dev.shoal%3Adb.json"), damaged).unwrap();
+    let internal_error_naming_the_file = |r: Result<Value, Box<ureq::Error>>| match r {
+        Err(e) if matches!(*e, ureq::Error::Status(500, _)) => {
+            let ureq::Error::Status(_, resp) = *e else {
+                unreachable!()
+            };
+            let body: Value = resp.into_json().expect("json");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(".json"), "{body}");
+        }
+        other => panic!("expected 500 naming the record: {other:?}"),
+    };
+    // A rename carries the record along, and the volume cannot be served under the new name;
+    // its map stays in the catalog all the same.
+    internal_error_naming_the_file(post(&t, "/v1/volumes/db/rename", json!({"name": "db2"})));
+    // A rollback cannot tell whether an erase runs: refused.
+    internal_error_naming_the_file(post(&t, "/v1/snapshots/db2@s/rollback", json!({})));
+    let v: Value = ureq::get(&format!("{}/v1/volumes/db2", t.admin()))
+        .call()
+        .expect("volume db2")
+        .into_json()
+        .expect("json");
+    assert_eq!(v["mapped_bytes"], 4 * MIB, "{v}");
+    // Repaired, the volume comes back with its data.
+    for name in ["db", "db2"] {
+        let _ = std::fs::remove_file(records.join(format!("iqn.2026-11.dev.shoal%3A{name}.json")));
+    }
+    let t = Target::start_in(t.kill(), &[]);
+    let mut ini = support::initiator::session_as(t.addr, ini_name, "db2", 2);
+    assert_eq!(
+        read_blocks(&mut ini, 0, 4 * MIB / BLOCK),
+        rewritten,
+        "the volume kept its data"
     );
     drop(ini);
     support::check_pool(t.kill().path());

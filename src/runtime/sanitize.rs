@@ -112,7 +112,12 @@ impl PendingSanitize {
 
     /// Whether it has erases or syncs in flight on the volume of `target`.
     pub(super) fn busy_on(&self, target: &str) -> bool {
-        self.in_flight > 0 && self.target == target
+        self.in_flight > 0 && self.is_on(target)
+    }
+
+    /// Whether it erases the volume of `target`.
+    pub(super) fn is_on(&self, target: &str) -> bool {
+        self.target == target
     }
 }
 
@@ -200,6 +205,12 @@ impl Shard {
             };
             if self.pending_removals.iter().any(|r| r.lun == lun) {
                 return false; // going away: erase nothing more (the removal waited for us)
+            }
+            if !matches!(
+                self.luns[lun].lu.sanitize_state(),
+                SanitizeState::Running { .. }
+            ) {
+                return false; // the unit is out of the sanitize state: it takes writes again
             }
             if self.advance_sanitize(job, lun) {
                 return true;

@@ -134,6 +134,22 @@ impl LunSlot {
         }
     }
 
+    /// Puts the sanitize state back to `prior` after a change that could not be stored. The
+    /// file may hold the change all the same (a write whose directory sync failed), and a
+    /// `running` record resumes an erase at the next serve: `prior` is stored again, and if
+    /// that fails too the unit is put in the failure mode (EXIT FAILURE MODE allowed), which
+    /// accepts no writes such an erase could destroy.
+    pub(super) fn revert_sanitize(&mut self, prior: SanitizeState, shard: usize) {
+        let state = match self.store_sanitize_state(prior) {
+            Ok(()) => prior,
+            Err(e) => {
+                log_error(shard, "restoring the sanitize record", &e);
+                SanitizeState::Failed { ause: true }
+            }
+        };
+        self.lu.restore_sanitize(state);
+    }
+
     /// Stores sanitize state `state` (no record for `Idle`).
     pub(super) fn store_sanitize_state(&self, state: SanitizeState) -> Result<(), RecordError> {
         let Some(path) = self.records.sanitize.as_deref() else {
@@ -1525,7 +1541,7 @@ impl Shard {
                 Err(e) => {
                     log_error(self.id, "storing the sanitize state", &e);
                     if let Some(state) = sanitize_before {
-                        slot.lu.restore_sanitize(state);
+                        slot.revert_sanitize(state, self.id);
                     }
                     Outcome::Done(Completion::check(scsi::Sense::internal_target_failure()))
                 }

@@ -302,7 +302,10 @@ impl Shard {
                 .volume
                 .as_thin()
                 .map(|t| (t.take_map(), t.reserved_left()));
-            slot.target.clear();
+            let target = std::mem::take(&mut slot.target);
+            // Its sanitize job (nothing in flight) goes with it: the erase resumes from its
+            // record if the volume is served again, and must not run twice meanwhile.
+            self.pending_sanitizes.retain(|j| !j.is_on(&target));
             self.readahead.forget_lun(lun);
             self.own_files.clear();
             let _ = p.reply.send(Ok(map));

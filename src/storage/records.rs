@@ -153,7 +153,8 @@ pub fn save<T: Serialize>(path: &Path, record: &T) -> Result<(), RecordError> {
     super::replace_file(path, &text).map_err(io)
 }
 
-/// Removes the record at `path`, if any, durably.
+/// Removes the record at `path`, if any, durably: the directory is synced even when the file
+/// is already gone, since an earlier removal whose sync failed may not be durable yet.
 pub fn remove(path: &Path) -> Result<(), RecordError> {
     let io = |source| RecordError::Io {
         path: path.to_path_buf(),
@@ -161,12 +162,12 @@ pub fn remove(path: &Path) -> Result<(), RecordError> {
     };
     match std::fs::remove_file(path) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    match path.parent() {
-        Some(dir) => super::sync_dir(dir).map_err(io),
-        None => Ok(()),
+    match path.parent().map(super::sync_dir) {
+        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(io(e)),
+        _ => Ok(()),
     }
 }
 

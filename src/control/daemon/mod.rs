@@ -31,7 +31,7 @@ use crate::stats::{LunSnapshot, MAX_WINDOW_SECS, Window};
 use crate::storage::pool::catalog::{Pool, PoolError};
 use crate::storage::pool::extent_map::{ExtentMap, UsageSource, exclusive_extents};
 use crate::storage::pool::format::{ImageKind, ImageMeta};
-use crate::storage::pool::thin::ThinVolume;
+use crate::storage::pool::thin::{OpenJournal, ThinVolume};
 use crate::storage::records;
 use crossbeam::channel::{Receiver, bounded};
 use std::collections::{HashMap, HashSet};
@@ -223,10 +223,11 @@ impl Daemon {
         let old_journals =
             crate::storage::pool::journal::list_journals(st.pool.dir()).map_err(internal)?;
         let generation = st.pool.next_generation();
-        let mut live = Vec::new();
-        // Dropped with the maps, once the checkpoint is written: until then the shards'
-        // SANITIZE jobs wait (the maps' nodes look shared).
+        // Dropped after the maps (declared first: locals drop in reverse order, on the error
+        // paths too), once the checkpoint is written: until then the shards' SANITIZE jobs wait
+        // (the maps' nodes look shared).
         let mut holds = Vec::new();
+        let mut live = Vec::new();
         for shard in 0..self.shards.len() {
             let cut = self
                 .ask(shard, |reply| ShardMsg::Rotate { generation, reply })
@@ -668,6 +669,9 @@ impl AdminBackend for Daemon {
     fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, AdminError> {
         let mut st = self.lock();
         Self::check_new_name(&st, &req.name)?;
+        // Records a former volume of the name left (a delete or rename that could not remove
+        // them) must not come with the new one: a stale sanitize record would erase it.
+        self.drop_records(&target_name(&req.name))?;
         let bs = req.block_size.unwrap_or(512);
         if bs != 512 && bs != 4096 {
             return Err(AdminError::new(
@@ -1073,13 +1077,7 @@ impl AdminBackend for Daemon {
                 ),
             )
         })?;
-        let reserved = match removed {
-            Some((map, reserved)) => {
-                st.pool.put_map(meta.image, map);
-                Some(reserved)
-            }
-            None => None,
-        };
+        let reserved = Self::put_back(&mut st, meta.image, removed);
         // The settings and the APTPL record are copied to the new name first, then one record
         // renames the volume and its snapshots, then the old name's copies go: a crash at any
         // point leaves the volume under one name with its settings and reservations, plus
@@ -1125,18 +1123,20 @@ impl AdminBackend for Daemon {
         })?;
         // Its shard no longer serves it, so its sanitize record is settled: an erase that was
         // started (and resumes when the volume is served) must not erase the rolled-back data.
+        // (A record that cannot be read leaves the volume offline, its map in the catalog: it
+        // could not be served either.)
         let sanitizing = self.sanitizing(volume);
         if !matches!(sanitizing, Ok(false)) {
-            if let Some((map, reserved)) = old {
-                st.pool.put_map(vol.image, map);
+            let reserved = Self::put_back(&mut st, vol.image, old);
+            let sanitizing = sanitizing?;
+            debug_assert!(sanitizing);
+            if let Some(reserved) = reserved {
                 self.serve_reserved(&mut st, &vol, target_name(volume), false, reserved)?;
             }
-            return Err(sanitizing.err().unwrap_or_else(|| {
-                AdminError::new(
-                    ErrorCode::Conflict,
-                    format!("volume {volume} is being sanitized: roll it back once the erase ends"),
-                )
-            }));
+            return Err(AdminError::new(
+                ErrorCode::Conflict,
+                format!("volume {volume} is being sanitized: roll it back once the erase ends"),
+            ));
         }
         let map = st
             .pool
@@ -1184,6 +1184,7 @@ impl AdminBackend for Daemon {
     fn create_clone(&self, req: &CreateClone) -> Result<VolumeInfo, AdminError> {
         let mut st = self.lock();
         Self::check_new_name(&st, &req.name)?;
+        self.drop_records(&target_name(&req.name))?;
         let snap = match req.source.split_once('@') {
             Some((v, s)) => Self::snapshot_meta(&st, v, s)?,
             None => {

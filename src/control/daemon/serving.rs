@@ -63,6 +63,18 @@ impl Daemon {
         Ok(matches!(state, Some(SanitizeState::Running { .. })))
     }
 
+    /// Gives the catalog back the map of image `image` that [`Daemon::unserve`] took from its
+    /// shard (if it was served); the reservation it held, to serve it again with.
+    pub(super) fn put_back(
+        st: &mut State,
+        image: u64,
+        removed: Option<(ExtentMap, u64)>,
+    ) -> Option<u64> {
+        let (map, reserved) = removed?;
+        st.pool.put_map(image, map);
+        Some(reserved)
+    }
+
     /// Copies volume `from`'s settings and records to the name `to`, durably.
     pub(super) fn copy_volume_state(
         &self,
@@ -245,23 +257,6 @@ impl Daemon {
         read_only: bool,
         reserved: u64,
     ) -> Result<(), AdminError> {
-        let map = match meta.kind {
-            ImageKind::Volume => st.pool.take_map(meta.image),
-            ImageKind::Snapshot => st.pool.map(meta.image).map(ExtentMap::snapshot),
-        }
-        .ok_or_else(|| internal(format!("image {} has no map", meta.name)))?;
-        let journal = st.pool.volume_journal(meta.image).map_err(pool_error)?;
-        let volume = ThinVolume::new(
-            meta.image,
-            map,
-            Arc::clone(st.pool.shared()),
-            journal,
-            meta.size_bytes,
-            meta.block_size,
-            read_only,
-        )
-        .map_err(internal)?;
-        let volume = volume.with_reservation(!meta.thin, reserved);
         let extent_size = st.pool.shared().extent_size as u32;
         let info = LunInfo {
             extent_size,
@@ -286,7 +281,26 @@ impl Daemon {
                 .min(self.max_transfer_bytes)
                 / u64::from(meta.block_size)) as u32,
         };
+        // Everything that can fail comes before the map leaves the catalog: a map dropped on an
+        // error path would release its extents to the pool while the catalog still names them.
         let (lu, records) = self.logical_unit(info, &target)?;
+        let journal = st.pool.volume_journal(meta.image).map_err(pool_error)?;
+        let journal = OpenJournal::open(journal).map_err(internal)?;
+        let map = match meta.kind {
+            ImageKind::Volume => st.pool.take_map(meta.image),
+            ImageKind::Snapshot => st.pool.map(meta.image).map(ExtentMap::snapshot),
+        }
+        .ok_or_else(|| internal(format!("image {} has no map", meta.name)))?;
+        let volume = ThinVolume::with_journal(
+            meta.image,
+            map,
+            Arc::clone(st.pool.shared()),
+            journal,
+            meta.size_bytes,
+            meta.block_size,
+            read_only,
+        )
+        .with_reservation(!meta.thin, reserved);
         let shard = least_loaded_shard(&st.served, self.shards.len(), st.next_shard);
         st.next_shard += 1;
         let slot = LunSlot {

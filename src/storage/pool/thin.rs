@@ -96,6 +96,24 @@ const _: () = assert!(MAX_ATOMIC_WRITE / 4096 + 2 <= super::journal::MAX_GROUP_E
 /// past it, EXTENDED COPY copies the data.
 pub const MAX_SHARES: u32 = 1 << 24;
 
+/// A volume's journal, opened for appending and for syncing.
+pub struct OpenJournal {
+    writer: JournalWriter,
+    sync: File,
+}
+
+impl OpenJournal {
+    /// Opens `writer`'s file a second time, for the syncs.
+    pub fn open(writer: JournalWriter) -> Result<Self, StorageError> {
+        let sync = File::open(writer.path()).map_err(|source| StorageError::Io {
+            what: "open journal",
+            path: writer.path().display().to_string(),
+            source,
+        })?;
+        Ok(OpenJournal { writer, sync })
+    }
+}
+
 impl ThinVolume {
     /// A volume of `capacity` bytes over `map`, journaling to `journal`.
     pub fn new(
@@ -107,12 +125,29 @@ impl ThinVolume {
         block_size: u32,
         read_only: bool,
     ) -> Result<Self, StorageError> {
-        let journal_sync = File::open(journal.path()).map_err(|source| StorageError::Io {
-            what: "open journal",
-            path: journal.path().display().to_string(),
-            source,
-        })?;
-        Ok(ThinVolume {
+        let journal = OpenJournal::open(journal)?;
+        Ok(ThinVolume::with_journal(
+            image, map, pool, journal, capacity, block_size, read_only,
+        ))
+    }
+
+    /// [`ThinVolume::new`] with the journal already open: it cannot fail, so a caller that
+    /// took `map` out of the catalog never loses it to an error (dropping a map releases its
+    /// extents).
+    pub fn with_journal(
+        image: u64,
+        map: ExtentMap,
+        pool: Arc<PoolShared>,
+        journal: OpenJournal,
+        capacity: u64,
+        block_size: u32,
+        read_only: bool,
+    ) -> Self {
+        let OpenJournal {
+            writer: journal,
+            sync: journal_sync,
+        } = journal;
+        ThinVolume {
             image,
             map,
             pool,
@@ -126,7 +161,7 @@ impl ThinVolume {
             full: false,
             reserved_in_plan: smallvec::SmallVec::new(),
             share_epoch: 0,
-        })
+        }
     }
 
     /// Makes this a full volume holding `extents` extents reserved in the pool (taken with
