@@ -406,12 +406,8 @@ impl Shard {
                 // The record may still say the erase runs, and the next start would erase
                 // whatever was written meanwhile: the medium stays closed, in the failure mode
                 // (EXIT FAILURE MODE allowed, once the record can be stored).
-                let failed = SanitizeState::Failed { ause: true };
-                slot.lu.restore_sanitize(failed);
+                slot.revert_sanitize(SanitizeState::Failed { ause: true }, self.id);
                 completion = Completion::check(crate::scsi::Sense::sanitize_failed());
-                if let Err(e) = slot.store_sanitize_state(failed) {
-                    super::shard::log_error(self.id, "storing a SANITIZE failure", &e);
-                }
                 ok = false;
             }
         }

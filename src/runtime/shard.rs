@@ -151,7 +151,7 @@ impl LunSlot {
     }
 
     /// Stores sanitize state `state` (no record for `Idle`).
-    pub(super) fn store_sanitize_state(&self, state: SanitizeState) -> Result<(), RecordError> {
+    fn store_sanitize_state(&self, state: SanitizeState) -> Result<(), RecordError> {
         let Some(path) = self.records.sanitize.as_deref() else {
             return Ok(());
         };

@@ -33,12 +33,18 @@ impl Daemon {
                     .map_err(|e| internal(format!("{}: {e}", path.display())))?;
             lu = lu.with_reservations(state, ports);
         }
-        if let Some(path) = &files.sanitize
-            && let Some(state) = records::load::<SanitizeState>(path).map_err(internal)?
-        {
+        if let Some(state) = self.sanitize_record(target)? {
             lu = lu.with_sanitize(state);
         }
         Ok((lu, files))
+    }
+
+    /// The sanitize state kept for `target`, if any.
+    fn sanitize_record(&self, target: &str) -> Result<Option<SanitizeState>, AdminError> {
+        let Some(dir) = &self.records_dir else {
+            return Ok(None);
+        };
+        records::load(&records::SANITIZE.path(dir, target)).map_err(internal)
     }
 
     /// Forgets the records kept for `target` (its image is deleted).
@@ -55,11 +61,7 @@ impl Daemon {
     /// Whether volume `name` has a sanitize operation in progress: from its record, so also
     /// while the volume is not served (the erase resumes when it is).
     pub(super) fn sanitizing(&self, name: &str) -> Result<bool, AdminError> {
-        let Some(dir) = &self.records_dir else {
-            return Ok(false);
-        };
-        let path = records::SANITIZE.path(dir, &target_name(name));
-        let state = records::load::<SanitizeState>(&path).map_err(internal)?;
+        let state = self.sanitize_record(&target_name(name))?;
         Ok(matches!(state, Some(SanitizeState::Running { .. })))
     }
 
