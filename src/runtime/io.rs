@@ -641,8 +641,15 @@ impl Shard {
         self.unsubmitted_reads += reads;
         if self.unsubmitted_reads >= self.read_submit_batch {
             self.unsubmitted_reads = 0;
-            if let Err(e) = self.ring.submit() {
-                log_error(self.id, "io_uring submit", &e);
+            match self.ring.submit() {
+                Ok(_) => {}
+                // A full completion queue or a signal: the round's own submission retries.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)
+                    ) => {}
+                Err(e) => log_error(self.id, "io_uring submit", &e),
             }
         }
     }
