@@ -261,13 +261,19 @@ fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
     // A sparse 64 TiB volume: its erase takes a while to walk (about a second in a release
     // build, several in the debug build CI runs), so the kill lands mid-erase and the restarted
     // target is still erasing when asked. Were the walk ever faster than that, this test would
-    // fail (no NOT READY seen, or the rollback let through), not pass wrongly. The snapshot
-    // shares every extent, so the resumed job only unmaps here; the other tests check the
-    // erase of the data store itself.
-    let t = Target::start(&["--size", "64T"]);
+    // fail (no NOT READY seen, or the rollback let through), not pass wrongly.
+    let t = Target::start(&["--size", "64T", "--pool-size", "16M"]);
     let mut ini = session(t.addr, 1);
     let first = support::scsi::pattern(6, 64 << 10);
     assert_eq!(ini.write10(0, &first).status(), 0);
+    post(
+        &t,
+        "/v1/snapshots",
+        json!({"volume": "default", "name": "before"}),
+    )
+    .expect("snapshot");
+    // Written after the snapshot: the volume's alone, so the resumed erase must erase it in the
+    // data store (the first blocks are the snapshot's too, and keep their data there).
     let last = (64u64 << 40) / BLOCK as u64 - 8;
     let at_end = support::scsi::pattern(7, 8 * BLOCK);
     assert_eq!(
@@ -275,12 +281,6 @@ fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
             .status(),
         0
     );
-    post(
-        &t,
-        "/v1/snapshots",
-        json!({"volume": "default", "name": "before"}),
-    )
-    .expect("snapshot");
     let r = ini.command(&block_erase(true), 0, false, &[]);
     assert_eq!(r.status(), 0, "IMMED: GOOD once started");
     // The operation is on disk before its GOOD.
@@ -338,7 +338,17 @@ fn a_sanitize_cut_short_by_a_crash_resumes_at_the_next_start() {
         "the last blocks were erased too: the erase resumed"
     );
     drop(ini);
-    support::check_pool(t.kill().path());
+    let dir = t.kill();
+    let store = std::fs::read(dir.path().join("pool").join("data")).unwrap();
+    assert!(
+        !holds_any_block_of(&store, &at_end),
+        "the resumed erase erased the data store, not just the map"
+    );
+    assert!(
+        holds_any_block_of(&store, &first),
+        "the snapshot's data stays"
+    );
+    support::check_pool(dir.path());
 }
 
 #[test]
