@@ -1,6 +1,7 @@
 //! Sequential read-ahead against the real binary, driven by the raw initiator: a sequential
 //! reader sees every WRITE and UNMAP made to ranges the shard had already read ahead, and the
-//! statistics show that read-ahead served it.
+//! statistics show that read-ahead served it. Also: the read-path tuning flags are checked at
+//! start.
 
 mod support;
 
@@ -113,4 +114,28 @@ fn read_ahead_off_serves_nothing_from_it() {
         );
     }
     assert_eq!(read_ahead_hits(&t), 0);
+}
+
+#[test]
+fn read_tuning_flags_out_of_range_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, why) in [
+        (["--read-ahead", "32M"], "read-ahead"),
+        (["--read-submit-batch", "5000"], "read submit batch"),
+        (["--read-submit-batch", "two"], "--read-submit-batch"),
+    ] {
+        let out = support::run(
+            std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .arg("--data")
+                .arg(dir.path())
+                .arg("serve")
+                .args(args),
+            std::time::Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    // Nothing was started, nor a pool made.
+    assert!(!dir.path().join("pool").exists());
 }
