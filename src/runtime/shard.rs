@@ -134,6 +134,20 @@ impl LunSlot {
         }
     }
 
+    /// Stores what a SANITIZE command changed of the sanitize state (`prior` before it) and
+    /// passes its `outcome` on; if the change cannot be stored, puts `prior` back and fails the
+    /// command with INTERNAL TARGET FAILURE instead.
+    fn settle_sanitize(&mut self, outcome: Outcome, prior: SanitizeState, shard: usize) -> Outcome {
+        match self.store_sanitize() {
+            Ok(()) => outcome,
+            Err(e) => {
+                log_error(shard, "storing the sanitize state", &e);
+                self.revert_sanitize(prior, shard);
+                Outcome::Done(Completion::check(scsi::Sense::internal_target_failure()))
+            }
+        }
+    }
+
     /// Puts the sanitize state back to `prior` after a change that could not be stored. The
     /// file may hold the change all the same (a write whose directory sync failed), and a
     /// `running` record resumes an erase at the next serve: `prior` is stored again, and if
@@ -1536,15 +1550,10 @@ impl Shard {
             let sanitize_before =
                 (cdb[0] == scsi::cdb::opcode::SANITIZE).then(|| slot.lu.sanitize_state());
             let outcome = slot.lu.execute(sc.nexus, &cdb, task.data_out());
-            let outcome = match slot.store_sanitize() {
-                Ok(()) => outcome,
-                Err(e) => {
-                    log_error(self.id, "storing the sanitize state", &e);
-                    if let Some(state) = sanitize_before {
-                        slot.revert_sanitize(state, self.id);
-                    }
-                    Outcome::Done(Completion::check(scsi::Sense::internal_target_failure()))
-                }
+            // (Only SANITIZE changes it: other commands skip the store.)
+            let outcome = match sanitize_before {
+                Some(prior) => slot.settle_sanitize(outcome, prior, self.id),
+                None => outcome,
             };
             match (slot.store_reservations(), before) {
                 (Ok(()), Some((_, registered))) => {

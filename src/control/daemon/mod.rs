@@ -1125,18 +1125,21 @@ impl AdminBackend for Daemon {
         // started (and resumes when the volume is served) must not erase the rolled-back data.
         // (A record that cannot be read leaves the volume offline, its map in the catalog: it
         // could not be served either.)
-        let sanitizing = self.sanitizing(volume);
-        if !matches!(sanitizing, Ok(false)) {
-            let reserved = Self::put_back(&mut st, vol.image, old);
-            let sanitizing = sanitizing?;
-            debug_assert!(sanitizing);
-            if let Some(reserved) = reserved {
-                self.serve_reserved(&mut st, &vol, target_name(volume), false, reserved)?;
+        match self.sanitizing(volume) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Some(reserved) = Self::put_back(&mut st, vol.image, old) {
+                    self.serve_reserved(&mut st, &vol, target_name(volume), false, reserved)?;
+                }
+                return Err(AdminError::new(
+                    ErrorCode::Conflict,
+                    format!("volume {volume} is being sanitized: roll it back once the erase ends"),
+                ));
             }
-            return Err(AdminError::new(
-                ErrorCode::Conflict,
-                format!("volume {volume} is being sanitized: roll it back once the erase ends"),
-            ));
+            Err(e) => {
+                Self::put_back(&mut st, vol.image, old);
+                return Err(e);
+            }
         }
         let map = st
             .pool
