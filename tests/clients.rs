@@ -465,6 +465,56 @@ fn bench_harness_runs_in_quick_mode() {
     }
 }
 
+/// `bench/stats-overhead` (which builds on bench/run's functions) end to end, one short round
+/// in the split placement: both sides measured, statistics really on for one side and off for
+/// the other (the "off" daemon records no phase times), and the summary computed.
+#[test]
+fn stats_overhead_harness_runs_one_round() {
+    let fio = fio_path();
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/stats-overhead");
+    let text = run_ok(
+        Command::new(script)
+            .args(["--rounds", "1", "--runtime", "1", "--ramp", "1"])
+            .args(["--size", "64M", "--split", "--tag", "test"])
+            .arg("--fio")
+            .arg(&fio)
+            .arg("--shoal-bin")
+            .arg(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--out")
+            .arg(out.path())
+            .arg("--dir")
+            .arg(work.path()),
+        Duration::from_secs(300),
+    );
+    assert!(text.contains("statistics on/off IOPS ratio"), "{text}");
+    let json = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON report");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let round = &report["rounds"][0];
+    for side in ["on", "off"] {
+        let iops = round[side]["iops"].as_f64().unwrap_or(0.0);
+        assert!(iops > 0.0, "{side}: {:?}", round[side]);
+    }
+    let backend = |side: &str| round[side]["phases_us"]["read"]["backend"][0].as_f64();
+    assert!(backend("on").is_some_and(|us| us > 0.0), "{round:?}");
+    assert_eq!(backend("off"), Some(0.0), "statistics off records nothing");
+    let ratio = report["summary"]["ratio_of_medians"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(ratio > 0.0, "{:?}", report["summary"]);
+    assert!(
+        report["placement"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("split"))
+    );
+}
+
 /// The block device whose figures bench/run's `DiskProbe` reports for files in `dir` (its
 /// name in /proc/diskstats), found the same way: the device of `dir`'s filesystem through
 /// /sys/dev/block, the whole disk of a partition, unless the kernel keeps no statistics for
