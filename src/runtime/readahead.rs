@@ -8,10 +8,14 @@
 //! buffers to the commands that match them.
 //!
 //! - A *stream* is a LUN read at consecutive offsets with one request length. After
-//!   [`MIN_RUN`] such reads in a row, each further one tops the stream up to `window` bytes ahead
+//!   [`MIN_RUN`] such reads in a row, each further one tops the stream up to its *depth* ahead
 //!   of it, in chunks of that same length (so a chunk matches a later command exactly and its
 //!   buffer is sent as is: no copy). Each LUN follows at most [`STREAMS_PER_LUN`] streams (the
 //!   least recently used is replaced, dropping its chunks); a shard holds at most [`MAX_CHUNKS`].
+//! - The depth ramps up as the kernel's page-cache read-ahead does: [`INITIAL_CHUNKS`] requests
+//!   at first, doubled each time a command of the stream is answered from a chunk, up to
+//!   `window`. A short run that random reads make by chance (fio's random map hands out runs of
+//!   free blocks at the end of each pass) costs a few reads, not a whole window of them.
 //! - Only an exact match is served: a command of another length or alignment reads the device.
 //! - Invariant (coherence): a chunk that is *not stale* reads data no write has changed since
 //!   the chunk's read was submitted. Writes (and UNMAP, WRITE SAME) call [`ReadAhead::invalidate`]
@@ -33,6 +37,8 @@ pub const STREAMS_PER_LUN: usize = 4;
 pub const MAX_CHUNKS: usize = 64;
 /// Bytes of chunks per shard.
 pub const MAX_BYTES: u64 = 16 << 20;
+/// A new stream's depth, in requests (never more than the window).
+pub const INITIAL_CHUNKS: u64 = 4;
 /// Longest request read ahead: larger ones already keep a device busy.
 pub const MAX_REQUEST: u64 = 1 << 20;
 
@@ -47,6 +53,8 @@ struct Stream {
     run: u32,
     /// End of what has been read ahead.
     ahead: u64,
+    /// Bytes to keep read ahead of it: grows with each command answered from its chunks.
+    depth: u64,
     /// For least-recently-used replacement.
     last_use: u64,
 }
@@ -147,6 +155,9 @@ impl ReadAhead {
         let Some(slot) = found else {
             return Lookup::Miss;
         };
+        if let Some(stream) = self.chunks[slot].as_ref().map(|c| c.stream) {
+            self.deepen(lun, stream);
+        }
         let ready = self.chunks[slot].as_ref().is_some_and(Chunk::ready);
         if !ready {
             return Lookup::InFlight(slot);
@@ -191,7 +202,7 @@ impl ReadAhead {
         if s.run < MIN_RUN {
             return out;
         }
-        let depth = (self.window / len).max(1);
+        let depth = (s.depth / len).max(1);
         let target = (s.next + depth * len).min(capacity);
         let (id, mut ahead) = (s.id, s.ahead);
         let want = target.saturating_sub(ahead) / len;
@@ -331,6 +342,7 @@ impl ReadAhead {
             len,
             run: 1,
             ahead: offset + len,
+            depth: (INITIAL_CHUNKS * len).min(self.window),
             last_use: self.clock,
         };
         let mine = &mut self.streams[lun];
@@ -343,6 +355,19 @@ impl ReadAhead {
         };
         let old = std::mem::replace(&mut mine[oldest], stream);
         self.drop_stream_chunks(old.id);
+    }
+
+    /// A command of stream `id` was answered from one of its chunks: the stream reads twice as
+    /// far ahead, up to the window.
+    fn deepen(&mut self, lun: usize, id: u64) {
+        let window = self.window;
+        if let Some(s) = self
+            .streams
+            .get_mut(lun)
+            .and_then(|streams| streams.iter_mut().find(|s| s.id == id))
+        {
+            s.depth = s.depth.saturating_mul(2).min(window);
+        }
     }
 
     /// A replaced stream's chunks: the ready ones go; those in flight go when they complete.
@@ -385,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn starts_after_three_sequential_reads_and_keeps_the_window_ahead() {
+    fn starts_after_three_sequential_reads_and_keeps_the_depth_ahead() {
         let mut ra = ReadAhead::new(1 << 20);
         assert!(
             stream(&mut ra, 0, 0, 2).is_empty(),
@@ -393,11 +418,51 @@ mod tests {
         );
         let first = ra.advance(0, 2 * K128, K128, CAP);
         let offsets: Vec<u64> = first.iter().map(|c| c.1).collect();
-        assert_eq!(offsets, (3..11).map(|i| i * K128).collect::<Vec<_>>());
-        // The next read tops the window up by one chunk.
+        assert_eq!(
+            offsets,
+            (3..3 + INITIAL_CHUNKS)
+                .map(|i| i * K128)
+                .collect::<Vec<_>>(),
+            "a new stream reads INITIAL_CHUNKS requests ahead"
+        );
+        // The next read tops the depth up by one chunk.
         let next = ra.advance(0, 3 * K128, K128, CAP);
-        assert_eq!(next.iter().map(|c| c.1).collect::<Vec<_>>(), [11 * K128]);
-        assert_eq!(ra.chunks(), 9);
+        assert_eq!(next.iter().map(|c| c.1).collect::<Vec<_>>(), [7 * K128]);
+        assert_eq!(ra.chunks(), 5);
+    }
+
+    #[test]
+    fn answers_from_chunks_double_the_depth_up_to_the_window() {
+        let mut ra = ReadAhead::new(1 << 20);
+        stream(&mut ra, 0, 0, 4); // chunks 3..=7 (depth 4)
+        // Read 4 is answered from its chunk: depth 8 requests (the whole 1 MiB window).
+        assert!(matches!(ra.lookup(0, 4 * K128, K128), Lookup::InFlight(_)));
+        let more = ra.advance(0, 4 * K128, K128, CAP);
+        assert_eq!(
+            more.iter().map(|c| c.1 / K128).collect::<Vec<_>>(),
+            (8..13).collect::<Vec<_>>()
+        );
+        // Another answer: still the window, one more chunk per read.
+        assert!(matches!(ra.lookup(0, 5 * K128, K128), Lookup::InFlight(_)));
+        let more = ra.advance(0, 5 * K128, K128, CAP);
+        assert_eq!(more.iter().map(|c| c.1 / K128).collect::<Vec<_>>(), [13]);
+    }
+
+    #[test]
+    fn a_chance_run_among_random_reads_costs_a_few_reads_only() {
+        let mut ra = ReadAhead::new(1 << 20);
+        let k4 = 4096;
+        let mut created = 0;
+        for i in 0..1000u64 {
+            // Random 4k reads with a run of three in the middle, never answered from chunks.
+            let offset = if (500..503).contains(&i) {
+                (i - 500 + 77) * k4
+            } else {
+                (i * 7919 % 100_000 + 1000) * k4
+            };
+            created += ra.advance(0, offset, k4, CAP).len() as u64;
+        }
+        assert_eq!(created, INITIAL_CHUNKS, "not the window's 256 requests");
     }
 
     #[test]
@@ -446,7 +511,7 @@ mod tests {
     fn writes_make_overlapping_chunks_stale() {
         let mut pool = BufPool::new();
         let mut ra = ReadAhead::new(1 << 20);
-        let chunks = stream(&mut ra, 0, 0, 3);
+        let chunks = stream(&mut ra, 0, 0, 6); // 3..=6, then one more per read: 7, 8, 9
         for c in &chunks[..4] {
             fill(&mut ra, &mut pool, c.0);
         }
@@ -480,17 +545,25 @@ mod tests {
         let done = fill(&mut ra, &mut pool, slot).expect("handed to its waiter");
         assert_eq!(done.waiters.as_slice(), [42]);
         assert!(done.buf.is_some() && !done.error);
-        assert_eq!(ra.chunks(), 7);
+        assert_eq!(ra.chunks() as u64, INITIAL_CHUNKS - 1);
     }
 
     #[test]
     fn memory_is_bounded_and_old_streams_give_way() {
         let mut pool = BufPool::new();
         let mut ra = ReadAhead::new(16 << 20);
-        // One stream of 1 MiB reads fills the shard's byte budget...
-        let big: Vec<_> = (0..3)
-            .flat_map(|i| ra.advance(0, i << 20, 1 << 20, CAP))
-            .collect();
+        // One stream of 1 MiB reads, each answered from its chunk from the fourth on, deepens
+        // until it fills the shard's byte budget...
+        let mut big = Vec::new();
+        for i in 0..8u64 {
+            if i >= 3 {
+                assert!(matches!(
+                    ra.lookup(0, i << 20, 1 << 20),
+                    Lookup::InFlight(_)
+                ));
+            }
+            big.extend(ra.advance(0, i << 20, 1 << 20, CAP));
+        }
         assert_eq!(ra.chunks(), (MAX_BYTES >> 20) as usize);
         for c in &big {
             fill(&mut ra, &mut pool, c.0);
