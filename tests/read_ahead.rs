@@ -60,7 +60,8 @@ fn sequential_reads_see_writes_and_unmaps_made_to_ranges_read_ahead() {
         let data = pattern(i as u64 + 1, READ);
         write_at(&mut ini, offset, &data, &mut expected);
     }
-    // Eight sequential READs: read-ahead starts at the third and stays 1 MiB ahead (to 1.5 MiB).
+    // Eight sequential READs: read-ahead starts at the third, and the READs answered from it
+    // deepen it to 1 MiB ahead (to 1.5 MiB).
     for offset in (0..512 << 10).step_by(READ) {
         assert!(
             read_at(&mut ini, offset) == expected[offset..offset + READ],
