@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use support::{Target, run, run_ok, tool};
@@ -106,7 +107,7 @@ fn config_file_declares_volumes_with_4k_blocks() {
     assert!(out.contains("LOGICAL BLOCK LENGTH IN BYTES:4096"), "{out}");
 }
 
-fn random_file(path: &std::path::Path, len: usize, seed: u64) {
+fn random_file(path: &Path, len: usize, seed: u64) {
     let mut x = seed | 1;
     let data: Vec<u8> = (0..len)
         .map(|_| {
@@ -392,43 +393,58 @@ fn conformance_with_header_digests_has_no_failures() {
     );
 }
 
-/// The benchmark harness end to end in quick mode against Shoal alone (issue 4: the test
-/// command checks that `bench/run` works, the numbers come from full runs): one cell, a small
-/// LUN, this build's binary; the JSON report must hold a measured row.
-#[test]
-fn bench_harness_runs_in_quick_mode() {
-    let fio = fio_path();
+/// Runs `bench/<script>` with `args`, this build's binary, tools/fio-libiscsi's fio, data
+/// under `work` and the report in a scratch directory; returns its output and its JSON report.
+fn run_bench_script(script: &str, args: &[&str], work: &Path) -> (String, serde_json::Value) {
     let out = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/run");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("bench")
+        .join(script);
     let text = run_ok(
-        Command::new(script)
-            .args([
-                "--quick",
-                "--targets",
-                "shoal",
-                "--cells",
-                "randread-4k-qd1",
-            ])
-            .args(["--placement", "unpinned", "--size", "64M", "--tag", "test"])
+        Command::new(path)
+            .args(args)
+            .args(["--tag", "test"])
             .arg("--fio")
-            .arg(&fio)
+            .arg(fio_path())
             .arg("--shoal-bin")
             .arg(env!("CARGO_BIN_EXE_shoal"))
             .arg("--out")
             .arg(out.path())
             .arg("--dir")
-            .arg(work.path()),
+            .arg(work),
         Duration::from_secs(300),
     );
-    assert!(text.contains("randread-4k-qd1"), "{text}");
     let json = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "json"))
         .expect("a JSON report");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (text, report)
+}
+
+/// The benchmark harness end to end in quick mode against Shoal alone (issue 4: the test
+/// command checks that `bench/run` works, the numbers come from full runs): one cell, a small
+/// LUN, this build's binary; the JSON report must hold a measured row.
+#[test]
+fn bench_harness_runs_in_quick_mode() {
+    let work = tempfile::tempdir().unwrap();
+    let (text, report) = run_bench_script(
+        "run",
+        &[
+            "--quick",
+            "--targets",
+            "shoal",
+            "--cells",
+            "randread-4k-qd1",
+            "--placement",
+            "unpinned",
+            "--size",
+            "64M",
+        ],
+        work.path(),
+    );
+    assert!(text.contains("randread-4k-qd1"), "{text}");
     let rows = report["results"].as_array().expect("results");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["target"], "shoal");
@@ -470,32 +486,23 @@ fn bench_harness_runs_in_quick_mode() {
 /// the other (the "off" daemon records no phase times), and the summary computed.
 #[test]
 fn stats_overhead_harness_runs_one_round() {
-    let fio = fio_path();
-    let out = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/stats-overhead");
-    let text = run_ok(
-        Command::new(script)
-            .args(["--rounds", "1", "--runtime", "1", "--ramp", "1"])
-            .args(["--size", "64M", "--split", "--tag", "test"])
-            .arg("--fio")
-            .arg(&fio)
-            .arg("--shoal-bin")
-            .arg(env!("CARGO_BIN_EXE_shoal"))
-            .arg("--out")
-            .arg(out.path())
-            .arg("--dir")
-            .arg(work.path()),
-        Duration::from_secs(300),
+    let (text, report) = run_bench_script(
+        "stats-overhead",
+        &[
+            "--rounds",
+            "1",
+            "--runtime",
+            "1",
+            "--ramp",
+            "1",
+            "--size",
+            "64M",
+            "--split",
+        ],
+        work.path(),
     );
     assert!(text.contains("statistics on/off IOPS ratio"), "{text}");
-    let json = std::fs::read_dir(out.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("a JSON report");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let round = &report["rounds"][0];
     for side in ["on", "off"] {
         let iops = round[side]["iops"].as_f64().unwrap_or(0.0);
@@ -519,7 +526,7 @@ fn stats_overhead_harness_runs_one_round() {
 /// name in /proc/diskstats), found the same way: the device of `dir`'s filesystem through
 /// /sys/dev/block, the whole disk of a partition, unless the kernel keeps no statistics for
 /// it. Otherwise why there is none (the report's `disk` is then null).
-fn probed_disk(dir: &std::path::Path) -> Result<String, String> {
+fn probed_disk(dir: &Path) -> Result<String, String> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).expect("stat --dir").dev();
     // The kernel's encoding of dev_t (glibc's gnu_dev_major / gnu_dev_minor).
