@@ -423,18 +423,33 @@ fn run_bench_script(script: &str, args: &[&str], work: &Path) -> (String, serde_
     (text, report)
 }
 
-/// The benchmark harness end to end in quick mode against Shoal alone (issue 4: the test
-/// command checks that `bench/run` works, the numbers come from full runs): one cell, a small
-/// LUN, this build's binary; the JSON report must hold a measured row.
+/// The benchmark harness end to end in quick mode against Shoal alone and Shoal on tmpfs (the
+/// ceiling row; issue 4: the test command checks that `bench/run` works, the numbers come from
+/// full runs): one cell, a small LUN, this build's binary; the JSON report must hold a measured
+/// row for each, and Shoal's row its ratio to the ceiling.
 #[test]
 fn bench_harness_runs_in_quick_mode() {
     let work = tempfile::tempdir().unwrap();
+    let tmpfs_scratch = || {
+        std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("bench-shoal-tmpfs-")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let scratch_before = tmpfs_scratch();
     let (text, report) = run_bench_script(
         "run",
         &[
             "--quick",
             "--targets",
-            "shoal",
+            "shoal,shoal-tmpfs",
             "--cells",
             "randread-4k-qd1",
             "--placement",
@@ -445,14 +460,21 @@ fn bench_harness_runs_in_quick_mode() {
         work.path(),
     );
     assert!(text.contains("randread-4k-qd1"), "{text}");
-    let rows = report["results"].as_array().expect("results");
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0]["target"], "shoal");
-    assert!(
-        rows[0]["iops"].as_f64().unwrap_or(0.0) > 0.0,
-        "{:?}",
-        rows[0]
+    let all = report["results"].as_array().expect("results");
+    assert_eq!(all.len(), 2, "{all:?}");
+    let row = |target: &str| all.iter().find(|r| r["target"] == target).expect(target);
+    for target in ["shoal", "shoal-tmpfs"] {
+        let iops = row(target)["iops"].as_f64().unwrap_or(0.0);
+        assert!(iops > 0.0, "{:?}", row(target));
+    }
+    let ceiling = row("shoal")["ratios"]["shoal-tmpfs"].as_f64();
+    assert!(ceiling.is_some_and(|r| r > 0.0), "{:?}", row("shoal"));
+    assert_eq!(
+        tmpfs_scratch(),
+        scratch_before,
+        "shoal-tmpfs leaves nothing in /dev/shm"
     );
+    let rows = [row("shoal").clone()];
     // Where the time went, from `shoal stats`: the reads' backend phase took time.
     let backend_p50 = rows[0]["phases_us"]["read"]["backend"][0].as_f64();
     assert!(backend_p50.is_some_and(|us| us > 0.0), "{:?}", rows[0]);
