@@ -1319,6 +1319,11 @@ fn fuzzed_headers_never_take_the_target_down() {
                 bhs[24..28].copy_from_slice(&f.cmd_sn.to_be_bytes());
                 f.cmd_sn += 1;
             }
+            if bhs[0] & 0x3f == 0x02 && bhs[1] & 0x7f == 7 {
+                // TARGET COLD RESET closes every session by design (RFC 7143 11.5.1), the
+                // keeper's too; a warm reset only gives it a unit attention.
+                bhs[1] = (bhs[1] & 0x80) | 6;
+            }
             let rest = bhs[4] as usize * 4 + (dsl as usize).min(300_000).div_ceil(4) * 4;
             let mut wire = bhs.to_vec();
             let mut tail = vec![0u8; rest];

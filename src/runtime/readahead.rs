@@ -462,7 +462,10 @@ mod tests {
             };
             created += ra.advance(0, offset, k4, CAP).len() as u64;
         }
-        assert_eq!(created, INITIAL_CHUNKS, "not a whole window (up to MAX_CHUNKS) of them");
+        assert_eq!(
+            created, INITIAL_CHUNKS,
+            "not a whole window (up to MAX_CHUNKS) of them"
+        );
     }
 
     #[test]
