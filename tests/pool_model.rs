@@ -2144,7 +2144,11 @@ fn op_strategy(power_loss: bool) -> impl Strategy<Value = Op> {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 256,
+        // PROPTEST_CASES=N runs a longer soak (CI runs the default).
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
         // Shrink well (sequences are long), but within a time budget per failing test.
         max_shrink_iters: 20_000,
         max_shrink_time: 15_000,
