@@ -53,6 +53,50 @@ fn iscsi_inq_reports_a_shoal_disk_and_its_vpd_pages() {
     assert!(ids.contains("iqn.2026-11.dev.shoal:default"), "{ids}");
 }
 
+/// libiscsi's iscsi-perf (READ (16) at a queue depth, random or sequential) runs against
+/// Shoal until interrupted and reports its IOPS; a LUN that does not exist fails its login with
+/// LOGICAL UNIT NOT SUPPORTED.
+#[test]
+fn iscsi_perf_reads_at_queue_depth_until_interrupted() {
+    let t = Target::start(&["--size", "64M"]);
+    let perf = |args: &[&str], url: &str| {
+        // iscsi-perf reads until SIGINT, then prints its average and exits.
+        run(
+            Command::new("timeout")
+                .args(["--preserve-status", "-s", "INT", "2"])
+                .arg(tool("iscsi-perf"))
+                .args(args)
+                .arg(url),
+            T,
+        )
+    };
+    for args in [
+        &["-m", "16", "-b", "8", "-r"][..],
+        &["-m", "4", "-b", "128"][..],
+    ] {
+        let out = perf(args, &t.default_url());
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+        assert!(out.status.success(), "iscsi-perf {args:?}: {out:?}");
+        let average = text
+            .lines()
+            .filter_map(|l| l.split("iops average ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .next_back();
+        assert!(average.is_some_and(|iops| iops > 0), "{args:?}: {text}");
+        assert!(text.contains("finished."), "{text}");
+    }
+    let url = t.default_url();
+    let missing = format!("{}/5", url.strip_suffix("/0").expect("LUN 0 URL"));
+    let out = perf(&["-m", "1"], &missing);
+    assert!(!out.status.success(), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("LOGICAL_UNIT_NOT_SUPPORTED"), "{text}");
+}
+
 #[test]
 fn naa_identifier_is_stable_across_restarts() {
     let t = Target::start(&[]);
