@@ -60,10 +60,12 @@ fn iscsi_inq_reports_a_shoal_disk_and_its_vpd_pages() {
 fn iscsi_perf_reads_at_queue_depth_until_interrupted() {
     let t = Target::start(&["--size", "64M"]);
     let perf = |args: &[&str], url: &str| {
-        // iscsi-perf reads until SIGINT, then prints its average and exits.
+        // iscsi-perf reads until SIGINT, then prints its average and exits; a second SIGINT
+        // aborts it, so only the child gets one (`timeout` without --foreground signals its
+        // process group as well).
         run(
             Command::new("timeout")
-                .args(["--preserve-status", "-s", "INT", "2"])
+                .args(["--foreground", "--preserve-status", "-s", "INT", "2"])
                 .arg(tool("iscsi-perf"))
                 .args(args)
                 .arg(url),
