@@ -127,20 +127,13 @@ impl RecordKind {
 /// caller removes it, so a crash in between leaves a record for each name and
 /// [`RecordKind::retain`] drops the one whose target no longer exists at the next start.
 pub fn copy(from: &Path, to: &Path) -> Result<(), RecordError> {
-    let bytes = match std::fs::read(from) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return remove(to),
-        Err(source) => {
-            return Err(RecordError::Io {
-                path: from.to_path_buf(),
-                source,
-            });
-        }
-    };
-    super::replace_file(to, &bytes).map_err(|source| RecordError::Io {
-        path: to.to_path_buf(),
-        source,
-    })
+    match read_if_present(from)? {
+        Some(bytes) => super::replace_file(to, &bytes).map_err(|source| RecordError::Io {
+            path: to.to_path_buf(),
+            source,
+        }),
+        None => remove(to),
+    }
 }
 
 /// Stores `record` at `path` (in a directory [`RecordKind::prepare`] made), durably.
@@ -173,15 +166,8 @@ pub fn remove(path: &Path) -> Result<(), RecordError> {
 
 /// The record at `path`; `None` when there is none.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(RecordError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+    let Some(text) = read_if_present(path)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&text)
         .map(Some)
@@ -189,6 +175,18 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> 
             path: path.to_path_buf(),
             message: e.to_string(),
         })
+}
+
+/// The bytes of the file at `path`; `None` when there is none.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, RecordError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RecordError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
