@@ -1,8 +1,9 @@
 //! Serving images: handing a volume or an exported snapshot to the shard that will own its LUN
 //! (its logical unit built with the settings and records kept for it: APTPL reservations, a
 //! sanitize operation to resume), telling the login threads about its target, and taking it
-//! back; and keeping those settings and records in step with the catalog's names (a rename copies them before its record and removes the old
-//! name's after it; a start drops what a crash left under a name no image has).
+//! back; and keeping those settings and records in step with the catalog's names (a rename
+//! copies them before its record and removes the old name's after it; a start drops what a
+//! crash left under a name no image has).
 
 use super::*;
 
@@ -21,21 +22,21 @@ impl Daemon {
         let Some(dir) = &self.records_dir else {
             return Ok((lu, RecordFiles::default()));
         };
-        let files = RecordFiles {
-            reservations: Some(records::RESERVATIONS.path(dir, target)),
-            sanitize: Some(records::SANITIZE.path(dir, target)),
-        };
-        if let Some(path) = &files.reservations
-            && let Some(record) = records::load::<PrRecord>(path).map_err(internal)?
-        {
+        let reservations = records::RESERVATIONS.path(dir, target);
+        let sanitize = records::SANITIZE.path(dir, target);
+        if let Some(record) = records::load::<PrRecord>(&reservations).map_err(internal)? {
             let (state, ports) =
                 PrState::from_record(&record, |port| self.registry.nexus_of_port(port, target))
-                    .map_err(|e| internal(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| internal(format!("{}: {e}", reservations.display())))?;
             lu = lu.with_reservations(state, ports);
         }
-        if let Some(state) = self.sanitize_record(target)? {
+        if let Some(state) = records::load::<SanitizeState>(&sanitize).map_err(internal)? {
             lu = lu.with_sanitize(state);
         }
+        let files = RecordFiles {
+            reservations: Some(reservations),
+            sanitize: Some(sanitize),
+        };
         Ok((lu, files))
     }
 
